@@ -63,7 +63,9 @@ def lerp(start: torch.Tensor, end: torch.Tensor, t: float | torch.Tensor) -> tor
     """
     start, end = _as_code("start", start), _as_code("end", end)
     if start.shape != end.shape:
-        raise ValueError(f"end: expected shape {tuple(start.shape)} like start, got {tuple(end.shape)}")
+        raise ValueError(
+            f"end: expected shape {tuple(start.shape)} like start, got {tuple(end.shape)}"
+        )
     if isinstance(t, torch.Tensor):
         tt = t.to(device=start.device, dtype=start.dtype)
         if tt.ndim == 0:
@@ -140,7 +142,9 @@ def direction_codes(
             f"{tuple(directions.shape)} and {tuple(scales.shape)}"
         )
     if coef.shape[-1:] != (k,) or coef.ndim > 2:
-        raise ValueError(f"coefficients: expected shape ({k},) or (n, {k}), got {tuple(coef.shape)}")
+        raise ValueError(
+            f"coefficients: expected shape ({k},) or (n, {k}), got {tuple(coef.shape)}"
+        )
     steps = (coef * scales.to(coef)) @ directions.to(coef)
     return mean + steps
 
@@ -198,7 +202,7 @@ def scan_codes(
     """Decode and classify codes (n, d) in batches; return class probabilities (n, K) on device."""
     if codes.ndim != 2 or len(codes) == 0:
         raise ValueError(f"codes: expected a non-empty (n, d) tensor, got {tuple(codes.shape)}")
-    out = [torch.softmax(classify(decode(chunk)).float(), dim=1) for chunk in codes.split(batch_size)]
+    out = [classify(decode(chunk)).float().softmax(dim=1) for chunk in codes.split(batch_size)]
     return torch.cat(out)
 
 
