@@ -1,0 +1,70 @@
+"""Images (tensors in [0, 1]) -> bytes for the browser: raw uint8, PNG, sprite sheets."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+
+def to_uint8(images: Any) -> np.ndarray:
+    """Images (N, C, H, W) or (C, H, W) float in [0, 1] -> uint8 (N, H, W, C), C in {1, 3}.
+
+    Values are clipped to [0, 1]; 4-channel (or other) images keep their first three channels.
+    """
+    if hasattr(images, "detach"):
+        images = images.detach().float().cpu().numpy()
+    arr = np.asarray(images, dtype=np.float32)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4:
+        raise ValueError(f"images: expected shape (N, C, H, W), got {tuple(arr.shape)}")
+    if arr.shape[1] not in (1, 3):
+        arr = arr[:, :3] if arr.shape[1] > 3 else arr[:, :1]
+    out = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(out.transpose(0, 2, 3, 1))
+
+
+def downsample(images: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink uint8 (N, H, W, C) by an integer factor (box filter) so H, W <= ``max_side``."""
+    n, h, w, c = images.shape
+    f = max(1, -(-max(h, w) // max_side))
+    if f == 1:
+        return images
+    hh, ww = h // f, w // f
+    x = images[:, : hh * f, : ww * f].reshape(n, hh, f, ww, f, c).astype(np.float32)
+    return np.ascontiguousarray(x.mean(axis=(2, 4)).round().astype(np.uint8))
+
+
+def png_bytes(image: Any, scale: int = 1) -> bytes:
+    """One image (C, H, W) float in [0, 1] or uint8 (H, W, C) -> PNG bytes, upscaled ``scale`` x."""
+    from PIL import Image
+
+    arr = image if isinstance(image, np.ndarray) and image.dtype == np.uint8 else to_uint8(image)[0]
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    if scale > 1:
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def sprite_sheet(images: Any, columns: int | None = None) -> np.ndarray:
+    """Tile images (N, C, H, W) float or uint8 (N, H, W, C) into one uint8 (rows*H, cols*W, C).
+
+    Image ``i`` sits at row ``i // columns``, column ``i % columns``; empty tiles are black.
+    """
+    arr = (
+        images if isinstance(images, np.ndarray) and images.dtype == np.uint8 else to_uint8(images)
+    )
+    n, h, w, c = arr.shape
+    cols = columns or max(1, int(np.ceil(np.sqrt(max(n, 1)))))
+    rows = max(1, -(-n // cols))
+    sheet = np.zeros((rows * cols, h, w, c), np.uint8)
+    sheet[:n] = arr
+    return np.ascontiguousarray(
+        sheet.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
+    )
