@@ -46,7 +46,7 @@ def png_bytes(image: Any, scale: int = 1) -> bytes:
         arr = arr[..., None]
     pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
     if scale > 1:
-        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
     return buf.getvalue()

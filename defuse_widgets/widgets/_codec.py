@@ -37,7 +37,7 @@ def array_to_json(value: Any, widget: Any = None) -> dict[str, Any] | None:
         )
     arr = np.ascontiguousarray(arr)
     return {
-        "buffer": memoryview(arr.reshape(-1)),
+        "buffer": arr.reshape(-1).data.cast("B"),
         "dtype": arr.dtype.name,
         "shape": list(arr.shape),
     }
