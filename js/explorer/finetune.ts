@@ -1,0 +1,131 @@
+// Fine-tuning controls: inputs, start/cancel/revert, progress bar, live loss, per-round chart.
+import Plotly from "plotly.js-gl2d-dist-min";
+
+export type Params = { steps: number; lam: number; lr: number };
+export type Round = { round: number; test_accuracy: number | null; labeled_region_accuracy: number | null;
+  labeled_region_real_accuracy?: number | null; cancelled?: boolean; reverted?: boolean };
+export type Progress = { running: boolean; step: number; total: number; loss: number | null };
+
+export type TuneHandlers = { start(p: Params): void; cancel(): void; revert(): void; params(p: Params): void };
+
+export class FineTune {
+  root: HTMLElement;
+  inputs: Record<keyof Params, HTMLInputElement>;
+  bar: HTMLElement;
+  fill: HTMLElement;
+  loss: HTMLElement;
+  numbers: HTMLElement;
+  chart: HTMLElement;
+  startBtn: HTMLButtonElement;
+  cancelBtn: HTMLButtonElement;
+  revertBtn: HTMLButtonElement;
+  private chartReady = false;
+
+  constructor(parent: HTMLElement, private h: TuneHandlers) {
+    this.root = document.createElement("section");
+    this.root.className = "dfx-tune";
+    this.root.setAttribute("aria-label", "Fine-tuning");
+    const title = document.createElement("h3");
+    title.textContent = "Fine-tune on the labeled regions";
+    const row = document.createElement("div");
+    row.className = "dfx-controls";
+    const mk = (key: keyof Params, text: string, step: string) => {
+      const l = document.createElement("label");
+      l.textContent = `${text} `;
+      const i = document.createElement("input");
+      i.type = "number"; i.step = step; i.setAttribute("aria-label", text);
+      i.addEventListener("change", () => this.h.params(this.read()));
+      l.append(i); row.append(l);
+      return i;
+    };
+    this.inputs = { lam: mk("lam", "Lambda", "any"), steps: mk("steps", "Steps", "1"), lr: mk("lr", "Learning rate", "any") };
+    const btn = (name: string, fn: () => void) => {
+      const b = document.createElement("button");
+      b.textContent = name; b.setAttribute("aria-label", name);
+      b.addEventListener("click", fn); row.append(b);
+      return b;
+    };
+    this.startBtn = btn("Fine-tune", () => this.h.start(this.read()));
+    this.cancelBtn = btn("Cancel fine-tuning", () => this.h.cancel());
+    this.revertBtn = btn("Revert model", () => this.h.revert());
+    this.bar = document.createElement("div");
+    this.bar.setAttribute("role", "progressbar");
+    this.bar.setAttribute("aria-label", "Fine-tuning progress");
+    this.bar.setAttribute("aria-valuemin", "0");
+    this.bar.setAttribute("aria-valuemax", "100");
+    this.bar.setAttribute("aria-valuenow", "0");
+    this.bar.style.cssText = "width:220px;height:10px;border:1px solid #999;display:inline-block;vertical-align:middle";
+    this.fill = document.createElement("div");
+    this.fill.style.cssText = "height:100%;width:0;background:#2a7ae2";
+    this.bar.append(this.fill);
+    this.loss = document.createElement("span");
+    this.loss.setAttribute("aria-live", "polite");
+    const prow = document.createElement("div");
+    prow.className = "dfx-controls";
+    prow.append(this.bar, this.loss);
+    const trow = document.createElement("div");
+    trow.className = "dfx-tune-row";
+    this.numbers = document.createElement("div");
+    this.numbers.setAttribute("aria-label", "Accuracy");
+    this.chart = document.createElement("div");
+    this.chart.className = "dfx-chart";
+    this.chart.setAttribute("aria-label", "Accuracy per round");
+    trow.append(this.chart, this.numbers);
+    this.root.append(title, row, prow, trow);
+    parent.append(this.root);
+  }
+
+  read(): Params {
+    return { steps: Math.max(1, Math.round(Number(this.inputs.steps.value) || 1)),
+      lam: Number(this.inputs.lam.value), lr: Number(this.inputs.lr.value) };
+  }
+
+  setParams(p: Params): void {
+    for (const k of ["steps", "lam", "lr"] as (keyof Params)[]) {
+      if (document.activeElement !== this.inputs[k]) this.inputs[k].value = String(p[k]);
+    }
+  }
+
+  setProgress(p: Progress): void {
+    const pct = p.total > 0 ? Math.round((100 * p.step) / p.total) : 0;
+    this.bar.setAttribute("aria-valuenow", String(pct));
+    this.bar.setAttribute("aria-valuetext", `${p.step} of ${p.total} steps`);
+    this.fill.style.width = `${pct}%`;
+    this.loss.textContent = p.total ? `step ${p.step}/${p.total}` + (p.loss != null ? ` · loss ${p.loss.toFixed(4)}` : "") : "";
+    this.startBtn.disabled = p.running;
+    this.cancelBtn.disabled = !p.running;
+    this.revertBtn.disabled = p.running;
+  }
+
+  async setHistory(rounds: Round[], baseline: Round | null): Promise<void> {
+    const all = baseline ? [baseline, ...rounds] : rounds;
+    const fmt = (v: number | null | undefined) => (v == null || Number.isNaN(v) ? "–" : `${(100 * v).toFixed(1)}%`);
+    const last = all[all.length - 1];
+    this.numbers.innerHTML = "";
+    const line = (k: string, v: string, key: string) => {
+      const d = document.createElement("div");
+      d.dataset.metric = key;
+      d.textContent = `${k}: ${v}`;
+      this.numbers.append(d);
+    };
+    if (last) {
+      line("Test accuracy", fmt(last.test_accuracy), "test_accuracy");
+      line("Labeled-region accuracy (samples)", fmt(last.labeled_region_accuracy), "labeled_region_accuracy");
+      line("Labeled-region accuracy (real)", fmt(last.labeled_region_real_accuracy), "labeled_region_real_accuracy");
+      line("Rounds", String(rounds.filter((r) => !r.reverted).length), "rounds");
+    }
+    const xs = all.map((_, i) => i);
+    const traces = [
+      { type: "scatter", mode: "lines+markers", name: "test", x: xs, y: all.map((r) => r.test_accuracy) },
+      { type: "scatter", mode: "lines+markers", name: "labeled regions", x: xs, y: all.map((r) => r.labeled_region_accuracy) },
+    ];
+    const layout = { margin: { l: 40, r: 10, t: 10, b: 30 }, height: 200, width: 420,
+      xaxis: { title: { text: "round" }, dtick: 1 }, yaxis: { range: [0, 1.02], tickformat: ".0%" },
+      legend: { orientation: "h", y: -0.3 } };
+    const config = { displayModeBar: false, staticPlot: true };
+    if (!this.chartReady) { await Plotly.newPlot(this.chart, traces, layout, config); this.chartReady = true; }
+    else await Plotly.react(this.chart, traces, layout, config);
+  }
+
+  destroy(): void { if (this.chartReady) Plotly.purge(this.chart); }
+}

@@ -1,0 +1,171 @@
+// The error map: one WebGL scatter (scattergl) of the 2-D projection, colored by region.
+import Plotly from "plotly.js-gl2d-dist-min";
+import { Arr, imageURL } from "./codec";
+
+export const GREY = "#b8b8b8";
+
+export type MapData = {
+  xy: Arr; region: Arr; labels: Arr | null; confidence: Arr | null; fixed: Arr | null;
+  colors: Map<number, string>; classes: string[];
+};
+
+export type MapHandlers = {
+  onClickPoint(index: number): void;
+  onSelect(indices: Int32Array | null): void;
+  thumb(index: number): Promise<Arr | null>;
+};
+
+function webglOK(): boolean {
+  try {
+    const c = document.createElement("canvas");
+    return !!(c.getContext("webgl") || c.getContext("experimental-webgl"));
+  } catch { return false; }
+}
+
+export class ErrorMap {
+  root: HTMLElement;
+  plot: HTMLElement;
+  tip: HTMLElement;
+  data: MapData | null = null;
+  selectedRegion = -1;
+  ready = false;
+  private hoverToken = 0;
+  private traceType = webglOK() ? "scattergl" : "scatter";
+
+  constructor(parent: HTMLElement, private h: MapHandlers) {
+    this.root = document.createElement("div");
+    this.root.className = "dfx-map";
+    this.root.setAttribute("role", "figure");
+    this.root.setAttribute("aria-label", "Error map");
+    this.plot = document.createElement("div");
+    this.plot.className = "dfx-map-plot";
+    this.tip = document.createElement("div");
+    this.tip.className = "dfx-tip";
+    this.tip.setAttribute("role", "tooltip");
+    this.root.append(this.plot, this.tip);
+    parent.append(this.root);
+  }
+
+  private colorArray(d: MapData): string[] {
+    const n = d.region.data.length;
+    const out = new Array<string>(n);
+    for (let i = 0; i < n; i++) out[i] = d.colors.get(d.region.data[i]) ?? GREY;
+    return out;
+  }
+
+  private opacityArray(d: MapData): number[] | number {
+    if (!d.fixed) return 0.85;
+    const n = d.fixed.data.length;
+    const out = new Array<number>(n);
+    for (let i = 0; i < n; i++) out[i] = d.fixed.data[i] ? 0.2 : 0.85;
+    return out;
+  }
+
+  private highlight(d: MapData): { x: number[]; y: number[] } {
+    const x: number[] = [], y: number[] = [];
+    if (this.selectedRegion < 0) return { x, y };
+    const xy = d.xy.data, r = d.region.data;
+    for (let i = 0; i < r.length; i++) if (r[i] === this.selectedRegion) { x.push(xy[2 * i]); y.push(xy[2 * i + 1]); }
+    return { x, y };
+  }
+
+  async render(d: MapData): Promise<void> {
+    this.data = d;
+    const n = d.region.data.length;
+    const xs = new Float32Array(n), ys = new Float32Array(n);
+    for (let i = 0; i < n; i++) { xs[i] = d.xy.data[2 * i]; ys[i] = d.xy.data[2 * i + 1]; }
+    const size = n > 20000 ? 3 : n > 2000 ? 5 : 7;
+    const hl = this.highlight(d);
+    const traces = [
+      { type: this.traceType, mode: "markers", x: xs, y: ys, hoverinfo: "none",
+        marker: { color: this.colorArray(d), opacity: this.opacityArray(d), size } },
+      { type: this.traceType, mode: "markers", x: hl.x, y: hl.y, hoverinfo: "skip",
+        marker: { color: "rgba(0,0,0,0)", size: size + 4, line: { color: "#000", width: 1.5 } } },
+    ];
+    const layout = {
+      margin: { l: 20, r: 10, t: 10, b: 20 }, showlegend: false, dragmode: "lasso", hovermode: "closest",
+      xaxis: { showticklabels: false, zeroline: false, showgrid: false },
+      yaxis: { showticklabels: false, zeroline: false, showgrid: false },
+      uirevision: "keep",
+    };
+    const config = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["toImage"], scrollZoom: true };
+    if (!this.ready) {
+      await Plotly.newPlot(this.plot, traces, layout, config);
+      this.bind();
+      this.ready = true;
+    } else {
+      await Plotly.react(this.plot, traces, layout, config);
+    }
+    this.root.dataset.points = String(n);
+    this.root.dataset.rendered = String(Date.now());
+  }
+
+  async recolor(d: MapData): Promise<void> {
+    if (!this.ready) return this.render(d);
+    this.data = d;
+    await Plotly.restyle(this.plot, { "marker.color": [this.colorArray(d)], "marker.opacity": [this.opacityArray(d)] }, [0]);
+    await this.setSelectedRegion(this.selectedRegion);
+  }
+
+  async setSelectedRegion(rid: number): Promise<void> {
+    this.selectedRegion = rid;
+    if (!this.ready || !this.data) return;
+    const hl = this.highlight(this.data);
+    await Plotly.restyle(this.plot, { x: [hl.x], y: [hl.y] }, [1]);
+  }
+
+  setSelection(indices: Int32Array | null): void {
+    if (!this.ready) return;
+    // show a Python-made selection; an empty one clears the lasso highlight
+    const sel = indices && indices.length ? Array.from(indices) : null;
+    Plotly.restyle(this.plot, { selectedpoints: [sel] }, [0]);
+  }
+
+  private bind(): void {
+    const gd: any = this.plot;
+    gd.on("plotly_click", (ev: any) => {
+      const p = ev?.points?.find((q: any) => q.curveNumber === 0);
+      if (p) this.h.onClickPoint(p.pointIndex ?? p.pointNumber);
+    });
+    gd.on("plotly_selected", (ev: any) => {
+      if (!ev) { this.h.onSelect(null); return; }
+      const idx = (ev.points || []).filter((q: any) => q.curveNumber === 0).map((q: any) => q.pointIndex ?? q.pointNumber);
+      this.h.onSelect(Int32Array.from(idx));
+    });
+    gd.on("plotly_deselect", () => this.h.onSelect(null));
+    gd.on("plotly_hover", (ev: any) => {
+      const p = ev?.points?.find((q: any) => q.curveNumber === 0);
+      if (p) this.showTip(p.pointIndex ?? p.pointNumber, ev.event);
+    });
+    gd.on("plotly_unhover", () => { this.hoverToken++; this.tip.style.display = "none"; });
+  }
+
+  private async showTip(i: number, ev: MouseEvent | undefined): Promise<void> {
+    const d = this.data;
+    if (!d) return;
+    const token = ++this.hoverToken;
+    const box = this.root.getBoundingClientRect();
+    const x = ev ? ev.clientX - box.left : 10, y = ev ? ev.clientY - box.top : 10;
+    const t = d.labels ? d.labels.data[2 * i] : -1, p = d.labels ? d.labels.data[2 * i + 1] : -1;
+    const conf = d.confidence ? d.confidence.data[i] : NaN;
+    const rid = d.region.data[i];
+    const name = (k: number) => d.classes[k] ?? String(k);
+    const text = `${name(t)} \u2192 ${name(p)} (${(100 * conf).toFixed(0)}%)` + (rid >= 0 ? ` \u00b7 region ${rid}` : "");
+    this.tip.innerHTML = "";
+    const cap = document.createElement("div");
+    cap.textContent = text;
+    this.tip.append(cap);
+    this.tip.style.left = `${Math.min(x + 12, box.width - 150)}px`;
+    this.tip.style.top = `${Math.max(0, y - 90)}px`;
+    this.tip.style.display = "block";
+    const arr = await this.h.thumb(i);
+    if (token !== this.hoverToken || !arr) return;
+    const img = document.createElement("img");
+    img.alt = `Error ${i}: true ${name(t)}, predicted ${name(p)}`;
+    img.src = imageURL(arr, arr.shape[0] === 1 ? 0 : i);
+    this.tip.prepend(img);
+  }
+
+  resize(): void { if (this.ready) Plotly.Plots.resize(this.plot); }
+  destroy(): void { if (this.ready) Plotly.purge(this.plot); }
+}
