@@ -336,7 +336,8 @@ class Interpolator(anywidget.AnyWidget):
         what = ""
         if transition is not None:
             tl, pl = (int(v) for v in transition)
-            what = f": true {classes[tl]}, predicted {classes[pl]}"
+            if 0 <= tl < len(classes) and 0 <= pl < len(classes):
+                what = f": true {classes[tl]}, predicted {classes[pl]}"
         return {
             "mode": "directions",
             "title": f"Region {int(region_id)}{what} — principal directions (sd from the mean)",
