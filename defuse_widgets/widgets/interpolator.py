@@ -178,6 +178,7 @@ class Interpolator(anywidget.AnyWidget):
         self._scales: torch.Tensor | None = None
 
         state = self._setup(a, b, region, split, k, limit, scan_points)
+        state["classes"] = [str(c) for c in session.data.classes]
         super().__init__(max_in_flight=max_in_flight, **state, **kwargs)
         self.observe(self._on_request, names="request")
         self.observe(self._on_ack, names="ack")
