@@ -1,0 +1,591 @@
+"""The error explorer: map of the errors, region list and panel, labeling and live fine-tuning.
+
+The widget is a thin view over a :class:`~defuse_widgets.session.DefuseSession`: every action of
+the UI is a public method here (so it can be scripted and tested without a browser), state the UI
+shows lives in traits (arrays as binary buffers, see :mod:`._codec`), and long work (the UMAP
+projection, thumbnails, fine-tuning, revert) runs in one background thread at a time so the kernel
+stays responsive.
+
+Browser -> kernel: traits ``selected_region``, ``selected_indices``, ``finetune_params`` and
+custom messages ``{"kind": "label" | "unlabel" | "add_region" | "finetune" | "cancel" |
+"revert" | "thumb", "id": n, ...}``; each action is answered ``{"kind": "ack", "id": n, "ok",
+"message"}`` so the page never waits on a kernel that is gone.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import numpy as np
+import torch
+import traitlets as t
+
+from .. import projection as proj
+from ..imaging import downsample, to_uint8
+from ._codec import array_serialization, array_to_json
+
+PALETTE = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+    "#17becf", "#393b79", "#e6550d", "#31a354", "#843c39", "#7b4173", "#3182bd", "#fd8d3c",
+    "#74c476", "#ad494a", "#a55194", "#637939",
+)  # fmt: skip
+UNASSIGNED = "#b8b8b8"
+PROGRESS_INTERVAL_S = 0.1  # at most ~10 progress updates per second reach the browser
+
+
+def region_color(region_id: int) -> str:
+    """Stable color of a region: the palette entry ``region_id % 20`` (grey for -1)."""
+    return UNASSIGNED if region_id < 0 else PALETTE[region_id % len(PALETTE)]
+
+
+def _nested_to_json(value: Any, widget: Any = None) -> Any:
+    """Like :func:`array_to_json`, but for dicts/lists holding arrays anywhere."""
+    if isinstance(value, dict):
+        return {k: _nested_to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nested_to_json(v) for v in value]
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return array_to_json(value)
+    return value
+
+
+def _none_if_nan(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _none_if_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_none_if_nan(v) for v in value]
+    return value
+
+
+class Explorer(anywidget.AnyWidget):
+    """Interactive map of a session's errors and failure regions, with labeling and fine-tuning.
+
+    Parameters
+    ----------
+    session : DefuseSession
+        A session on which :meth:`identify` has run (and usually :meth:`distill`).
+    projection : "umap" or "pca", or an array (M, 2)
+        How the error codes are laid out in 2-D. UMAP runs in the background (the map shows once
+        it is ready) and is cached per error set; an array is used as given.
+    samples, members : int
+        Fresh region samples and real member errors shown in the region panel.
+    thumbnail_side : int
+        Hover thumbnails are shrunk to at most this many pixels a side.
+    max_thumbnail_bytes : int
+        Up to this size, all thumbnails travel once as one binary buffer; above it, the browser
+        asks for the hovered point's thumbnail only.
+    steps, lam, lr : fine-tuning defaults (editable in the UI).
+    on_select, on_label : optional callbacks, see :meth:`on_select` and :meth:`on_label`.
+    block : bool
+        Wait for the projection and thumbnails before returning (tests, scripts).
+    """
+
+    _esm = Path(__file__).parent.parent / "static" / "explorer.js"
+
+    classes = t.List(t.Unicode()).tag(sync=True)
+    points = t.Any(None, allow_none=True).tag(sync=True, **array_serialization)
+    point_region = t.Any(None, allow_none=True).tag(sync=True, **array_serialization)
+    point_labels = t.Any(None, allow_none=True).tag(sync=True, **array_serialization)
+    point_confidence = t.Any(None, allow_none=True).tag(sync=True, **array_serialization)
+    point_fixed = t.Any(None, allow_none=True).tag(sync=True, **array_serialization)
+    thumbs = t.Any(None, allow_none=True).tag(sync=True, **array_serialization)
+    regions = t.List(t.Dict()).tag(sync=True)
+    labels = t.Dict().tag(sync=True)
+    selected_region = t.Int(-1).tag(sync=True)
+    selected_indices = t.Any(None, allow_none=True).tag(
+        sync=True, echo_update=False, **array_serialization
+    )
+    panel = t.Any(None, allow_none=True).tag(sync=True, to_json=_nested_to_json)
+    status = t.Unicode("").tag(sync=True)
+    error = t.Unicode("").tag(sync=True)
+    busy = t.Unicode("").tag(sync=True)
+    progress: t.Dict[str, Any] = t.Dict(
+        {"running": False, "step": 0, "total": 0, "loss": None}
+    ).tag(sync=True)
+    history = t.List(t.Dict()).tag(sync=True)
+    baseline = t.Dict(allow_none=True, default_value=None).tag(sync=True)
+    finetune_params = t.Dict({"steps": 100, "lam": 1.0, "lr": 0.01}).tag(sync=True)
+
+    def __init__(
+        self,
+        session: Any,
+        projection: str | np.ndarray = "umap",
+        samples: int = 16,
+        members: int = 16,
+        thumbnail_side: int = 32,
+        max_thumbnail_bytes: int = 8_000_000,
+        steps: int = 100,
+        lam: float = 1.0,
+        lr: float = 0.01,
+        on_select: Callable[[np.ndarray], Any] | None = None,
+        on_label: Callable[[int, int | None], Any] | None = None,
+        block: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        errors = getattr(session, "errors", None)
+        if errors is None:
+            raise ValueError("session: has no errors yet; run session.identify() first")
+        if not isinstance(projection, str):
+            xy = np.asarray(projection, dtype=np.float32)
+            if xy.shape != (len(errors), 2):
+                raise ValueError(
+                    f"projection: expected 'umap', 'pca' or an array of shape ({len(errors)}, 2), "
+                    f"got shape {xy.shape}"
+                )
+        elif projection not in proj.METHODS:
+            raise ValueError(f"projection: expected one of {proj.METHODS}, got {projection!r}")
+        for name, value in (("samples", samples), ("members", members)):
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected a non-negative integer, got {value!r}")
+        super().__init__(**kwargs)
+        self.session = session
+        self._errors = errors
+        self._projection = projection
+        self._n_samples = samples
+        self._n_members = members
+        self._thumb_side = thumbnail_side
+        self._max_thumb_bytes = max_thumbnail_bytes
+        self._select_callbacks: list[Callable[[np.ndarray], Any]] = []
+        self._label_callbacks: list[Callable[[int, int | None], Any]] = []
+        self._panel_cache: dict[tuple[int, int], dict[str, Any]] = {}
+        self._job: threading.Thread | None = None
+        self._job_lock = threading.Lock()
+        self._token: Any = None
+        self._region_eval: dict[int, dict[str, Any]] = {}
+        self._evaluated_labels: dict[int, int] | None = None
+        if on_select is not None:
+            self.on_select(on_select)
+        if on_label is not None:
+            self.on_label(on_label)
+
+        self.finetune_params = {"steps": int(steps), "lam": float(lam), "lr": float(lr)}
+        self.classes = [str(c) for c in session.data.classes]
+        labels = np.stack([errors.true_label.numpy(), errors.pred_label.numpy()], 1)
+        self.point_labels = labels.astype(np.int16)
+        self.point_confidence = errors.confidence.numpy().astype(np.float32)
+        self.selected_indices = np.zeros(0, np.int32)
+        self._sync_regions()
+        self._sync_labels()
+        self.observe(self._on_selected_region, "selected_region")
+        self.observe(self._on_selected_indices, "selected_indices")
+        self.on_msg(self._handle_msg)
+        self._start("projecting", self._prepare_map)
+        if block:
+            self.wait()
+
+    # ----- public API (everything the UI does) -----
+
+    def on_select(self, callback: Callable[[np.ndarray], Any]) -> None:
+        """Call ``callback(indices)`` (int array of error indices) on each selection change."""
+        self._select_callbacks.append(callback)
+
+    def on_label(self, callback: Callable[[int, int | None], Any]) -> None:
+        """Call ``callback(region_id, label)`` on each label change (None when cleared)."""
+        self._label_callbacks.append(callback)
+
+    def select_region(self, region_id: int) -> None:
+        """Show a region in the panel (and outline it on the map); -1 clears."""
+        if region_id != -1:
+            self._require_regions().get(region_id)
+        self.selected_region = int(region_id)
+
+    def select(self, indices: Sequence[int] | np.ndarray | None) -> None:
+        """Set the map selection (error indices); ``None`` clears it."""
+        idx = np.zeros(0, np.int32) if indices is None else np.asarray(indices, dtype=np.int64)
+        if idx.ndim != 1 or (len(idx) and (idx.min() < 0 or idx.max() >= len(self._errors))):
+            raise ValueError(
+                f"indices: expected error indices in [0, {len(self._errors) - 1}], got {idx[:5]}..."
+            )
+        self.selected_indices = np.unique(idx).astype(np.int32)
+
+    def label(self, region_id: int, label: int) -> None:
+        """Label a region (class index, ``MODEL_IS_RIGHT`` or ``UNRECOGNIZABLE``) in the session."""
+        self.session.label(region_id, label)  # raises before any change on bad input
+        self._sync_labels()
+        name = self._label_name(int(label))
+        self._note(f"Region {region_id} labeled: {name}.")
+        for cb in self._label_callbacks:
+            cb(int(region_id), int(label))
+
+    def unlabel(self, region_id: int) -> None:
+        """Clear a region's label."""
+        self.session.unlabel(region_id)
+        self._sync_labels()
+        self._note(f"Region {region_id}: label cleared.")
+        for cb in self._label_callbacks:
+            cb(int(region_id), None)
+
+    def add_region(self, indices: Sequence[int] | np.ndarray | None = None) -> int:
+        """Make a user-defined region of ``indices`` (default: the selection); returns its id."""
+        if indices is None:
+            sel = self.selected_indices
+            indices = np.zeros(0, np.int64) if sel is None else np.asarray(sel)
+        if len(indices) < 2:
+            raise ValueError("indices: select at least 2 points (lasso or box) to make a region")
+        region_id = int(self.session.add_region(np.asarray(indices, dtype=np.int64)))
+        self._panel_cache.clear()
+        self._sync_regions()
+        self.selected_region = region_id
+        self._note(f"New region {region_id} from {len(indices)} selected points.")
+        return region_id
+
+    def fine_tune(
+        self,
+        steps: int | None = None,
+        lam: float | None = None,
+        lr: float | None = None,
+        block: bool = False,
+    ) -> None:
+        """Start one fine-tuning round in the background (``block=True`` waits for it).
+
+        Raises RuntimeError when a round is already running or no region is labeled with a class,
+        and ValueError on bad settings, in both cases before anything starts.
+        """
+        p = dict(self.finetune_params)
+        p.update({k: v for k, v in (("steps", steps), ("lam", lam), ("lr", lr)) if v is not None})
+        steps_, lam_, lr_ = p["steps"], p["lam"], p["lr"]
+        if not isinstance(steps_, int) or isinstance(steps_, bool) or steps_ < 1:
+            raise ValueError(f"steps: expected a positive integer, got {steps_!r}")
+        for name, value in (("lam", lam_), ("lr", lr_)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+        if not self.session.correctable():
+            raise RuntimeError("no region is labeled with a class: label at least one region first")
+        self.finetune_params = {"steps": steps_, "lam": float(lam_), "lr": float(lr_)}
+        from ..correct import CancelToken
+
+        self._token = CancelToken()
+        self._start("fine-tuning", lambda: self._run_round(steps_, float(lam_), float(lr_)))
+        if block:
+            self.wait()
+
+    def cancel(self) -> None:
+        """Cancel a running fine-tuning round (the model stays as it was before the round)."""
+        if self._token is None or not self.running:
+            self._note("Nothing to cancel.")
+            return
+        self._token.cancel()
+        self._note("Cancelling fine-tuning…")
+
+    def revert(self, round: int | None = None, block: bool = False) -> None:
+        """Restore the original weights (or those after ``round``) and re-evaluate."""
+        if self.running:
+            raise RuntimeError("a fine-tuning round is running: cancel it before reverting")
+        self.session.revert(round)  # raises before any change
+        self._panel_cache.clear()
+        self._start("reverting", lambda: self._after_model_change("revert"))
+        if block:
+            self.wait()
+
+    def refresh(self) -> None:
+        """Re-read regions and labels from the session (after changes made on it directly)."""
+        self._panel_cache.clear()
+        self._sync_regions()
+        self._sync_labels()
+        if self.selected_region >= 0:
+            self._send_panel(self.selected_region)
+
+    @property
+    def running(self) -> bool:
+        """Whether background work (projection, fine-tuning, revert) is in progress."""
+        return self._job is not None and self._job.is_alive()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the background work to end; re-raise nothing (errors are in ``self.error``)."""
+        job = self._job
+        if job is not None:
+            job.join(timeout)
+
+    # ----- state from the session -----
+
+    def _require_regions(self) -> Any:
+        regions = getattr(self.session, "regions", None)
+        if regions is None:
+            raise RuntimeError("no regions yet: call session.distill() first")
+        return regions
+
+    def _label_name(self, label: int) -> str:
+        from ..labels import label_name
+
+        return label_name(label, self.session.data.classes)
+
+    def _sync_regions(self) -> None:
+        regions = getattr(self.session, "regions", None)
+        if regions is None:
+            self.point_region = np.full(len(self._errors), -1, np.int32)
+            self.regions = []
+            return
+        rows = []
+        for r in regions.regions:
+            ev = self._region_eval.get(r.id, {})
+            rows.append(
+                _none_if_nan(
+                    {
+                        "id": int(r.id),
+                        "color": region_color(int(r.id)),
+                        "size": int(r.size),
+                        "weight": float(r.weight),
+                        "transition": [int(r.transition[0]), int(r.transition[1])],
+                        "transition_share": float(r.transition_share),
+                        "validity": float(r.mean_validity),
+                        "confidence": float(r.mean_confidence),
+                        "user_defined": bool(r.user_defined),
+                        "sample_accuracy": ev.get("sample_accuracy"),
+                        "real_accuracy": ev.get("real_accuracy"),
+                        "real_images": ev.get("real_images"),
+                    }
+                )
+            )
+        rows.sort(key=lambda row: (-row["size"], row["id"]))
+        self.point_region = regions.assignments.numpy().astype(np.int32)
+        self.regions = rows
+
+    def _sync_labels(self) -> None:
+        self.labels = {str(k): int(v) for k, v in sorted(self.session.labels.items())}
+
+    def _note(self, message: str, error: str = "") -> None:
+        self.status = message
+        self.error = error
+
+    # ----- panel -----
+
+    def _on_selected_region(self, change: dict[str, Any]) -> None:
+        rid = int(change["new"])
+        if rid < 0:
+            self.panel = None
+            return
+        try:
+            self._send_panel(rid)
+        except Exception as exc:  # shown in the widget; never a half-drawn panel
+            self.panel = None
+            self._note("", f"Could not show region {rid}: {exc}")
+
+    def _send_panel(self, region_id: int) -> None:
+        key = (region_id, int(getattr(self.session, "active_round", 0)))
+        panel = self._panel_cache.get(key)
+        if panel is None:
+            panel = self._build_panel(region_id)
+            self._panel_cache[key] = panel
+        self.panel = panel
+
+    def _build_panel(self, region_id: int) -> dict[str, Any]:
+        s, errors = self.session, self._errors
+        regions = self._require_regions()
+        regions.get(region_id)
+        out: dict[str, Any] = {"region": int(region_id)}
+        if self._n_samples:
+            smp = regions.sample(region_id, self._n_samples, purpose="label")
+            out["samples"] = to_uint8(smp.images)
+            out["sample_pred"] = smp.predictions.numpy().astype(np.int32)
+            out["sample_conf"] = smp.confidence.numpy().astype(np.float32)
+        idx = regions.members(region_id)
+        if self._n_members and len(idx):
+            # most confident errors first: the clearest examples of the bug
+            idx = idx[errors.confidence[idx].argsort(descending=True)][: self._n_members]
+            images = s.decode(errors.codes[idx])
+            conf, pred = s.predict(images).max(1)
+            out["members"] = to_uint8(images)
+            out["member_index"] = idx.numpy().astype(np.int32)
+            out["member_pred"] = pred.numpy().astype(np.int32)
+            out["member_conf"] = conf.numpy().astype(np.float32)
+            out["member_true"] = errors.true_label[idx].numpy().astype(np.int32)
+            x, _ = s.data.split(errors.split)
+            out["sources"] = to_uint8(x[errors.source_index[idx]])
+        return out
+
+    # ----- selection -----
+
+    def _on_selected_indices(self, change: dict[str, Any]) -> None:
+        value = change["new"]
+        idx = np.zeros(0, np.int32) if value is None else np.asarray(value).astype(np.int32)
+        for cb in self._select_callbacks:
+            cb(idx)
+
+    # ----- background work -----
+
+    def _start(self, what: str, fn: Callable[[], None]) -> None:
+        with self._job_lock:
+            if self.running:
+                doing = self.busy or "working"
+                raise RuntimeError(
+                    f"the explorer is busy ({doing}); wait for it to finish or cancel fine-tuning"
+                )
+            self.busy = what
+            self.error = ""
+            self._job = threading.Thread(target=self._guard, args=(what, fn), daemon=True)
+            self._job.start()
+
+    def _guard(self, what: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            self._note("", f"{what.capitalize()} failed: {type(exc).__name__}: {exc}")
+        finally:
+            if self.progress.get("running"):
+                self.progress = {**self.progress, "running": False}
+            self.busy = ""
+
+    def _prepare_map(self) -> None:
+        codes = self._errors.codes
+        m = len(codes)
+        if isinstance(self._projection, str):
+            method = self._projection
+            hit = proj.cached(codes, method)
+            if hit is None:
+                self._note(f"Projecting {m:,} errors ({method.upper()})…")
+                hit = proj.project(codes, method, progress=lambda msg: self._note(msg.capitalize()))
+            xy = hit
+        else:
+            xy = np.asarray(self._projection, dtype=np.float32)
+        self.points = np.ascontiguousarray(xy, dtype=np.float32)
+        self._note(f"{m:,} errors, {len(self.regions)} regions.")
+        self._send_thumbnails()
+        self._baseline()
+
+    def _send_thumbnails(self) -> None:
+        c, h, w = self.session.data.image_shape
+        f = max(1, -(-max(h, w) // self._thumb_side))
+        per = (h // f) * (w // f) * min(c, 3)
+        if per * len(self._errors) > self._max_thumb_bytes:
+            return  # on demand, one hovered point at a time
+        parts = []
+        for chunk in self._errors.codes.split(4096):
+            parts.append(downsample(to_uint8(self.session.decode(chunk)), self._thumb_side))
+        n = len(self._errors)
+        self.thumbs = np.concatenate(parts) if parts else np.zeros((n, h, w, min(c, 3)), np.uint8)
+
+    def _thumb(self, index: int) -> np.ndarray:
+        img = self.session.decode(self._errors.codes[index : index + 1])
+        return downsample(to_uint8(img), self._thumb_side)
+
+    def _evaluation_entry(self, event: str, ev: dict[str, Any]) -> dict[str, Any]:
+        return _none_if_nan(
+            {
+                "event": event,
+                "round": int(ev.get("round", getattr(self.session, "active_round", 0))),
+                "test_accuracy": float(ev["test_accuracy"]),
+                "labeled_region_accuracy": float(ev.get("labeled_region_accuracy", math.nan)),
+                "labeled_region_real_accuracy": float(
+                    ev.get("labeled_region_real_accuracy", math.nan)
+                ),
+                "labels": len(self.session.correctable()),
+                "time": time.time(),
+            }
+        )
+
+    def _baseline(self) -> None:
+        if self.baseline is None:
+            ev = self.session.evaluate()
+            self._absorb(ev)
+            self.baseline = self._evaluation_entry("start", ev)
+
+    def _absorb(self, ev: dict[str, Any]) -> None:
+        self._region_eval = {int(k): v for k, v in ev.get("regions", {}).items()}
+        self._evaluated_labels = self.session.correctable()
+        self._sync_regions()
+
+    def _run_round(self, steps: int, lam: float, lr: float) -> None:
+        if self._evaluated_labels != self.session.correctable():
+            # "before" numbers for the labels in use, so the chart compares like with like
+            self._note("Evaluating the model on the labeled regions…")
+            ev = self.session.evaluate()
+            self._absorb(ev)
+            self.history = [*self.history, self._evaluation_entry("before", ev)]
+        last = [0.0]
+        total = steps
+
+        def callback(step: int, total_: int, loss: float) -> None:
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_INTERVAL_S or step >= total_:
+                last[0] = now
+                self.progress = {"running": True, "step": int(step), "total": int(total_),
+                                 "loss": float(loss)}  # fmt: skip
+
+        self.progress = {"running": True, "step": 0, "total": total, "loss": None}
+        self._note(f"Fine-tuning for {steps} steps…")
+        record = self.session.correct(steps=steps, lam=lam, lr=lr, cancel=self._token,
+                                      callback=callback)  # fmt: skip
+        if record.get("cancelled"):
+            self.progress = {**self.progress, "running": False}
+            self._note("Fine-tuning cancelled; the model is unchanged.")
+            return
+        losses = record.get("losses") or [None]
+        self.progress = {"running": False, "step": total, "total": total, "loss": losses[-1]}
+        self._after_model_change("round", record.get("evaluation"))
+
+    def _after_model_change(self, event: str, ev: dict[str, Any] | None = None) -> None:
+        if ev is None:
+            self._note("Evaluating the model…")
+            ev = self.session.evaluate()
+        self._panel_cache.clear()
+        self._absorb(ev)
+        entry = self._evaluation_entry(event, ev)
+        self.history = [*self.history, entry]
+        self.point_fixed = self._fixed_points()
+        if self.selected_region >= 0:
+            self._send_panel(self.selected_region)
+        acc = entry["test_accuracy"]
+        verb = "Reverted" if event == "revert" else f"Round {entry['round']} done"
+        self._note(f"{verb}: test accuracy {100 * acc:.1f}%.")
+
+    def _fixed_points(self) -> np.ndarray | None:
+        """uint8 (M,): 1 where the current model no longer makes the error (the map fades them)."""
+        if int(getattr(self.session, "active_round", 1)) == 0:
+            return None
+        errors, labels = self._errors, self.session.labels
+        target = errors.true_label.clone()
+        regions = getattr(self.session, "regions", None)
+        if regions is not None:
+            for rid, lab in labels.items():
+                if lab >= 0:
+                    target[regions.assignments == rid] = lab
+        preds = []
+        for chunk in errors.codes.split(4096):
+            preds.append(self.session.predict(self.session.decode(chunk)).argmax(1))
+        pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+        return (pred == target).numpy().astype(np.uint8)
+
+    # ----- messages from the browser -----
+
+    def _handle_msg(self, _widget: Any, content: Any, buffers: list[Any]) -> None:
+        if not isinstance(content, dict):
+            return
+        kind = content.get("kind")
+        if kind == "thumb":
+            index = int(content.get("index", -1))
+            if 0 <= index < len(self._errors):
+                img = self._thumb(index)
+                self.send(
+                    {"kind": "thumb", "index": index, "shape": list(img.shape)}, [img.tobytes()]
+                )
+            return
+        actions: dict[str, Callable[[], Any]] = {
+            "label": lambda: self.label(int(content["region"]), int(content["label"])),
+            "unlabel": lambda: self.unlabel(int(content["region"])),
+            "add_region": lambda: self.add_region(),
+            "finetune": lambda: self.fine_tune(
+                int(content.get("steps", self.finetune_params["steps"])),
+                float(content.get("lam", self.finetune_params["lam"])),
+                float(content.get("lr", self.finetune_params["lr"])),
+            ),
+            "cancel": self.cancel,
+            "revert": lambda: self.revert(),
+        }
+        if kind not in actions:
+            return
+        try:
+            actions[kind]()
+        except Exception as exc:
+            message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+            self.error = message
+            self.send({"kind": "ack", "id": content.get("id"), "ok": False, "message": message})
+        else:
+            self.send({"kind": "ack", "id": content.get("id"), "ok": True})
