@@ -59,8 +59,9 @@ const CSS = `
   align-items: center; margin-top: 8px; }
 .dw-interp .dw-track { position: relative; }
 .dw-interp .dw-track input { width: 100%; margin: 0; }
-.dw-interp .dw-marker { position: absolute; top: -7px; width: 2px; height: 8px;
-  background: #e45756; transform: translateX(-1px); pointer-events: auto; }
+.dw-interp .dw-marker { position: absolute; top: -9px; width: 3px; height: 9px;
+  background: #e45756; transform: translateX(-1.5px); border-radius: 1px; }
+.dw-interp .dw-flips { color: #555; font-size: 12px; margin-top: 2px; }
 .dw-interp .dw-status { margin-top: 6px; min-height: 18px; }
 .dw-interp .dw-error { color: #b00020; min-height: 0; }
 `;
@@ -212,6 +213,11 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
         mark.setAttribute("aria-label", `Prediction flips: ${m.text}`);
         mark.dataset.position = String(m.position);
       }
+      const mine = markers.filter((mk) => mk.slider === j);
+      if (mine.length) {
+        const note = el("div", "dw-flips", slidersBox);
+        note.textContent = `${spec.label}: prediction flips ${mine.map((mk) => mk.text).join("; ")}`;
+      }
       const out = el("output", "", row);
       out.value = fmt(Number(input.value));
       inputs.push(input);
@@ -298,6 +304,7 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
   inputId += 1;
   latest = { id: inputId, t: performance.now(), values: currentValues() };
   stats.input(inputId, latest.t);
+  root.dataset.inputId = String(inputId);
   send();
 
   return () => {
