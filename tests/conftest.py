@@ -1,26 +1,60 @@
 """Shared fixtures for the unit tests.
 
-Fixtures (all session-scoped, trained once per test run on the CPU)
---------------------------------------------------------------------
+Fixtures (all session-scoped)
+-----------------------------
 digits : the bundled 8x8 digits dataset, ``dw.load_dataset("digits")``.
 digits_classifier : a :class:`~defuse_widgets.models.SmallCNN` trained on ``digits`` (seed 0),
-    in eval mode.
-digits_vae : a :class:`~defuse_widgets.models.ConvVAE` trained on ``digits`` (seed 0), in eval mode.
-digits_model_paths : ``{"classifier": Path, "vae": Path}``, the two models saved with
-    ``dw.save_model`` in a session temp dir.
+    in eval mode, on the CPU.
+digits_vae : a :class:`~defuse_widgets.models.ConvVAE` trained on ``digits`` (seed 0), in eval
+    mode, on the CPU.
+digits_model_paths : ``{"classifier": Path, "vae": Path}``, the two models as written by
+    ``dw.save_model``.
 
-The models are shared by every test: a test that changes weights (fine-tuning) must work on a copy,
-``copy.deepcopy(digits_classifier)`` or ``dw.load_model(digits_model_paths["classifier"])``.
+The models are trained once (on one CPU thread: several test processes share this small machine,
+and oversubscribed torch threads were several times slower) and cached under
+``$DEFUSE_WIDGETS_TEST_CACHE`` (default ``~/.cache/defuse-widgets/test-models``) in a folder keyed
+by a hash of the package's model and data code and the torch version, so a change to the trainer
+retrains. They are shared by every test: a test that changes weights (fine-tuning) must work on a
+copy, ``copy.deepcopy(digits_classifier)`` or ``dw.load_model(digits_model_paths["classifier"])``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 import defuse_widgets as dw
+
+PACKAGE = Path(dw.__file__).parent
+
+
+def _cache_dir() -> Path:
+    digest = hashlib.sha256(torch.__version__.encode())
+    for name in ("models.py", "data.py"):
+        digest.update((PACKAGE / name).read_bytes())
+    env = os.environ.get("DEFUSE_WIDGETS_TEST_CACHE")
+    base = Path(env) if env else Path.home() / ".cache" / "defuse-widgets" / "test-models"
+    return base / digest.hexdigest()[:16]
+
+
+def _train_and_save(digits: dw.ImageDataset, paths: dict[str, Path]) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        models = {
+            "classifier": dw.train_classifier(digits, seed=0, device="cpu", progress=False),
+            "vae": dw.train_vae(digits, seed=0, device="cpu", progress=False),
+        }
+    finally:
+        torch.set_num_threads(threads)
+    for key, model in models.items():
+        part = paths[key].with_suffix(f".{os.getpid()}.part")
+        dw.save_model(model, part)
+        part.replace(paths[key])  # atomic: concurrent test runs never read a half-written file
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +66,14 @@ def digits() -> dw.ImageDataset:
 def digits_model_paths(
     digits: dw.ImageDataset, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("digits-models")
+    try:
+        folder = _cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = tmp_path_factory.mktemp("digits-models")
     paths = {"classifier": folder / "classifier.safetensors", "vae": folder / "vae.safetensors"}
-    classifier = dw.train_classifier(digits, seed=0, device="cpu", progress=False)
-    dw.save_model(classifier, paths["classifier"])
-    dw.save_model(dw.train_vae(digits, seed=0, device="cpu", progress=False), paths["vae"])
+    if not all(p.is_file() for p in paths.values()):
+        _train_and_save(digits, paths)
     return paths
 
 
