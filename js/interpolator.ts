@@ -4,7 +4,7 @@
 // the input event's timestamp); the kernel answers with "frame" custom messages carrying raw
 // uint8 pixels as a binary buffer and the echoed id/timestamp. The newest frame received is
 // painted in requestAnimationFrame on a small canvas scaled with `image-rendering: pixelated`;
-// older unpainted frames are dropped; the painted frame's seq goes back in the `ack` trait.
+// older unpainted frames are dropped; the painted frame's seq goes back as an "ack" message.
 import { drawPixels, toPixels, type ArrayMsg } from "./interpolator/pixels";
 import { Stats } from "./interpolator/stats";
 
@@ -12,6 +12,7 @@ interface Model {
   get(name: string): any;
   set(name: string, value: unknown): void;
   save_changes(): void;
+  send(content: unknown, callbacks?: unknown, buffers?: ArrayBuffer[]): void;
   on(event: string, cb: (...args: any[]) => void): void;
   off(event: string, cb: (...args: any[]) => void): void;
 }
@@ -160,13 +161,26 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
     return inputs.map((i) => Number(i.value));
   }
 
+  // transport "message": requests go as custom messages, at most `max_requests` unanswered
+  // (pipelined); the latest value waits here and goes out when a frame comes back.
+  const outstanding = new Map<number, number>(); // request id -> time sent
+
   function send(): void {
-    if (!latest) return;
-    lastSent = performance.now();
     trailing = undefined;
+    if (!latest) return;
+    const req = { id: latest.id, t: latest.t, values: latest.values, view };
+    if (model.get("transport") === "message") {
+      const now = performance.now();
+      for (const [id, at] of outstanding) if (now - at > 1000) outstanding.delete(id); // lost
+      if (outstanding.size >= Number(model.get("max_requests"))) return; // sent on next frame
+      outstanding.set(req.id, now);
+      model.send({ type: "request", ...req });
+    } else {
+      model.set("request", req);
+      model.save_changes();
+    }
+    lastSent = performance.now();
     stats.requests += 1;
-    model.set("request", { id: latest.id, t: latest.t, values: latest.values, view });
-    model.save_changes();
     latest = null;
   }
 
@@ -251,14 +265,17 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
     root.dataset.paintedId = msg.view === view ? String(msg.id) : root.dataset.paintedId ?? "";
     root.dataset.paintedValues = JSON.stringify(msg.values);
     root.dataset.prediction = String(msg.prediction);
-    model.set("ack", msg.seq);
-    model.save_changes();
+    model.send({ type: "ack", seq: msg.seq });
   }
 
   function onCustom(msg: any, buffers: DataView[]): void {
     if (!msg || msg.type !== "frame") return;
     const frame = msg as FrameMsg;
     stats.received(frame);
+    if (frame.view === view) {
+      for (const id of outstanding.keys()) if (id <= frame.id) outstanding.delete(id);
+      if (latest && trailing === undefined) send();
+    }
     if (frame.seq <= painted) {
       stats.dropped += 1; // older than what is on screen
       return;

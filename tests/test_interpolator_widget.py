@@ -299,13 +299,17 @@ def test_browser_traits_drive_the_protocol_and_errors_show(session: DefuseSessio
     w.request = {"id": 2, "t": 6.0, "values": [0.6], "view": "v"}
     w.request = {"id": 3, "t": 7.0, "values": [0.8], "view": "v"}  # waits: two in flight
     assert [f["id"] for f in sent.frames] == [1, 2]
-    w.ack = 2
+    w._on_message(w, {"type": "ack", "seq": 2}, [])
     assert [f["id"] for f in sent.frames] == [1, 2, 3]
     # a bad request from the browser does not raise in the kernel: it shows as the widget's error
     w.request = {"id": 4, "t": 8.0, "values": [float("nan")], "view": "v"}
     assert "finite" in w.error and w.stats["rejected"] == 1
     w.request = {"id": 5, "t": 9.0, "values": [0.9], "view": "v"}
     assert w.error == ""
+    # a bad ack from the browser shows as an error too; other messages are ignored
+    w._on_message(w, {"type": "ack", "seq": 99}, [])
+    assert "ack: frame 99 was never sent" in w.error
+    w._on_message(w, {"type": "other"}, [])
 
 
 def test_show_moves_the_sliders_from_python(session: DefuseSession) -> None:

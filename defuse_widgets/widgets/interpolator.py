@@ -18,8 +18,10 @@ once fewer than ``max_in_flight`` frames are unacknowledged. A frame is a custom
 ``{"type": "frame", "seq", "id", "t", ...}`` with the raw pixels as one binary buffer (uint8,
 (H, W, C)); ``id`` and ``t`` are echoed so the browser can measure input -> paint latency. The
 browser paints the newest frame it has in ``requestAnimationFrame`` (older unpainted ones are
-dropped) and writes that frame's ``seq`` to the ``ack`` trait, which acknowledges it and every
-earlier frame. The final position after a drag is always rendered: the last request stays pending
+dropped) and sends ``{"type": "ack", "seq"}`` as a custom message, which acknowledges that frame
+and every earlier one. Acks are custom messages, not a trait, so that they never queue behind
+(or hold back) a request in ipywidgets' one-sync-in-flight throttle; there is at most one per
+painted frame. The final position after a drag is always rendered: the last request stays pending
 until a frame slot frees up.
 """
 
@@ -113,6 +115,10 @@ class Interpolator(anywidget.AnyWidget):
     Attributes
     ----------
     render_threads : CPU threads for one frame (default 1; 0 leaves torch's setting alone).
+    transport : how the browser sends slider values: ``"trait"`` (default; the ``request`` trait,
+        one sync in flight, coalesced by ipywidgets) or ``"message"`` (custom messages, at most
+        ``max_requests`` unanswered, coalesced by the widget itself: pipelined, so lower latency
+        when the round trip, not the render, dominates).
 
     Examples
     --------
@@ -130,11 +136,12 @@ class Interpolator(anywidget.AnyWidget):
     markers = traitlets.List(traitlets.Dict()).tag(sync=True)
     values = traitlets.List(traitlets.Float()).tag(sync=True)
     request = traitlets.Dict().tag(sync=True, echo_update=False)
-    ack = traitlets.Int(0).tag(sync=True, echo_update=False)
     error = traitlets.Unicode("").tag(sync=True)
     throttle_ms = traitlets.Float(12.0).tag(sync=True)
     max_in_flight = traitlets.Int(2).tag(sync=True)
     render_threads = traitlets.Int(1)
+    transport = traitlets.Enum(("trait", "message"), "trait").tag(sync=True)
+    max_requests = traitlets.Int(2).tag(sync=True)
 
     def __init__(
         self,
@@ -181,7 +188,7 @@ class Interpolator(anywidget.AnyWidget):
         state["classes"] = [str(c) for c in session.data.classes]
         super().__init__(max_in_flight=max_in_flight, **state, **kwargs)
         self.observe(self._on_request, names="request")
-        self.observe(self._on_ack, names="ack")
+        self.on_msg(self._on_message)
 
     # ------------------------------------------------------------------ setup
     def _setup(
@@ -509,7 +516,9 @@ class Interpolator(anywidget.AnyWidget):
 
     # ------------------------------------------------------------------ browser side
     def _on_request(self, change: dict[str, Any]) -> None:
-        req = change["new"] or {}
+        self._handle_request(change["new"] or {})
+
+    def _handle_request(self, req: dict[str, Any]) -> None:
         try:
             self.submit(
                 req.get("values"),
@@ -524,9 +533,16 @@ class Interpolator(anywidget.AnyWidget):
             if not self._closed:
                 self.error = str(exc)
 
-    def _on_ack(self, change: dict[str, Any]) -> None:
+    def _on_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        if not isinstance(content, dict):
+            return
+        if content.get("type") == "request":
+            self._handle_request(content)
+            return
+        if content.get("type") != "ack":
+            return
         try:
-            self.acknowledge(change["new"])
+            self.acknowledge(content.get("seq"))  # type: ignore[arg-type]
         except (ValueError, RuntimeError) as exc:
             if not self._closed:
                 self.error = str(exc)
