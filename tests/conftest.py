@@ -10,8 +10,9 @@ digits_vae : a :class:`~defuse_widgets.models.ConvVAE` trained on ``digits`` (se
 digits_model_paths : ``{"classifier": Path, "vae": Path}``, the two models as written by
     ``dw.save_model``.
 
-The models are trained once (on one CPU thread: several test processes share this small machine,
-and oversubscribed torch threads were several times slower) and cached under
+The whole test session runs torch on ``$DEFUSE_WIDGETS_TEST_THREADS`` CPU threads (default 1): the
+test models are tiny, and on a shared 2-core machine oversubscribed torch threads made training
+about 8x slower. The models are trained once and cached under
 ``$DEFUSE_WIDGETS_TEST_CACHE`` (default ``~/.cache/defuse-widgets/test-models``) in a folder keyed
 by a hash of the package's model and data code and the torch version, so a change to the trainer
 retrains. They are shared by every test: a test that changes weights (fine-tuning) must work on a
@@ -30,6 +31,7 @@ import torch
 import defuse_widgets as dw
 
 PACKAGE = Path(dw.__file__).parent
+torch.set_num_threads(int(os.environ.get("DEFUSE_WIDGETS_TEST_THREADS", "1")))
 
 
 def _cache_dir() -> Path:
@@ -42,15 +44,10 @@ def _cache_dir() -> Path:
 
 
 def _train_and_save(digits: dw.ImageDataset, paths: dict[str, Path]) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        models = {
-            "classifier": dw.train_classifier(digits, seed=0, device="cpu", progress=False),
-            "vae": dw.train_vae(digits, seed=0, device="cpu", progress=False),
-        }
-    finally:
-        torch.set_num_threads(threads)
+    models = {
+        "classifier": dw.train_classifier(digits, seed=0, device="cpu", progress=False),
+        "vae": dw.train_vae(digits, seed=0, device="cpu", progress=False),
+    }
     for key, model in models.items():
         part = paths[key].with_suffix(f".{os.getpid()}.part")
         dw.save_model(model, part)
