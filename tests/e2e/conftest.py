@@ -29,6 +29,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -240,6 +241,18 @@ def browser_page(browser: Any) -> Iterator[Any]:
         yield page
     finally:
         context.close()
+
+
+@pytest.fixture
+def lab_helpers() -> SimpleNamespace:
+    """The helper functions of this module (tests cannot ``import conftest`` reliably)."""
+    return SimpleNamespace(
+        write_notebook=write_notebook,
+        open_and_run=open_and_run,
+        wait_kernel_idle=wait_kernel_idle,
+        cell_output_text=cell_output_text,
+        run_new_cell=run_new_cell,
+    )
 
 
 @pytest.fixture
