@@ -1,0 +1,222 @@
+"""The explorer widget's kernel side: state, binary traits and messages, without a browser."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+from ipywidgets.widgets.widget import _remove_buffers
+
+import defuse_widgets as dw
+from defuse_widgets.widgets._codec import array_from_json, array_to_json
+from defuse_widgets.widgets.explorer import Explorer, region_color
+
+
+@pytest.fixture(scope="module")
+def session(digits, digits_classifier, digits_vae) -> dw.DefuseSession:
+    s = dw.DefuseSession(classifier=copy.deepcopy(digits_classifier), generator=digits_vae,
+                         data=digits, device="cpu", seed=0, progress=False)  # fmt: skip
+    s.identify(split="test", limit=150)
+    s.distill(max_regions=10)
+    assert len(s.regions) >= 2
+    return s
+
+
+@pytest.fixture
+def widget(session: dw.DefuseSession) -> Explorer:
+    for rid in list(session.labels):
+        session.unlabel(rid)
+    session.revert()
+    w = Explorer(session, projection="pca", steps=10, block=True)
+    w.sent = []  # type: ignore[attr-defined]
+    w.send = lambda content, buffers=None: w.sent.append((content, buffers))  # type: ignore[method-assign]
+    return w
+
+
+def _ack(w: Any) -> dict[str, Any]:
+    acks = [c for c, _ in w.sent if c.get("kind") == "ack"]
+    assert acks, w.sent
+    return acks[-1]
+
+
+def test_state_travels_as_binary_buffers(widget: Explorer, session: dw.DefuseSession) -> None:
+    m = len(session.errors)
+    assert widget.busy == "" and widget.error == ""
+    assert widget.points.shape == (m, 2) and widget.points.dtype == np.float32
+    assert widget.point_region.tolist() == session.regions.assignments.tolist()
+    assert widget.thumbs.shape[0] == m and widget.thumbs.dtype == np.uint8
+    state = widget.get_state()
+    _, paths, buffers = _remove_buffers(state)
+    sent_as_buffers = {p[0] for p in paths}
+    assert {
+        "points",
+        "point_region",
+        "point_labels",
+        "point_confidence",
+        "thumbs",
+    } <= sent_as_buffers
+    assert sum(b.nbytes for b in buffers) >= m * 2 * 4
+    assert widget.baseline is not None and 0 < widget.baseline["test_accuracy"] <= 1
+    # regions: sorted by size, stable colors, JSON-ready
+    sizes = [r["size"] for r in widget.regions]
+    assert sizes == sorted(sizes, reverse=True)
+    assert all(r["color"] == region_color(r["id"]) for r in widget.regions)
+    assert widget.classes == [str(c) for c in session.data.classes]
+
+
+def test_codec_round_trip() -> None:
+    a = np.arange(12, dtype=np.int64).reshape(3, 4)
+    wire = array_to_json(a)
+    assert wire["dtype"] == "int32" and wire["shape"] == [3, 4]
+    back = array_from_json({**wire, "buffer": bytes(wire["buffer"])})
+    assert back.tolist() == a.tolist()
+    assert array_to_json(None) is None
+
+
+def test_region_click_builds_the_panel(widget: Explorer, session: dw.DefuseSession) -> None:
+    rid = widget.regions[0]["id"]
+    widget.selected_region = rid  # as the browser does
+    panel = widget.panel
+    assert panel["region"] == rid
+    assert panel["samples"].shape[0] == 16 and panel["samples"].dtype == np.uint8
+    members = session.regions.members(rid)
+    assert panel["members"].shape[0] == min(16, len(members))
+    assert set(panel["member_index"].tolist()) <= set(members.tolist())
+    assert panel["sources"].shape == panel["members"].shape
+    _, paths, _ = _remove_buffers(widget.get_state("panel"))
+    assert {p[1] for p in paths} >= {"samples", "members", "sources"}
+    with pytest.raises(KeyError):
+        widget.select_region(10_000)
+
+
+def test_label_from_the_browser(widget: Explorer, session: dw.DefuseSession) -> None:
+    seen: list[tuple[int, Any]] = []
+    widget.on_label(lambda rid, lab: seen.append((rid, lab)))
+    rid = widget.regions[0]["id"]
+    changed: list[str] = []
+    widget.observe(lambda ch: changed.append(ch["name"]))
+    widget._handle_msg(widget, {"kind": "label", "region": rid, "label": 3, "id": 7}, [])
+    assert _ack(widget) == {"kind": "ack", "id": 7, "ok": True}
+    assert session.labels == {rid: 3} and widget.labels == {str(rid): 3}
+    assert seen == [(rid, 3)]
+    # a label change sends only the small label map (and the status line)
+    assert set(changed) <= {"labels", "status", "error"}
+    widget._handle_msg(
+        widget, {"kind": "label", "region": rid, "label": dw.MODEL_IS_RIGHT, "id": 8}, []
+    )
+    assert session.labels == {rid: dw.MODEL_IS_RIGHT}
+    widget._handle_msg(widget, {"kind": "unlabel", "region": rid, "id": 9}, [])
+    assert session.labels == {} and seen[-1] == (rid, None)
+
+
+def test_bad_labels_change_nothing(widget: Explorer, session: dw.DefuseSession) -> None:
+    widget._handle_msg(widget, {"kind": "label", "region": 999, "label": 1, "id": 1}, [])
+    ack = _ack(widget)
+    assert ack["ok"] is False and "999" in ack["message"]
+    assert "999" in widget.error
+    rid = widget.regions[0]["id"]
+    widget._handle_msg(widget, {"kind": "label", "region": rid, "label": 42, "id": 2}, [])
+    assert _ack(widget)["ok"] is False
+    assert session.labels == {} and widget.labels == {}
+
+
+def test_selection_syncs_and_makes_a_region(widget: Explorer, session: dw.DefuseSession) -> None:
+    got: list[np.ndarray] = []
+    widget.on_select(got.append)
+    idx = np.array([0, 1, 2, 3, 5], np.int32)
+    # the browser writes the trait as a binary buffer
+    widget.set_state({"selected_indices": {"buffer": memoryview(idx.tobytes()), "dtype": "int32",
+                                           "shape": [5]}})  # fmt: skip
+    assert got and got[-1].tolist() == idx.tolist()
+    assert widget.trait_metadata("selected_indices", "echo_update") is False
+    before = len(session.regions)
+    rid = widget.add_region()
+    assert len(session.regions) == before + 1 and widget.selected_region == rid
+    assert any(r["id"] == rid and r["user_defined"] for r in widget.regions)
+    assert set(np.nonzero(widget.point_region == rid)[0].tolist()) == set(idx.tolist())
+    widget.select(None)
+    assert got[-1].size == 0
+    with pytest.raises(ValueError, match="at least 2"):
+        widget.add_region()
+
+
+def test_fine_tune_round_and_revert(widget: Explorer, session: dw.DefuseSession) -> None:
+    with pytest.raises(RuntimeError, match="label at least one region"):
+        widget.fine_tune()
+    widget._handle_msg(
+        widget, {"kind": "finetune", "steps": 10, "lam": 1.0, "lr": 0.01, "id": 3}, []
+    )
+    assert _ack(widget)["ok"] is False and "label" in widget.error
+    rid = widget.regions[0]["id"]
+    widget.label(rid, widget.regions[0]["transition"][0])
+    updates: list[dict[str, Any]] = []
+    widget.observe(lambda ch: updates.append(ch["new"]), "progress")
+    widget.fine_tune(steps=30, lr=0.01, block=True)
+    assert widget.error == "" and widget.busy == ""
+    assert widget.progress["step"] == widget.progress["total"] == 30
+    assert not widget.progress["running"]
+    assert len(updates) <= 30  # throttled to at most ~10 per second, plus start and end
+    events = [h["event"] for h in widget.history]
+    assert events == ["before", "round"]
+    assert session.rounds >= 1 and widget.point_fixed is not None
+    assert widget.point_fixed.shape == (len(session.errors),)
+    region = next(r for r in widget.regions if r["id"] == rid)
+    assert region["sample_accuracy"] is not None
+    widget.revert(block=True)
+    assert widget.history[-1]["event"] == "revert"
+    assert widget.history[-1]["test_accuracy"] == pytest.approx(widget.baseline["test_accuracy"])
+    assert session.active_round == 0
+
+
+def test_second_fine_tune_and_cancel(widget: Explorer, session: dw.DefuseSession) -> None:
+    widget.label(widget.regions[0]["id"], 1)
+    rounds = session.rounds
+    widget.fine_tune(steps=5000)
+    try:
+        with pytest.raises(RuntimeError, match="busy"):
+            widget.fine_tune(steps=10)
+        widget._handle_msg(widget, {"kind": "finetune", "id": 4}, [])
+        assert _ack(widget)["ok"] is False
+        with pytest.raises(RuntimeError, match="running"):
+            widget.revert()
+    finally:
+        widget._handle_msg(widget, {"kind": "cancel", "id": 5}, [])
+        widget.wait(60)
+    assert _ack(widget)["ok"] is True
+    assert not widget.running and widget.busy == ""
+    assert session.rounds == rounds
+    assert "cancelled" in widget.status
+
+
+def test_thumbnail_on_demand(session: dw.DefuseSession) -> None:
+    w = Explorer(session, projection="pca", max_thumbnail_bytes=0, block=True)
+    assert w.thumbs is None
+    sent: list[Any] = []
+    w.send = lambda content, buffers=None: sent.append((content, buffers))  # type: ignore[method-assign]
+    w._handle_msg(w, {"kind": "thumb", "index": 2}, [])
+    (content, buffers) = sent[-1]
+    assert content["kind"] == "thumb" and content["index"] == 2
+    assert len(buffers[0]) == int(np.prod(content["shape"]))
+
+
+def test_bad_arguments(session: dw.DefuseSession, digits, digits_classifier, digits_vae) -> None:
+    with pytest.raises(ValueError, match="projection"):
+        Explorer(session, projection=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="projection"):
+        Explorer(session, projection="tsne")
+    empty = dw.DefuseSession(classifier=digits_classifier, generator=digits_vae, data=digits,
+                             device="cpu", progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="identify"):
+        Explorer(empty)
+
+
+def test_given_projection_and_redisplay(session: dw.DefuseSession) -> None:
+    xy = np.random.default_rng(0).normal(size=(len(session.errors), 2)).astype(np.float32)
+    w = Explorer(session, projection=xy, block=True)
+    assert np.array_equal(w.points, xy)
+    w.select_region(w.regions[1]["id"])
+    # a new view (re-display, page reload) gets the whole current state from get_state()
+    state = w.get_state()
+    assert state["selected_region"] == w.regions[1]["id"] and state["panel"]["region"] >= 0
