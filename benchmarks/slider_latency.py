@@ -157,6 +157,7 @@ def drag(
           return {inputs: s.inputs, requests: s.requests, received: s.framesReceived,
                   painted: s.framesPainted, dropped: s.dropped, lat: s.latencies,
                   inputLat: s.inputLatencies, finalMs: s.finalFrameMs, kernel: s.kernel,
+                  breakdown: s.breakdown,
                   slider: Number(r.querySelector('input[type=range]').value),
                   shown: JSON.parse(r.dataset.paintedValues)}; }""",
         ROOT_SEL,
@@ -178,6 +179,10 @@ def drag(
         "render_ms_p50": k1.get("render_ms_p50"),
         "final_matches_slider": st["shown"] == [st["slider"]],
         "drag_s": round(drag_s, 3),
+        "breakdown_p50_ms": {
+            k: _percentile([b[k] for b in st["breakdown"]], 0.5)
+            for k in ("wait", "up", "queue", "kernel", "down", "paint")
+        },
         "late_events": late,
     }
 

@@ -35,6 +35,7 @@ interface FrameMsg {
   probs: number[];
   prediction: number;
   stats: Record<string, unknown>;
+  kernel_ms: number[];
 }
 
 const FRAME_PX = 256;
@@ -110,6 +111,15 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
   let pendingFrame: { msg: FrameMsg; pixels: Uint8Array } | null = null;
   let rafHandle: number | undefined;
   let painted = 0;
+  // Acks ride on the next request (every request carries the newest painted seq; acks are
+  // cumulative); a separate "ack" message goes only when no request followed within ACK_DELAY_MS.
+  // During a drag this saves one kernel message (and its busy/idle pair) per frame.
+  const ACK_DELAY_MS = 20;
+  let ackTimer: number | undefined;
+  function flushAck(): void {
+    ackTimer = undefined;
+    model.send({ type: "ack", seq: painted });
+  }
   let barFills: HTMLElement[] = [];
   let barRows: HTMLElement[] = [];
   let barValues: HTMLElement[] = [];
@@ -168,7 +178,11 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
   function send(): void {
     trailing = undefined;
     if (!latest) return;
-    const req = { id: latest.id, t: latest.t, values: latest.values, view };
+    const req = { id: latest.id, t: latest.t, values: latest.values, view, ack: painted };
+    if (ackTimer !== undefined) {
+      clearTimeout(ackTimer);
+      ackTimer = undefined;
+    }
     if (model.get("transport") === "message") {
       const now = performance.now();
       for (const [id, at] of outstanding) if (now - at > 1000) outstanding.delete(id); // lost
@@ -181,6 +195,7 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
     }
     lastSent = performance.now();
     stats.requests += 1;
+    stats.sent(req.id, lastSent);
     latest = null;
   }
 
@@ -265,13 +280,14 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
     root.dataset.paintedId = msg.view === view ? String(msg.id) : root.dataset.paintedId ?? "";
     root.dataset.paintedValues = JSON.stringify(msg.values);
     root.dataset.prediction = String(msg.prediction);
-    model.send({ type: "ack", seq: msg.seq });
+    if (model.get("transport") === "message") flushAck(); // its requests wait for frames
+    else if (ackTimer === undefined) ackTimer = window.setTimeout(flushAck, ACK_DELAY_MS);
   }
 
   function onCustom(msg: any, buffers: DataView[]): void {
     if (!msg || msg.type !== "frame") return;
     const frame = msg as FrameMsg;
-    stats.received(frame);
+    stats.received(frame, performance.now());
     if (frame.view === view) {
       for (const id of outstanding.keys()) if (id <= frame.id) outstanding.delete(id);
       if (latest && trailing === undefined) send();
@@ -327,6 +343,7 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
   return () => {
     if (trailing !== undefined) clearTimeout(trailing);
     if (rafHandle !== undefined) cancelAnimationFrame(rafHandle);
+    if (ackTimer !== undefined) flushAck();
     model.off("msg:custom", onCustom);
     model.off("change:values", onValues);
     model.off("change:error", onError);

@@ -301,10 +301,13 @@ def test_browser_traits_drive_the_protocol_and_errors_show(session: DefuseSessio
     assert [f["id"] for f in sent.frames] == [1, 2]
     w._on_message(w, {"type": "ack", "seq": 2}, [])
     assert [f["id"] for f in sent.frames] == [1, 2, 3]
+    # an ack can ride on the next request
+    w.request = {"id": 31, "t": 7.5, "values": [0.7], "view": "v", "ack": 3}
+    assert w.stats["acked"] == 3 and sent.frames[-1]["id"] == 31
     # a bad request from the browser does not raise in the kernel: it shows as the widget's error
-    w.request = {"id": 4, "t": 8.0, "values": [float("nan")], "view": "v"}
+    w.request = {"id": 40, "t": 8.0, "values": [float("nan")], "view": "v"}
     assert "finite" in w.error and w.stats["rejected"] == 1
-    w.request = {"id": 5, "t": 9.0, "values": [0.9], "view": "v"}
+    w.request = {"id": 50, "t": 9.0, "values": [0.9], "view": "v"}
     assert w.error == ""
     # a bad ack from the browser shows as an error too; other messages are ignored
     w._on_message(w, {"type": "ack", "seq": 99}, [])

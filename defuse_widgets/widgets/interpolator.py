@@ -18,11 +18,12 @@ once fewer than ``max_in_flight`` frames are unacknowledged. A frame is a custom
 ``{"type": "frame", "seq", "id", "t", ...}`` with the raw pixels as one binary buffer (uint8,
 (H, W, C)); ``id`` and ``t`` are echoed so the browser can measure input -> paint latency. The
 browser paints the newest frame it has in ``requestAnimationFrame`` (older unpainted ones are
-dropped) and sends ``{"type": "ack", "seq"}`` as a custom message, which acknowledges that frame
-and every earlier one. Acks are custom messages, not a trait, so that they never queue behind
-(or hold back) a request in ipywidgets' one-sync-in-flight throttle; there is at most one per
-painted frame. The final position after a drag is always rendered: the last request stays pending
-until a frame slot frees up.
+dropped). Each request carries ``ack``, the newest frame painted, which acknowledges that frame
+and every earlier one; when no request follows a paint within 20 ms the browser sends
+``{"type": "ack", "seq"}`` as a custom message instead (never through a trait, so an ack never
+waits behind a request in ipywidgets' one-sync-in-flight throttle). During a drag this saves a
+kernel message per frame. The final position after a drag is always rendered: the last request
+stays pending until a frame slot frees up.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class _Request:
     t: float
     values: tuple[float, ...]
     view: str
+    received_ms: float
 
 
 @contextmanager
@@ -453,7 +455,9 @@ class Interpolator(anywidget.AnyWidget):
         self._stats["received"] += 1
         if self._pending is not None:
             self._stats["superseded"] += 1
-        self._pending = _Request(int(request_id), float(timestamp), vals, str(view))
+        self._pending = _Request(
+            int(request_id), float(timestamp), vals, str(view), time.time() * 1e3
+        )
         return self._pump()
 
     def acknowledge(self, seq: int) -> None:
@@ -487,6 +491,7 @@ class Interpolator(anywidget.AnyWidget):
             self._sent_at.clear()
             self._acked = self._sent
         req, self._pending = self._pending, None
+        start_ms = time.time() * 1e3
         t0 = time.perf_counter()
         pixels, probs = self._render(self.code_at(req.values))
         self._render_ms.append((time.perf_counter() - t0) * 1e3)
@@ -510,6 +515,8 @@ class Interpolator(anywidget.AnyWidget):
             "probs": [round(float(p), 5) for p in probs],
             "prediction": int(np.argmax(probs)),
             "stats": self.stats,
+            # wall-clock ms (Unix epoch): request received, render started, frame sent
+            "kernel_ms": [req.received_ms, start_ms, time.time() * 1e3],
         }
         self.send(content, buffers=[buffer])
         return True
@@ -520,6 +527,8 @@ class Interpolator(anywidget.AnyWidget):
 
     def _handle_request(self, req: dict[str, Any]) -> None:
         try:
+            if req.get("ack"):  # the newest frame painted, carried with the request
+                self.acknowledge(req["ack"])
             self.submit(
                 req.get("values"),
                 request_id=req.get("id"),

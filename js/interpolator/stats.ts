@@ -6,6 +6,17 @@ export interface FrameInfo {
   id: number;
   t: number;
   stats?: Record<string, unknown>;
+  kernel_ms?: number[];
+}
+
+/** Where the time of one painted frame went (ms): see Stats.painted. */
+export interface Breakdown {
+  wait: number; // input event -> request handed to the widget manager (throttle)
+  up: number; // -> kernel received it (ipywidgets coalescing, server, ZMQ, kernel queue)
+  queue: number; // -> render started (waiting for a frame slot)
+  kernel: number; // -> frame sent (decode, classify, copy, serialize)
+  down: number; // -> browser received it (server, websocket, widget manager)
+  paint: number; // -> drawn in requestAnimationFrame
 }
 
 export class Stats {
@@ -25,7 +36,14 @@ export class Stats {
   /** ms from the last input to the paint of its frame (null until painted) */
   finalFrameMs: number | null = null;
   kernel: Record<string, unknown> = {};
+  breakdown: Breakdown[] = [];
   private waiting: { id: number; t: number }[] = [];
+  private sentAt = new Map<number, number>();
+  private receivedAt = new Map<number, number>();
+
+  sent(id: number, now: number): void {
+    this.sentAt.set(id, now);
+  }
 
   input(id: number, t: number): void {
     this.inputs += 1;
@@ -35,8 +53,9 @@ export class Stats {
     this.waiting.push({ id, t });
   }
 
-  received(frame: FrameInfo): void {
+  received(frame: FrameInfo, now: number): void {
     this.framesReceived += 1;
+    this.receivedAt.set(frame.seq, now);
     if (frame.stats) this.kernel = frame.stats;
   }
 
@@ -44,6 +63,22 @@ export class Stats {
     this.framesPainted += 1;
     if (!own) return;
     this.latencies.push(now - frame.t);
+    const sent = this.sentAt.get(frame.id);
+    const recv = this.receivedAt.get(frame.seq);
+    const k = frame.kernel_ms;
+    if (sent !== undefined && recv !== undefined && k && k.length === 3) {
+      const origin = performance.timeOrigin;
+      this.breakdown.push({
+        wait: sent - frame.t,
+        up: k[0] - (origin + sent),
+        queue: k[1] - k[0],
+        kernel: k[2] - k[1],
+        down: origin + recv - k[2],
+        paint: now - recv,
+      });
+    }
+    for (const id of this.sentAt.keys()) if (id <= frame.id) this.sentAt.delete(id);
+    this.receivedAt.delete(frame.seq);
     while (this.waiting.length && this.waiting[0].id <= frame.id) {
       const w = this.waiting.shift()!;
       this.inputLatencies.push(now - w.t);
@@ -57,6 +92,7 @@ export class Stats {
     this.inputs = this.requests = this.framesReceived = this.framesPainted = this.dropped = 0;
     this.latencies = [];
     this.inputLatencies = [];
+    this.breakdown = [];
     this.waiting = [];
     this.finalFrameMs = null;
   }
