@@ -1,0 +1,342 @@
+"""identify(): every strategy on the trained digits models, keep rules, seeds, validity, errors."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import defuse_widgets as dw
+from defuse_widgets.identify import STRATEGIES, ErrorSet, identify, validity_score
+
+N_IMAGES, Q, K = 60, 30, 3
+SETTINGS = {
+    "reference": {"samples": Q, "max_per_image": K},
+    "gaussian": {"samples": Q, "max_per_image": K},
+    "gradient": {"max_per_image": K, "restarts": 6, "steps": 6},
+}
+
+
+def run(clf: nn.Module, vae: nn.Module, data: dw.ImageDataset, strategy: str, **kw) -> ErrorSet:
+    options = {**SETTINGS[strategy], "device": "cpu", "progress": False, **kw}
+    n = options.pop("n", N_IMAGES)
+    return identify(clf, vae, data.x_test[:n], data.y_test[:n], strategy, **options)
+
+
+@pytest.fixture(scope="module")
+def found(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> dict[str, ErrorSet]:
+    return {s: run(digits_classifier, digits_vae, digits, s) for s in STRATEGIES}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_finds_real_errors(
+    strategy: str,
+    found: dict[str, ErrorSet],
+    digits: dw.ImageDataset,
+    digits_classifier: nn.Module,
+    digits_vae: dw.ConvVAE,
+) -> None:
+    errors = found[strategy]
+    m, d = len(errors), digits_vae.latent_dim
+    assert m >= 10, f"{strategy} found only {m} errors on {N_IMAGES} digits"
+    assert errors.codes.shape == errors.perturbation.shape == (m, d)
+    assert errors.codes.dtype == torch.float32 and errors.codes.device.type == "cpu"
+    for t in (errors.source_index, errors.true_label, errors.pred_label):
+        assert t.shape == (m,) and t.dtype == torch.int64
+    assert errors.images_searched == N_IMAGES and errors.split == "test"
+    assert errors.settings["strategy"] == strategy and errors.settings["seed"] == 0
+    assert errors.settings["num_classes"] == 10 and errors.settings["device"] == "cpu"
+    # the rows are what they say: each code's decode is misclassified as pred_label
+    assert bool((errors.source_index >= 0).all() and (errors.source_index < N_IMAGES).all())
+    assert torch.equal(errors.true_label, digits.y_test[errors.source_index])
+    assert bool((errors.pred_label != errors.true_label).all())
+    with torch.no_grad():
+        logits = digits_classifier(digits_vae.decode(errors.codes))
+        mu, _ = digits_vae.encode(digits.x_test[:N_IMAGES])
+    assert torch.equal(logits.argmax(1), errors.pred_label)
+    assert torch.allclose(errors.confidence, logits.softmax(1).max(1).values, atol=1e-5)
+    assert torch.allclose(errors.perturbation, errors.codes - mu[errors.source_index], atol=1e-5)
+    assert bool(((errors.validity > 0) & (errors.validity <= 1)).all())
+    assert bool(((errors.confidence > 0.1) & (errors.confidence <= 1)).all())
+    # rows are grouped by source image
+    assert bool((errors.source_index.diff() >= 0).all())
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_at_most_k_per_image(strategy: str, found: dict[str, ErrorSet]) -> None:
+    counts = found[strategy].source_index.bincount(minlength=N_IMAGES)
+    assert int(counts.max()) == K, "some image reaches the cap, none passes it"
+
+
+def test_search_budget_and_perturbation_shapes(found: dict[str, ErrorSet]) -> None:
+    ref, gauss, grad = found["reference"], found["gaussian"], found["gradient"]
+    for errors in (ref, gauss):
+        assert 0 < errors.decodes <= N_IMAGES * Q
+    # images that reach k stop early, so the budget is not spent in full
+    assert ref.decodes < N_IMAGES * Q
+    # Beta(50, 50) noise: every coordinate in (0, 1), mean 0.5, sd about 0.05 (the smallest-norm
+    # draws are kept, which pulls the kept ones' mean a little below 0.5)
+    p = ref.perturbation
+    assert bool(((p > 0) & (p < 1)).all())
+    assert 0.44 < float(p.mean()) < 0.5 and 0.03 < float(p.std()) < 0.08
+    # gaussian noise is zero-mean
+    assert abs(float(gauss.perturbation.mean())) < 0.2
+    # the gradient search stays within max_distance of the encoder mean
+    bound = grad.settings["max_distance"]
+    assert bound == pytest.approx(0.5 * math.sqrt(grad.latent_dim))
+    assert float(grad.perturbation.norm(dim=1).max()) <= bound * (1 + 1e-4)
+    assert grad.decodes <= N_IMAGES * 6 * 6
+
+
+def test_gradient_needs_far_fewer_decodes_per_error(found: dict[str, ErrorSet]) -> None:
+    per_error = {s: found[s].decodes / len(found[s]) for s in ("reference", "gradient")}
+    assert per_error["gradient"] * 2 < per_error["reference"], per_error
+    images_hit = {s: len(found[s].source_index.unique()) for s in STRATEGIES}
+    assert images_hit["gradient"] > images_hit["reference"], images_hit
+
+
+def test_reference_keeps_the_smallest_norm_errors(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    """With the same seed the noise is the same; k = Q keeps every error, k = 2 the two smallest."""
+    everything = run(digits_classifier, digits_vae, digits, "reference", n=30, max_per_image=Q)
+    two = run(digits_classifier, digits_vae, digits, "reference", n=30, max_per_image=2)
+    assert len(everything) > len(two) > 0
+    for i in range(30):
+        all_i = everything.perturbation[everything.source_index == i]
+        two_i = two.perturbation[two.source_index == i]
+        assert len(two_i) == min(2, len(all_i))
+        smallest = all_i[all_i.norm(dim=1).argsort()[:2]]
+        assert torch.allclose(two_i.norm(dim=1).sort().values, smallest.norm(dim=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_same_seed_repeats_exactly_and_another_seed_differs(
+    strategy: str,
+    found: dict[str, ErrorSet],
+    digits: dw.ImageDataset,
+    digits_classifier: nn.Module,
+    digits_vae: nn.Module,
+) -> None:
+    first = found[strategy]
+    again = run(digits_classifier, digits_vae, digits, strategy)
+    for name, tensor in first.tensors().items():
+        assert torch.equal(tensor, getattr(again, name)), name
+    assert again.decodes == first.decodes
+    other = run(digits_classifier, digits_vae, digits, strategy, seed=1)
+    assert len(other) != len(first) or not torch.equal(other.codes, first.codes)
+
+
+def test_chunking_keeps_the_rules(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    errors = run(digits_classifier, digits_vae, digits, "reference", n=20, chunk_size=40)
+    assert len(errors) > 0 and int(errors.source_index.bincount().max()) <= K
+    assert bool((errors.pred_label != errors.true_label).all())
+    grad = run(digits_classifier, digits_vae, digits, "gradient", n=20, chunk_size=12)
+    assert len(grad) > 0 and int(grad.source_index.bincount().max()) <= K
+
+
+def test_autocast_bf16_runs_and_finds_errors(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    errors = run(digits_classifier, digits_vae, digits, "gradient", n=20, autocast="bf16")
+    assert len(errors) > 0 and errors.codes.dtype == torch.float32
+    assert bool((errors.pred_label != errors.true_label).all())
+
+
+def test_models_keep_their_mode_and_weights(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    clf, vae = copy.deepcopy(digits_classifier).train(), copy.deepcopy(digits_vae).train()
+    before = {k: v.clone() for k, v in clf.state_dict().items()}
+    errors = run(clf, vae, digits, "gradient", n=15)
+    assert clf.training and vae.training, "each model's mode is restored"
+    assert all(torch.equal(before[k], v) for k, v in clf.state_dict().items())
+    # the search itself ran in eval mode (no dropout, no sampled codes): same as with eval models
+    expected = run(digits_classifier, digits_vae, digits, "gradient", n=15)
+    assert torch.equal(errors.codes, expected.codes)
+
+
+# ---------------------------------------------------------------- validity
+
+
+def test_validity_is_high_for_real_codes_and_low_far_away(
+    digits: dw.ImageDataset, digits_vae: dw.ConvVAE
+) -> None:
+    with torch.no_grad():
+        mu, _ = digits_vae.encode(digits.x_test[:100])
+    real = validity_score(digits_vae, mu)
+    far = validity_score(digits_vae, mu + 20)
+    nearby = validity_score(digits_vae, mu + 3)
+    for v in (real, far, nearby):
+        assert v.shape == (100,) and bool(((v > 0) & (v <= 1)).all())
+    assert float(real.median()) > 0.8
+    assert bool((real > far).all()) and float(far.max()) < 0.01
+    assert float(real.mean()) > float(nearby.mean()) > float(far.mean())
+    assert validity_score(digits_vae, mu[:0]).shape == (0,)
+    assert torch.allclose(validity_score(digits_vae, mu, chunk_size=7), real)
+
+
+def test_min_validity_drops_the_least_natural(
+    found: dict[str, ErrorSet],
+    digits: dw.ImageDataset,
+    digits_classifier: nn.Module,
+    digits_vae: nn.Module,
+) -> None:
+    full = found["gaussian"]
+    threshold = float(full.validity.median())
+    kept = run(digits_classifier, digits_vae, digits, "gaussian", min_validity=threshold)
+    assert 0 < len(kept) < len(full)
+    assert bool((kept.validity >= threshold).all())
+    mask = full.validity >= threshold
+    assert torch.equal(kept.codes, full.codes[mask]), "the same search, filtered"
+    assert kept.settings["min_validity"] == threshold
+
+
+def test_errorset_helpers(found: dict[str, ErrorSet]) -> None:
+    errors = found["gradient"]
+    pairs = errors.transitions()
+    assert sum(pairs.values()) == len(errors)
+    assert list(pairs.values()) == sorted(pairs.values(), reverse=True)
+    assert all(t != p for t, p in pairs)
+    sub = errors.subset(errors.true_label == errors.true_label[0])
+    assert 0 < len(sub) < len(errors) and bool((sub.true_label == errors.true_label[0]).all())
+    assert sub.decodes == errors.decodes and sub.settings == errors.settings
+    assert sub.settings is not errors.settings
+    empty = errors.subset(torch.zeros(len(errors), dtype=torch.bool))
+    assert len(empty) == 0 and empty.latent_dim == errors.latent_dim
+    assert empty.transitions() == {}
+    assert "strategy='gradient'" in repr(errors)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+class NaNEncoder(nn.Module):
+    def __init__(self, vae: dw.ConvVAE):
+        super().__init__()
+        self.vae = vae
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.vae.encode(x)
+        return mu.index_fill(0, torch.tensor([1]), float("nan")), logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z)
+
+
+def _bad_cases(data: dw.ImageDataset, clf: nn.Module, vae: dw.ConvVAE) -> dict:
+    x, y = data.x_test[:6], data.y_test[:6]
+    softmax = nn.Sequential(clf, nn.Softmax(dim=1))
+    return {
+        "images 28x28 vs an 8x8 generator": (
+            (clf, vae, torch.rand(6, 1, 28, 28), y),
+            {},
+            ValueError,
+            r"generator: built for .*8, 8",
+        ),
+        "images with 3 channels": (
+            (clf, vae, x.repeat(1, 3, 1, 1), y),
+            {},
+            ValueError,
+            r"images searched are \(3, 8, 8\)",
+        ),
+        "a classifier for 3-channel images": (
+            (dw.SmallCNN((3, 8, 8), 10), vae, x, y),
+            {},
+            ValueError,
+            r"classifier: built for",
+        ),
+        "a user generator for other images": (
+            (clf, as_plain(vae, 28), x, y),
+            {},
+            ValueError,
+            "generator: could not encode images",
+        ),
+        "a classifier with fewer classes": (
+            (dw.SmallCNN((1, 8, 8), 5), vae, x, y),
+            {},
+            ValueError,
+            "returns 5 classes",
+        ),
+        "probabilities": (
+            (softmax, vae, x, y),
+            {},
+            ValueError,
+            "classifier: returns probabilities",
+        ),
+        "NaN codes": (
+            (clf, NaNEncoder(vae), x, y),
+            {},
+            ValueError,
+            r"generator.encode: .*NaN.*\[1\]",
+        ),
+        "k > Q": (
+            (clf, vae, x, y),
+            {"samples": 4, "max_per_image": 5},
+            ValueError,
+            "max_per_image: expected at most samples=4",
+        ),
+        "no images": ((clf, vae, x[:0], y[:0]), {}, ValueError, "images: expected at least one"),
+        "flat images": ((clf, vae, x.flatten(1), y), {}, ValueError, r"images: expected .*\(N, C"),
+        "numpy images": ((clf, vae, x.numpy(), y), {}, ValueError, "images: expected a tensor"),
+        "uint8 images": ((clf, vae, (x * 255).byte(), y), {}, ValueError, "images: expected float"),
+        "0-255 images": ((clf, vae, x * 255, y), {}, ValueError, r"images: expected .*\[0, 1\]"),
+        "NaN images": ((clf, vae, x * float("nan"), y), {}, ValueError, "images: contain NaN"),
+        "too few labels": ((clf, vae, x, y[:4]), {}, ValueError, r"labels: expected 6"),
+        "float labels": ((clf, vae, x, y.float()), {}, ValueError, "labels: expected 6 integer"),
+        "negative labels": (
+            (clf, vae, x, y - 10),
+            {},
+            ValueError,
+            "labels: expected class indices",
+        ),
+        "bad strategy": ((clf, vae, x, y, "random"), {}, ValueError, "strategy: expected one of"),
+        "samples 0": ((clf, vae, x, y), {"samples": 0}, ValueError, "samples: expected a positive"),
+        "bad autocast": ((clf, vae, x, y), {"autocast": "fp8"}, ValueError, "autocast: expected"),
+        "min_validity 2": ((clf, vae, x, y), {"min_validity": 2.0}, ValueError, "min_validity"),
+        "negative step": (
+            (clf, vae, x, y, "gradient"),
+            {"step_size": -1.0},
+            ValueError,
+            "step_size: expected a positive",
+        ),  # fmt: skip
+        "beta 0": ((clf, vae, x, y), {"beta": 0.0}, ValueError, "beta and radius"),
+        "no classifier": ((None, vae, x, y), {}, TypeError, "classifier: expected a torch module"),
+        "no generator": ((clf, object(), x, y), {}, TypeError, "generator: expected a module"),
+        "bad device": ((clf, vae, x, y), {"device": "tpu"}, ValueError, "device: expected"),
+    }
+
+
+def as_plain(vae: dw.ConvVAE, side: int) -> dw.generative.GeneratorAdapter:
+    """A user's generator (no image_shape attribute) built for ``side`` x ``side`` images."""
+    other = dw.ConvVAE((1, side, side), latent_dim=vae.latent_dim)
+    return dw.generative.as_generator(encode=lambda x: other.encode(x), decode=other.decoder)
+
+
+CASES = [
+    "images 28x28 vs an 8x8 generator", "images with 3 channels",
+    "a classifier for 3-channel images",
+    "a user generator for other images", "a classifier with fewer classes", "probabilities",
+    "NaN codes", "k > Q", "no images", "flat images", "numpy images", "uint8 images",
+    "0-255 images", "NaN images", "too few labels", "float labels", "negative labels",
+    "bad strategy", "samples 0", "bad autocast", "min_validity 2", "negative step", "beta 0",
+    "no classifier", "no generator", "bad device",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gets_a_clear_error(
+    case: str, digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: dw.ConvVAE
+) -> None:
+    cases = _bad_cases(digits, digits_classifier, digits_vae)
+    assert set(cases) == set(CASES)
+    args, kwargs, error, match = cases[case]
+    with pytest.raises(error, match=match):
+        identify(*args, progress=False, **{"device": "cpu", **kwargs})
