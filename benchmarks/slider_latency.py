@@ -245,6 +245,12 @@ def main() -> None:
     ap.add_argument("--fashion-train", type=int, default=6000, help="Fashion-MNIST subset size")
     ap.add_argument("--no-finetune", action="store_true")
     ap.add_argument(
+        "--nodelay",
+        choices=["on", "off", "both"],
+        default="both",
+        help="serve with the defuse_widgets.jupyter_nodelay server extension (TCP_NODELAY)",
+    )
+    ap.add_argument(
         "--driver",
         choices=["page", "mouse"],
         default="page",
@@ -261,18 +267,36 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="slider-latency-") as tmp:
-        root = Path(tmp)
-        url, proc = e2e.start_lab(root)
-        try:
-            with sync_playwright() as p:
-                browser = e2e.launch_browser(p)
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                for name in args.datasets:
-                    rows += run_dataset(page, url, root, name, args)
-                browser.close()
-        finally:
-            e2e.stop_lab(proc)
+    modes = ["off", "on"] if args.nodelay == "both" else [args.nodelay]
+    for nodelay in modes:
+        with tempfile.TemporaryDirectory(prefix="slider-latency-") as tmp:
+            root = Path(tmp)
+            env_before = os.environ.get("JUPYTER_CONFIG_PATH")
+            if nodelay == "on":  # enable the server extension through a config dir of our own
+                cfg = root / "config"
+                cfg.mkdir()
+                exts = {"defuse_widgets.jupyter_nodelay": True}
+                ext = {"ServerApp": {"jpserver_extensions": exts}}
+                (cfg / "jupyter_server_config.json").write_text(json.dumps(ext))
+                paths = [str(cfg)] + ([env_before] if env_before else [])
+                os.environ["JUPYTER_CONFIG_PATH"] = os.pathsep.join(paths)
+            try:
+                url, proc = e2e.start_lab(root)
+            finally:
+                if env_before is None:
+                    os.environ.pop("JUPYTER_CONFIG_PATH", None)
+                else:
+                    os.environ["JUPYTER_CONFIG_PATH"] = env_before
+            try:
+                with sync_playwright() as p:
+                    browser = e2e.launch_browser(p)
+                    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                    for name in args.datasets:
+                        for row in run_dataset(page, url, root, name, args):
+                            rows.append({"nodelay": nodelay, **row})
+                    browser.close()
+            finally:
+                e2e.stop_lab(proc)
 
     print(
         f"\nload average {os.getloadavg()[0]:.1f} (1 min) at the end; "
@@ -281,6 +305,7 @@ def main() -> None:
         f"{args.repeats} drags per phase, driver {args.driver} (medians over drags below)"
     )
     cols = [
+        "nodelay",
         "dataset",
         "phase",
         "transport",
@@ -298,16 +323,15 @@ def main() -> None:
     ]
     print(" | ".join(cols))
     summary = []
+    keys = ("nodelay", "dataset", "phase", "transport")
     groups = sorted(
-        {(r["dataset"], r["phase"], r["transport"]) for r in rows},
-        key=lambda g: (args.datasets.index(g[0]), g[1] != "idle", g[2]),
+        {tuple(r[k] for k in keys) for r in rows},
+        key=lambda g: (g[0], args.datasets.index(g[1]), g[2] != "idle", g[3]),
     )
-    for ds, phase, transport in groups:
-        sel = [
-            r for r in rows if (r["dataset"], r["phase"], r["transport"]) == (ds, phase, transport)
-        ]
-        agg: dict[str, Any] = {"dataset": ds, "phase": phase, "transport": transport}
-        for c in cols[3:]:
+    for group in groups:
+        sel = [r for r in rows if tuple(r[k] for k in keys) == group]
+        agg: dict[str, Any] = dict(zip(keys, group))
+        for c in cols[len(keys) :]:
             vals = [r[c] for r in sel if r[c] is not None]
             agg[c] = statistics.median(vals) if vals else None
         agg["kernel_peak_in_flight"] = max(r["kernel_peak_in_flight"] for r in sel)
@@ -316,7 +340,7 @@ def main() -> None:
         print(" | ".join(_fmt(agg[c]) for c in cols))
     checks = {}
     for agg in summary:
-        key = f"{agg['dataset']}/{agg['phase']}/{agg['transport']}"
+        key = "/".join(f"{k}={agg[k]}" for k in keys)
         if agg["phase"] == "idle":
             checks[key] = (
                 (agg["p50_ms"] or 1e9) <= TARGETS["p50_ms"]
