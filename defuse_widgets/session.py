@@ -1,0 +1,397 @@
+"""DefuseSession: holds the models, data and results of one debugging session and runs its steps."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .correct import (
+    CancelToken,
+    Cancelled,
+    RoundSettings,
+    StepCallback,
+    accuracy_by_class,
+    fine_tune,
+    predict_labels,
+    restore,
+    snapshot,
+)
+from .data import ImageDataset
+from .device import resolve_device
+from .distill import DEFAULT_SCALE, RegionSet, fit_regions, robust_cholesky, user_region
+from .generative import as_classifier, as_generator, check_logits
+from .identify import ErrorSet, identify
+from .labels import ReferenceModelLabeler, check_label
+
+EVAL_SAMPLES = 200
+
+
+class DefuseSession:
+    """One Defuse debugging session: identify -> distill -> label -> correct, with revert and save.
+
+    Parameters
+    ----------
+    classifier : torch module returning logits (N, K); it is fine-tuned in place, and
+        :meth:`revert` restores its original weights bit for bit.
+    generator : a VAE (see :func:`~defuse_widgets.generative.as_generator`).
+    data : the :class:`~defuse_widgets.data.ImageDataset` the classifier was trained on.
+    device : "auto" (CUDA, MPS, CPU) or a device; both models are moved there.
+    seed : seeds every random step, so a session repeats exactly on the CPU.
+
+    Examples
+    --------
+    >>> s = DefuseSession(classifier=clf, generator=vae, data=data, seed=0)  # doctest: +SKIP
+    >>> errors = s.identify(strategy="reference", split="test")  # doctest: +SKIP
+    >>> regions = s.distill()  # doctest: +SKIP
+    """
+
+    def __init__(self, classifier: nn.Module, generator: Any, data: ImageDataset,
+                 device: str | torch.device = "auto", seed: int = 0, progress: bool = True):  # fmt: skip
+        if not isinstance(data, ImageDataset):
+            raise TypeError(f"data: expected an ImageDataset (see load_dataset), got {type(data).__name__}")
+        self.device = resolve_device(device)
+        self.classifier = as_classifier(classifier).to(self.device).eval()
+        self.generator = as_generator(generator).to(self.device)
+        self.data = data
+        self.seed = int(seed)
+        self.progress = progress
+        self._check_models()
+        self.errors: ErrorSet | None = None
+        self.regions: RegionSet | None = None
+        self._labels: dict[int, int] = {}
+        self.history: list[dict[str, Any]] = []
+        self._snapshots: list[dict[str, torch.Tensor]] = [snapshot(self.classifier)]
+        self.active_round = 0
+        self._codes: dict[str, torch.Tensor] = {}
+        self._lock = threading.RLock()
+        self._running = False
+
+    def __repr__(self) -> str:
+        return (
+            f"DefuseSession(data={self.data.name!r}, device={str(self.device)!r}, "
+            f"errors={len(self.errors) if self.errors is not None else None}, "
+            f"regions={len(self.regions) if self.regions is not None else None}, "
+            f"labels={len(self._labels)}, rounds={len(self._snapshots) - 1})"
+        )
+
+    def _check_models(self) -> None:
+        x = self.data.x_test[:2].to(self.device)
+        with torch.inference_mode():
+            mu, _ = self.generator.encode(x)
+            decoded = self.generator.decode(mu)
+            if decoded.shape[1:] != x.shape[1:]:
+                raise ValueError(
+                    f"generator: decodes to images of shape {tuple(decoded.shape[1:])}, but the data's "
+                    f"images are {tuple(x.shape[1:])}"
+                )
+            check_logits(self.classifier(x), len(x), self.data.num_classes)
+
+    # ----- model helpers (CPU in, CPU out, batched, on the session's device) -----
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """(n, d) encoder means of images (n, C, H, W), on the CPU."""
+        parts = [self.generator.encode(x.to(self.device))[0].float().cpu() for x in images.split(batch_size)]
+        return torch.cat(parts) if parts else torch.zeros(0, self.generator.latent_dim)
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """(n, C, H, W) decoded images of codes (n, d), on the CPU."""
+        parts = [self.generator.decode(z.to(self.device).float()).float().cpu() for z in codes.split(batch_size)]
+        return torch.cat(parts) if parts else torch.zeros(0, *self.data.image_shape)
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """(n, K) class probabilities of the current classifier, on the CPU."""
+        with self._lock:
+            parts = [self.classifier(x.to(self.device)).float().softmax(1).cpu() for x in images.split(batch_size)]
+        return torch.cat(parts) if parts else torch.zeros(0, self.data.num_classes)
+
+    def split_codes(self, split: str) -> torch.Tensor:
+        """Encoder means of a whole split (cached), (N, d) on the CPU."""
+        if split not in self._codes:
+            self._codes[split] = self.encode(self.data.split(split)[0])
+        return self._codes[split]
+
+    # ----- identify and distill -----
+
+    def identify(self, strategy: str = "reference", split: str = "test", limit: int | None = None,
+                 **options: Any) -> ErrorSet:  # fmt: skip
+        """Search the latent space around the ``split``'s images (the first ``limit`` of them).
+
+        Options are those of :func:`~defuse_widgets.identify.identify`. Replaces earlier errors,
+        regions and labels (only once the search has succeeded).
+        """
+        x, y = self.data.split(split)
+        if limit is not None:
+            x, y = x[:limit], y[:limit]
+        options.setdefault("seed", self.seed)
+        options.setdefault("progress", self.progress)
+        with self._lock:
+            errors = identify(self.classifier, self.generator, x, y, strategy, device=self.device,
+                              split=split, **options)  # fmt: skip
+            self.errors, self.regions, self._labels = errors, None, {}
+        return errors
+
+    def distill(self, max_regions: int = 100, min_weight: float = 0.01, covariance_type: str = "full",
+                max_fit: int = 10_000, **options: Any) -> RegionSet:  # fmt: skip
+        """Fit the Dirichlet-process mixture to the errors' codes; see
+        :func:`~defuse_widgets.distill.fit_regions`. Replaces earlier regions and labels."""
+        if self.errors is None:
+            raise RuntimeError("no errors yet: call identify() before distill()")
+        options.setdefault("seed", self.seed)
+        regions = fit_regions(self.errors, max_regions, min_weight, covariance_type, max_fit, **options)
+        self._bind(regions)
+        self.regions, self._labels = regions, {}
+        return regions
+
+    def _bind(self, regions: RegionSet) -> None:
+        regions.decode = self.decode
+        regions.predict = self.predict
+
+    def _require_regions(self) -> RegionSet:
+        if self.regions is None:
+            raise RuntimeError("no regions yet: call identify() and distill() first")
+        return self.regions
+
+    def add_region(self, error_indices: Sequence[int] | torch.Tensor) -> int:
+        """Make a user-defined region of the errors ``error_indices``; returns its id."""
+        regions = self._require_regions()
+        assert self.errors is not None
+        return user_region(regions, self.errors, torch.as_tensor(error_indices)).id
+
+    # ----- labels -----
+
+    @property
+    def labels(self) -> dict[int, int]:
+        """Region id -> label (class index, MODEL_IS_RIGHT or UNRECOGNIZABLE); a copy."""
+        return dict(self._labels)
+
+    def label(self, region_id: int, label: int) -> None:
+        """Give a region one label: a class index, ``MODEL_IS_RIGHT`` or ``UNRECOGNIZABLE``."""
+        self._require_regions().get(region_id)
+        self._labels[int(region_id)] = check_label(label, self.data.num_classes)
+
+    def unlabel(self, region_id: int) -> None:
+        """Remove a region's label (no error if it had none)."""
+        self._require_regions().get(region_id)
+        self._labels.pop(int(region_id), None)
+
+    def export_labels(self, path: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Labels as a JSON-ready dict (also written to ``path`` when given)."""
+        out = {"format": "defuse-widgets-labels", "classes": list(self.data.classes),
+               "labels": {str(k): v for k, v in sorted(self._labels.items())}}  # fmt: skip
+        if path is not None:
+            Path(path).write_text(json.dumps(out, indent=2))
+        return out
+
+    def import_labels(self, source: str | os.PathLike | Mapping[str, Any]) -> None:
+        """Replace the labels with those of :meth:`export_labels` output (a dict or a JSON file)."""
+        doc = json.loads(Path(source).read_text()) if not isinstance(source, Mapping) else source
+        if doc.get("format") != "defuse-widgets-labels" or not isinstance(doc.get("labels"), dict):
+            raise ValueError("labels: expected export_labels() output with format 'defuse-widgets-labels'")
+        regions = self._require_regions()
+        new = {}
+        for key, value in doc["labels"].items():
+            regions.get(int(key))
+            new[int(key)] = check_label(value, self.data.num_classes)
+        self._labels = new
+
+    def auto_label(self, labeler: ReferenceModelLabeler, overwrite: bool = False) -> dict[int, int]:
+        """Label every region (unlabeled ones unless ``overwrite``) with an automatic labeler."""
+        regions = self._require_regions()
+        new = dict(self._labels)
+        for region in regions:
+            if region.id in new and not overwrite:
+                continue
+            sample = regions.sample(region.id, labeler.samples, purpose="label")
+            new[region.id] = labeler.label_region(sample.images, sample.predictions)
+        self._labels = new
+        return self.labels
+
+    def correctable(self) -> dict[int, int]:
+        """The labeled regions that correction trains on: those labeled with a class."""
+        return {rid: lab for rid, lab in self._labels.items() if lab >= 0}
+
+    # ----- correct, evaluate, revert -----
+
+    def correct(self, steps: int = 300, lam: float = 1.0, lr: float = 0.01, batch_size: int = 64,
+                optimizer: str = "sgd", scale: float | None = None,
+                cancel: CancelToken | None = None,
+                callback: StepCallback | None = None) -> dict[str, Any]:  # fmt: skip
+        """Run one fine-tuning round on the class-labeled regions and return its record.
+
+        Loss = CE(training batch) + ``lam`` x CE(batch of fresh samples from the labeled regions,
+        drawn from N(mean, ``scale`` x covariance)). The classifier changes only when the round
+        completes; a cancelled round (``cancel.cancel()``) leaves it exactly as before.
+        Returns ``{"round", "settings", "losses", "cancelled", "evaluation", "seconds"}``.
+        """
+        settings = RoundSettings(steps, lam, lr, batch_size, optimizer, momentum=0.9, scale=scale,
+                                 seed=self.seed + len(self.history))  # fmt: skip
+        settings.check()
+        targets = self.correctable()
+        if not targets:
+            raise RuntimeError("no region is labeled with a class: label at least one region first")
+        with self._lock:
+            if self._running:
+                raise RuntimeError("a fine-tuning round is already running; cancel it or wait")
+            self._running = True
+        try:
+            return self._run_round(settings, targets, cancel, callback)
+        finally:
+            self._running = False
+
+    def _run_round(self, settings: RoundSettings, targets: dict[int, int], cancel: CancelToken | None,
+                   callback: StepCallback | None) -> dict[str, Any]:  # fmt: skip
+        start = time.perf_counter()
+        base = self.active_round
+        sampler = self._region_sampler(targets, settings.scale, settings.seed)
+        try:
+            state, losses = fine_tune(self.classifier, self.data.x_train, self.data.y_train, sampler,
+                                      settings, cancel, callback)  # fmt: skip
+        except Cancelled:
+            return {"round": None, "cancelled": True, "losses": [], "evaluation": None,
+                    "settings": vars(settings), "seconds": time.perf_counter() - start}  # fmt: skip
+        with self._lock:
+            restore(self.classifier, state)
+            self._snapshots.append(state)
+            self.active_round = len(self._snapshots) - 1
+        record = {"round": self.active_round, "base_round": base, "cancelled": False,
+                  "settings": vars(settings), "labels": dict(targets), "losses": losses}  # fmt: skip
+        record["evaluation"] = self.evaluate()
+        record["seconds"] = time.perf_counter() - start
+        self.history.append(record)
+        return record
+
+    def _region_sampler(self, targets: dict[int, int], scale: float | None,
+                        seed: int) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+        regions = self._require_regions()
+        scale = DEFAULT_SCALE if scale is None else scale
+        ids = list(targets)
+        means = torch.stack([regions.get(r).mean for r in ids]).to(self.device)
+        chols = torch.stack([robust_cholesky(regions.get(r).covariance.double() * scale).float()
+                             for r in ids]).to(self.device)  # fmt: skip
+        labels = torch.tensor([targets[r] for r in ids], device=self.device)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+
+        def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            pick = torch.randint(len(ids), (n,), generator=gen, device=self.device)
+            eps = torch.randn(n, means.shape[1], generator=gen, device=self.device)
+            z = means[pick] + (chols[pick] @ eps[..., None])[..., 0]
+            with torch.no_grad():
+                return self.generator.decode(z).float(), labels[pick]
+
+        return batch
+
+    def evaluate(self, samples: int = EVAL_SAMPLES) -> dict[str, Any]:
+        """Test accuracy (overall, per class) and per labeled region accuracy on held-out decoded
+        samples and on real test images the mixture puts in the region with probability > 0.5.
+
+        The real-image figure is the honest measure of a fix; the held-out samples are drawn from
+        a stream that fine-tuning never trains on.
+        """
+        x, y = self.data.x_test, self.data.y_test
+        with self._lock:
+            pred = predict_labels(self.classifier, x)
+        out: dict[str, Any] = {
+            "round": self.active_round,
+            "test_accuracy": float((pred == y).float().mean()),
+            "per_class": accuracy_by_class(pred, y, self.data.num_classes),
+            "regions": {},
+        }
+        targets = self.correctable()
+        if self.regions is not None and targets:
+            out["regions"] = self._region_accuracies(targets, pred, samples)
+        rows = out["regions"].values()
+        hits = sum(r["real_hits"] for r in rows)
+        n_real = sum(r["real_images"] for r in rows)
+        out["labeled_region_accuracy"] = (
+            sum(r["sample_accuracy"] for r in rows) / len(rows) if rows else float("nan")
+        )
+        out["labeled_region_real_accuracy"] = hits / n_real if n_real else float("nan")
+        out["labeled_region_real_images"] = n_real
+        return out
+
+    def _region_accuracies(self, targets: dict[int, int], test_pred: torch.Tensor,
+                           samples: int) -> dict[int, dict[str, Any]]:  # fmt: skip
+        regions = self._require_regions()
+        prob = regions.region_probability(self.split_codes("test"))
+        column = {r.id: i for i, r in enumerate(regions.regions)}
+        out = {}
+        for rid, label in targets.items():
+            sample = regions.sample(rid, samples, purpose="eval")
+            inside = prob[:, column[rid]] > 0.5
+            hits = int((test_pred[inside] == self.data.y_test[inside]).sum())
+            n = int(inside.sum())
+            out[rid] = {
+                "label": label,
+                "sample_accuracy": float((sample.predictions == label).float().mean()),
+                "real_images": n,
+                "real_hits": hits,
+                "real_accuracy": hits / n if n else float("nan"),
+            }
+        return out
+
+    @property
+    def rounds(self) -> int:
+        """Completed fine-tuning rounds (snapshots besides the original)."""
+        return len(self._snapshots) - 1
+
+    def revert(self, round: int | None = None) -> None:
+        """Restore the original weights (``round=None`` or 0) or those after a round, bit for bit."""
+        target = 0 if round is None else round
+        if not isinstance(target, int) or not 0 <= target < len(self._snapshots):
+            raise ValueError(f"round: expected None or an integer in [0, {self.rounds}], got {round!r}")
+        with self._lock:
+            if self._running:
+                raise RuntimeError("a fine-tuning round is running; cancel it before reverting")
+            restore(self.classifier, self._snapshots[target])
+            self.active_round = target
+
+    # ----- persistence and widgets -----
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the session to a directory (safetensors + JSON); see :mod:`defuse_widgets.persist`."""
+        from .persist import save_session
+
+        return save_session(self, Path(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, classifier: nn.Module, generator: Any,
+             data: ImageDataset | None = None, device: str | torch.device = "auto") -> DefuseSession:  # fmt: skip
+        """Load a saved session; ``data`` defaults to the named bundled dataset (digits)."""
+        from .persist import load_session
+
+        return load_session(cls, Path(path), classifier, generator, data, device)
+
+    def explorer(self, **options: Any) -> Any:
+        """The error explorer widget for this session."""
+        from .widgets.explorer import Explorer
+
+        return Explorer(self, **options)
+
+    def interpolator(self, *args: Any, **options: Any) -> Any:
+        """The live latent interpolation widget (see :class:`~defuse_widgets.widgets.interpolator.Interpolator`)."""
+        from .widgets.interpolator import Interpolator
+
+        return Interpolator(self, *args, **options)
+
+
+def nan_to_none(value: Any) -> Any:
+    """JSON has no NaN: replace NaN floats (recursively) with None."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [nan_to_none(v) for v in value]
+    return value
