@@ -97,27 +97,27 @@ def test_label_from_the_browser(widget: Explorer, session: dw.DefuseSession) -> 
     rid = widget.regions[0]["id"]
     changed: list[str] = []
     widget.observe(lambda ch: changed.append(ch["name"]))
-    widget._handle_msg(widget, {"kind": "label", "region": rid, "label": 3, "id": 7}, [])
+    widget._on_custom_msg(widget, {"kind": "label", "region": rid, "label": 3, "id": 7}, [])
     assert _ack(widget) == {"kind": "ack", "id": 7, "ok": True}
     assert session.labels == {rid: 3} and widget.labels == {str(rid): 3}
     assert seen == [(rid, 3)]
     # a label change sends only the small label map (and the status line)
     assert set(changed) <= {"labels", "status", "error"}
-    widget._handle_msg(
+    widget._on_custom_msg(
         widget, {"kind": "label", "region": rid, "label": dw.MODEL_IS_RIGHT, "id": 8}, []
     )
     assert session.labels == {rid: dw.MODEL_IS_RIGHT}
-    widget._handle_msg(widget, {"kind": "unlabel", "region": rid, "id": 9}, [])
+    widget._on_custom_msg(widget, {"kind": "unlabel", "region": rid, "id": 9}, [])
     assert session.labels == {} and seen[-1] == (rid, None)
 
 
 def test_bad_labels_change_nothing(widget: Explorer, session: dw.DefuseSession) -> None:
-    widget._handle_msg(widget, {"kind": "label", "region": 999, "label": 1, "id": 1}, [])
+    widget._on_custom_msg(widget, {"kind": "label", "region": 999, "label": 1, "id": 1}, [])
     ack = _ack(widget)
     assert ack["ok"] is False and "999" in ack["message"]
     assert "999" in widget.error
     rid = widget.regions[0]["id"]
-    widget._handle_msg(widget, {"kind": "label", "region": rid, "label": 42, "id": 2}, [])
+    widget._on_custom_msg(widget, {"kind": "label", "region": rid, "label": 42, "id": 2}, [])
     assert _ack(widget)["ok"] is False
     assert session.labels == {} and widget.labels == {}
 
@@ -145,7 +145,7 @@ def test_selection_syncs_and_makes_a_region(widget: Explorer, session: dw.Defuse
 def test_fine_tune_round_and_revert(widget: Explorer, session: dw.DefuseSession) -> None:
     with pytest.raises(RuntimeError, match="label at least one region"):
         widget.fine_tune()
-    widget._handle_msg(
+    widget._on_custom_msg(
         widget, {"kind": "finetune", "steps": 10, "lam": 1.0, "lr": 0.01, "id": 3}, []
     )
     assert _ack(widget)["ok"] is False and "label" in widget.error
@@ -177,12 +177,12 @@ def test_second_fine_tune_and_cancel(widget: Explorer, session: dw.DefuseSession
     try:
         with pytest.raises(RuntimeError, match="busy"):
             widget.fine_tune(steps=10)
-        widget._handle_msg(widget, {"kind": "finetune", "id": 4}, [])
+        widget._on_custom_msg(widget, {"kind": "finetune", "id": 4}, [])
         assert _ack(widget)["ok"] is False
         with pytest.raises(RuntimeError, match="running"):
             widget.revert()
     finally:
-        widget._handle_msg(widget, {"kind": "cancel", "id": 5}, [])
+        widget._on_custom_msg(widget, {"kind": "cancel", "id": 5}, [])
         widget.wait(60)
     assert _ack(widget)["ok"] is True
     assert not widget.running and widget.busy == ""
@@ -195,7 +195,7 @@ def test_thumbnail_on_demand(session: dw.DefuseSession) -> None:
     assert w.thumbs is None
     sent: list[Any] = []
     w.send = lambda content, buffers=None: sent.append((content, buffers))  # type: ignore[method-assign]
-    w._handle_msg(w, {"kind": "thumb", "index": 2}, [])
+    w._on_custom_msg(w, {"kind": "thumb", "index": 2}, [])
     (content, buffers) = sent[-1]
     assert content["kind"] == "thumb" and content["index"] == 2
     assert len(buffers[0]) == int(np.prod(content["shape"]))

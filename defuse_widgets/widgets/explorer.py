@@ -176,7 +176,7 @@ class Explorer(anywidget.AnyWidget):
         self._sync_labels()
         self.observe(self._on_selected_region, "selected_region")
         self.observe(self._on_selected_indices, "selected_indices")
-        self.on_msg(self._handle_msg)
+        self.on_msg(self._on_custom_msg)
         self._start("projecting", self._prepare_map)
         if block:
             self.wait()
@@ -555,7 +555,7 @@ class Explorer(anywidget.AnyWidget):
 
     # ----- messages from the browser -----
 
-    def _handle_msg(self, _widget: Any, content: Any, buffers: list[Any]) -> None:
+    def _on_custom_msg(self, _widget: Any, content: Any, buffers: list[Any]) -> None:
         if not isinstance(content, dict):
             return
         kind = content.get("kind")

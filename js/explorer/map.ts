@@ -30,6 +30,7 @@ export class ErrorMap {
   selectedRegion = -1;
   ready = false;
   private hoverToken = 0;
+  private observer: ResizeObserver;
   private traceType = webglOK() ? "scattergl" : "scatter";
 
   constructor(parent: HTMLElement, private h: MapHandlers) {
@@ -44,6 +45,9 @@ export class ErrorMap {
     this.tip.setAttribute("role", "tooltip");
     this.root.append(this.plot, this.tip);
     parent.append(this.root);
+    // the widget's element may not be in the page (or sized) yet at the first draw
+    this.observer = new ResizeObserver(() => this.resize());
+    this.observer.observe(this.root);
   }
 
   private colorArray(d: MapData): string[] {
@@ -83,6 +87,7 @@ export class ErrorMap {
         marker: { color: "rgba(0,0,0,0)", size: size + 4, line: { color: "#000", width: 1.5 } } },
     ];
     const layout = {
+      width: this.root.clientWidth || undefined, height: this.root.clientHeight || undefined, autosize: true,
       margin: { l: 20, r: 10, t: 10, b: 20 }, showlegend: false, dragmode: "lasso", hovermode: "closest",
       xaxis: { showticklabels: false, zeroline: false, showgrid: false },
       yaxis: { showticklabels: false, zeroline: false, showgrid: false },
@@ -166,6 +171,6 @@ export class ErrorMap {
     this.tip.prepend(img);
   }
 
-  resize(): void { if (this.ready) Plotly.Plots.resize(this.plot); }
-  destroy(): void { if (this.ready) Plotly.purge(this.plot); }
+  resize(): void { if (this.ready && this.root.clientWidth > 0) Plotly.Plots.resize(this.plot); }
+  destroy(): void { this.observer.disconnect(); if (this.ready) Plotly.purge(this.plot); }
 }

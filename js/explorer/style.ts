@@ -1,6 +1,7 @@
 export const CSS = `
 .dfx { font: 13px/1.4 var(--jp-ui-font-family, system-ui, sans-serif); color: var(--jp-ui-font-color1, #222);
   display: grid; grid-template-columns: minmax(420px, 3fr) minmax(260px, 2fr); gap: 10px; max-width: 1200px; }
+.dfx > * { min-width: 0; }
 .dfx h3 { font-size: 13px; margin: 4px 0; }
 .dfx-status { grid-column: 1 / span 2; min-height: 18px; color: var(--jp-ui-font-color2, #555); }
 .dfx-status .dfx-err { color: #b00020; font-weight: 600; }

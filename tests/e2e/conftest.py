@@ -82,7 +82,7 @@ def start_lab(root_dir: str | Path, timeout: float = 90.0) -> tuple[str, subproc
         JUPYTERLAB_SETTINGS_DIR=str(Path(root_dir) / ".lab-settings"),
         JUPYTERLAB_WORKSPACES_DIR=str(Path(root_dir) / ".lab-workspaces"),
     )
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root_dir)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,0 +1,132 @@
+"""End to end: the error explorer in a real JupyterLab, driven by headless Chromium.
+
+Renders the explorer on digits, hovers a point (thumbnail), opens a region, labels it (the session
+has the label), fine-tunes one round (progress reaches the end, numbers change), reverts (the
+original accuracy returns) and saves ``docs/explorer.png``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def _setup_cells(paths: dict[str, Path]) -> list[str]:
+    return [
+        "import torch\n"
+        "import defuse_widgets as dw\n"
+        "torch.set_num_threads(2)\n"
+        'data = dw.load_dataset("digits")\n'
+        f"clf = dw.load_model({str(paths['classifier'])!r})\n"
+        f"vae = dw.load_model({str(paths['vae'])!r})\n"
+        's = dw.DefuseSession(classifier=clf, generator=vae, data=data, device="cpu", seed=0,\n'
+        "                     progress=False)\n"
+        's.identify(split="test", limit=200)\n'
+        "s.distill(max_regions=20)\n"
+        "w = s.explorer(steps=40)\n"
+        "w",
+    ]
+
+
+def _point_position(page: Any) -> tuple[float, float]:
+    """Page coordinates of an error point on the map (via plotly's axes)."""
+    pos = page.evaluate(
+        """() => {
+          const gd = document.querySelector('[aria-label="Error map"] .js-plotly-plot');
+          const t = gd.data[0], L = gd._fullLayout, box = gd.getBoundingClientRect();
+          const i = Math.floor(t.x.length / 2);
+          return [box.left + L._size.l + L.xaxis.l2p(t.x[i]),
+                  box.top + L._size.t + L.yaxis.l2p(t.y[i])];
+        }"""
+    )
+    return float(pos[0]), float(pos[1])
+
+
+def _metric(page: Any, key: str) -> str:
+    return str(page.locator(f'[data-metric="{key}"]').inner_text())
+
+
+def test_explorer_end_to_end(
+    notebook: Any, lab_helpers: Any, digits_model_paths: dict[str, Path]
+) -> None:
+    run_new_cell, wait_kernel_idle = lab_helpers.run_new_cell, lab_helpers.wait_kernel_idle
+    page = notebook("explorer_e2e", _setup_cells(digits_model_paths), timeout=120)
+
+    # the map renders (after the UMAP projection in the background)
+    emap = page.locator('[aria-label="Error map"][data-points]')
+    emap.wait_for(timeout=150_000)
+    assert int(emap.get_attribute("data-points") or 0) > 10
+    wait_kernel_idle(page)
+    page.wait_for_function(
+        "() => document.querySelector('[data-metric=\"test_accuracy\"]') !== null", timeout=60_000
+    )
+    start_acc = _metric(page, "test_accuracy")
+
+    # hover a point: a thumbnail with true -> predicted and confidence
+    x, y = _point_position(page)
+    page.mouse.move(x - 3, y - 3)
+    page.mouse.move(x, y)
+    tip = page.locator(".dfx-tip img")
+    tip.wait_for(state="visible", timeout=15_000)
+    assert "predicted" in (tip.get_attribute("alt") or "")
+    assert "\u2192" in page.locator(".dfx-tip").inner_text()
+
+    # click the largest region: the panel shows its samples
+    button = page.get_by_role("button", name=re.compile(r"^Region \d+")).first
+    rid = int(re.match(r"Region (\d+)", button.get_attribute("aria-label") or "").group(1))
+    button.click()
+    gallery = page.get_by_role("img", name=re.compile(rf"^Region {rid} sample \d+: predicted"))
+    gallery.first.wait_for(timeout=30_000)
+    assert gallery.count() >= 4
+
+    # label it with its most common true class
+    page.get_by_role("combobox", name="True label").select_option(index=3)
+    page.get_by_role("button", name="Apply label").click()
+    page.get_by_role("button", name=re.compile(rf"^Region {rid}: .*label: ")).wait_for(
+        timeout=15_000
+    )
+    assert f"{{{rid}: 3}}" in run_new_cell(page, "print(s.labels)", expect=f"{rid}:")
+
+    # fine-tune one round: the progress bar reaches the end, the numbers change
+    page.get_by_role("button", name="Fine-tune", exact=True).click()
+    bar = page.get_by_role("progressbar", name="Fine-tuning progress")
+    page.wait_for_function(
+        """() => /Round \\d+ done/.test(document.querySelector('.dfx-status').textContent)""",
+        timeout=120_000,
+    )
+    assert bar.get_attribute("aria-valuenow") == "100"
+    assert _metric(page, "rounds") == "Rounds: 1"
+    out = run_new_cell(
+        page, "print('HIST', [h['event'] for h in w.history], len(s.history))", expect="HIST"
+    )
+    assert "'round'" in out and out.strip().endswith("1")
+    page.wait_for_timeout(500)
+    DOCS.mkdir(exist_ok=True)
+    page.locator(".dfx").first.screenshot(path=str(DOCS / "explorer.png"))
+
+    # revert: the original accuracy returns
+    page.get_by_role("button", name="Revert model").click()
+    page.wait_for_function(
+        """() => /Reverted/.test(document.querySelector('.dfx-status').textContent)""",
+        timeout=60_000,
+    )
+    assert _metric(page, "test_accuracy") == start_acc
+    assert "ACTIVE 0" in run_new_cell(page, "print('ACTIVE', s.active_round)", expect="ACTIVE")
+
+    # a second fine-tune with no class label left gives a clear message, no spinner
+    page.get_by_role("button", name="Clear label").click()
+    page.get_by_role("button", name="Fine-tune", exact=True).click()
+    page.get_by_role("alert").filter(has_text="label at least one region").wait_for(timeout=15_000)
+    assert page.locator(".dfx-spin").count() == 0
+
+
+@pytest.fixture(autouse=True)
+def _skip_without_built_js() -> None:
+    js = Path(__file__).resolve().parents[2] / "defuse_widgets" / "static" / "explorer.js"
+    if not js.exists() or js.stat().st_size < 100_000:
+        pytest.skip("explorer.js is not built (npm run build)")
