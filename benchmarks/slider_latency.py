@@ -61,7 +61,9 @@ FASHION = """(lambda f: dw.from_tensors(f.x_train[:{n}], f.y_train[:{n}], f.x_te
 
 START_FINETUNE = """\
 tok = CancelToken()
-ft = threading.Thread(target=lambda: s.correct(steps=1_000_000, cancel=tok), daemon=True)
+fine_tune = lambda: ({ft_threads} and torch.set_num_threads({ft_threads}),  # this thread only
+                     s.correct(steps=1_000_000, cancel=tok))
+ft = threading.Thread(target=fine_tune, daemon=True)
 ft.start(); time.sleep(1.0); print("fine-tuning", ft.is_alive())"""
 
 STOP_FINETUNE = """tok.cancel(); ft.join(); print("stopped", w.stats["peak_in_flight"])"""
@@ -214,7 +216,8 @@ def run_dataset(
         if phase == "fine-tuning":
             if args.no_finetune:
                 break
-            e2e.run_new_cell(page, START_FINETUNE, expect="fine-tuning True", timeout=120)
+            src = START_FINETUNE.format(ft_threads=args.finetune_threads)
+            e2e.run_new_cell(page, src, expect="fine-tuning True", timeout=120)
         for transport in args.transport:
             src = f'w.transport = "{transport}"; print("transport", w.transport)'
             e2e.run_new_cell(page, src, expect=f"transport {transport}", timeout=60)
@@ -244,6 +247,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the kernel")
     ap.add_argument("--fashion-train", type=int, default=6000, help="Fashion-MNIST subset size")
     ap.add_argument("--no-finetune", action="store_true")
+    ap.add_argument(
+        "--finetune-threads",
+        type=int,
+        default=0,
+        help="torch threads of the fine-tuning thread (0: torch's default)",
+    )
     ap.add_argument(
         "--nodelay",
         choices=["on", "off", "both"],
@@ -290,10 +299,11 @@ def main() -> None:
             try:
                 with sync_playwright() as p:
                     browser = e2e.launch_browser(p)
-                    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                    for name in args.datasets:
+                    for name in args.datasets:  # one page (and kernel) per dataset
+                        page = browser.new_page(viewport={"width": 1400, "height": 1000})
                         for row in run_dataset(page, url, root, name, args):
                             rows.append({"nodelay": nodelay, **row})
+                        page.close()
                     browser.close()
             finally:
                 e2e.stop_lab(proc)
@@ -302,7 +312,8 @@ def main() -> None:
         f"\nload average {os.getloadavg()[0]:.1f} (1 min) at the end; "
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}; "
         f"device {args.device}; {args.positions} positions at {args.rate:g} events/s; "
-        f"{args.repeats} drags per phase, driver {args.driver} (medians over drags below)"
+        f"{args.repeats} drags per phase, driver {args.driver}, fine-tuning threads "
+        f"{args.finetune_threads or 'default'} (medians over drags below)"
     )
     cols = [
         "nodelay",
