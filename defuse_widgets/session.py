@@ -14,9 +14,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from .audit import (
+    AuditResult,
+    Relabel,
+    apply_relabels,
+    audit_region,
+    check_indices,
+    check_probability,
+    now_iso,
+    read_relabel_source,
+    relabels_csv,
+    relabels_document,
+    validate_records,
+    within_region,
+)
 from .correct import (
-    CancelToken,
     Cancelled,
+    CancelToken,
     RoundSettings,
     StepCallback,
     accuracy_by_class,
@@ -30,7 +44,7 @@ from .device import resolve_device
 from .distill import DEFAULT_SCALE, RegionSet, fit_regions, robust_cholesky, user_region
 from .generative import as_classifier, as_generator, check_logits
 from .identify import ErrorSet, identify
-from .labels import ReferenceModelLabeler, check_label
+from .labels import UNRECOGNIZABLE, ReferenceModelLabeler, check_label, label_name
 
 EVAL_SAMPLES = 200
 
@@ -72,6 +86,9 @@ class DefuseSession:
         self._snapshots: list[dict[str, torch.Tensor]] = [snapshot(self.classifier)]
         self.active_round = 0
         self._codes: dict[str, torch.Tensor] = {}
+        self._codes_generator: Any = self.generator
+        self._probability_cache: dict[str, tuple[tuple[Any, ...], torch.Tensor]] = {}
+        self._relabels: dict[int, Relabel] = {}
         self._lock = threading.RLock()
         self._running = False
 
@@ -98,9 +115,16 @@ class DefuseSession:
     # ----- model helpers (CPU in, CPU out, batched, on the session's device) -----
 
     @torch.inference_mode()
-    def encode(self, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """(n, d) encoder means of images (n, C, H, W), on the CPU."""
-        parts = [self.generator.encode(x.to(self.device))[0].float().cpu() for x in images.split(batch_size)]
+    def encode(
+        self, images: torch.Tensor, batch_size: int = 1024, progress: bool = False
+    ) -> torch.Tensor:
+        """(n, d) encoder means of images (n, C, H, W), on the CPU (a progress bar after 2 s
+        when ``progress``)."""
+        from tqdm.auto import tqdm
+
+        batches = tqdm(images.split(batch_size), desc="encode", unit="batch", delay=2,
+                       disable=not progress, leave=False)  # fmt: skip
+        parts = [self.generator.encode(x.to(self.device))[0].float().cpu() for x in batches]
         return torch.cat(parts) if parts else torch.zeros(0, self.generator.latent_dim)
 
     @torch.inference_mode()
@@ -117,9 +141,12 @@ class DefuseSession:
         return torch.cat(parts) if parts else torch.zeros(0, self.data.num_classes)
 
     def split_codes(self, split: str) -> torch.Tensor:
-        """Encoder means of a whole split (cached), (N, d) on the CPU."""
+        """Encoder means of a whole split (cached per generator), (N, d) on the CPU."""
+        if self._codes_generator is not self.generator:  # a new generator: cached codes are stale
+            self._codes, self._codes_generator = {}, self.generator
+            self._probability_cache = {}
         if split not in self._codes:
-            self._codes[split] = self.encode(self.data.split(split)[0])
+            self._codes[split] = self.encode(self.data.split(split)[0], progress=self.progress)
         return self._codes[split]
 
     # ----- identify and distill -----
@@ -222,6 +249,222 @@ class DefuseSession:
         """The labeled regions that correction trains on: those labeled with a class."""
         return {rid: lab for rid, lab in self._labels.items() if lab >= 0}
 
+    # ----- audit the training data through the regions, and relabels -----
+
+    def region_probability(self, split: str = "train", batch_size: int = 4096) -> torch.Tensor:
+        """(N, R) probability that the mixture puts each image of ``split`` in each region
+        (columns in ``regions.regions`` order); batched and cached until the regions change."""
+        regions = self._require_regions()
+        codes = self.split_codes(split)
+        key = (regions, regions.mixture, tuple(r.component for r in regions.regions), codes)
+        cached = self._probability_cache.get(split)
+        if (
+            cached is not None
+            and len(cached[0]) == len(key)
+            and all(a is b for a, b in zip(cached[0], key))
+        ):
+            return cached[1]
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(codes.split(batch_size), desc=f"regions of {split} images", unit="batch",
+                      delay=2, disable=not self.progress, leave=False)  # fmt: skip
+        parts = [regions.region_probability(c) for c in chunks]
+        prob = torch.cat(parts) if parts else torch.zeros(0, len(regions), dtype=torch.float32)
+        self._probability_cache[split] = (key, prob)
+        return prob
+
+    def _region_column(self, region_id: int) -> int:
+        regions = self._require_regions()
+        regions.get(region_id)
+        return [r.id for r in regions.regions].index(region_id)
+
+    def _audit_label(self, region_id: int, label: int | None) -> int:
+        if label is not None:
+            value = check_label(label, self.data.num_classes)
+            if value < 0:
+                raise ValueError(f"label: expected a class index to audit against, got {value}")
+            return value
+        given = self._labels.get(int(region_id))
+        if given is None or given < 0:
+            what = (
+                "no label"
+                if given is None
+                else f"the label {label_name(given, self.data.classes)!r}"
+            )
+            raise ValueError(
+                f"region_id: region {region_id} has {what}; auditing needs a region labeled "
+                "with a class (label it first, or pass label=)"
+            )
+        return given
+
+    def training_labels(self) -> torch.Tensor:
+        """(N_train,) the training labels with the confirmed relabels applied (a new tensor;
+        ``data.y_train`` is never changed). Correction trains on these."""
+        return apply_relabels(self.data.y_train, self._relabels.values())
+
+    def audit(
+        self,
+        region_id: int,
+        min_probability: float = 0.5,
+        label: int | None = None,
+        coverage: float | None = 0.99,
+    ) -> AuditResult:
+        """The training images the mixture puts in the region with probability at least
+        ``min_probability`` whose training label (relabels applied) differs from the region's label.
+
+        ``label`` audits against another class than the region's label (needed for a region
+        without a class label). ``coverage`` also requires a code to lie inside the ellipsoid
+        holding that share of the region's Gaussian (None: membership probability only; a code
+        far from every error otherwise lands in its nearest region with probability ~1).
+
+        Returns an :class:`~defuse_widgets.audit.AuditResult`: index, image, training label, the
+        classifier's prediction and the probability of each, the likeliest mistakes first.
+        """
+        self._require_regions().get(region_id)
+        check_probability(min_probability)
+        target = self._audit_label(region_id, label)
+        prob = self._audit_probability(region_id, coverage)
+        return audit_region(region_id, target, prob, self.data.x_train, self.training_labels(),
+                            lambda x: self.predict(x).argmax(1), min_probability)  # fmt: skip
+
+    def _audit_probability(self, region_id: int, coverage: float | None) -> torch.Tensor:
+        prob = self.region_probability("train")[:, self._region_column(region_id)]
+        if coverage is None:
+            return prob
+        region = self._require_regions().get(region_id)
+        inside = within_region(self.split_codes("train"), region.mean, region.covariance, coverage)
+        return torch.where(inside, prob, torch.zeros_like(prob))
+
+    def audit_summary(
+        self, min_probability: float = 0.5, coverage: float | None = 0.99
+    ) -> dict[int, dict[str, Any]]:
+        """Per class-labeled region: its label, the training images inside it (``inside``), those
+        whose label conflicts with the region's (``conflicts``, relabels applied) and the confirmed
+        relabels inside it (``relabeled``)."""
+        check_probability(min_probability)
+        targets = self.correctable()
+        if not targets:
+            return {}
+        labels = self.training_labels()
+        relabeled = torch.zeros(len(labels), dtype=torch.bool)
+        if self._relabels:
+            relabeled[torch.tensor(list(self._relabels))] = True
+        out = {}
+        for rid, lab in sorted(targets.items()):
+            inside = self._audit_probability(rid, coverage) >= min_probability
+            out[rid] = {
+                "label": lab,
+                "inside": int(inside.sum()),
+                "conflicts": int((inside & (labels != lab)).sum()),
+                "relabeled": int((inside & relabeled).sum()),
+            }
+        return out
+
+    @property
+    def relabels(self) -> dict[int, Relabel]:
+        """Training index -> confirmed :class:`~defuse_widgets.audit.Relabel`; a copy."""
+        return dict(self._relabels)
+
+    def relabel(self, indices: Sequence[int] | torch.Tensor, label: int, who: str = "user") -> int:
+        """Confirm that the training images ``indices`` are class ``label``; returns how many
+        records changed. Relabeling an image to its dataset label removes its relabel."""
+        idx = check_indices(indices, len(self.data.y_train))
+        value = check_label(label, self.data.num_classes)
+        if value < 0:
+            raise ValueError(
+                f"label: expected a class index in [0, {self.data.num_classes - 1}], got {value}"
+            )
+        if not isinstance(who, str):
+            raise ValueError(f"who: expected a string naming the person or labeler, got {who!r}")
+        when, changed = now_iso(), 0
+        with self._lock:
+            for i in idx.tolist():
+                old = int(self.data.y_train[i])
+                current = self._relabels.get(i)
+                if value == old:
+                    changed += self._relabels.pop(i, None) is not None
+                elif current is None or current.new_label != value:
+                    self._relabels[i] = Relabel(i, old, value, who, when)
+                    changed += 1
+        return changed
+
+    def unrelabel(self, indices: Sequence[int] | torch.Tensor) -> int:
+        """Undo the relabels of the training images ``indices`` (no error for images without one);
+        returns how many were removed."""
+        idx = check_indices(indices, len(self.data.y_train))
+        with self._lock:
+            return sum(self._relabels.pop(i, None) is not None for i in idx.tolist())
+
+    def confirm_audit(
+        self,
+        region_id: int,
+        labeler: Any,
+        min_probability: float = 0.5,
+        who: str | None = None,
+        coverage: float | None = 0.99,
+    ) -> dict[str, Any]:
+        """Let ``labeler`` decide image by image on the region's :meth:`audit` and relabel the
+        images it confirms as the region's label.
+
+        ``labeler`` has ``label_images(images) -> (n,)`` classes (``UNRECOGNIZABLE`` to abstain),
+        like :class:`~defuse_widgets.labels.ReferenceModelLabeler`, or is such a callable.
+        Returns ``{"region", "label", "candidates", "confirmed" (indices), "abstained",
+        "disagreed"}``.
+        """
+        decide = getattr(labeler, "label_images", labeler)
+        if not callable(decide):
+            raise TypeError(
+                "labeler: expected an object with label_images(images) or a callable, "
+                f"got {labeler!r}"
+            )
+        result = self.audit(region_id, min_probability, coverage=coverage)
+        votes = (
+            torch.as_tensor(decide(result.images)).cpu().long().flatten()
+            if len(result)
+            else torch.zeros(0)
+        )
+        if votes.shape != result.indices.shape:
+            raise ValueError(
+                f"labeler: returned {tuple(votes.shape)} labels for {len(result)} images"
+            )
+        confirmed = result.indices[votes == result.region_label]
+        name = who if who is not None else str(getattr(labeler, "name", type(labeler).__name__))
+        self.relabel(confirmed, result.region_label, who=name)
+        abstained = int((votes == UNRECOGNIZABLE).sum())
+        return {"region": int(region_id), "label": result.region_label, "candidates": len(result),
+                "confirmed": confirmed.tolist(), "abstained": abstained,
+                "disagreed": len(result) - len(confirmed) - abstained}  # fmt: skip
+
+    def export_relabels(
+        self, path: str | os.PathLike | None = None, format: str | None = None
+    ) -> dict[str, Any]:
+        """The relabels as a JSON-ready dict; written to ``path`` when given, as CSV when ``format``
+        is "csv" or the path ends in ``.csv`` (columns index, old_label, new_label, who, when),
+        else as JSON."""
+        doc = relabels_document(self._relabels.values(), self.data.name, len(self.data.y_train),
+                                self.data.classes)  # fmt: skip
+        if format not in (None, "json", "csv"):
+            raise ValueError(f"format: expected 'json', 'csv' or None, got {format!r}")
+        if path is not None:
+            as_csv = format == "csv" or (format is None and str(path).lower().endswith(".csv"))
+            text = relabels_csv(self._relabels.values()) if as_csv else json.dumps(doc, indent=1)
+            Path(path).write_text(text)
+        return doc
+
+    def import_relabels(
+        self, source: str | os.PathLike | Mapping[str, Any], replace: bool = True
+    ) -> int:
+        """Load relabels from :meth:`export_relabels` output (a dict, a JSON or a CSV file),
+        replacing the current ones (or merging over them when ``replace=False``). Every record is
+        checked against this dataset's training labels before anything changes. Returns the
+        number of relabels afterwards."""
+        records = validate_records(
+            read_relabel_source(source), self.data.y_train, self.data.num_classes
+        )
+        with self._lock:
+            self._relabels = records if replace else {**self._relabels, **records}
+            return len(self._relabels)
+
     # ----- correct, evaluate, revert -----
 
     def correct(self, steps: int = 300, lam: float = 1.0, lr: float = 0.01, batch_size: int = 64,
@@ -256,8 +499,8 @@ class DefuseSession:
         base = self.active_round
         sampler = self._region_sampler(targets, settings.scale, settings.seed)
         try:
-            state, losses = fine_tune(self.classifier, self.data.x_train, self.data.y_train, sampler,
-                                      settings, cancel, callback)  # fmt: skip
+            state, losses = fine_tune(self.classifier, self.data.x_train, self.training_labels(),
+                                      sampler, settings, cancel, callback)  # fmt: skip
         except Cancelled:
             return {"round": None, "cancelled": True, "losses": [], "evaluation": None,
                     "settings": vars(settings), "seconds": time.perf_counter() - start}  # fmt: skip
@@ -266,7 +509,8 @@ class DefuseSession:
             self._snapshots.append(state)
             self.active_round = len(self._snapshots) - 1
         record = {"round": self.active_round, "base_round": base, "cancelled": False,
-                  "settings": vars(settings), "labels": dict(targets), "losses": losses}  # fmt: skip
+                  "settings": vars(settings), "labels": dict(targets), "losses": losses,
+                  "relabels": len(self._relabels)}  # fmt: skip
         record["evaluation"] = self.evaluate()
         record["seconds"] = time.perf_counter() - start
         self.history.append(record)
