@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .audit import validate_records
 from .data import ImageDataset, load_dataset
 from .distill import Mixture, Region, RegionSet
 from .identify import ERROR_FIELDS, ErrorSet
@@ -52,6 +53,7 @@ def save_session(session: DefuseSession, path: Path) -> Path:
         "history": nan_to_none(session.history),
         "errors": None,
         "regions": None,
+        "relabels": [r.to_dict() for r in sorted(session.relabels.values(), key=lambda r: r.index)],
     }
     errors, regions = session.errors, session.regions
     if errors is not None:
@@ -130,6 +132,14 @@ def _build(cls: type[DefuseSession], path: Path, doc: dict[str, Any], classifier
     if not 0 <= session.active_round < len(snapshots):
         raise _fail(path, f"active round {session.active_round} out of range")
     session.history = doc["history"]
+    # "relabels" joined format version 1 later; a file without it has none
+    records = doc.get("relabels") or []
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise _fail(path, "its relabels are not a list of records")
+    try:
+        session._relabels = validate_records(records, data.y_train, data.num_classes)
+    except ValueError as exc:
+        raise _fail(path, f"its relabels are invalid ({exc})") from exc
     session.revert(session.active_round)
     return session
 
