@@ -3,7 +3,7 @@ import Plotly from "plotly.js-gl2d-dist-min";
 
 export type Params = { steps: number; lam: number; lr: number };
 export type Round = { round: number; test_accuracy: number | null; labeled_region_accuracy: number | null;
-  labeled_region_real_accuracy?: number | null; cancelled?: boolean; reverted?: boolean };
+  labeled_region_real_accuracy?: number | null; event?: string };
 export type Progress = { running: boolean; step: number; total: number; loss: number | null };
 
 export type TuneHandlers = { start(p: Params): void; cancel(): void; revert(): void; params(p: Params): void };
@@ -112,7 +112,7 @@ export class FineTune {
       line("Test accuracy", fmt(last.test_accuracy), "test_accuracy");
       line("Labeled-region accuracy (samples)", fmt(last.labeled_region_accuracy), "labeled_region_accuracy");
       line("Labeled-region accuracy (real)", fmt(last.labeled_region_real_accuracy), "labeled_region_real_accuracy");
-      line("Rounds", String(rounds.filter((r) => !r.reverted).length), "rounds");
+      line("Rounds", String(rounds.filter((r) => r.event === "round").length), "rounds");
     }
     const xs = all.map((_, i) => i);
     const traces = [
