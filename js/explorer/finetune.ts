@@ -119,9 +119,9 @@ export class FineTune {
       { type: "scatter", mode: "lines+markers", name: "test", x: xs, y: all.map((r) => r.test_accuracy) },
       { type: "scatter", mode: "lines+markers", name: "labeled regions", x: xs, y: all.map((r) => r.labeled_region_accuracy) },
     ];
-    const layout = { margin: { l: 40, r: 10, t: 10, b: 30 }, height: 200, width: 420,
+    const layout = { margin: { l: 40, r: 10, t: 24, b: 30 }, height: 200, width: 420,
       xaxis: { title: { text: "round" }, dtick: 1 }, yaxis: { range: [0, 1.02], tickformat: ".0%" },
-      legend: { orientation: "h", y: -0.3 } };
+      legend: { orientation: "h", x: 0, y: 1.18 } };
     const config = { displayModeBar: false, staticPlot: true };
     if (!this.chartReady) { await Plotly.newPlot(this.chart, traces, layout, config); this.chartReady = true; }
     else await Plotly.react(this.chart, traces, layout, config);
