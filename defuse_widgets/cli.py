@@ -19,8 +19,9 @@ from .session import DefuseSession, nan_to_none
 
 # The demo classifier is deliberately quick (narrow, few epochs) so it has real, unplanted bugs;
 # the reference labeler is a wider model trained longer, standing in for a person.
-DEMO_CLASSIFIER = {"epochs": 12, "width": 16}
-REFERENCE_CLASSIFIER = {"width": 64}
+DEMO_CLASSIFIER: dict[str, Any] = {"epochs": 12, "width": 16}
+REFERENCE_CLASSIFIER: dict[str, Any] = {"width": 64}
+AUDITS = ("none", "reference")
 
 
 def cache_dir() -> Path:
@@ -28,19 +29,22 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "defuse-widgets" / "models"
 
 
-def demo_models(data: ImageDataset, seed: int = 0, device: str = "auto",
-                progress: bool = True) -> dict[str, torch.nn.Module]:  # fmt: skip
+def demo_models(
+    data: ImageDataset, seed: int = 0, device: str = "auto", progress: bool = True
+) -> dict[str, torch.nn.Module]:
     """Train (or load cached) the demo classifier, VAE and reference labeler model for ``data``."""
     folder = cache_dir() / f"{data.name}-seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     builders = {
-        "classifier": lambda: train_classifier(data, seed=seed, device=device, progress=progress,
-                                               **DEMO_CLASSIFIER),  # fmt: skip
+        "classifier": lambda: train_classifier(
+            data, seed=seed, device=device, progress=progress, **DEMO_CLASSIFIER
+        ),
         "vae": lambda: train_vae(data, seed=seed, device=device, progress=progress),
-        "reference": lambda: train_classifier(data, seed=seed + 1, device=device, progress=progress,
-                                              **REFERENCE_CLASSIFIER),  # fmt: skip
+        "reference": lambda: train_classifier(
+            data, seed=seed + 1, device=device, progress=progress, **REFERENCE_CLASSIFIER
+        ),
     }
-    models = {}
+    models: dict[str, Any] = {}
     for name, build in builders.items():
         path = folder / f"{name}.safetensors"
         if path.is_file():
@@ -51,12 +55,27 @@ def demo_models(data: ImageDataset, seed: int = 0, device: str = "auto",
     return models
 
 
-def run_pipeline(dataset: str, out: Path, strategy: str = "reference", labeler: str = "reference",
-                 device: str = "auto", seed: int = 0, root: str | None = None, steps: int = 300,
-                 max_regions: int = 100, progress: bool = True) -> dict[str, Any]:  # fmt: skip
-    """identify -> distill -> auto-label -> correct; save the session and the report in ``out``."""
+def run_pipeline(
+    dataset: str,
+    out: Path,
+    strategy: str = "reference",
+    labeler: str = "reference",
+    device: str = "auto",
+    seed: int = 0,
+    root: str | None = None,
+    steps: int = 300,
+    max_regions: int = 100,
+    progress: bool = True,
+    audit: str = "none",
+) -> dict[str, Any]:
+    """identify -> distill -> auto-label -> [audit] -> correct; save the session and the report in
+    ``out``. ``audit="reference"`` lets the reference labeler confirm, image by image, the training
+    images inside each class-labeled region whose label conflicts with the region's; correction then
+    trains on those relabels too."""
     if labeler != "reference":
         raise ValueError(f"labeler: only 'reference' is available headless, got {labeler!r}")
+    if audit not in AUDITS:
+        raise ValueError(f"audit: expected one of {AUDITS}, got {audit!r}")
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -69,20 +88,28 @@ def run_pipeline(dataset: str, out: Path, strategy: str = "reference", labeler: 
     data = load_dataset(dataset, root=root)
     models = demo_models(data, seed, device, progress)
     lap("models")
-    s = DefuseSession(models["classifier"], models["vae"], data, device=device, seed=seed,
-                      progress=progress)  # fmt: skip
+    s = DefuseSession(
+        models["classifier"], models["vae"], data, device=device, seed=seed, progress=progress
+    )
     errors = s.identify(strategy=strategy, split="test")
     lap("identify")
     regions = s.distill(max_regions=max_regions)
     lap("distill")
-    s.auto_label(ReferenceModelLabeler(models["reference"]))
+    reference = ReferenceModelLabeler(models["reference"])
+    s.auto_label(reference)
     lap("label")
+    per_region: dict[str, int] = {}
+    if audit == "reference":
+        for rid in sorted(s.correctable()):
+            per_region[str(rid)] = len(s.confirm_audit(rid, reference)["confirmed"])
+        lap("audit")
     before = s.evaluate()
     lap("evaluate_before")
     after = s.correct(steps=steps)["evaluation"] if s.correctable() else before
     lap("correct")
     s.save(out / "session")
     report = build_report(s, dataset, strategy, before, after, timings)
+    report["relabels"] = {"audit": audit, "count": len(s.relabels), "per_region": per_region}
     (out / "report.json").write_text(json.dumps(nan_to_none(report), indent=2))
     write_html_report(s, report, out / "report.html")
     lap("save_and_report")
@@ -93,21 +120,34 @@ def run_pipeline(dataset: str, out: Path, strategy: str = "reference", labeler: 
     return report
 
 
-def build_report(s: DefuseSession, dataset: str, strategy: str, before: dict[str, Any],
-                 after: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+def build_report(
+    s: DefuseSession,
+    dataset: str,
+    strategy: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    timings: dict[str, float],
+) -> dict[str, Any]:
     assert s.errors is not None and s.regions is not None
     rows = []
     for region in s.regions:
         label = s.labels.get(region.id)
         b, a = before["regions"].get(region.id, {}), after["regions"].get(region.id, {})
-        rows.append({
-            "id": region.id, "size": region.size, "weight": region.weight,
-            "transition": list(region.transition), "label": label,
-            "label_name": None if label is None else label_name(label, s.data.classes),
-            "accuracy_before": b.get("sample_accuracy"), "accuracy_after": a.get("sample_accuracy"),
-            "real_images": b.get("real_images"), "real_accuracy_before": b.get("real_accuracy"),
-            "real_accuracy_after": a.get("real_accuracy"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": region.id,
+                "size": region.size,
+                "weight": region.weight,
+                "transition": list(region.transition),
+                "label": label,
+                "label_name": None if label is None else label_name(label, s.data.classes),
+                "accuracy_before": b.get("sample_accuracy"),
+                "accuracy_after": a.get("sample_accuracy"),
+                "real_images": b.get("real_images"),
+                "real_accuracy_before": b.get("real_accuracy"),
+                "real_accuracy_after": a.get("real_accuracy"),
+            }
+        )
     return {
         "dataset": dataset,
         "device": str(s.device),
@@ -130,7 +170,7 @@ def build_report(s: DefuseSession, dataset: str, strategy: str, before: dict[str
 
 
 def write_html_report(s: DefuseSession, report: dict[str, Any], path: Path) -> None:
-    """A self-contained HTML page: errors by region (PCA 2-D), region samples, before/after table."""
+    """A self-contained HTML page: errors by region (PCA 2-D), region samples, before/after."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -138,16 +178,31 @@ def write_html_report(s: DefuseSession, report: dict[str, Any], path: Path) -> N
     codes = s.errors.codes - s.errors.codes.mean(0)
     _, _, v = torch.pca_lowrank(codes, q=2, center=False)
     xy = (codes @ v[:, :2]).numpy()
-    scatter = go.Figure(go.Scattergl(
-        x=xy[:, 0], y=xy[:, 1], mode="markers",
-        marker={"color": s.regions.assignments.numpy(), "colorscale": "Turbo", "size": 5},
-        text=[f"region {r}: {t} -> {p}" for r, t, p in zip(
-            s.regions.assignments.tolist(), s.errors.true_label.tolist(), s.errors.pred_label.tolist())],
-    ))  # fmt: skip
+    scatter = go.Figure(
+        go.Scattergl(
+            x=xy[:, 0],
+            y=xy[:, 1],
+            mode="markers",
+            marker={"color": s.regions.assignments.numpy(), "colorscale": "Turbo", "size": 5},
+            text=[
+                f"region {r}: {t} -> {p}"
+                for r, t, p in zip(
+                    s.regions.assignments.tolist(),
+                    s.errors.true_label.tolist(),
+                    s.errors.pred_label.tolist(),
+                )
+            ],
+        )
+    )
     scatter.update_layout(title="Errors by region (PCA of latent codes)", height=450)
     shown = [r for r in s.regions if r.id in s.labels][:6] or list(s.regions)[:6]
-    grid = make_subplots(rows=len(shown) or 1, cols=8, horizontal_spacing=0.005, vertical_spacing=0.02,
-                         row_titles=[f"region {r.id}" for r in shown])  # fmt: skip
+    grid = make_subplots(
+        rows=len(shown) or 1,
+        cols=8,
+        horizontal_spacing=0.005,
+        vertical_spacing=0.02,
+        row_titles=[f"region {r.id}" for r in shown],
+    )
     for row, region in enumerate(shown, start=1):
         sample = s.regions.sample(region.id, 8, purpose="eval")
         for col in range(8):
@@ -156,16 +211,27 @@ def write_html_report(s: DefuseSession, report: dict[str, Any], path: Path) -> N
     grid.update_xaxes(visible=False).update_yaxes(visible=False)
     grid.update_layout(title="Region samples", height=120 * max(1, len(shown)) + 80)
     keys = ["test_accuracy", "labeled_region_accuracy", "labeled_region_real_accuracy"]
-    table = go.Figure(go.Table(
-        header={"values": ["metric", "before", "after"]},
-        cells={"values": [keys, [_fmt(report[f"{k}_before"]) for k in keys],
-                          [_fmt(report[f"{k}_after"]) for k in keys]]},
-    ))  # fmt: skip
+    table = go.Figure(
+        go.Table(
+            header={"values": ["metric", "before", "after"]},
+            cells={
+                "values": [
+                    keys,
+                    [_fmt(report[f"{k}_before"]) for k in keys],
+                    [_fmt(report[f"{k}_after"]) for k in keys],
+                ]
+            },
+        )
+    )
     table.update_layout(title="Before and after correction", height=260)
-    parts = [fig.to_html(full_html=False, include_plotlyjs="cdn" if i else True)
-             for i, fig in enumerate([table, scatter, grid])]  # fmt: skip
-    path.write_text("<html><head><meta charset='utf-8'><title>defuse-widgets report</title></head>"
-                    f"<body><h1>defuse-widgets: {report['dataset']}</h1>{''.join(parts)}</body></html>")  # fmt: skip
+    parts = [
+        fig.to_html(full_html=False, include_plotlyjs="cdn" if i else True)
+        for i, fig in enumerate([table, scatter, grid])
+    ]
+    path.write_text(
+        "<html><head><meta charset='utf-8'><title>defuse-widgets report</title></head>"
+        f"<body><h1>defuse-widgets: {report['dataset']}</h1>{''.join(parts)}</body></html>"
+    )
 
 
 def _fmt(value: Any) -> str:
@@ -175,25 +241,54 @@ def _fmt(value: Any) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="defuse-widgets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="headless pipeline: identify, distill, auto-label, correct, report")
+    run = sub.add_parser(
+        "run", help="headless pipeline: identify, distill, auto-label, correct, report"
+    )
     run.add_argument("--dataset", default="digits")
     run.add_argument("--root", default=None, help="dataset folder (torchvision sets)")
     run.add_argument("--out", required=True, type=Path)
-    run.add_argument("--strategy", default="reference", choices=["reference", "gaussian", "gradient"])
+    run.add_argument(
+        "--strategy", default="reference", choices=["reference", "gaussian", "gradient"]
+    )
     run.add_argument("--labeler", default="reference", choices=["reference"])
+    run.add_argument(
+        "--audit",
+        default="none",
+        choices=list(AUDITS),
+        help="confirm training relabels inside labeled regions, image by image",
+    )
     run.add_argument("--device", default="auto")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--steps", type=int, default=300)
     run.add_argument("--max-regions", type=int, default=100)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    report = run_pipeline(args.dataset, args.out, args.strategy, args.labeler, args.device, args.seed,
-                          args.root, args.steps, args.max_regions, not args.quiet)  # fmt: skip
-    keys = ("test_accuracy_before", "test_accuracy_after", "errors_found", "labeled_regions",
-            "labeled_region_accuracy_before", "labeled_region_accuracy_after",
-            "labeled_region_real_accuracy_before", "labeled_region_real_accuracy_after")  # fmt: skip
+    report = run_pipeline(
+        args.dataset,
+        args.out,
+        args.strategy,
+        args.labeler,
+        args.device,
+        args.seed,
+        args.root,
+        args.steps,
+        args.max_regions,
+        not args.quiet,
+        audit=args.audit,
+    )
+    keys = (
+        "test_accuracy_before",
+        "test_accuracy_after",
+        "errors_found",
+        "labeled_regions",
+        "labeled_region_accuracy_before",
+        "labeled_region_accuracy_after",
+        "labeled_region_real_accuracy_before",
+        "labeled_region_real_accuracy_after",
+    )
     for key in keys:
         print(f"{key}: {report[key]}")
+    print(f"relabels: {report['relabels']['count']} {report['relabels']['per_region']}")
     print(f"timings: {report['timings']}")
     print(f"report: {args.out / 'report.html'}")
     return 0

@@ -15,12 +15,29 @@ import torch
 SUPPORTED = ("digits", "fashion-mnist", "mnist", "cifar10", "gtsrb")
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 IDX_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -115,7 +132,9 @@ def _as_images(arg: str, x: torch.Tensor | np.ndarray) -> torch.Tensor:
     if t.ndim == 3:
         t = t.unsqueeze(1)
     if t.ndim != 4:
-        raise ValueError(f"{arg}: expected images of shape (N, C, H, W) or (N, H, W), got {tuple(t.shape)}")
+        raise ValueError(
+            f"{arg}: expected images of shape (N, C, H, W) or (N, H, W), got {tuple(t.shape)}"
+        )
     if len(t) == 0:
         raise ValueError(f"{arg}: expected at least one image, got an empty array")
     if t.dtype == torch.uint8:
@@ -155,7 +174,9 @@ def default_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "defuse-widgets" / "datasets"
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False) -> ImageDataset:
+def load_dataset(
+    name: str, root: str | os.PathLike | None = None, download: bool = False
+) -> ImageDataset:
     """Load a named dataset with train and test splits, pixels in [0, 1].
 
     Parameters
@@ -260,7 +281,10 @@ def _extract_gz(src: Path, folder: str, raw: Path | None) -> Path:
 def _missing_message(key: str, base: Path) -> str:
     hint = ""
     if key == "fashion-mnist":
-        hint = " On Debian, `apt-get install dataset-fashion-mnist` puts them in /usr/share/datasets/fashion-mnist."
+        hint = (
+            " On Debian, `apt-get install dataset-fashion-mnist` puts them in "
+            "/usr/share/datasets/fashion-mnist."
+        )
     return (
         f"{key} files not found under {base}: expected the four IDX files ({', '.join(IDX_FILES)}, "
         f"optionally .gz) in root or root/<Folder>/raw. Pass root= the folder holding them, or "
@@ -281,7 +305,12 @@ def _load_cifar10(base: Path, download: bool) -> ImageDataset:
         ) from exc
     to_chw = lambda a: torch.as_tensor(np.asarray(a)).permute(0, 3, 1, 2)  # noqa: E731
     return from_tensors(
-        to_chw(train.data), train.targets, to_chw(test.data), test.targets, CIFAR10_CLASSES, "cifar10"
+        to_chw(train.data),
+        train.targets,
+        to_chw(test.data),
+        test.targets,
+        CIFAR10_CLASSES,
+        "cifar10",
     )
 
 
@@ -325,7 +354,9 @@ def from_image_folder(
 
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"root: expected a folder of class subfolders, got {root} (missing)")
+        raise FileNotFoundError(
+            f"root: expected a folder of class subfolders, got {root} (missing)"
+        )
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     steps: list = [transforms.Resize(size)]
     if grayscale:
@@ -335,7 +366,9 @@ def from_image_folder(
         train = datasets.ImageFolder(str(root / "train"), transform=tf)
         test = datasets.ImageFolder(str(root / "test"), transform=tf)
         if train.classes != test.classes:
-            raise ValueError(f"train classes {train.classes} differ from test classes {test.classes}")
+            raise ValueError(
+                f"train classes {train.classes} differ from test classes {test.classes}"
+            )
         x_tr, y_tr = _stack(train)
         x_te, y_te = _stack(test)
         return from_tensors(x_tr, y_tr, x_te, y_te, train.classes, name=root.name)

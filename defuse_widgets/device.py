@@ -32,7 +32,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError as exc:
-        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda[:N]' or 'mps', got {device!r}") from exc
+        raise ValueError(
+            f"device: expected 'auto', 'cpu', 'cuda[:N]' or 'mps', got {device!r}"
+        ) from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {device!r} was asked for but CUDA is not available here")
     return resolved
@@ -40,8 +42,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def module_device(module: torch.nn.Module) -> torch.device:
     """The device of a module's first parameter or buffer (CPU for a module without any)."""
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
+    for param in module.parameters():
+        return param.device
+    for buffer in module.buffers():
+        return buffer.device
     return torch.device("cpu")

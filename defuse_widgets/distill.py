@@ -13,7 +13,9 @@ import torch
 
 from .identify import ErrorSet
 
-DEFAULT_SCALE = 1.0  # measured in the README: 0.01 (the reference's) barely carries a fix to real images
+DEFAULT_SCALE = (
+    1.0  # measured in the README: 0.01 (the reference's) barely carries a fix to real images
+)
 EVAL_STREAM, TRAIN_STREAM, LABEL_STREAM = 1, 2, 3
 
 
@@ -42,7 +44,8 @@ class Region:
 
 @dataclass
 class RegionSample:
-    """Decoded samples of a region: codes (n, d), images (n, C, H, W), predictions and confidence (n,)."""
+    """Decoded samples of a region: codes (n, d), images (n, C, H, W), predictions (n,),
+    confidence (n,)."""
 
     codes: torch.Tensor
     images: torch.Tensor
@@ -66,7 +69,9 @@ class Mixture:
         maha = sol.pow(2).sum(-1)
         logdet = 2 * self._chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         d = codes.shape[1]
-        return self.weights.clamp_min(1e-300).log() - 0.5 * (maha + logdet + d * math.log(2 * math.pi))
+        return self.weights.clamp_min(1e-300).log() - 0.5 * (
+            maha + logdet + d * math.log(2 * math.pi)
+        )
 
     def responsibilities(self, codes: torch.Tensor) -> torch.Tensor:
         """(n, K) posterior probability of each component for each code."""
@@ -76,8 +81,11 @@ class Mixture:
 
     def with_component(self, weight: float, mean: torch.Tensor, cov: torch.Tensor) -> Mixture:
         w = torch.cat([self.weights * (1 - weight), torch.tensor([weight], dtype=torch.float64)])
-        return Mixture(w, torch.cat([self.means, mean[None].double()]),
-                       torch.cat([self.covariances, cov[None].double()]))  # fmt: skip
+        return Mixture(
+            w,
+            torch.cat([self.means, mean[None].double()]),
+            torch.cat([self.covariances, cov[None].double()]),
+        )
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"weights": self.weights, "means": self.means, "covariances": self.covariances}
@@ -96,8 +104,14 @@ class RegionSet:
     ``sample`` needs a ``decode`` and ``predict`` function; a session binds them.
     """
 
-    def __init__(self, regions: list[Region], assignments: torch.Tensor, mixture: Mixture,
-                 settings: dict[str, Any], seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        regions: list[Region],
+        assignments: torch.Tensor,
+        mixture: Mixture,
+        settings: dict[str, Any],
+        seed: int = 0,
+    ):
         self.regions = regions
         self.assignments = assignments
         self.mixture = mixture
@@ -133,12 +147,18 @@ class RegionSet:
         return (self.assignments == region_id).nonzero().flatten()
 
     def region_probability(self, codes: torch.Tensor) -> torch.Tensor:
-        """(n, R) probability that each code belongs to each region (columns in ``regions`` order)."""
+        """(n, R) probability that each code belongs to each region (``regions`` order)."""
         resp = self.mixture.responsibilities(codes.cpu())
         return resp[:, [r.component for r in self.regions]].float()
 
-    def sample_codes(self, region_id: int, n: int, scale: float | None = None,
-                     purpose: str = "eval", seed: int | None = None) -> torch.Tensor:  # fmt: skip
+    def sample_codes(
+        self,
+        region_id: int,
+        n: int,
+        scale: float | None = None,
+        purpose: str = "eval",
+        seed: int | None = None,
+    ) -> torch.Tensor:
         """(n, d) codes from N(mean, scale x covariance), from a seeded stream per purpose.
 
         ``purpose="eval"`` always gives the same held-out draws; ``"train"`` a fresh stream on each
@@ -163,11 +183,19 @@ class RegionSet:
         eps = torch.randn(n, len(region.mean), generator=gen, dtype=torch.float64)
         return (region.mean.double() + eps @ chol.T).float()
 
-    def sample(self, region_id: int, n: int, scale: float | None = None,
-               purpose: str = "eval", seed: int | None = None) -> RegionSample:  # fmt: skip
+    def sample(
+        self,
+        region_id: int,
+        n: int,
+        scale: float | None = None,
+        purpose: str = "eval",
+        seed: int | None = None,
+    ) -> RegionSample:
         """Decode ``n`` codes from the region and classify them with the current classifier."""
         if self.decode is None or self.predict is None:
-            raise RuntimeError("this RegionSet is not bound to a generator and classifier; use a session")
+            raise RuntimeError(
+                "this RegionSet is not bound to a generator and classifier; use a session"
+            )
         codes = self.sample_codes(region_id, n, scale, purpose, seed)
         images = self.decode(codes)
         probs = self.predict(images)
@@ -176,7 +204,7 @@ class RegionSet:
 
 
 def robust_cholesky(cov: torch.Tensor) -> torch.Tensor:
-    """Cholesky factor of a covariance, adding jitter to the diagonal until it is positive definite."""
+    """Cholesky factor of a covariance, adding diagonal jitter until it is positive definite."""
     eye = torch.eye(cov.shape[-1], dtype=cov.dtype)
     jitter = 0.0
     for _ in range(8):
@@ -216,46 +244,73 @@ def fit_regions(
     codes = errors.codes.double()
     rng = np.random.default_rng(seed)
     fit_idx = np.sort(rng.choice(len(codes), size=min(max_fit, len(codes)), replace=False))
-    mixture, converged = _fit_mixture(codes[fit_idx].numpy(), max_regions, covariance_type,
-                                      max_iter, seed)  # fmt: skip
+    mixture, converged = _fit_mixture(
+        codes[fit_idx].numpy(), max_regions, covariance_type, max_iter, seed
+    )
     component = mixture.responsibilities(codes).argmax(1)
     order = torch.argsort(mixture.weights, descending=True)
-    heavy = [int(c) for c in order if mixture.weights[c] > min_weight]
+    # a heavy component that no error falls in (possible with duplicated codes) is no region
+    counts = component.bincount(minlength=len(mixture.weights))
+    heavy = [int(c) for c in order if mixture.weights[c] > min_weight and counts[c] > 0]
     assignments = torch.full((len(codes),), -1, dtype=torch.long)
     regions = []
     for region_id, comp in enumerate(heavy):
         members = (component == comp).nonzero().flatten()
         assignments[members] = region_id
-        regions.append(_describe(region_id, comp, float(mixture.weights[comp]), members, errors,
-                                 mixture.means[comp], mixture.covariances[comp]))  # fmt: skip
-    settings = dict(max_regions=max_regions, min_weight=min_weight, covariance_type=covariance_type,
-                    max_fit=max_fit, fitted_on=len(fit_idx), converged=converged)  # fmt: skip
+        regions.append(
+            _describe(
+                region_id,
+                comp,
+                float(mixture.weights[comp]),
+                members,
+                errors,
+                mixture.means[comp],
+                mixture.covariances[comp],
+            )
+        )
+    settings = dict(
+        max_regions=max_regions,
+        min_weight=min_weight,
+        covariance_type=covariance_type,
+        max_fit=max_fit,
+        fitted_on=len(fit_idx),
+        converged=converged,
+    )
     return RegionSet(regions, assignments, mixture, settings, seed)
 
 
-def _check_fit_args(errors: ErrorSet, max_regions: int, min_weight: float, covariance_type: str,
-                    max_fit: int) -> None:  # fmt: skip
+def _check_fit_args(
+    errors: ErrorSet, max_regions: int, min_weight: float, covariance_type: str, max_fit: int
+) -> None:
     if len(errors) < 2:
         raise ValueError(
-            f"errors: need at least 2 errors to find regions, got {len(errors)}; search more images "
+            f"errors: need at least 2 errors to find regions, got {len(errors)}; search more "
+            "images "
             "or use a stronger strategy (e.g. 'gradient')"
         )
     if not torch.isfinite(errors.codes).all():
         raise ValueError("errors: codes contain NaN or infinite values")
+    if len(errors.codes.unique(dim=0)) < 2:
+        raise ValueError(
+            f"errors: all {len(errors)} codes are identical, so their covariance is degenerate and "
+            "no mixture can be fitted; search more images or use another strategy"
+        )
     if not isinstance(max_regions, int) or max_regions < 1:
         raise ValueError(f"max_regions: expected a positive integer, got {max_regions!r}")
     if not 0 <= min_weight < 1:
         raise ValueError(f"min_weight: expected a number in [0, 1), got {min_weight}")
     if covariance_type not in ("full", "diag", "tied", "spherical"):
         raise ValueError(
-            f"covariance_type: expected 'full', 'diag', 'tied' or 'spherical', got {covariance_type!r}"
+            "covariance_type: expected 'full', 'diag', 'tied' or 'spherical', "
+            f"got {covariance_type!r}"
         )
     if not isinstance(max_fit, int) or max_fit < 2:
         raise ValueError(f"max_fit: expected an integer >= 2, got {max_fit!r}")
 
 
-def _fit_mixture(x: np.ndarray, max_regions: int, covariance_type: str, max_iter: int,
-                 seed: int) -> tuple[Mixture, bool]:  # fmt: skip
+def _fit_mixture(
+    x: np.ndarray, max_regions: int, covariance_type: str, max_iter: int, seed: int
+) -> tuple[Mixture, bool]:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import BayesianGaussianMixture
 
@@ -293,11 +348,21 @@ def _to_mixture(bgm: Any, d: int) -> Mixture:
         cov = np.broadcast_to(cov, (k, d, d)).copy()
     elif bgm.covariance_type == "spherical":
         cov = cov[:, None, None] * np.eye(d)[None]
-    return Mixture(torch.from_numpy(bgm.weights_), torch.from_numpy(bgm.means_), torch.from_numpy(cov))
+    return Mixture(
+        torch.from_numpy(bgm.weights_), torch.from_numpy(bgm.means_), torch.from_numpy(cov)
+    )
 
 
-def _describe(region_id: int, comp: int, weight: float, members: torch.Tensor, errors: ErrorSet,
-              mean: torch.Tensor, cov: torch.Tensor, user_defined: bool = False) -> Region:  # fmt: skip
+def _describe(
+    region_id: int,
+    comp: int,
+    weight: float,
+    members: torch.Tensor,
+    errors: ErrorSet,
+    mean: torch.Tensor,
+    cov: torch.Tensor,
+    user_defined: bool = False,
+) -> Region:
     if len(members):
         pairs = errors.true_label[members] * 100_000 + errors.pred_label[members]
         values, counts = pairs.unique(return_counts=True)
@@ -308,8 +373,19 @@ def _describe(region_id: int, comp: int, weight: float, members: torch.Tensor, e
         valid = float(errors.validity[members].mean())
     else:
         transition, share, conf, valid = (-1, -1), 0.0, float("nan"), float("nan")
-    return Region(region_id, weight, len(members), mean.float(), cov.float(), transition, share,
-                  conf, valid, comp, user_defined)  # fmt: skip
+    return Region(
+        region_id,
+        weight,
+        len(members),
+        mean.float(),
+        cov.float(),
+        transition,
+        share,
+        conf,
+        valid,
+        comp,
+        user_defined,
+    )
 
 
 def user_region(regions: RegionSet, errors: ErrorSet, indices: torch.Tensor) -> Region:
@@ -322,7 +398,9 @@ def user_region(regions: RegionSet, errors: ErrorSet, indices: torch.Tensor) -> 
     if len(idx) < 2:
         raise ValueError(f"indices: expected at least 2 distinct error indices, got {len(idx)}")
     if int(idx.min()) < 0 or int(idx.max()) >= len(errors):
-        raise ValueError(f"indices: expected error indices in [0, {len(errors) - 1}], got {idx.tolist()[:5]}...")
+        raise ValueError(
+            f"indices: expected error indices in [0, {len(errors) - 1}], got {idx.tolist()[:5]}..."
+        )
     codes = errors.codes[idx].double()
     d = codes.shape[1]
     cov = torch.cov(codes.T).reshape(d, d) + 1e-4 * torch.eye(d, dtype=torch.float64)

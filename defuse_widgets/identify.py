@@ -72,8 +72,14 @@ class ErrorSet:
     def subset(self, index: torch.Tensor) -> ErrorSet:
         """A new ErrorSet with the rows ``index`` (a bool mask or integer indices) selects."""
         rows = {name: t[index] for name, t in self.tensors().items()}
-        return ErrorSet(**rows, settings=dict(self.settings), images_searched=self.images_searched,
-                        decodes=self.decodes, seconds=self.seconds, split=self.split)  # fmt: skip
+        return ErrorSet(
+            **rows,
+            settings=dict(self.settings),
+            images_searched=self.images_searched,
+            decodes=self.decodes,
+            seconds=self.seconds,
+            split=self.split,
+        )
 
     def transitions(self) -> dict[tuple[int, int], int]:
         """Counts of (true, predicted) label pairs, most frequent first."""
@@ -159,8 +165,18 @@ def identify(
     for name, value in (("step_size", step_size), ("max_distance", max_distance)):
         if value is not None and not value > 0:
             raise ValueError(f"{name}: expected a positive number of latent units, got {value!r}")
-    settings = _check_settings(strategy, samples, max_per_image, beta, radius, restarts, steps,
-                               min_validity, chunk_size, autocast)  # fmt: skip
+    settings = _check_settings(
+        strategy,
+        samples,
+        max_per_image,
+        beta,
+        radius,
+        restarts,
+        steps,
+        min_validity,
+        chunk_size,
+        autocast,
+    )
     x, y = _check_images(images, labels)
     modules = tuple(m for m in (classifier, *gen.modules) if isinstance(m, nn.Module))
     for m in modules:
@@ -182,13 +198,27 @@ def identify(
     return errors
 
 
-def _check_settings(strategy: str, samples: int, k: int, beta: float, radius: float,
-                    restarts: int, steps: int, min_validity: float | None, chunk_size: int,
-                    autocast: str | None) -> dict[str, Any]:  # fmt: skip
+def _check_settings(
+    strategy: str,
+    samples: int,
+    k: int,
+    beta: float,
+    radius: float,
+    restarts: int,
+    steps: int,
+    min_validity: float | None,
+    chunk_size: int,
+    autocast: str | None,
+) -> dict[str, Any]:
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
-    for name, value in (("samples", samples), ("max_per_image", k), ("restarts", restarts),
-                        ("steps", steps), ("chunk_size", chunk_size)):  # fmt: skip
+    for name, value in (
+        ("samples", samples),
+        ("max_per_image", k),
+        ("restarts", restarts),
+        ("steps", steps),
+        ("chunk_size", chunk_size),
+    ):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected a positive integer, got {value!r}")
     if strategy != "gradient" and k > samples:
@@ -199,9 +229,18 @@ def _check_settings(strategy: str, samples: int, k: int, beta: float, radius: fl
         raise ValueError(f"min_validity: expected a number in [0, 1], got {min_validity}")
     if autocast not in (None, "bf16", "fp16"):
         raise ValueError(f"autocast: expected None, 'bf16' or 'fp16', got {autocast!r}")
-    return dict(strategy=strategy, samples=samples, max_per_image=k, beta=beta, radius=radius,
-                restarts=restarts, steps=steps, min_validity=min_validity, chunk_size=chunk_size,
-                autocast=autocast)  # fmt: skip
+    return dict(
+        strategy=strategy,
+        samples=samples,
+        max_per_image=k,
+        beta=beta,
+        radius=radius,
+        restarts=restarts,
+        steps=steps,
+        min_validity=min_validity,
+        chunk_size=chunk_size,
+        autocast=autocast,
+    )
 
 
 def _check_images(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,12 +269,15 @@ def _check_images(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     return images.float(), labels.long()
 
 
-def _probe(classifier: Callable, gen: GeneratorAdapter, x: torch.Tensor, y: torch.Tensor,
-           dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:  # fmt: skip
+def _probe(
+    classifier: Callable, gen: GeneratorAdapter, x: torch.Tensor, y: torch.Tensor, dev: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Encode all images (batched) and check the models fit the data and each other."""
     shape = tuple(x.shape[1:])
-    for arg, model in (("generator", gen.modules[0] if gen.modules else None),
-                       ("classifier", classifier)):  # fmt: skip
+    for arg, model in (
+        ("generator", gen.modules[0] if gen.modules else None),
+        ("classifier", classifier),
+    ):
         expected = getattr(model, "image_shape", None)
         if expected is not None and tuple(expected) != shape:
             raise ValueError(
@@ -280,9 +322,17 @@ def _probe(classifier: Callable, gen: GeneratorAdapter, x: torch.Tensor, y: torc
 class _Search:
     """Runs one strategy over all images in chunks and collects the kept errors."""
 
-    def __init__(self, classifier: Callable, gen: GeneratorAdapter, y: torch.Tensor,
-                 mu: torch.Tensor, std: torch.Tensor, settings: dict[str, Any],
-                 dev: torch.device, progress: bool):  # fmt: skip
+    def __init__(
+        self,
+        classifier: Callable,
+        gen: GeneratorAdapter,
+        y: torch.Tensor,
+        mu: torch.Tensor,
+        std: torch.Tensor,
+        settings: dict[str, Any],
+        dev: torch.device,
+        progress: bool,
+    ):
         self.classifier, self.gen, self.settings, self.dev = classifier, gen, settings, dev
         self.y, self.mu, self.std = y.to(dev), mu, std
         self.k = settings["max_per_image"]
@@ -294,8 +344,13 @@ class _Search:
         )
 
     def run(self) -> dict[str, list[torch.Tensor]]:
-        found: dict[str, list[torch.Tensor]] = {"codes": [], "source_index": [], "pred_label": [],
-                                                "confidence": [], "validity": []}  # fmt: skip
+        found: dict[str, list[torch.Tensor]] = {
+            "codes": [],
+            "source_index": [],
+            "pred_label": [],
+            "confidence": [],
+            "validity": [],
+        }
         n = len(self.mu)
         images_per_chunk = max(1, self.settings["chunk_size"] // self._width())
         bar = tqdm(
@@ -456,8 +511,14 @@ def validity_score(generator: Any, codes: torch.Tensor, chunk_size: int = 4096) 
     return torch.cat(parts)
 
 
-def _assemble(found: dict[str, list[torch.Tensor]], mu: torch.Tensor, y: torch.Tensor,
-              settings: dict[str, Any], decodes: int, split: str) -> ErrorSet:  # fmt: skip
+def _assemble(
+    found: dict[str, list[torch.Tensor]],
+    mu: torch.Tensor,
+    y: torch.Tensor,
+    settings: dict[str, Any],
+    decodes: int,
+    split: str,
+) -> ErrorSet:
     cols = {key: torch.cat(parts).detach().cpu() for key, parts in found.items()}
     order = torch.argsort(cols["source_index"], stable=True)
     cols = {key: t[order] for key, t in cols.items()}

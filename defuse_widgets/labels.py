@@ -1,4 +1,4 @@
-"""Region labels: the special values, and a reference model that labels regions in automated runs."""
+"""Region labels: the special values, and a reference model that labels regions automatically."""
 
 from __future__ import annotations
 
@@ -17,17 +17,18 @@ SPECIAL_LABELS = {MODEL_IS_RIGHT: "model is right", UNRECOGNIZABLE: "unrecogniza
 
 
 def check_label(label: object, num_classes: int) -> int:
-    """Return ``label`` as an int if it is a class index or a special label, else raise ValueError."""
-    if isinstance(label, bool) or not isinstance(label, (int, torch.Tensor)) and not hasattr(label, "__index__"):
+    """``label`` as an int if it is a class index or a special label, else ValueError."""
+    if isinstance(label, (bool, float)) or not hasattr(label, "__index__"):
         raise ValueError(
             f"label: expected a class index in [0, {num_classes - 1}], MODEL_IS_RIGHT or "
             f"UNRECOGNIZABLE, got {label!r}"
         )
-    value = int(label)  # type: ignore[call-overload]
+    value = int(label.__index__())
     if value in SPECIAL_LABELS or 0 <= value < num_classes:
         return value
     raise ValueError(
-        f"label: expected a class index in [0, {num_classes - 1}], MODEL_IS_RIGHT ({MODEL_IS_RIGHT}) "
+        f"label: expected a class index in [0, {num_classes - 1}], "
+        f"MODEL_IS_RIGHT ({MODEL_IS_RIGHT}) "
         f"or UNRECOGNIZABLE ({UNRECOGNIZABLE}), got {value}"
     )
 
@@ -60,8 +61,13 @@ class ReferenceModelLabeler:
 
     name = "reference-model"
 
-    def __init__(self, model: nn.Module, samples: int = 16, min_agreement: float = 0.7,
-                 min_confidence: float = 0.9):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        samples: int = 16,
+        min_agreement: float = 0.7,
+        min_confidence: float = 0.9,
+    ):
         if not isinstance(samples, int) or samples < 1:
             raise ValueError(f"samples: expected a positive integer, got {samples!r}")
         if not 0 < min_agreement <= 1:
@@ -77,12 +83,15 @@ class ReferenceModelLabeler:
         was_training = self.model.training
         self.model.eval()
         dev = module_device(self.model)
-        probs = torch.cat([self.model(x.to(dev)).float().softmax(1).cpu() for x in images.split(1024)])
+        probs = torch.cat(
+            [self.model(x.to(dev)).float().softmax(1).cpu() for x in images.split(1024)]
+        )
         self.model.train(was_training)
         return probs
 
     def label_region(self, images: torch.Tensor, predictions: torch.Tensor) -> int:
-        """One label for a region from its decoded ``images`` and the debugged model's ``predictions``."""
+        """One label for a region from its decoded ``images`` and the debugged model's
+        ``predictions``."""
         votes = self.probabilities(images).argmax(1)
         counts = torch.bincount(votes)
         majority = int(counts.argmax())

@@ -116,7 +116,11 @@ class SmallCNN(nn.Module):
         c, h, w = _check_image_shape(image_shape)
         if num_classes < 2:
             raise ValueError(f"num_classes: expected at least 2, got {num_classes}")
-        self.config = {"image_shape": [c, h, w], "num_classes": int(num_classes), "width": int(width)}
+        self.config = {
+            "image_shape": [c, h, w],
+            "num_classes": int(num_classes),
+            "width": int(width),
+        }
         self.image_shape = (c, h, w)
         self.num_classes = int(num_classes)
         self.features = nn.Sequential(
@@ -131,7 +135,10 @@ class SmallCNN(nn.Module):
             nn.Flatten(),
         )
         self.head = nn.Sequential(
-            nn.Linear(8 * width, 4 * width), nn.ReLU(), nn.Dropout(0.2), nn.Linear(4 * width, num_classes)
+            nn.Linear(8 * width, 4 * width),
+            nn.ReLU(),
+            nn.Dropout(0.2),
+            nn.Linear(4 * width, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -224,7 +231,9 @@ def train_classifier(
     dev = resolve_device(device)
     y_train = data.y_train if labels is None else torch.as_tensor(labels).long()
     if y_train.shape != data.y_train.shape:
-        raise ValueError(f"labels: expected shape {tuple(data.y_train.shape)}, got {tuple(y_train.shape)}")
+        raise ValueError(
+            f"labels: expected shape {tuple(data.y_train.shape)}, got {tuple(y_train.shape)}"
+        )
     epochs = epochs or _default_epochs(len(data.x_train), batch_size, 2000)
     with seeded(seed) as gen:
         model = SmallCNN(data.image_shape, data.num_classes, width).to(dev)

@@ -39,7 +39,11 @@ def save_session(session: DefuseSession, path: Path) -> Path:
     from .session import nan_to_none
 
     path.mkdir(parents=True, exist_ok=True)
-    weights = {f"{i}.{k}": v.contiguous() for i, snap in enumerate(session._snapshots) for k, v in snap.items()}
+    weights = {
+        f"{i}.{k}": v.contiguous()
+        for i, snap in enumerate(session._snapshots)
+        for k, v in snap.items()
+    }
     save_file(weights, str(path / "weights.safetensors"))
     doc: dict[str, Any] = {
         "format": FORMAT,
@@ -57,15 +61,28 @@ def save_session(session: DefuseSession, path: Path) -> Path:
     }
     errors, regions = session.errors, session.regions
     if errors is not None:
-        save_file({k: v.contiguous() for k, v in errors.tensors().items()}, str(path / "errors.safetensors"))
-        doc["errors"] = {"settings": errors.settings, "images_searched": errors.images_searched,
-                         "decodes": errors.decodes, "seconds": errors.seconds, "split": errors.split}  # fmt: skip
+        save_file(
+            {k: v.contiguous() for k, v in errors.tensors().items()},
+            str(path / "errors.safetensors"),
+        )
+        doc["errors"] = {
+            "settings": errors.settings,
+            "images_searched": errors.images_searched,
+            "decodes": errors.decodes,
+            "seconds": errors.seconds,
+            "split": errors.split,
+        }
     if regions is not None:
         tensors = {"assignments": regions.assignments, **regions.mixture.tensors()}
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "regions.safetensors"))
-        doc["regions"] = {"settings": regions.settings, "seed": regions.seed,
-                          "train_draws": {str(k): v for k, v in regions._train_draws.items()},
-                          "regions": [nan_to_none(r.summary()) for r in regions.regions]}  # fmt: skip
+        save_file(
+            {k: v.contiguous() for k, v in tensors.items()}, str(path / "regions.safetensors")
+        )
+        doc["regions"] = {
+            "settings": regions.settings,
+            "seed": regions.seed,
+            "train_draws": {str(k): v for k, v in regions._train_draws.items()},
+            "regions": [nan_to_none(r.summary()) for r in regions.regions],
+        }
     (path / "session.json").write_text(json.dumps(doc, indent=1))
     return path
 
@@ -81,8 +98,14 @@ def _read_tensors(path: Path, name: str) -> dict[str, torch.Tensor]:
         raise _fail(path, f"{name} is missing or damaged ({exc})") from exc
 
 
-def load_session(cls: type[DefuseSession], path: Path, classifier: torch.nn.Module, generator: Any,
-                 data: ImageDataset | None, device: Any) -> DefuseSession:  # fmt: skip
+def load_session(
+    cls: type[DefuseSession],
+    path: Path,
+    classifier: torch.nn.Module,
+    generator: Any,
+    data: ImageDataset | None,
+    device: Any,
+) -> DefuseSession:
     """Validate and load a directory written by :func:`save_session`."""
     if not path.is_dir():
         raise _fail(path, "no such directory")
@@ -95,28 +118,43 @@ def load_session(cls: type[DefuseSession], path: Path, classifier: torch.nn.Modu
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise _fail(path, f"session.json does not declare format {FORMAT!r}")
     if doc.get("version") != VERSION:
-        raise _fail(path, f"format version {doc.get('version')!r}; this release reads version {VERSION}")
+        raise _fail(
+            path, f"format version {doc.get('version')!r}; this release reads version {VERSION}"
+        )
     try:
         return _build(cls, path, doc, classifier, generator, data, device)
     except (KeyError, TypeError, IndexError) as exc:
         raise _fail(path, f"session.json is incomplete or inconsistent ({exc!r})") from exc
 
 
-def _build(cls: type[DefuseSession], path: Path, doc: dict[str, Any], classifier: torch.nn.Module,
-           generator: Any, data: ImageDataset | None, device: Any) -> DefuseSession:  # fmt: skip
+def _build(
+    cls: type[DefuseSession],
+    path: Path,
+    doc: dict[str, Any],
+    classifier: torch.nn.Module,
+    generator: Any,
+    data: ImageDataset | None,
+    device: Any,
+) -> DefuseSession:
     fingerprint = doc["dataset"]
     if data is None:
         if fingerprint["name"] != "digits":
             raise ValueError(f"data: the session used dataset {fingerprint['name']!r}; pass data=")
         data = load_dataset("digits")
     if dataset_fingerprint(data) != fingerprint:
-        raise _fail(path, f"it was made on a different dataset ({fingerprint['name']}, "
-                          f"{fingerprint['n_train']}/{fingerprint['n_test']} images)")  # fmt: skip
+        raise _fail(
+            path,
+            f"it was made on a different dataset ({fingerprint['name']}, "
+            f"{fingerprint['n_train']}/{fingerprint['n_test']} images)",
+        )
     snapshots = _read_snapshots(path, doc["snapshots"], classifier)
     session = cls(classifier, generator, data, device=device, seed=doc["seed"], progress=False)
     if session.generator.latent_dim != doc["latent_dim"]:
-        raise _fail(path, f"latent size {doc['latent_dim']} differs from the generator's "
-                          f"{session.generator.latent_dim}")  # fmt: skip
+        raise _fail(
+            path,
+            f"latent size {doc['latent_dim']} differs from the generator's "
+            f"{session.generator.latent_dim}",
+        )
     if doc["errors"] is not None:
         session.errors = _read_errors(path, doc["errors"], doc["latent_dim"])
     if doc["regions"] is not None:
@@ -144,7 +182,9 @@ def _build(cls: type[DefuseSession], path: Path, doc: dict[str, Any], classifier
     return session
 
 
-def _read_snapshots(path: Path, count: int, classifier: torch.nn.Module) -> list[dict[str, torch.Tensor]]:
+def _read_snapshots(
+    path: Path, count: int, classifier: torch.nn.Module
+) -> list[dict[str, torch.Tensor]]:
     flat = _read_tensors(path, "weights.safetensors")
     expected = {k: v.shape for k, v in classifier.state_dict().items()}
     snaps: list[dict[str, torch.Tensor]] = [{} for _ in range(count)]
@@ -156,19 +196,29 @@ def _read_snapshots(path: Path, count: int, classifier: torch.nn.Module) -> list
     for i, snap in enumerate(snaps):
         shapes = {k: v.shape for k, v in snap.items()}
         if shapes != expected:
-            raise _fail(path, f"snapshot {i} does not match the classifier's parameters (another model?)")
+            raise _fail(
+                path, f"snapshot {i} does not match the classifier's parameters (another model?)"
+            )
     return snaps
 
 
 def _read_errors(path: Path, meta: dict[str, Any], latent_dim: int) -> ErrorSet:
     tensors = _read_tensors(path, "errors.safetensors")
     if set(tensors) != set(ERROR_FIELDS):
-        raise _fail(path, f"errors.safetensors holds {sorted(tensors)}, expected {sorted(ERROR_FIELDS)}")
+        raise _fail(
+            path, f"errors.safetensors holds {sorted(tensors)}, expected {sorted(ERROR_FIELDS)}"
+        )
     m = len(tensors["codes"])
     if tensors["codes"].shape != (m, latent_dim) or any(len(t) != m for t in tensors.values()):
         raise _fail(path, "errors.safetensors has inconsistent shapes")
-    return ErrorSet(**tensors, settings=meta["settings"], images_searched=meta["images_searched"],
-                    decodes=meta["decodes"], seconds=meta["seconds"], split=meta["split"])  # fmt: skip
+    return ErrorSet(
+        **tensors,
+        settings=meta["settings"],
+        images_searched=meta["images_searched"],
+        decodes=meta["decodes"],
+        seconds=meta["seconds"],
+        split=meta["split"],
+    )
 
 
 def _read_regions(path: Path, meta: dict[str, Any], n_errors: int) -> RegionSet:
@@ -183,14 +233,21 @@ def _read_regions(path: Path, meta: dict[str, Any], n_errors: int) -> RegionSet:
     regions = []
     for r in meta["regions"]:
         comp = int(r["component"])
-        regions.append(Region(
-            id=int(r["id"]), weight=float(r["weight"]), size=int(r["size"]),
-            mean=mixture.means[comp].float(), covariance=mixture.covariances[comp].float(),
-            transition=(int(r["transition"][0]), int(r["transition"][1])),
-            transition_share=float(r["transition_share"]),
-            mean_confidence=_num(r["mean_confidence"]), mean_validity=_num(r["mean_validity"]),
-            component=comp, user_defined=bool(r["user_defined"]),
-        ))  # fmt: skip
+        regions.append(
+            Region(
+                id=int(r["id"]),
+                weight=float(r["weight"]),
+                size=int(r["size"]),
+                mean=mixture.means[comp].float(),
+                covariance=mixture.covariances[comp].float(),
+                transition=(int(r["transition"][0]), int(r["transition"][1])),
+                transition_share=float(r["transition_share"]),
+                mean_confidence=_num(r["mean_confidence"]),
+                mean_validity=_num(r["mean_validity"]),
+                component=comp,
+                user_defined=bool(r["user_defined"]),
+            )
+        )
     out = RegionSet(regions, assignments, mixture, meta["settings"], int(meta["seed"]))
     out._train_draws = {int(k): int(v) for k, v in meta["train_draws"].items()}
     return out

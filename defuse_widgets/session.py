@@ -68,10 +68,19 @@ class DefuseSession:
     >>> regions = s.distill()  # doctest: +SKIP
     """
 
-    def __init__(self, classifier: nn.Module, generator: Any, data: ImageDataset,
-                 device: str | torch.device = "auto", seed: int = 0, progress: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        classifier: nn.Module,
+        generator: Any,
+        data: ImageDataset,
+        device: str | torch.device = "auto",
+        seed: int = 0,
+        progress: bool = True,
+    ):
         if not isinstance(data, ImageDataset):
-            raise TypeError(f"data: expected an ImageDataset (see load_dataset), got {type(data).__name__}")
+            raise TypeError(
+                f"data: expected an ImageDataset (see load_dataset), got {type(data).__name__}"
+            )
         self.device = resolve_device(device)
         self.classifier = as_classifier(classifier).to(self.device).eval()
         self.generator = as_generator(generator).to(self.device)
@@ -107,7 +116,8 @@ class DefuseSession:
             decoded = self.generator.decode(mu)
             if decoded.shape[1:] != x.shape[1:]:
                 raise ValueError(
-                    f"generator: decodes to images of shape {tuple(decoded.shape[1:])}, but the data's "
+                    f"generator: decodes to images of shape {tuple(decoded.shape[1:])}, but the "
+                    "data's "
                     f"images are {tuple(x.shape[1:])}"
                 )
             check_logits(self.classifier(x), len(x), self.data.num_classes)
@@ -122,22 +132,34 @@ class DefuseSession:
         when ``progress``)."""
         from tqdm.auto import tqdm
 
-        batches = tqdm(images.split(batch_size), desc="encode", unit="batch", delay=2,
-                       disable=not progress, leave=False)  # fmt: skip
+        batches = tqdm(
+            images.split(batch_size),
+            desc="encode",
+            unit="batch",
+            delay=2,
+            disable=not progress,
+            leave=False,
+        )
         parts = [self.generator.encode(x.to(self.device))[0].float().cpu() for x in batches]
         return torch.cat(parts) if parts else torch.zeros(0, self.generator.latent_dim)
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """(n, C, H, W) decoded images of codes (n, d), on the CPU."""
-        parts = [self.generator.decode(z.to(self.device).float()).float().cpu() for z in codes.split(batch_size)]
+        parts = [
+            self.generator.decode(z.to(self.device).float()).float().cpu()
+            for z in codes.split(batch_size)
+        ]
         return torch.cat(parts) if parts else torch.zeros(0, *self.data.image_shape)
 
     @torch.inference_mode()
     def predict(self, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """(n, K) class probabilities of the current classifier, on the CPU."""
         with self._lock:
-            parts = [self.classifier(x.to(self.device)).float().softmax(1).cpu() for x in images.split(batch_size)]
+            parts = [
+                self.classifier(x.to(self.device)).float().softmax(1).cpu()
+                for x in images.split(batch_size)
+            ]
         return torch.cat(parts) if parts else torch.zeros(0, self.data.num_classes)
 
     def split_codes(self, split: str) -> torch.Tensor:
@@ -151,8 +173,13 @@ class DefuseSession:
 
     # ----- identify and distill -----
 
-    def identify(self, strategy: str = "reference", split: str = "test", limit: int | None = None,
-                 **options: Any) -> ErrorSet:  # fmt: skip
+    def identify(
+        self,
+        strategy: str = "reference",
+        split: str = "test",
+        limit: int | None = None,
+        **options: Any,
+    ) -> ErrorSet:
         """Search the latent space around the ``split``'s images (the first ``limit`` of them).
 
         Options are those of :func:`~defuse_widgets.identify.identify`. Replaces earlier errors,
@@ -164,19 +191,35 @@ class DefuseSession:
         options.setdefault("seed", self.seed)
         options.setdefault("progress", self.progress)
         with self._lock:
-            errors = identify(self.classifier, self.generator, x, y, strategy, device=self.device,
-                              split=split, **options)  # fmt: skip
+            errors = identify(
+                self.classifier,
+                self.generator,
+                x,
+                y,
+                strategy,
+                device=self.device,
+                split=split,
+                **options,
+            )
             self.errors, self.regions, self._labels = errors, None, {}
         return errors
 
-    def distill(self, max_regions: int = 100, min_weight: float = 0.01, covariance_type: str = "full",
-                max_fit: int = 10_000, **options: Any) -> RegionSet:  # fmt: skip
+    def distill(
+        self,
+        max_regions: int = 100,
+        min_weight: float = 0.01,
+        covariance_type: str = "full",
+        max_fit: int = 10_000,
+        **options: Any,
+    ) -> RegionSet:
         """Fit the Dirichlet-process mixture to the errors' codes; see
         :func:`~defuse_widgets.distill.fit_regions`. Replaces earlier regions and labels."""
         if self.errors is None:
             raise RuntimeError("no errors yet: call identify() before distill()")
         options.setdefault("seed", self.seed)
-        regions = fit_regions(self.errors, max_regions, min_weight, covariance_type, max_fit, **options)
+        regions = fit_regions(
+            self.errors, max_regions, min_weight, covariance_type, max_fit, **options
+        )
         self._bind(regions)
         self.regions, self._labels = regions, {}
         return regions
@@ -215,8 +258,11 @@ class DefuseSession:
 
     def export_labels(self, path: str | os.PathLike | None = None) -> dict[str, Any]:
         """Labels as a JSON-ready dict (also written to ``path`` when given)."""
-        out = {"format": "defuse-widgets-labels", "classes": list(self.data.classes),
-               "labels": {str(k): v for k, v in sorted(self._labels.items())}}  # fmt: skip
+        out = {
+            "format": "defuse-widgets-labels",
+            "classes": list(self.data.classes),
+            "labels": {str(k): v for k, v in sorted(self._labels.items())},
+        }
         if path is not None:
             Path(path).write_text(json.dumps(out, indent=2))
         return out
@@ -225,7 +271,9 @@ class DefuseSession:
         """Replace the labels with those of :meth:`export_labels` output (a dict or a JSON file)."""
         doc = json.loads(Path(source).read_text()) if not isinstance(source, Mapping) else source
         if doc.get("format") != "defuse-widgets-labels" or not isinstance(doc.get("labels"), dict):
-            raise ValueError("labels: expected export_labels() output with format 'defuse-widgets-labels'")
+            raise ValueError(
+                "labels: expected export_labels() output with format 'defuse-widgets-labels'"
+            )
         regions = self._require_regions()
         new = {}
         for key, value in doc["labels"].items():
@@ -266,8 +314,14 @@ class DefuseSession:
             return cached[1]
         from tqdm.auto import tqdm
 
-        chunks = tqdm(codes.split(batch_size), desc=f"regions of {split} images", unit="batch",
-                      delay=2, disable=not self.progress, leave=False)  # fmt: skip
+        chunks = tqdm(
+            codes.split(batch_size),
+            desc=f"regions of {split} images",
+            unit="batch",
+            delay=2,
+            disable=not self.progress,
+            leave=False,
+        )
         parts = [regions.region_probability(c) for c in chunks]
         prob = torch.cat(parts) if parts else torch.zeros(0, len(regions), dtype=torch.float32)
         self._probability_cache[split] = (key, prob)
@@ -324,8 +378,15 @@ class DefuseSession:
         check_probability(min_probability)
         target = self._audit_label(region_id, label)
         prob = self._audit_probability(region_id, coverage)
-        return audit_region(region_id, target, prob, self.data.x_train, self.training_labels(),
-                            lambda x: self.predict(x).argmax(1), min_probability)  # fmt: skip
+        return audit_region(
+            region_id,
+            target,
+            prob,
+            self.data.x_train,
+            self.training_labels(),
+            lambda x: self.predict(x).argmax(1),
+            min_probability,
+        )
 
     def _audit_probability(self, region_id: int, coverage: float | None) -> torch.Tensor:
         prob = self.region_probability("train")[:, self._region_column(region_id)]
@@ -431,9 +492,14 @@ class DefuseSession:
         name = who if who is not None else str(getattr(labeler, "name", type(labeler).__name__))
         self.relabel(confirmed, result.region_label, who=name)
         abstained = int((votes == UNRECOGNIZABLE).sum())
-        return {"region": int(region_id), "label": result.region_label, "candidates": len(result),
-                "confirmed": confirmed.tolist(), "abstained": abstained,
-                "disagreed": len(result) - len(confirmed) - abstained}  # fmt: skip
+        return {
+            "region": int(region_id),
+            "label": result.region_label,
+            "candidates": len(result),
+            "confirmed": confirmed.tolist(),
+            "abstained": abstained,
+            "disagreed": len(result) - len(confirmed) - abstained,
+        }
 
     def export_relabels(
         self, path: str | os.PathLike | None = None, format: str | None = None
@@ -441,8 +507,9 @@ class DefuseSession:
         """The relabels as a JSON-ready dict; written to ``path`` when given, as CSV when ``format``
         is "csv" or the path ends in ``.csv`` (columns index, old_label, new_label, who, when),
         else as JSON."""
-        doc = relabels_document(self._relabels.values(), self.data.name, len(self.data.y_train),
-                                self.data.classes)  # fmt: skip
+        doc = relabels_document(
+            self._relabels.values(), self.data.name, len(self.data.y_train), self.data.classes
+        )
         if format not in (None, "json", "csv"):
             raise ValueError(f"format: expected 'json', 'csv' or None, got {format!r}")
         if path is not None:
@@ -467,10 +534,17 @@ class DefuseSession:
 
     # ----- correct, evaluate, revert -----
 
-    def correct(self, steps: int = 300, lam: float = 1.0, lr: float = 0.01, batch_size: int = 64,
-                optimizer: str = "sgd", scale: float | None = None,
-                cancel: CancelToken | None = None,
-                callback: StepCallback | None = None) -> dict[str, Any]:  # fmt: skip
+    def correct(
+        self,
+        steps: int = 300,
+        lam: float = 1.0,
+        lr: float = 0.01,
+        batch_size: int = 64,
+        optimizer: str = "sgd",
+        scale: float | None = None,
+        cancel: CancelToken | None = None,
+        callback: StepCallback | None = None,
+    ) -> dict[str, Any]:
         """Run one fine-tuning round on the class-labeled regions and return its record.
 
         Loss = CE(training batch) + ``lam`` x CE(batch of fresh samples from the labeled regions,
@@ -478,8 +552,16 @@ class DefuseSession:
         completes; a cancelled round (``cancel.cancel()``) leaves it exactly as before.
         Returns ``{"round", "settings", "losses", "cancelled", "evaluation", "seconds"}``.
         """
-        settings = RoundSettings(steps, lam, lr, batch_size, optimizer, momentum=0.9, scale=scale,
-                                 seed=self.seed + len(self.history))  # fmt: skip
+        settings = RoundSettings(
+            steps,
+            lam,
+            lr,
+            batch_size,
+            optimizer,
+            momentum=0.9,
+            scale=scale,
+            seed=self.seed + len(self.history),
+        )
         settings.check()
         targets = self.correctable()
         if not targets:
@@ -493,37 +575,63 @@ class DefuseSession:
         finally:
             self._running = False
 
-    def _run_round(self, settings: RoundSettings, targets: dict[int, int], cancel: CancelToken | None,
-                   callback: StepCallback | None) -> dict[str, Any]:  # fmt: skip
+    def _run_round(
+        self,
+        settings: RoundSettings,
+        targets: dict[int, int],
+        cancel: CancelToken | None,
+        callback: StepCallback | None,
+    ) -> dict[str, Any]:
         start = time.perf_counter()
         base = self.active_round
         sampler = self._region_sampler(targets, settings.scale, settings.seed)
         try:
-            state, losses = fine_tune(self.classifier, self.data.x_train, self.training_labels(),
-                                      sampler, settings, cancel, callback)  # fmt: skip
+            state, losses = fine_tune(
+                self.classifier,
+                self.data.x_train,
+                self.training_labels(),
+                sampler,
+                settings,
+                cancel,
+                callback,
+            )
         except Cancelled:
-            return {"round": None, "cancelled": True, "losses": [], "evaluation": None,
-                    "settings": vars(settings), "seconds": time.perf_counter() - start}  # fmt: skip
+            return {
+                "round": None,
+                "cancelled": True,
+                "losses": [],
+                "evaluation": None,
+                "settings": vars(settings),
+                "seconds": time.perf_counter() - start,
+            }
         with self._lock:
             restore(self.classifier, state)
             self._snapshots.append(state)
             self.active_round = len(self._snapshots) - 1
-        record = {"round": self.active_round, "base_round": base, "cancelled": False,
-                  "settings": vars(settings), "labels": dict(targets), "losses": losses,
-                  "relabels": len(self._relabels)}  # fmt: skip
+        record = {
+            "round": self.active_round,
+            "base_round": base,
+            "cancelled": False,
+            "settings": vars(settings),
+            "labels": dict(targets),
+            "losses": losses,
+            "relabels": len(self._relabels),
+        }
         record["evaluation"] = self.evaluate()
         record["seconds"] = time.perf_counter() - start
         self.history.append(record)
         return record
 
-    def _region_sampler(self, targets: dict[int, int], scale: float | None,
-                        seed: int) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    def _region_sampler(
+        self, targets: dict[int, int], scale: float | None, seed: int
+    ) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
         regions = self._require_regions()
         scale = DEFAULT_SCALE if scale is None else scale
         ids = list(targets)
         means = torch.stack([regions.get(r).mean for r in ids]).to(self.device)
-        chols = torch.stack([robust_cholesky(regions.get(r).covariance.double() * scale).float()
-                             for r in ids]).to(self.device)  # fmt: skip
+        chols = torch.stack(
+            [robust_cholesky(regions.get(r).covariance.double() * scale).float() for r in ids]
+        ).to(self.device)
         labels = torch.tensor([targets[r] for r in ids], device=self.device)
         gen = torch.Generator(device=self.device).manual_seed(seed)
 
@@ -565,8 +673,9 @@ class DefuseSession:
         out["labeled_region_real_images"] = n_real
         return out
 
-    def _region_accuracies(self, targets: dict[int, int], test_pred: torch.Tensor,
-                           samples: int) -> dict[int, dict[str, Any]]:  # fmt: skip
+    def _region_accuracies(
+        self, targets: dict[int, int], test_pred: torch.Tensor, samples: int
+    ) -> dict[int, dict[str, Any]]:
         regions = self._require_regions()
         prob = regions.region_probability(self.split_codes("test"))
         column = {r.id: i for i, r in enumerate(regions.regions)}
@@ -591,10 +700,12 @@ class DefuseSession:
         return len(self._snapshots) - 1
 
     def revert(self, round: int | None = None) -> None:
-        """Restore the original weights (``round=None`` or 0) or those after a round, bit for bit."""
+        """Restore the original weights (``round=None`` or 0) or a round's, bit for bit."""
         target = 0 if round is None else round
         if not isinstance(target, int) or not 0 <= target < len(self._snapshots):
-            raise ValueError(f"round: expected None or an integer in [0, {self.rounds}], got {round!r}")
+            raise ValueError(
+                f"round: expected None or an integer in [0, {self.rounds}], got {round!r}"
+            )
         with self._lock:
             if self._running:
                 raise RuntimeError("a fine-tuning round is running; cancel it before reverting")
@@ -604,14 +715,20 @@ class DefuseSession:
     # ----- persistence and widgets -----
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the session to a directory (safetensors + JSON); see :mod:`defuse_widgets.persist`."""
+        """Write the session to a directory (safetensors + JSON); see ``persist``."""
         from .persist import save_session
 
         return save_session(self, Path(path))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, classifier: nn.Module, generator: Any,
-             data: ImageDataset | None = None, device: str | torch.device = "auto") -> DefuseSession:  # fmt: skip
+    def load(
+        cls,
+        path: str | os.PathLike,
+        classifier: nn.Module,
+        generator: Any,
+        data: ImageDataset | None = None,
+        device: str | torch.device = "auto",
+    ) -> DefuseSession:
         """Load a saved session; ``data`` defaults to the named bundled dataset (digits)."""
         from .persist import load_session
 
@@ -624,7 +741,7 @@ class DefuseSession:
         return Explorer(self, **options)
 
     def interpolator(self, *args: Any, **options: Any) -> Any:
-        """The live latent interpolation widget (see :class:`~defuse_widgets.widgets.interpolator.Interpolator`)."""
+        """The live latent interpolation widget (see ``widgets.interpolator.Interpolator``)."""
         from .widgets.interpolator import Interpolator
 
         return Interpolator(self, *args, **options)
