@@ -37,8 +37,15 @@ def cache_key(codes: Any, method: str = "umap", **params: Any) -> str:
     return h.hexdigest()
 
 
-def cached(codes: Any, method: str = "umap", **params: Any) -> np.ndarray | None:
-    """The cached projection of ``codes`` with these settings, or None."""
+def cached(
+    codes: Any,
+    method: str = "umap",
+    seed: int | None = None,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+) -> np.ndarray | None:
+    """The cached result of :func:`project` for ``codes`` with these settings, or None."""
+    params = {"seed": seed, "n_neighbors": n_neighbors, "min_dist": min_dist}
     with _LOCK:
         out = _CACHE.get(cache_key(codes, method, **params))
     return None if out is None else out.copy()

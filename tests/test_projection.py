@@ -1,0 +1,65 @@
+"""projection.py (UMAP/PCA, cached) and imaging.py (uint8, PNG, sprites)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from defuse_widgets import imaging, projection
+
+
+@pytest.fixture
+def blobs() -> np.ndarray:
+    g = np.random.default_rng(0)
+    centers = g.normal(scale=6.0, size=(3, 8))
+    return (centers[np.repeat(np.arange(3), 60)] + g.normal(size=(180, 8))).astype(np.float32)
+
+
+def test_umap_projection_is_cached_and_separates_blobs(blobs: np.ndarray) -> None:
+    projection.clear_cache()
+    messages: list[str] = []
+    xy = projection.project(torch.from_numpy(blobs), "umap", progress=messages.append)
+    assert xy.shape == (180, 2) and xy.dtype == np.float32 and np.isfinite(xy).all()
+    assert any("UMAP" in m for m in messages)
+    # the three blobs stay apart: each point's nearest neighbour is in its own blob
+    d = ((xy[:, None] - xy[None]) ** 2).sum(-1) + np.eye(180) * 1e9
+    labels = np.repeat(np.arange(3), 60)
+    assert (labels[d.argmin(1)] == labels).mean() > 0.95
+    # cached per error set (content): a second call returns the same layout at once
+    assert projection.cached(blobs, "umap") is not None
+    again = projection.project(blobs, "umap", progress=messages.append)
+    assert np.array_equal(again, xy)
+    assert projection.cached(blobs + 1, "umap") is None
+
+
+def test_pca_and_tiny_inputs(blobs: np.ndarray) -> None:
+    xy = projection.project(blobs, "pca", use_cache=False)
+    assert xy.shape == (180, 2)
+    assert projection.project(blobs[:2], "umap", use_cache=False).shape == (2, 2)
+    assert projection.project(np.zeros((0, 8), np.float32), "pca").shape == (0, 2)
+    with pytest.raises(ValueError, match="method"):
+        projection.project(blobs, "tsne")
+    with pytest.raises(ValueError, match="codes"):
+        projection.project(np.zeros(5), "pca")
+
+
+def test_imaging_round_trips() -> None:
+    from PIL import Image
+
+    x = torch.rand(5, 1, 8, 8)
+    u8 = imaging.to_uint8(x)
+    assert u8.shape == (5, 8, 8, 1) and u8.dtype == np.uint8
+    assert np.abs(u8[..., 0] / 255.0 - x[:, 0].numpy()).max() < 0.003
+    rgb = imaging.to_uint8(torch.rand(2, 3, 32, 32))
+    assert imaging.downsample(rgb, 16).shape == (2, 16, 16, 3)
+    assert imaging.downsample(u8, 32) is u8
+    png = imaging.png_bytes(x[0], scale=4)
+    assert Image.open(io.BytesIO(png)).size == (32, 32)
+    sheet = imaging.sprite_sheet(x, columns=3)
+    assert sheet.shape == (16, 24, 1)
+    assert np.array_equal(sheet[8:16, 0:8], u8[3])
+    with pytest.raises(ValueError, match="images"):
+        imaging.to_uint8(torch.zeros(8, 8))
