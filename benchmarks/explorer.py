@@ -158,14 +158,15 @@ def settle(page: Any, frames: Frames, quiet_s: float = 0.7, timeout: float = 60)
     return frames.total
 
 
-def bench(sizes: list[int], method: str) -> list[dict[str, Any]]:
+def bench(sizes: list[int], method: str, threads: int | None) -> list[dict[str, Any]]:
     from playwright.sync_api import sync_playwright
 
     root = Path(tempfile.mkdtemp(prefix="bench-explorer-"))
     url, proc = lab.start_lab(root)
     rows = []
     try:
-        lab.write_notebook(root, "bench", [SETUP + "print('READY')"])
+        setup = SETUP + (f"torch.set_num_threads({threads})\n" if threads else "")
+        lab.write_notebook(root, "bench", [setup + "print('READY')"])
         with sync_playwright() as p:
             browser = lab.launch_browser(p)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -232,6 +233,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     ap.add_argument("--projection", choices=("umap", "pca"), default="umap")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads in the kernel")
     args = ap.parse_args()
     import os
 
@@ -243,7 +245,11 @@ def main() -> None:
         f"torch {torch.__version__}, device cpu (kernel), Chromium {lab.CHROMIUM} headless; "
         f"click: median of 5 regions; bytes: all kernel websocket frames received by the page"
     )
-    rows = bench(args.sizes, args.projection)
+    print(
+        f"load average before: {os.getloadavg()}; kernel torch threads: {args.threads or 'default'}"
+    )
+    rows = bench(args.sizes, args.projection, args.threads)
+    print(f"load average after: {os.getloadavg()}")
     cols = [
         ("points", 8), ("projection_s", 13), ("render_s", 9), ("js_render_ms", 13),
         ("click_ms_median", 16), ("click_ms_max", 13), ("display_bytes", 14),
@@ -252,7 +258,7 @@ def main() -> None:
     print(" ".join(name.rjust(w) for name, w in cols))
     for row in rows:
         print(" ".join(str(row[name]).rjust(w) for name, w in cols))
-    print(json.dumps({"benchmark": "explorer", "rows": rows}))
+    print(json.dumps({"benchmark": "explorer", "threads": args.threads, "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ export class ErrorMap {
   ready = false;
   private hoverToken = 0;
   private observer: ResizeObserver;
+  private overlay: HTMLCanvasElement;
+  private markerSize = 7;
   private traceType = webglOK() ? "scattergl" : "scatter";
 
   constructor(parent: HTMLElement, private h: MapHandlers) {
@@ -43,7 +45,10 @@ export class ErrorMap {
     this.tip = document.createElement("div");
     this.tip.className = "dfx-tip";
     this.tip.setAttribute("role", "tooltip");
-    this.root.append(this.plot, this.tip);
+    this.overlay = document.createElement("canvas");
+    this.overlay.style.cssText = "position:absolute;left:0;top:0;pointer-events:none";
+    this.overlay.setAttribute("aria-hidden", "true");
+    this.root.append(this.plot, this.overlay, this.tip);
     parent.append(this.root);
     // the widget's element may not be in the page (or sized) yet at the first draw
     this.observer = new ResizeObserver(() => this.resize());
@@ -65,12 +70,41 @@ export class ErrorMap {
     return out;
   }
 
-  private highlight(d: MapData): { x: number[]; y: number[] } {
-    const x: number[] = [], y: number[] = [];
-    if (this.selectedRegion < 0) return { x, y };
-    const xy = d.xy.data, r = d.region.data;
-    for (let i = 0; i < r.length; i++) if (r[i] === this.selectedRegion) { x.push(xy[2 * i]); y.push(xy[2 * i + 1]); }
-    return { x, y };
+  /** Indices of the selected region's points (outlined on a 2-D canvas over the WebGL plot:
+   * restyling a second WebGL trace would make plotly recompute every trace, ~seconds at 100k). */
+  private highlighted: number[] = [];
+
+  private computeHighlight(): void {
+    const d = this.data, out: number[] = [];
+    if (d && this.selectedRegion >= 0) {
+      const r = d.region.data;
+      for (let i = 0; i < r.length; i++) if (r[i] === this.selectedRegion) out.push(i);
+    }
+    this.highlighted = out;
+  }
+
+  private drawOverlay(): void {
+    const gd: any = this.plot, L = gd._fullLayout, d = this.data;
+    const cv = this.overlay, dpr = window.devicePixelRatio || 1;
+    const w = this.root.clientWidth, h = this.root.clientHeight;
+    if (cv.width !== Math.round(w * dpr) || cv.height !== Math.round(h * dpr)) {
+      cv.width = Math.round(w * dpr); cv.height = Math.round(h * dpr);
+      cv.style.width = `${w}px`; cv.style.height = `${h}px`;
+    }
+    const ctx = cv.getContext("2d")!;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    if (!L || !L.xaxis || !d || !this.highlighted.length) return;
+    const s = L._size, xy = d.xy.data, rad = this.markerSize / 2 + 2;
+    ctx.strokeStyle = "#000"; ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    for (const i of this.highlighted) {
+      const px = s.l + L.xaxis.l2p(xy[2 * i]), py = s.t + L.yaxis.l2p(xy[2 * i + 1]);
+      if (px < s.l || py < s.t || px > s.l + s.w || py > s.t + s.h) continue;
+      ctx.moveTo(px + rad, py);
+      ctx.arc(px, py, rad, 0, 2 * Math.PI);
+    }
+    ctx.stroke();
   }
 
   async render(d: MapData): Promise<void> {
@@ -79,12 +113,11 @@ export class ErrorMap {
     const xs = new Float32Array(n), ys = new Float32Array(n);
     for (let i = 0; i < n; i++) { xs[i] = d.xy.data[2 * i]; ys[i] = d.xy.data[2 * i + 1]; }
     const size = n > 20000 ? 3 : n > 2000 ? 5 : 7;
-    const hl = this.highlight(d);
+    this.markerSize = size;
+    this.computeHighlight();
     const traces = [
       { type: this.traceType, mode: "markers", x: xs, y: ys, hoverinfo: "none",
         marker: { color: this.colorArray(d), opacity: this.opacityArray(d), size } },
-      { type: this.traceType, mode: "markers", x: hl.x, y: hl.y, hoverinfo: "skip",
-        marker: { color: "rgba(0,0,0,0)", size: size + 4, line: { color: "#000", width: 1.5 } } },
     ];
     const layout = {
       width: this.root.clientWidth || undefined, height: this.root.clientHeight || undefined, autosize: true,
@@ -101,6 +134,7 @@ export class ErrorMap {
     } else {
       await Plotly.react(this.plot, traces, layout, config);
     }
+    this.drawOverlay();
     this.root.dataset.points = String(n);
     this.root.dataset.rendered = String(Date.now());
   }
@@ -115,8 +149,8 @@ export class ErrorMap {
   async setSelectedRegion(rid: number): Promise<void> {
     this.selectedRegion = rid;
     if (!this.ready || !this.data) return;
-    const hl = this.highlight(this.data);
-    await Plotly.restyle(this.plot, { x: [hl.x], y: [hl.y] }, [1]);
+    this.computeHighlight();
+    this.drawOverlay();
   }
 
   setSelection(indices: Int32Array | null): void {
@@ -142,6 +176,8 @@ export class ErrorMap {
       const p = ev?.points?.find((q: any) => q.curveNumber === 0);
       if (p) this.showTip(p.pointIndex ?? p.pointNumber, ev.event);
     });
+    gd.on("plotly_afterplot", () => this.drawOverlay());
+    gd.on("plotly_relayout", () => this.drawOverlay());
     gd.on("plotly_unhover", () => { this.hoverToken++; this.tip.style.display = "none"; });
   }
 
