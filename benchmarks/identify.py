@@ -154,17 +154,23 @@ def load_models(data: dw.ImageDataset, args: argparse.Namespace) -> tuple[nn.Mod
 # ---------------------------------------------------------------- timing
 
 
-def timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> tuple[float, list, Any]:
-    times, result = [], None
+def timed(
+    runs: dict[str, Callable[[], Any]], repeats: int, device: torch.device
+) -> dict[str, tuple[float, list[float], Any]]:
+    """Median wall time of each run; the runs take turns within each repeat, so a change in the
+    machine's load (it may be shared) hits all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    results: dict[str, Any] = {}
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, result
+        for name, fn in runs.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            results[name] = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    return {name: (statistics.median(t), t, results[name]) for name, t in times.items()}
 
 
 def describe_machine(device: torch.device) -> str:
@@ -205,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"data: {data.name}, {n} test images of shape {data.image_shape}, latent size "
         f"{vae.latent_dim}; Q={q} samples, k={k} per image, Beta({args.beta:g}, {args.beta:g}); "
-        f"ours autocast={autocast}; {args.repeats} repeats, median wall time"
+        f"ours autocast={autocast}; {args.repeats} repeats (the three searches take turns), "
+        f"median wall time"
     )
 
     def ours(strategy: str) -> Callable[[], Any]:
@@ -217,13 +224,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     baseline_search(clf, vae, x[:4], y[:4], q, k, args.beta, device, args.seed)
     identify(clf, vae, x[:4], y[:4], "reference", samples=q, max_per_image=k, device=device,
              autocast=autocast, progress=False)  # fmt: skip
-    base_s, base_all, base = timed(
-        lambda: baseline_search(clf, vae, x, y, q, k, args.beta, device, args.seed),
+    timings = timed(
+        {
+            "baseline": lambda: baseline_search(clf, vae, x, y, q, k, args.beta, device, args.seed),
+            "reference": ours("reference"),
+            "gradient": ours("gradient"),
+        },
         args.repeats,
         device,
     )
-    ref_s, ref_all, ref = timed(ours("reference"), args.repeats, device)
-    grad_s, grad_all, grad = timed(ours("gradient"), args.repeats, device)
+    base_s, base_all, base = timings["baseline"]
+    ref_s, ref_all, ref = timings["reference"]
+    grad_s, grad_all, grad = timings["gradient"]
 
     rows = [
         ("baseline (per image)", base_s, base_all, len(base["codes"]), base["decodes"],
