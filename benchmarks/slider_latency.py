@@ -258,6 +258,41 @@ def run_dataset(
     return rows
 
 
+def run_lab(name: str, nodelay: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Start a JupyterLab (with the TCP_NODELAY extension or not) and benchmark one dataset."""
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="slider-latency-") as tmp:
+        root = Path(tmp)
+        env_before = os.environ.get("JUPYTER_CONFIG_PATH")
+        if nodelay == "on":  # enable the server extension through a config dir of our own
+            cfg = root / "config"
+            cfg.mkdir()
+            exts = {"defuse_widgets.jupyter_nodelay": True}
+            (cfg / "jupyter_server_config.json").write_text(
+                json.dumps({"ServerApp": {"jpserver_extensions": exts}})
+            )
+            paths = [str(cfg)] + ([env_before] if env_before else [])
+            os.environ["JUPYTER_CONFIG_PATH"] = os.pathsep.join(paths)
+        try:
+            url, proc = e2e.start_lab(root)
+        finally:
+            if env_before is None:
+                os.environ.pop("JUPYTER_CONFIG_PATH", None)
+            else:
+                os.environ["JUPYTER_CONFIG_PATH"] = env_before
+        try:
+            with sync_playwright() as p:
+                browser = e2e.launch_browser(p)
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                try:
+                    return run_dataset(page, url, root, name, args)
+                finally:
+                    browser.close()
+        finally:
+            e2e.stop_lab(proc)
+
+
 def _fmt(v: Any) -> str:
     return "-" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))
 
@@ -294,44 +329,16 @@ def main() -> None:
         "--transport",
         nargs="+",
         choices=["trait", "message"],
-        default=["trait", "message"],
+        default=["trait"],
         help="how slider values reach the kernel",
     )
     args = ap.parse_args()
-    from playwright.sync_api import sync_playwright
 
     rows: list[dict[str, Any]] = []
     modes = ["off", "on"] if args.nodelay == "both" else [args.nodelay]
     for nodelay in modes:
-        with tempfile.TemporaryDirectory(prefix="slider-latency-") as tmp:
-            root = Path(tmp)
-            env_before = os.environ.get("JUPYTER_CONFIG_PATH")
-            if nodelay == "on":  # enable the server extension through a config dir of our own
-                cfg = root / "config"
-                cfg.mkdir()
-                exts = {"defuse_widgets.jupyter_nodelay": True}
-                ext = {"ServerApp": {"jpserver_extensions": exts}}
-                (cfg / "jupyter_server_config.json").write_text(json.dumps(ext))
-                paths = [str(cfg)] + ([env_before] if env_before else [])
-                os.environ["JUPYTER_CONFIG_PATH"] = os.pathsep.join(paths)
-            try:
-                url, proc = e2e.start_lab(root)
-            finally:
-                if env_before is None:
-                    os.environ.pop("JUPYTER_CONFIG_PATH", None)
-                else:
-                    os.environ["JUPYTER_CONFIG_PATH"] = env_before
-            try:
-                with sync_playwright() as p:
-                    browser = e2e.launch_browser(p)
-                    for name in args.datasets:  # one page (and kernel) per dataset
-                        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                        for row in run_dataset(page, url, root, name, args):
-                            rows.append({"nodelay": nodelay, **row})
-                        page.close()
-                    browser.close()
-            finally:
-                e2e.stop_lab(proc)
+        for name in args.datasets:  # a fresh JupyterLab per run: no restored workspace
+            rows += [{"nodelay": nodelay, **r} for r in run_lab(name, nodelay, args)]
 
     print(
         f"\nload average {os.getloadavg()[0]:.1f} (1 min) at the end; "
