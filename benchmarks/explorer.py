@@ -6,8 +6,9 @@ built from them):
 
 - ``projection_s``: the 2-D projection in the kernel (UMAP by default; cached afterwards),
 - ``render_s``: from pressing Shift+Enter on ``Explorer(s)`` (projection cached) to the map drawn
-  in the page (wall clock seen by the test driver), and ``js_render_ms``, the widget's own time
-  from its render() call to the drawn map,
+  in the page (wall clock seen by the test driver); ``js_render_ms``, the widget's own time
+  from its render() call to the drawn map; ``js_draw_ms``, from the points being in the page
+  (decoding the buffers) to the drawn map,
 - ``click_ms``: from a click on a region button to the region panel showing that region's
   gallery (median over 5 regions, each built fresh in the kernel),
 - bytes received by the page over the kernel websocket for the display, a region click and a
@@ -183,9 +184,12 @@ def bench(sizes: list[int], method: str, threads: int | None) -> list[dict[str, 
                 t0 = run_cell(page, f"w = Explorer(s, projection={method!r}, samples=16)\nw")
                 _wait_rendered(page, m, 300)
                 render_s = time.perf_counter() - t0
-                js_ms = page.evaluate(
-                    f"""() => +[...document.querySelectorAll('[aria-label="Error map"]')]
-                        .find(e => e.dataset.points === '{m}').dataset.renderMs"""
+                js_ms, draw_ms = page.evaluate(
+                    f"""() => {{
+                      const e = [...document.querySelectorAll('[aria-label="Error map"]')]
+                        .find(e => e.dataset.points === '{m}');
+                      return [+e.dataset.renderMs, +e.dataset.drawMs];
+                    }}"""
                 )
                 lab.wait_kernel_idle(page)
                 display_bytes = settle(page, frames) - b0
@@ -215,6 +219,7 @@ def bench(sizes: list[int], method: str, threads: int | None) -> list[dict[str, 
                         "projection_s": projection_s,
                         "render_s": round(render_s, 3),
                         "js_render_ms": js_ms,
+                        "js_draw_ms": draw_ms,
                         "click_ms_median": round(statistics.median(clicks), 1),
                         "click_ms_max": round(max(clicks), 1),
                         "display_bytes": display_bytes,
@@ -252,6 +257,7 @@ def main() -> None:
     print(f"load average after: {os.getloadavg()}")
     cols = [
         ("points", 8), ("projection_s", 13), ("render_s", 9), ("js_render_ms", 13),
+        ("js_draw_ms", 11),
         ("click_ms_median", 16), ("click_ms_max", 13), ("display_bytes", 14),
         ("click_bytes_median", 19), ("label_bytes", 12),
     ]  # fmt: skip

@@ -165,12 +165,14 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
       fixed: decode(model.get("point_fixed")), colors, classes: classes() };
   };
   const drawMap = async (full: boolean) => {
+    const start = performance.now();
     const d = buildMapData();
     if (!d) return;
     mapData = d;
     map.selectedRegion = model.get("selected_region");
     try {
       if (full) await map.render(d); else await map.recolor(d);
+      map.root.dataset.drawMs = String(Math.round(performance.now() - start));
       map.root.dataset.renderMs = String(Math.round(performance.now() - t0));
     } catch (e) {
       localError = `Could not draw the map: ${e}`;
@@ -215,9 +217,9 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
   for (const [ev, cb] of handlers) model.on(ev, cb);
 
   // initial state (a re-display shows the current state)
-  onClasses(); onThumbs(); showStatus(); onParams(); onProgress(); onRegions(); onHistory();
+  onClasses(); onThumbs(); showStatus(); onParams(); onProgress(); onRegions();
   panel.setSelectionCount(decode(model.get("selected_indices"))?.data.length ?? 0);
-  drawMap(true).then(onSelection);
+  drawMap(true).then(onSelection).then(onHistory); // the map first, then the small chart
   model.send({ kind: "hello" }); // lets Python know a view exists (and re-send lazily made state)
 
   return () => {

@@ -28,7 +28,7 @@ def _setup_cells(paths: dict[str, Path]) -> list[str]:
         "                     progress=False)\n"
         's.identify(split="test", limit=200)\n'
         "s.distill(max_regions=20)\n"
-        "w = s.explorer(steps=40)\n"
+        'w = s.explorer(steps=40, projection="pca")  # UMAP: tests/test_projection.py\n'
         "w",
     ]
 
@@ -75,6 +75,16 @@ def test_explorer_end_to_end(
     tip.wait_for(state="visible", timeout=15_000)
     assert "predicted" in (tip.get_attribute("alt") or "")
     assert "\u2192" in page.locator(".dfx-tip").inner_text()
+
+    # lasso around that point: the selection reaches Python as widget.selected_indices
+    page.mouse.move(x - 25, y - 25)
+    page.mouse.down()
+    for px, py in ((x + 25, y - 25), (x + 25, y + 25), (x - 25, y + 25), (x - 25, y - 24)):
+        page.mouse.move(px, py, steps=6)
+    page.mouse.up()
+    page.get_by_text(re.compile(r"^\d+ points selected$")).wait_for(timeout=15_000)
+    out = run_new_cell(page, "print('SEL', len(w.selected_indices))", expect="SEL")
+    assert int(out.split()[-1]) >= 1
 
     # click the largest region: the panel shows its samples
     button = page.get_by_role("button", name=re.compile(r"^Region \d+")).first
