@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -18,12 +19,15 @@ SPECIAL_LABELS = {MODEL_IS_RIGHT: "model is right", UNRECOGNIZABLE: "unrecogniza
 
 def check_label(label: object, num_classes: int) -> int:
     """``label`` as an int if it is a class index or a special label, else ValueError."""
-    if isinstance(label, (bool, float)) or not hasattr(label, "__index__"):
+    try:
+        if isinstance(label, (bool, float)):
+            raise TypeError
+        value = operator.index(label)  # type: ignore[call-overload]
+    except TypeError:  # e.g. a float, a string, a tensor of several values
         raise ValueError(
             f"label: expected a class index in [0, {num_classes - 1}], MODEL_IS_RIGHT or "
             f"UNRECOGNIZABLE, got {label!r}"
-        )
-    value = int(label.__index__())
+        ) from None
     if value in SPECIAL_LABELS or 0 <= value < num_classes:
         return value
     raise ValueError(
@@ -72,6 +76,8 @@ class ReferenceModelLabeler:
             raise ValueError(f"samples: expected a positive integer, got {samples!r}")
         if not 0 < min_agreement <= 1:
             raise ValueError(f"min_agreement: expected a number in (0, 1], got {min_agreement}")
+        if not 0 < min_confidence <= 1:
+            raise ValueError(f"min_confidence: expected a number in (0, 1], got {min_confidence}")
         self.model = model
         self.samples = samples
         self.min_agreement = min_agreement
