@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -16,19 +17,14 @@ from defuse_widgets.widgets.interpolator import Interpolator
 
 
 @pytest.fixture(scope="module")
-def session() -> Iterator[DefuseSession]:
-    """Small real digits models (few epochs) with errors and regions; about 15 s on 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models train several times faster on one thread
-    try:
-        data = dw.load_dataset("digits")
-        clf = dw.train_classifier(data, epochs=6, seed=0, device="cpu", progress=False)
-        vae = dw.train_vae(data, epochs=10, seed=0, device="cpu", progress=False)
-        s = DefuseSession(clf, vae, data, device="cpu", seed=0, progress=False)
-        s.identify(limit=60)
-        s.distill(max_regions=6)
-    finally:
-        torch.set_num_threads(threads)
+def session(
+    digits: dw.ImageDataset, digits_classifier: torch.nn.Module, digits_vae: torch.nn.Module
+) -> Iterator[DefuseSession]:
+    """The shared digits models (tests/conftest.py, cached) with errors and regions."""
+    clf = copy.deepcopy(digits_classifier)
+    s = DefuseSession(clf, digits_vae, digits, device="cpu", seed=0, progress=False)
+    s.identify(limit=60)
+    s.distill(max_regions=6)
     yield s
 
 
@@ -223,6 +219,7 @@ def test_final_position_after_a_drag_is_always_sent(session: DefuseSession) -> N
         w.acknowledge(sent.frames[-1]["seq"])
     last = sent.frames[-1]
     assert last["values"] == [1.0] and last["id"] == 200
+    assert w.last_values == (1.0,)
     stats = w.stats
     assert stats["received"] == 200
     assert stats["rendered"] + stats["superseded"] == 200

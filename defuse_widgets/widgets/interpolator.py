@@ -180,6 +180,7 @@ class Interpolator(anywidget.AnyWidget):
             ("received", "rendered", "superseded", "stale", "rejected", "lost", "peak_in_flight"), 0
         )
         self._render_ms: list[float] = []
+        self._last_values: tuple[float, ...] | None = None
         self._start: torch.Tensor | None = None
         self._end: torch.Tensor | None = None
         self._mean: torch.Tensor | None = None
@@ -410,6 +411,11 @@ class Interpolator(anywidget.AnyWidget):
         return pixels, host[pix.numel() :].astype(np.float32)
 
     @property
+    def last_values(self) -> tuple[float, ...] | None:
+        """Slider positions of the newest frame sent (None before the first frame)."""
+        return self._last_values
+
+    @property
     def in_flight(self) -> int:
         """Frames sent and not yet acknowledged."""
         return self._sent - self._acked
@@ -498,6 +504,7 @@ class Interpolator(anywidget.AnyWidget):
         if len(self._render_ms) > 1000:
             del self._render_ms[:500]
         self._sent += 1
+        self._last_values = req.values
         self._sent_at[self._sent] = time.monotonic()
         self._stats["rendered"] += 1
         self._stats["peak_in_flight"] = max(self._stats["peak_in_flight"], self.in_flight)

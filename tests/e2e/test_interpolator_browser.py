@@ -16,12 +16,10 @@ import torch, defuse_widgets as dw
 from defuse_widgets.session import DefuseSession
 torch.set_num_threads(1)
 data = dw.load_dataset("digits")
-clf = dw.train_classifier(data, epochs=10, seed=0, device="cpu", progress=False)
-vae = dw.train_vae(data, epochs=30, seed=0, device="cpu", progress=False)
+clf, vae = dw.load_model(r"{classifier}"), dw.load_model(r"{vae}")
 s = DefuseSession(clf, vae, data, device="cpu", seed=0, progress=False)
 s.identify(limit=60)
-w = next((v for v in (s.interpolator(i) for i in range(30)) if v.markers), None)
-w = w or s.interpolator(0)
+w = next((v for v in (s.interpolator(i) for i in range(30)) if v.markers), s.interpolator(0))
 w"""
 
 ROOT = ".dw-interp"
@@ -60,8 +58,12 @@ def _wait_final(page: Any, timeout: float = 15.0) -> None:
     )
 
 
-def test_drag_paints_frames_and_ends_at_the_final_position(notebook: Any) -> None:
-    page = notebook("interpolator_drag", [SETUP], timeout=180)
+def test_drag_paints_frames_and_ends_at_the_final_position(
+    notebook: Any, digits_model_paths: dict[str, Path]
+) -> None:
+    """Uses the shared digits models (tests/conftest.py), loaded in the notebook's kernel."""
+    setup = SETUP.format(**{k: str(v) for k, v in digits_model_paths.items()})
+    page = notebook("interpolator_drag", [setup], timeout=180)
     frame = page.get_by_role("img", name="Decoded image", exact=True)
     frame.wait_for(timeout=180_000)
     slider = page.get_by_role("slider", name="Interpolation", exact=True)
