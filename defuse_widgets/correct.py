@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,12 +66,18 @@ class RoundSettings:
     def check(self) -> None:
         for name in ("steps", "batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        for name in ("lam", "lr"):
+        for name in ("lam", "lr", "scale"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value > 0 and value == value):
-                raise ValueError(f"{name}: expected a positive number, got {value!r}")
+            if name == "scale" and value is None:
+                continue
+            if not (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and 0 < value < math.inf
+            ):
+                raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {self.optimizer!r}")
 

@@ -331,7 +331,7 @@ def _fit_mixture(
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 bgm.fit(x)
             return _to_mixture(bgm, x.shape[1]), bool(bgm.converged_)
-        except (ValueError, np.linalg.LinAlgError) as exc:
+        except (ValueError, np.linalg.LinAlgError, torch.linalg.LinAlgError) as exc:
             last_error = exc
     raise ValueError(
         f"the mixture could not be fitted to {len(x)} codes (degenerate covariance: are the codes "

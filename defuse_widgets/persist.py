@@ -169,7 +169,7 @@ def _build(
     session.active_round = int(doc["active_round"])
     if not 0 <= session.active_round < len(snapshots):
         raise _fail(path, f"active round {session.active_round} out of range")
-    session.history = doc["history"]
+    session.history = _history_from_json(doc["history"])
     # "relabels" joined format version 1 later; a file without it has none
     records = doc.get("relabels") or []
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
@@ -251,6 +251,38 @@ def _read_regions(path: Path, meta: dict[str, Any], n_errors: int) -> RegionSet:
     out = RegionSet(regions, assignments, mixture, meta["settings"], int(meta["seed"]))
     out._train_draws = {int(k): int(v) for k, v in meta["train_draws"].items()}
     return out
+
+
+def _history_from_json(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Undo what JSON did to the round records: region ids back to int keys, None back to NaN."""
+    out = []
+    for record in history:
+        record = dict(record)
+        if isinstance(record.get("labels"), dict):
+            record["labels"] = {int(k): v for k, v in record["labels"].items()}
+        if isinstance(record.get("evaluation"), dict):
+            record["evaluation"] = _evaluation_from_json(record["evaluation"])
+        out.append(record)
+    return out
+
+
+def _evaluation_from_json(ev: dict[str, Any]) -> dict[str, Any]:
+    ev = dict(ev)
+    for key in ("test_accuracy", "labeled_region_accuracy", "labeled_region_real_accuracy"):
+        if key in ev:
+            ev[key] = _num(ev[key])
+    if isinstance(ev.get("per_class"), list):
+        ev["per_class"] = [_num(v) for v in ev["per_class"]]
+    if isinstance(ev.get("regions"), dict):
+        rows = {}
+        for k, row in ev["regions"].items():
+            row = dict(row)
+            for key in ("sample_accuracy", "real_accuracy"):
+                if key in row:
+                    row[key] = _num(row[key])
+            rows[int(k)] = row
+        ev["regions"] = rows
+    return ev
 
 
 def _num(value: float | None) -> float:

@@ -269,16 +269,36 @@ class DefuseSession:
 
     def import_labels(self, source: str | os.PathLike | Mapping[str, Any]) -> None:
         """Replace the labels with those of :meth:`export_labels` output (a dict or a JSON file)."""
-        doc = json.loads(Path(source).read_text()) if not isinstance(source, Mapping) else source
-        if doc.get("format") != "defuse-widgets-labels" or not isinstance(doc.get("labels"), dict):
+        if isinstance(source, Mapping):
+            doc: Any = source
+        else:
+            try:
+                doc = json.loads(Path(source).read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError(f"labels: {source} is not a JSON file ({exc})") from exc
+        if (
+            not isinstance(doc, Mapping)
+            or doc.get("format") != "defuse-widgets-labels"
+            or not isinstance(doc.get("labels"), dict)
+        ):
             raise ValueError(
                 "labels: expected export_labels() output with format 'defuse-widgets-labels'"
+            )
+        classes = doc.get("classes")
+        if classes is not None and list(classes) != list(self.data.classes):
+            raise ValueError(
+                f"labels: they were made for the classes {list(classes)}, but this session's "
+                f"data has {list(self.data.classes)}"
             )
         regions = self._require_regions()
         new = {}
         for key, value in doc["labels"].items():
-            regions.get(int(key))
-            new[int(key)] = check_label(value, self.data.num_classes)
+            try:
+                region_id = int(key)
+            except (TypeError, ValueError):
+                raise ValueError(f"labels: expected integer region ids, got {key!r}") from None
+            regions.get(region_id)
+            new[region_id] = check_label(value, self.data.num_classes)
         self._labels = new
 
     def auto_label(self, labeler: ReferenceModelLabeler, overwrite: bool = False) -> dict[int, int]:

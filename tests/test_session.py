@@ -1,0 +1,150 @@
+"""DefuseSession: construction checks, the documented API, state replacement and helpers."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from session_fixtures import IDENTIFY, LIMIT, new_session, ready_session, shared_errors
+from torch import nn
+
+import defuse_widgets as dw
+
+
+class WrongShapeDecoder(nn.Module):
+    """A VAE-like module whose decoder returns 4x4 images."""
+
+    latent_dim = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, 4)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.lin(x.flatten(1))
+        return h[:, :2], h[:, 2:]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(z), 1, 4, 4)
+
+
+class ThreeClasses(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(x), 3)
+
+
+def test_constructor_checks(
+    digits_classifier: nn.Module, digits_vae: nn.Module, digits: dw.ImageDataset
+) -> None:
+    with pytest.raises(TypeError, match="data"):
+        dw.DefuseSession(digits_classifier, digits_vae, digits.x_test, device="cpu")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="generator"):
+        dw.DefuseSession(digits_classifier, WrongShapeDecoder(), digits, device="cpu")
+    with pytest.raises(ValueError):
+        dw.DefuseSession(ThreeClasses(), digits_vae, digits, device="cpu")
+
+
+def test_fresh_session_state(
+    digits_classifier: nn.Module, digits_vae: nn.Module, digits: dw.ImageDataset
+) -> None:
+    s = new_session(digits_classifier, digits_vae, digits, seed=3)
+    assert s.seed == 3 and s.device == torch.device("cpu")
+    assert s.errors is None and s.regions is None and s.labels == {}
+    assert s.rounds == 0 and s.active_round == 0 and s.history == []
+    assert not s.classifier.training
+    assert "digits" in repr(s) and "rounds=0" in repr(s)
+
+
+def test_documented_api_end_to_end(
+    digits_classifier: nn.Module, digits_vae: nn.Module, digits: dw.ImageDataset
+) -> None:
+    """The calls of the issue's example, on a small budget."""
+    s = dw.DefuseSession(
+        classifier=copy.deepcopy(digits_classifier),
+        generator=digits_vae,
+        data=digits,
+        device="auto",
+        seed=0,
+        progress=False,
+    )
+    errors = s.identify(strategy="reference", split="test", limit=LIMIT, **IDENTIFY)
+    assert isinstance(errors, dw.ErrorSet) and errors.images_searched == LIMIT
+    assert s.errors is errors
+    regions = s.distill(max_regions=5, min_weight=0.01)
+    assert isinstance(regions, dw.RegionSet) and s.regions is regions and len(regions) >= 2
+    s.label(regions.ids[0], regions.get(regions.ids[0]).transition[0])
+    s.label(regions.ids[1], dw.MODEL_IS_RIGHT)
+    s.unlabel(regions.ids[1])
+    history = s.correct(steps=3, lam=1.0, batch_size=16)
+    assert history["round"] == 1
+    ev = s.evaluate()
+    assert {"test_accuracy", "per_class", "regions"} <= set(ev)
+    s.revert()
+    assert s.active_round == 0
+    assert "errors=" in repr(s) and "rounds=1" in repr(s)
+
+
+def test_identify_is_seeded_and_replaces_regions_and_labels(
+    digits_classifier: nn.Module, digits_vae: nn.Module, digits: dw.ImageDataset
+) -> None:
+    s = ready_session(digits_classifier, digits_vae, digits)
+    shared = shared_errors(digits_classifier, digits_vae, digits)
+    s.label(0, 1)
+    errors = s.identify(strategy="reference", split="test", limit=LIMIT, **IDENTIFY)
+    assert torch.equal(errors.codes, shared.codes), "same seed, same errors"
+    assert s.regions is None and s.labels == {}
+    errors = s.identify(strategy="reference", split="train", limit=20, **IDENTIFY)
+    assert errors.split == "train" and errors.images_searched == 20
+    assert torch.equal(errors.true_label, digits.y_train[errors.source_index])
+
+
+def test_failed_identify_keeps_the_session(
+    digits_classifier: nn.Module, digits_vae: nn.Module, digits: dw.ImageDataset
+) -> None:
+    s = ready_session(digits_classifier, digits_vae, digits)
+    s.label(0, 1)
+    errors, regions = s.errors, s.regions
+    with pytest.raises(ValueError, match="strategy"):
+        s.identify(strategy="telepathy", limit=5)
+    with pytest.raises(ValueError, match="split"):
+        s.identify(split="validation", limit=5)
+    with pytest.raises(ValueError, match="samples"):
+        s.identify(limit=5, samples=0)
+    assert s.errors is errors and s.regions is regions and s.labels == {0: 1}
+
+
+def test_encode_decode_predict(
+    digits_classifier: nn.Module, digits_vae: nn.Module, digits: dw.ImageDataset
+) -> None:
+    s = new_session(digits_classifier, digits_vae, digits)
+    x = digits.x_test[:10]
+    z = s.encode(x, batch_size=3)
+    assert z.shape == (10, digits_vae.latent_dim) and z.device.type == "cpu"
+    with torch.no_grad():
+        assert torch.allclose(z, digits_vae.encode(x)[0], atol=1e-6)
+    images = s.decode(z, batch_size=4)
+    assert images.shape == (10, *digits.image_shape)
+    probs = s.predict(x, batch_size=4)
+    assert probs.shape == (10, digits.num_classes)
+    assert torch.allclose(probs.sum(1), torch.ones(10), atol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(probs.argmax(1), s.classifier(x).argmax(1))
+    assert s.encode(x[:0]).shape == (0, digits_vae.latent_dim)
+    assert s.decode(z[:0]).shape == (0, *digits.image_shape)
+    assert s.predict(x[:0]).shape == (0, digits.num_classes)
+    codes = s.split_codes("test")
+    assert codes.shape == (len(digits.y_test), digits_vae.latent_dim)
+    assert s.split_codes("test") is codes, "cached"
+
+
+def test_session_does_not_touch_the_shared_models(
+    digits_classifier: nn.Module, digits_vae: nn.Module, digits: dw.ImageDataset
+) -> None:
+    """new_session copies the classifier: a round must not reach the session-wide fixture."""
+    before = {k: v.clone() for k, v in digits_classifier.state_dict().items()}
+    s = ready_session(digits_classifier, digits_vae, digits)
+    s.label(0, s.regions.get(0).transition[0])  # type: ignore[union-attr]
+    s.correct(steps=2, batch_size=8)
+    for k, v in digits_classifier.state_dict().items():
+        assert torch.equal(v, before[k])
