@@ -115,6 +115,30 @@ def test_reference_keeps_the_smallest_norm_errors(
         assert torch.allclose(two_i.norm(dim=1).sort().values, smallest.norm(dim=1), atol=1e-6)
 
 
+def test_reference_matches_a_plain_per_image_loop(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: dw.ConvVAE
+) -> None:
+    """The method's search written the simple way: one image at a time, Q Beta(50, 50) draws added
+    to the encoder mean, keep the k smallest-norm misclassified codes. Drawn from the same seeded
+    stream in the same order, it keeps exactly what the batched search keeps."""
+    n, q, k = 25, 40, 3
+    x, y = digits.x_test[:n], digits.y_test[:n]
+    torch.manual_seed(7)
+    beta = torch.distributions.Beta(torch.tensor(50.0), torch.tensor(50.0))
+    expected = []
+    with torch.no_grad():
+        for i in range(n):
+            mu, _ = digits_vae.encode(x[i : i + 1])
+            noise = beta.sample((q, mu.shape[1]))
+            pred = digits_classifier(digits_vae.decode(mu + noise)).argmax(1)
+            wrong = (pred != y[i]).nonzero().flatten()
+            expected += [(mu + noise)[j] for j in wrong[noise[wrong].norm(dim=1).argsort()[:k]]]
+    errors = identify(digits_classifier, digits_vae, x, y, "reference", samples=q,
+                      max_per_image=k, seed=7, device="cpu", progress=False)  # fmt: skip
+    assert len(errors) == len(expected) > 5
+    assert torch.allclose(errors.codes, torch.stack(expected), atol=1e-5)
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_same_seed_repeats_exactly_and_another_seed_differs(
     strategy: str,
