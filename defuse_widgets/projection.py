@@ -58,9 +58,9 @@ def clear_cache() -> None:
 
 def pca_2d(codes: np.ndarray) -> np.ndarray:
     """First two principal components of ``codes`` (M, d) as float32 (M, 2)."""
+    if codes.shape[0] < 2 or codes.shape[1] < 1:
+        return np.zeros((codes.shape[0], 2), np.float32)
     x = codes - codes.mean(axis=0, keepdims=True)
-    if x.shape[0] < 2 or x.shape[1] < 1:
-        return np.zeros((x.shape[0], 2), np.float32)
     _, _, vt = np.linalg.svd(x[: min(len(x), 20000)], full_matrices=False)
     out = x @ vt[:2].T
     if out.shape[1] < 2:
