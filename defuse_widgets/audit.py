@@ -277,6 +277,7 @@ def validate_records(records: list[dict[str, Any]], y_train: torch.Tensor,
     and an ISO 8601 ``when``; an index may appear once.
     """
     out: dict[int, Relabel] = {}
+    seen: set[int] = set()
     n = len(y_train)
     for line, rec in enumerate(records, start=1):
         where = f"relabel entry {line}"
@@ -305,8 +306,9 @@ def validate_records(records: list[dict[str, Any]], y_train: torch.Tensor,
             datetime.fromisoformat(when)
         except ValueError as exc:
             raise ValueError(f"source: {where}: when {when!r} is not an ISO 8601 time") from exc
-        if index in out:
+        if index in seen:
             raise ValueError(f"source: {where}: index {index} appears twice")
+        seen.add(index)
         if new != old:
             out[index] = Relabel(index, old, new, str(rec["who"]), when)
     return out
