@@ -175,7 +175,7 @@ def test_second_fine_tune_and_cancel(widget: Explorer, session: dw.DefuseSession
     rounds = session.rounds
     widget.fine_tune(steps=5000)
     try:
-        with pytest.raises(RuntimeError, match="busy"):
+        with pytest.raises(RuntimeError, match="already running"):
             widget.fine_tune(steps=10)
         widget._on_custom_msg(widget, {"kind": "finetune", "id": 4}, [])
         assert _ack(widget)["ok"] is False

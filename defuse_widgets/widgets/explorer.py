@@ -414,9 +414,12 @@ class Explorer(anywidget.AnyWidget):
     def _start(self, what: str, fn: Callable[[], None]) -> None:
         with self._job_lock:
             if self.running:
-                doing = self.busy or "working"
+                if self.busy == "fine-tuning":
+                    raise RuntimeError(
+                        "a fine-tuning round is already running: wait for it or cancel it"
+                    )
                 raise RuntimeError(
-                    f"the explorer is busy ({doing}); wait for it to finish or cancel fine-tuning"
+                    f"the explorer is busy ({self.busy or 'working'}); try again soon"
                 )
             self.busy = what
             self.error = ""
