@@ -249,7 +249,7 @@ def _prepare_idx_root(base: Path, folder: str, key: str, download: bool) -> Path
         if all((src / f).is_file() for f in IDX_FILES):
             return _link_extracted(src, folder)
         if all((src / f"{f}.gz").is_file() for f in IDX_FILES):
-            return _extract_gz(src, folder, raw if os.access(base, os.W_OK) else None)
+            return _extract_gz(src, folder, raw if _may_write(base) else None)
     raise FileNotFoundError(_missing_message(key, base))
 
 
@@ -261,6 +261,14 @@ def _link_extracted(src: Path, folder: str) -> Path:
         if not (raw / f).exists():
             shutil.copyfile(src / f, raw / f)
     return dest_root
+
+
+def _may_write(folder: Path) -> bool:
+    """Whether to extract next to the files in ``folder``: only where the user can write and no
+    package manager owns the files (as root, /usr/share/datasets is writable but not ours)."""
+    resolved = folder.resolve()
+    owned = resolved == DEBIAN_FASHION_DIR or resolved.is_relative_to("/usr")
+    return not owned and os.access(folder, os.W_OK)
 
 
 def _extract_gz(src: Path, folder: str, raw: Path | None) -> Path:

@@ -145,15 +145,28 @@ def test_fashion_mnist_real_files(tmp_path: Path) -> None:
 
 @needs_fashion
 def test_fashion_mnist_from_a_read_only_root_extracts_into_the_cache(
-    monkeypatch: pytest.MonkeyPatch, _data_cache: Path
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _data_cache: Path
 ) -> None:
-    # the tests run as root, for whom every folder is writable: pretend the Debian folder is not
-    monkeypatch.setattr(data_mod.os, "access", lambda path, mode: Path(path) != FASHION_DIR)
-    ds = dw.load_dataset("fashion_mnist", root=FASHION_DIR)
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    for f in IDX:
+        (readonly / f"{f}.gz").symlink_to(FASHION_DIR / f"{f}.gz")
+    real_access = data_mod.os.access
+    monkeypatch.setattr(
+        data_mod.os, "access", lambda path, mode: Path(path) != readonly and real_access(path, mode)
+    )
+    ds = dw.load_dataset("fashion_mnist", root=readonly)
     assert (len(ds.y_train), len(ds.y_test)) == (60000, 10000)
     raw = _data_cache / "extracted" / "FashionMNIST" / "FashionMNIST" / "raw"
     assert all((raw / f).is_file() for f in IDX)
-    assert not (FASHION_DIR / "FashionMNIST").exists()
+    assert not (readonly / "FashionMNIST").exists()
+
+
+def test_never_extracts_into_a_system_folder(tmp_path: Path) -> None:
+    # the tests run as root, for whom /usr/share/datasets is writable: it still belongs to dpkg
+    assert not data_mod._may_write(FASHION_DIR)
+    assert not data_mod._may_write(Path("/usr/share"))
+    assert data_mod._may_write(tmp_path)
 
 
 # ---------------------------------------------------------------- CIFAR-10
