@@ -14,9 +14,10 @@ The whole test session runs torch on ``$DEFUSE_WIDGETS_TEST_THREADS`` CPU thread
 test models are tiny, and on a shared 2-core machine oversubscribed torch threads made training
 about 8x slower. The models are trained once and cached under
 ``$DEFUSE_WIDGETS_TEST_CACHE`` (default ``~/.cache/defuse-widgets/test-models``) in a folder keyed
-by a hash of the package's model and data code and the torch version, so a change to the trainer
-retrains. They are shared by every test: a test that changes weights (fine-tuning) must work on a
-copy, ``copy.deepcopy(digits_classifier)`` or ``dw.load_model(digits_model_paths["classifier"])``.
+by a hash of ``models.py``, the training images and labels and the torch version, so a change to
+the trainer or the data retrains. They are shared by every test: a test that changes weights
+(fine-tuning) must work on a copy, ``copy.deepcopy(digits_classifier)`` or
+``dw.load_model(digits_model_paths["classifier"])``.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ PACKAGE = Path(dw.__file__).parent
 torch.set_num_threads(int(os.environ.get("DEFUSE_WIDGETS_TEST_THREADS", "1")))
 
 
-def _cache_dir() -> Path:
+def _cache_dir(digits: dw.ImageDataset) -> Path:
     digest = hashlib.sha256(torch.__version__.encode())
-    for name in ("models.py", "data.py"):
-        digest.update((PACKAGE / name).read_bytes())
+    digest.update((PACKAGE / "models.py").read_bytes())
+    digest.update(digits.x_train.numpy().tobytes() + digits.y_train.numpy().tobytes())
     env = os.environ.get("DEFUSE_WIDGETS_TEST_CACHE")
     base = Path(env) if env else Path.home() / ".cache" / "defuse-widgets" / "test-models"
     return base / digest.hexdigest()[:16]
@@ -64,7 +65,7 @@ def digits_model_paths(
     digits: dw.ImageDataset, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
     try:
-        folder = _cache_dir()
+        folder = _cache_dir(digits)
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         folder = tmp_path_factory.mktemp("digits-models")
