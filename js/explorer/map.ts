@@ -157,7 +157,8 @@ export class ErrorMap {
     if (!this.ready) return;
     // show a Python-made selection; an empty one clears the lasso highlight
     const sel = indices && indices.length ? Array.from(indices) : null;
-    Plotly.restyle(this.plot, { selectedpoints: [sel] }, [0]);
+    if (sel) Plotly.restyle(this.plot, { selectedpoints: [sel] }, [0]);
+    else Plotly.update(this.plot, { selectedpoints: [null] }, { selections: [] }, [0]);
   }
 
   private bind(): void {

@@ -85,6 +85,9 @@ def test_explorer_end_to_end(
     page.get_by_text(re.compile(r"^\d+ points selected$")).wait_for(timeout=15_000)
     out = run_new_cell(page, "print('SEL', len(w.selected_indices))", expect="SEL")
     assert int(out.split()[-1]) >= 1
+    # and a selection made in Python shows in the page (here: cleared)
+    run_new_cell(page, "w.select(None); print('CLEARED')", expect="CLEARED")
+    page.get_by_text("Lasso or box on the map to select points.").wait_for(timeout=15_000)
 
     # click the largest region: the panel shows its samples
     button = page.get_by_role("button", name=re.compile(r"^Region \d+")).first
