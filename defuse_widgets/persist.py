@@ -189,8 +189,8 @@ def _read_snapshots(
     expected = {k: v.shape for k, v in classifier.state_dict().items()}
     snaps: list[dict[str, torch.Tensor]] = [{} for _ in range(count)]
     for key, value in flat.items():
-        index, name = key.split(".", 1)
-        if not index.isdigit() or int(index) >= count:
+        index, _, name = key.partition(".")
+        if not name or not index.isdigit() or int(index) >= count:
             raise _fail(path, f"unexpected weight entry {key!r}")
         snaps[int(index)][name] = value
     for i, snap in enumerate(snaps):
