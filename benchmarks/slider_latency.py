@@ -265,15 +265,16 @@ def run_lab(name: str, nodelay: str, args: argparse.Namespace) -> list[dict[str,
     with tempfile.TemporaryDirectory(prefix="slider-latency-") as tmp:
         root = Path(tmp)
         env_before = os.environ.get("JUPYTER_CONFIG_PATH")
-        if nodelay == "on":  # enable the server extension through a config dir of our own
-            cfg = root / "config"
-            cfg.mkdir()
-            exts = {"defuse_widgets.jupyter_nodelay": True}
-            (cfg / "jupyter_server_config.json").write_text(
-                json.dumps({"ServerApp": {"jpserver_extensions": exts}})
-            )
-            paths = [str(cfg)] + ([env_before] if env_before else [])
-            os.environ["JUPYTER_CONFIG_PATH"] = os.pathsep.join(paths)
+        # the package enables the extension in sys.prefix; a config dir of our own, which
+        # takes precedence, turns it on or off for this server
+        cfg = root / "config"
+        cfg.mkdir()
+        exts = {"defuse_widgets.jupyter_nodelay": nodelay == "on"}
+        (cfg / "jupyter_server_config.json").write_text(
+            json.dumps({"ServerApp": {"jpserver_extensions": exts}})
+        )
+        paths = [str(cfg)] + ([env_before] if env_before else [])
+        os.environ["JUPYTER_CONFIG_PATH"] = os.pathsep.join(paths)
         try:
             url, proc = e2e.start_lab(root)
         finally:

@@ -22,7 +22,7 @@ def check_label(label: object, num_classes: int) -> int:
     try:
         if isinstance(label, (bool, float)):
             raise TypeError
-        value = operator.index(label)  # type: ignore[call-overload]
+        value = operator.index(label)  # type: ignore[arg-type]
     except TypeError:  # e.g. a float, a string, a tensor of several values
         raise ValueError(
             f"label: expected a class index in [0, {num_classes - 1}], MODEL_IS_RIGHT or "
