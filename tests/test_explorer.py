@@ -28,6 +28,8 @@ def session(digits, digits_classifier, digits_vae) -> dw.DefuseSession:
 def widget(session: dw.DefuseSession) -> Explorer:
     for rid in list(session.labels):
         session.unlabel(rid)
+    if session.relabels:  # (unrelabel([]) refuses an empty list: dtype float)
+        session.unrelabel(list(session.relabels))
     session.revert()
     w = Explorer(session, projection="pca", steps=10, block=True)
     w.sent = []  # type: ignore[attr-defined]
@@ -220,3 +222,110 @@ def test_given_projection_and_redisplay(session: dw.DefuseSession) -> None:
     # a new view (re-display, page reload) gets the whole current state from get_state()
     state = w.get_state()
     assert state["selected_region"] == w.regions[1]["id"] and state["panel"]["region"] >= 0
+
+
+def _audited_region(widget: Explorer, session: dw.DefuseSession) -> tuple[int, int]:
+    """A region and a class such that, labeled so, the region holds conflicting training images."""
+    for r in widget.regions:
+        for label in (r["transition"][0], *range(len(session.data.classes))):
+            if len(session.audit(r["id"], label=label)):
+                return r["id"], label
+    pytest.skip("no region holds training images")
+
+
+def test_audit_of_the_selected_region_travels_as_buffers(
+    widget: Explorer, session: dw.DefuseSession
+) -> None:
+    rid, label = _audited_region(widget, session)
+    with pytest.raises(ValueError, match="label it with a class"):
+        widget.open_audit(rid)
+    widget.label(rid, label)
+    assert widget.audit is None  # nothing is audited before the person asks
+    widget._on_custom_msg(widget, {"kind": "audit", "region": rid, "id": 1}, [])
+    widget.wait()
+    assert _ack(widget)["ok"] is True and widget.error == ""
+    assert widget.selected_region == rid
+    audit, expected = widget.audit, session.audit(rid)
+    assert audit["region"] == rid and audit["label"] == label
+    assert audit["indices"].tolist() == expected.indices.tolist()[:100]
+    assert audit["images"].dtype == np.uint8 and audit["images"].shape[0] == len(expected)
+    assert audit["predictions"].tolist() == expected.predictions.tolist()
+    assert np.allclose(audit["probabilities"], expected.probabilities.numpy())
+    assert audit["original"].tolist() == expected.labels.tolist()
+    assert widget.audit_labels.tolist() == expected.labels.tolist()
+    _, paths, _ = _remove_buffers(widget.get_state("audit"))
+    assert {p[1] for p in paths} >= {"images", "indices", "original", "predictions",
+                                     "probabilities"}  # fmt: skip
+    _, paths, _ = _remove_buffers(widget.get_state("audit_labels"))
+    assert paths
+    # only the selected region's audit: another region clears it (or audits that one instead)
+    other = next(r["id"] for r in widget.regions if r["id"] != rid)
+    widget.select_region(other)
+    widget.wait()
+    assert widget.audit is None  # unlabeled
+    widget.select_region(rid)
+    widget.wait()
+    assert widget.audit is not None and widget.audit["region"] == rid
+
+
+def test_relabel_and_undo_from_python_and_the_browser(
+    widget: Explorer, session: dw.DefuseSession
+) -> None:
+    rid, label = _audited_region(widget, session)
+    widget.label(rid, label)
+    widget.open_audit(rid, block=True)
+    first = int(widget.audit["indices"][0])
+    # from Python
+    widget.select_audit([first])
+    assert widget.relabel_selected() == 1
+    assert set(session.relabels) == {first} and session.relabels[first].new_label == label
+    assert widget.relabel_count == 1
+    assert widget.audit_labels[0] == label
+    changed: list[str] = []
+    widget.observe(lambda ch: changed.append(ch["name"]))
+    assert widget.unrelabel_selected() == 1
+    assert session.relabels == {} and widget.relabel_count == 0
+    assert widget.audit_labels[0] == widget.audit["original"][0]
+    assert "audit" not in changed  # an undo resends the small label array, not the images
+    with pytest.raises(ValueError, match="not among"):
+        widget.select_audit([10_000_000])
+    # from the browser: the selection trait, then the buttons' messages
+    wire = {"buffer": memoryview(np.array([first], np.int32).tobytes()), "dtype": "int32"}
+    widget.set_state({"audit_selection": {**wire, "shape": [1]}})
+    assert widget.audit_selection.tolist() == [first]
+    widget._on_custom_msg(widget, {"kind": "relabel", "indices": [first], "id": 2}, [])
+    assert _ack(widget)["ok"] is True
+    assert set(session.relabels) == {first} and widget.relabel_count == 1
+    # a relabeled image stays in the audit (so it can be undone), marked by its new label
+    widget.refresh()
+    widget.wait()
+    assert first in widget.audit["indices"].tolist()
+    pos = widget.audit["indices"].tolist().index(first)
+    assert widget.audit_labels[pos] == label
+    widget._on_custom_msg(widget, {"kind": "unrelabel", "indices": [first], "id": 3}, [])
+    assert _ack(widget)["ok"] is True and session.relabels == {} and widget.relabel_count == 0
+    widget._on_custom_msg(widget, {"kind": "relabel", "indices": [], "id": 4}, [])
+    assert _ack(widget)["ok"] is False and "select" in widget.error
+    # select all, and relabels made on the session directly show after refresh()
+    widget.select_audit("all")
+    assert widget.audit_selection.tolist() == widget.audit["indices"].tolist()
+    session.relabel([first], label)
+    widget.refresh()
+    assert widget.relabel_count == 1
+
+
+def test_fine_tune_states_and_uses_the_relabels(
+    widget: Explorer, session: dw.DefuseSession
+) -> None:
+    rid, label = _audited_region(widget, session)
+    widget.label(rid, label)
+    widget.open_audit(rid, block=True)
+    widget.select_audit("all")
+    n = widget.relabel_selected()
+    assert n == len(widget.audit["indices"]) == widget.relabel_count  # the UI states this count
+    widget.fine_tune(steps=5, block=True)
+    assert widget.error == ""
+    assert widget.history[-1]["relabels"] == n
+    assert session.history[-1]["relabels"] == n
+    # the round changed the model: the audit's predictions are fresh
+    assert widget.audit is not None and widget.audit["round"] == session.active_round

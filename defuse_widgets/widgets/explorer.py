@@ -3,13 +3,19 @@
 The widget is a thin view over a :class:`~defuse_widgets.session.DefuseSession`: every action of
 the UI is a public method here (so it can be scripted and tested without a browser), state the UI
 shows lives in traits (arrays as binary buffers, see :mod:`._codec`), and long work (the UMAP
-projection, thumbnails, fine-tuning, revert) runs in one background thread at a time so the kernel
-stays responsive.
+projection, thumbnails, fine-tuning, revert, the audit) runs in one background thread at a time
+so the kernel stays responsive.
 
-Browser -> kernel: traits ``selected_region``, ``selected_indices``, ``finetune_params`` and
-custom messages ``{"kind": "label" | "unlabel" | "add_region" | "finetune" | "cancel" |
-"revert" | "thumb", "id": n, ...}``; each action is answered ``{"kind": "ack", "id": n, "ok",
-"message"}`` so the page never waits on a kernel that is gone.
+The audit shows the training images inside the selected class-labeled region that carry another
+label (``session.audit``); the person confirms relabels, which the next fine-tuning round uses.
+Only the selected region's audit travels (trait ``audit``, arrays as buffers); a relabel or undo
+resends only ``audit_labels`` and ``relabel_count``.
+
+Browser -> kernel: traits ``selected_region``, ``selected_indices``, ``audit_selection``,
+``finetune_params`` and custom messages ``{"kind": "label" | "unlabel" | "add_region" |
+"finetune" | "cancel" | "revert" | "audit" | "relabel" | "unrelabel" | "thumb", "id": n, ...}``;
+each action is answered ``{"kind": "ack", "id": n, "ok", "message"}`` so the page never waits on
+a kernel that is gone.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import traitlets as t
 
 from .. import projection as proj
 from ..imaging import downsample, to_uint8
+from ._audit import audit_payload, current_labels
 from ._codec import array_serialization, array_to_json
 
 PALETTE = (
@@ -65,6 +72,15 @@ def _none_if_nan(value: Any) -> Any:
     return value
 
 
+def _ints(value: Any) -> list[int] | None:
+    """Training indices from a message (a list of integers), None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+        raise ValueError(f"indices: expected a list of training indices, got {value!r}")
+    return value
+
+
 class Explorer(anywidget.AnyWidget):
     """Interactive map of a session's errors and failure regions, with labeling and fine-tuning.
 
@@ -83,6 +99,12 @@ class Explorer(anywidget.AnyWidget):
         Up to this size, all thumbnails travel once as one binary buffer; above it, the browser
         asks for the hovered point's thumbnail only.
     steps, lam, lr : fine-tuning defaults (editable in the UI).
+    min_probability : float
+        The audit shows training images the region holds with at least this probability.
+    audit_limit : int
+        The audit shows at most this many images (the likeliest mistakes).
+    who : str
+        Names the person in the relabel records made here.
     on_select, on_label : optional callbacks, see :meth:`on_select` and :meth:`on_label`.
     block : bool
         Wait for the projection and thumbnails before returning (tests, scripts).
@@ -113,6 +135,12 @@ class Explorer(anywidget.AnyWidget):
     history = t.List(t.Dict()).tag(sync=True)
     baseline = t.Dict(allow_none=True, default_value=None).tag(sync=True)
     finetune_params = t.Dict({"steps": 100, "lam": 1.0, "lr": 0.01}).tag(sync=True)
+    audit = t.Any(None, allow_none=True).tag(sync=True, to_json=_nested_to_json)
+    audit_labels = t.Any(None, allow_none=True).tag(sync=True, **array_serialization)
+    audit_selection = t.Any(None, allow_none=True).tag(
+        sync=True, echo_update=False, **array_serialization
+    )
+    relabel_count = t.Int(0).tag(sync=True)
 
     def __init__(
         self,
@@ -125,6 +153,9 @@ class Explorer(anywidget.AnyWidget):
         steps: int = 100,
         lam: float = 1.0,
         lr: float = 0.01,
+        min_probability: float = 0.5,
+        audit_limit: int = 100,
+        who: str = "user",
         on_select: Callable[[np.ndarray], Any] | None = None,
         on_label: Callable[[int, int | None], Any] | None = None,
         block: bool = False,
@@ -145,6 +176,12 @@ class Explorer(anywidget.AnyWidget):
         for name, value in (("samples", samples), ("members", members)):
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}: expected a non-negative integer, got {value!r}")
+        if not isinstance(audit_limit, int) or audit_limit < 1:
+            raise ValueError(f"audit_limit: expected a positive integer, got {audit_limit!r}")
+        if not isinstance(min_probability, (int, float)) or not 0 <= min_probability <= 1:
+            raise ValueError(
+                f"min_probability: expected a number in [0, 1], got {min_probability!r}"
+            )
         super().__init__(**kwargs)
         self.session = session
         self._errors = errors
@@ -161,6 +198,11 @@ class Explorer(anywidget.AnyWidget):
         self._token: Any = None
         self._region_eval: dict[int, dict[str, Any]] = {}
         self._evaluated_labels: dict[int, int] | None = None
+        self._min_probability = float(min_probability)
+        self._audit_limit = audit_limit
+        self._who = str(who)
+        self._audit_on = False  # set by the first open_audit(): then each labeled region audits
+        self._audit_pending = False  # an audit asked for while other work ran
         if on_select is not None:
             self.on_select(on_select)
         if on_label is not None:
@@ -172,8 +214,10 @@ class Explorer(anywidget.AnyWidget):
         self.point_labels = labels.astype(np.int16)
         self.point_confidence = errors.confidence.numpy().astype(np.float32)
         self.selected_indices = np.zeros(0, np.int32)
+        self.audit_selection = np.zeros(0, np.int32)
         self._sync_regions()
         self._sync_labels()
+        self._sync_relabels()
         self.observe(self._on_selected_region, "selected_region")
         self.observe(self._on_selected_indices, "selected_indices")
         self.on_msg(self._on_custom_msg)
@@ -212,6 +256,7 @@ class Explorer(anywidget.AnyWidget):
         self._sync_labels()
         name = self._label_name(int(label))
         self._note(f"Region {region_id} labeled: {name}.")
+        self._refresh_audit()
         for cb in self._label_callbacks:
             cb(int(region_id), int(label))
 
@@ -220,6 +265,7 @@ class Explorer(anywidget.AnyWidget):
         self.session.unlabel(region_id)
         self._sync_labels()
         self._note(f"Region {region_id}: label cleared.")
+        self._refresh_audit()
         for cb in self._label_callbacks:
             cb(int(region_id), None)
 
@@ -285,13 +331,92 @@ class Explorer(anywidget.AnyWidget):
         if block:
             self.wait()
 
+    def open_audit(self, region_id: int | None = None, block: bool = False) -> None:
+        """Show the training images inside a class-labeled region (default: the selected one)
+        whose label differs from the region's, likeliest mistakes first; from then on, selecting a
+        labeled region audits it. Runs in the background (the first audit encodes the training
+        set); ``block=True`` waits. Raises ValueError for a region without a class label."""
+        rid = self.selected_region if region_id is None else int(region_id)
+        if rid < 0:
+            raise ValueError("region_id: select a region (or pass region_id) to audit")
+        self._require_regions().get(rid)
+        label = self.session.labels.get(rid)
+        if label is None or label < 0:
+            what = "no label" if label is None else f"the label {self._label_name(label)!r}"
+            raise ValueError(
+                f"region {rid} has {what}: label it with a class to audit its training images"
+            )
+        self._audit_on = True
+        if self.selected_region != rid:
+            self.selected_region = rid  # its observer starts the audit
+        else:
+            self._refresh_audit(force=True)
+        if block:
+            self.wait()
+
+    def select_audit(self, indices: Sequence[int] | np.ndarray | str | None) -> None:
+        """Select audit images by training index (``"all"``: every image shown; None: none)."""
+        shown = self._audit_indices()
+        if isinstance(indices, str):
+            if indices != "all":
+                raise ValueError(
+                    f"indices: expected training indices, 'all' or None, got {indices!r}"
+                )
+            idx = shown
+        elif indices is None:
+            idx = np.zeros(0, np.int32)
+        else:
+            idx = np.unique(np.asarray(indices, dtype=np.int64)).astype(np.int32)
+            extra = np.setdiff1d(idx, shown)
+            if idx.ndim != 1 or len(extra):
+                raise ValueError(
+                    f"indices: not among the audit's images: {extra[:5].tolist()} (see "
+                    "explorer.audit['indices'])"
+                )
+        self.audit_selection = np.ascontiguousarray(idx, dtype=np.int32)
+
+    def relabel_selected(
+        self, indices: Sequence[int] | np.ndarray | None = None, label: int | None = None
+    ) -> int:
+        """Confirm that the selected audit images (or training ``indices``) are the audited
+        region's class (or ``label``); returns how many relabels changed. The next fine-tuning
+        round trains on the relabeled images."""
+        idx = self._audit_targets(indices)
+        if label is None:
+            if self.audit is None:
+                raise ValueError("label: no audit is open; pass label= or call open_audit() first")
+            label = int(self.audit["label"])
+        changed = int(self.session.relabel(idx, int(label), who=self._who))
+        self._sync_relabels()
+        name = self._label_name(int(label))
+        self._note(
+            f"Relabeled {changed} training image{'s' * (changed != 1)} as {name}; "
+            f"{self.relabel_count} confirmed relabel{'s' * (self.relabel_count != 1)} in all."
+        )
+        return changed
+
+    def unrelabel_selected(self, indices: Sequence[int] | np.ndarray | None = None) -> int:
+        """Undo the relabels of the selected audit images (or training ``indices``); returns how
+        many were undone."""
+        idx = self._audit_targets(indices)
+        undone = int(self.session.unrelabel(idx))
+        self._sync_relabels()
+        self._note(
+            f"Undid {undone} relabel{'s' * (undone != 1)}; "
+            f"{self.relabel_count} confirmed relabel{'s' * (self.relabel_count != 1)} in all."
+        )
+        return undone
+
     def refresh(self) -> None:
-        """Re-read regions and labels from the session (after changes made on it directly)."""
+        """Re-read regions, labels and relabels from the session (after changes made on it
+        directly)."""
         self._panel_cache.clear()
         self._sync_regions()
         self._sync_labels()
+        self._sync_relabels()
         if self.selected_region >= 0:
             self._send_panel(self.selected_region)
+        self._refresh_audit(force=True)
 
     @property
     def running(self) -> bool:
@@ -351,6 +476,12 @@ class Explorer(anywidget.AnyWidget):
     def _sync_labels(self) -> None:
         self.labels = {str(k): int(v) for k, v in sorted(self.session.labels.items())}
 
+    def _sync_relabels(self) -> None:
+        self.relabel_count = len(self.session.relabels)
+        audit = self.audit
+        if audit is not None:
+            self.audit_labels = current_labels(self.session, audit["indices"])
+
     def _note(self, message: str, error: str = "") -> None:
         self.status = message
         self.error = error
@@ -359,6 +490,7 @@ class Explorer(anywidget.AnyWidget):
 
     def _on_selected_region(self, change: dict[str, Any]) -> None:
         rid = int(change["new"])
+        self._refresh_audit()
         if rid < 0:
             self.panel = None
             return
@@ -367,6 +499,85 @@ class Explorer(anywidget.AnyWidget):
         except Exception as exc:  # shown in the widget; never a half-drawn panel
             self.panel = None
             self._note("", f"Could not show region {rid}: {exc}")
+
+    # ----- audit -----
+
+    def _audit_indices(self) -> np.ndarray:
+        audit = self.audit
+        return np.zeros(0, np.int32) if audit is None else np.asarray(audit["indices"], np.int32)
+
+    def _audit_targets(self, indices: Sequence[int] | np.ndarray | None) -> np.ndarray:
+        if indices is None:
+            sel = self.audit_selection
+            indices = np.zeros(0, np.int32) if sel is None else np.asarray(sel)
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if not len(idx):
+            raise ValueError("indices: select at least one audit image first")
+        return idx
+
+    def _audit_key(self) -> tuple[int, int, int] | None:
+        """(region, label, model round) the audit should show now, None when it shows nothing."""
+        rid = int(self.selected_region)
+        label = self.session.labels.get(rid, -1) if rid >= 0 else -1
+        if not self._audit_on or label < 0:
+            return None
+        return rid, int(label), int(getattr(self.session, "active_round", 0))
+
+    def _refresh_audit(self, force: bool = False) -> None:
+        """Bring the audit in line with the selected region (in the background when it needs
+        computing; inline when already on the background thread)."""
+        key = self._audit_key()
+        audit = self.audit
+        if key is None:
+            self._clear_audit()
+            return
+        if (
+            not force
+            and audit is not None
+            and (audit["region"], audit["label"], audit["round"]) == key
+        ):
+            return
+        if audit is not None and audit["region"] != key[0]:
+            self._clear_audit()
+        if self._job is threading.current_thread():
+            self._run_audit()
+            return
+        try:
+            self._start("auditing", self._run_audit)
+        except RuntimeError:  # other work runs: audit when it ends
+            self._audit_pending = True
+
+    def _clear_audit(self) -> None:
+        if self.audit is not None:
+            self.audit = None
+            self.audit_labels = None
+            self.audit_selection = np.zeros(0, np.int32)
+
+    def _run_audit(self) -> None:
+        self._audit_pending = False
+        for _ in range(3):  # the selection may move on while a slow first audit runs
+            key = self._audit_key()
+            if key is None:
+                self._clear_audit()
+                return
+            rid = key[0]
+            self._note(f"Auditing the training images of region {rid}…")
+            payload = audit_payload(self.session, rid, self._min_probability, self._audit_limit)
+            if self._audit_key() != key:
+                continue
+            keep = self.audit_selection if self.audit and self.audit["region"] == rid else None
+            self.audit = payload
+            self._sync_relabels()
+            shown = payload["indices"]
+            if keep is None or not np.isin(keep, shown).all():
+                self.audit_selection = np.zeros(0, np.int32)
+            n, total = len(shown), payload["total"]
+            more = f" (the likeliest {n} shown)" if total > n else ""
+            self._note(
+                f"Region {rid}: {payload['conflicts']} of {payload['inside']} training images "
+                f"inside carry another label{more}."
+            )
+            return
 
     def _send_panel(self, region_id: int) -> None:
         key = (region_id, int(getattr(self.session, "active_round", 0)))
@@ -429,6 +640,10 @@ class Explorer(anywidget.AnyWidget):
     def _guard(self, what: str, fn: Callable[[], None]) -> None:
         try:
             fn()
+            if self._audit_pending:
+                what = "auditing"
+                self.busy = what
+                self._run_audit()
         except Exception as exc:
             self._note("", f"{what.capitalize()} failed: {type(exc).__name__}: {exc}")
         finally:
@@ -480,6 +695,7 @@ class Explorer(anywidget.AnyWidget):
                     ev.get("labeled_region_real_accuracy", math.nan)
                 ),
                 "labels": len(self.session.correctable()),
+                "relabels": len(self.session.relabels),
                 "time": time.time(),
             }
         )
@@ -535,6 +751,7 @@ class Explorer(anywidget.AnyWidget):
         self.point_fixed = self._fixed_points()
         if self.selected_region >= 0:
             self._send_panel(self.selected_region)
+        self._refresh_audit()  # predictions changed
         acc = entry["test_accuracy"]
         verb = "Reverted" if event == "revert" else f"Round {entry['round']} done"
         self._note(f"{verb}: test accuracy {100 * acc:.1f}%.")
@@ -581,6 +798,9 @@ class Explorer(anywidget.AnyWidget):
             ),
             "cancel": self.cancel,
             "revert": lambda: self.revert(),
+            "audit": lambda: self.open_audit(int(content.get("region", self.selected_region))),
+            "relabel": lambda: self.relabel_selected(_ints(content.get("indices"))),
+            "unrelabel": lambda: self.unrelabel_selected(_ints(content.get("indices"))),
         }
         if kind not in actions:
             return
