@@ -5,6 +5,7 @@ import { Arr, decode, encode, Wire } from "./explorer/codec";
 import { ErrorMap, MapData } from "./explorer/map";
 import { RegionInfo, RegionList, RegionPanel } from "./explorer/regions";
 import { FineTune, Params, Progress, Round } from "./explorer/finetune";
+import { AuditView } from "./explorer/audit";
 import { CSS } from "./explorer/style";
 
 type Model = {
@@ -147,6 +148,17 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
     unlabel: (rid) => act({ kind: "unlabel", region: rid }, `Clearing the label of region ${rid}…`),
     addRegion: () => act({ kind: "add_region" }, "Making a region from the selection…"),
   });
+  let selfAuditSelection: any = null; // echo guard, as for selected_indices
+  const audit = new AuditView(panel.root, {
+    open: (rid) => act({ kind: "audit", region: rid }, `Auditing the training images of region ${rid}…`),
+    select: (idx) => {
+      selfAuditSelection = encode(idx);
+      model.set("audit_selection", selfAuditSelection);
+      model.save_changes();
+    },
+    relabel: (idx) => act({ kind: "relabel", indices: idx }, "Relabeling…"),
+    undo: (idx) => act({ kind: "unrelabel", indices: idx }, "Undoing relabels…"),
+  });
   const tune = new FineTune(root, {
     start: (p) => act({ kind: "finetune", ...p }, "Starting fine-tuning…"),
     cancel: () => act({ kind: "cancel" }, "Cancelling…"),
@@ -181,11 +193,29 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
   };
 
   const onThumbs = () => { thumbs = decode(model.get("thumbs")); thumbCache.clear(); };
+  const onAuditRegion = () => {
+    const rid = panel.region;
+    audit.setRegion(rid, rid >= 0 ? labels()[String(rid)] : undefined, classes());
+  };
   const onRegions = () => {
     list.render(regions(), labels(), model.get("selected_region"), classes());
     panel.render(model.get("panel"), regions(), labels(), classes());
+    onAuditRegion();
   };
-  const onPanel = () => panel.render(model.get("panel"), regions(), labels(), classes());
+  const onPanel = () => { panel.render(model.get("panel"), regions(), labels(), classes()); onAuditRegion(); };
+  const onAudit = () => {
+    onAuditRegion();
+    audit.setData(model.get("audit"), decode(model.get("audit_labels")));
+    onAuditSelection();
+  };
+  const onAuditLabels = () => audit.setLabels(decode(model.get("audit_labels")));
+  const onAuditSelection = () => {
+    const v = model.get("audit_selection");
+    if (v === selfAuditSelection) return;
+    const a = decode(v);
+    audit.setSelected(a ? new Int32Array(a.data) : new Int32Array(0));
+  };
+  const onRelabels = () => { const n = model.get("relabel_count") || 0; audit.setCount(n); tune.setRelabels(n); };
   const onSelectedRegion = () => {
     const rid = model.get("selected_region");
     map.setSelectedRegion(rid);
@@ -213,11 +243,13 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
     ["change:thumbs", onThumbs], ["change:panel", onPanel], ["change:selected_region", onSelectedRegion],
     ["change:selected_indices", onSelection], ["change:progress", onProgress], ["change:history", onHistory],
     ["change:baseline", onHistory], ["change:finetune_params", onParams], ["change:classes", onClasses],
+    ["change:audit", onAudit], ["change:audit_labels", onAuditLabels], ["change:audit_selection", onAuditSelection],
+    ["change:relabel_count", onRelabels],
   ];
   for (const [ev, cb] of handlers) model.on(ev, cb);
 
   // initial state (a re-display shows the current state)
-  onClasses(); onThumbs(); showStatus(); onParams(); onProgress(); onRegions();
+  onClasses(); onThumbs(); showStatus(); onParams(); onProgress(); onRegions(); onAudit(); onRelabels();
   panel.setSelectionCount(decode(model.get("selected_indices"))?.data.length ?? 0);
   drawMap(true).then(onSelection).then(onHistory); // the map first, then the small chart
   model.send({ kind: "hello" }); // lets Python know a view exists (and re-send lazily made state)

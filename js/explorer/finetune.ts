@@ -19,6 +19,7 @@ export class FineTune {
   startBtn: HTMLButtonElement;
   cancelBtn: HTMLButtonElement;
   revertBtn: HTMLButtonElement;
+  relabels: HTMLElement;
   private chartReady = false;
 
   constructor(parent: HTMLElement, private h: TuneHandlers) {
@@ -63,6 +64,9 @@ export class FineTune {
     const prow = document.createElement("div");
     prow.className = "dfx-controls";
     prow.append(this.bar, this.loss);
+    this.relabels = document.createElement("p");
+    this.relabels.className = "dfx-tune-relabels";
+    this.setRelabels(0);
     const trow = document.createElement("div");
     trow.className = "dfx-tune-row";
     this.numbers = document.createElement("div");
@@ -71,7 +75,7 @@ export class FineTune {
     this.chart.className = "dfx-chart";
     this.chart.setAttribute("aria-label", "Accuracy per round");
     trow.append(this.chart, this.numbers);
-    this.root.append(title, row, prow, trow);
+    this.root.append(title, this.relabels, row, prow, trow);
     parent.append(this.root);
   }
 
@@ -84,6 +88,14 @@ export class FineTune {
     for (const k of ["steps", "lam", "lr"] as (keyof Params)[]) {
       if (document.activeElement !== this.inputs[k]) this.inputs[k].value = String(p[k]);
     }
+  }
+
+  /** How many confirmed relabels of training images the next round trains with. */
+  setRelabels(n: number): void {
+    this.relabels.dataset.relabels = String(n);
+    this.relabels.textContent = n
+      ? `The next round trains with ${n} confirmed relabel${n === 1 ? "" : "s"} of training images.`
+      : "The next round uses no relabels (audit a labeled region to confirm some).";
   }
 
   setProgress(p: Progress): void {

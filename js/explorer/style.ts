@@ -2,6 +2,7 @@ export const CSS = `
 .dfx { font: 13px/1.4 var(--jp-ui-font-family, system-ui, sans-serif); color: var(--jp-ui-font-color1, #222);
   display: grid; grid-template-columns: minmax(420px, 3fr) minmax(260px, 2fr); gap: 10px; max-width: 1200px; }
 .dfx > * { min-width: 0; }
+.dfx [hidden] { display: none !important; }
 .dfx h3 { font-size: 13px; margin: 4px 0; }
 .dfx-status { grid-column: 1 / span 2; min-height: 18px; color: var(--jp-ui-font-color2, #555); }
 .dfx-status .dfx-err { color: #b00020; font-weight: 600; }
@@ -28,5 +29,10 @@ export const CSS = `
 .dfx-controls input { width: 70px; }
 .dfx progress { width: 220px; }
 .dfx-chart { width: 420px; height: 200px; }
+.dfx-audit { margin-top: 8px; border-top: 1px dashed var(--jp-border-color2, #ddd); padding-top: 4px; }
+.dfx-audit-info, .dfx-tune-relabels { margin: 4px 0; }
+.dfx-audit figure label { display: flex; align-items: center; justify-content: center; gap: 2px; }
+.dfx-audit figure.dfx-relabeled img { border-color: #2a9d3a; border-width: 2px; }
+.dfx-relabels { font-weight: 600; }
 .dfx-tune-row { display: flex; gap: 16px; flex-wrap: wrap; align-items: flex-start; }
 `;

@@ -2,7 +2,8 @@
 
 Renders the explorer on digits, hovers a point (thumbnail), opens a region, labels it (the session
 has the label), fine-tunes one round (progress reaches the end, numbers change), reverts (the
-original accuracy returns) and saves ``docs/explorer.png``.
+original accuracy returns), audits a class-labeled region (relabel one training image, undo)
+and saves ``docs/explorer.png``.
 """
 
 from __future__ import annotations
@@ -139,6 +140,49 @@ def test_explorer_end_to_end(
     page.get_by_role("button", name="Fine-tune", exact=True).click()
     page.get_by_role("alert").filter(has_text="label at least one region").wait_for(timeout=15_000)
     assert page.locator(".dfx-spin").count() == 0
+
+    # audit: a region labeled with a class that some training images inside it do not carry
+    out = run_new_cell(
+        page,
+        "pick = next((r.id, c) for r in s.regions.regions for c in range(10) "
+        "if len(s.audit(r.id, label=c))); print('PICK', *pick)",
+        expect="PICK",
+    )
+    rid2, cls = (int(v) for v in out.split()[-2:])
+    page.get_by_role("button", name=re.compile(rf"^Region {rid2}: ")).click()
+    page.get_by_role("img", name=re.compile(rf"^Region {rid2} sample")).first.wait_for(
+        timeout=30_000
+    )
+    page.get_by_role("combobox", name="True label").select_option(str(cls))
+    page.get_by_role("button", name="Apply label").click()
+    page.get_by_role("button", name=re.compile(rf"^Region {rid2}: .*label: ")).wait_for(
+        timeout=15_000
+    )
+    page.get_by_role("button", name="Audit training images").click()
+    boxes = page.get_by_role("checkbox", name=re.compile(r"^Select training image \d+"))
+    boxes.first.wait_for(timeout=60_000)
+    index = int(re.findall(r"\d+", boxes.first.get_attribute("aria-label") or "")[0])
+    boxes.first.check()
+    page.get_by_role("button", name="Relabel selected").click()
+    count = page.locator(".dfx-audit .dfx-relabels")
+    page.wait_for_function(
+        "() => document.querySelector('.dfx-audit .dfx-relabels').dataset.relabels === '1'",
+        timeout=15_000,
+    )
+    assert count.inner_text().startswith("1 confirmed relabel")
+    assert "trains with 1 confirmed relabel" in page.locator(".dfx-tune-relabels").inner_text()
+    out = run_new_cell(page, "print('RELABELS', {i: r.new_label for i, r in s.relabels.items()})",
+                       expect="RELABELS")  # fmt: skip
+    assert f"{{{index}: {cls}}}" in out
+    page.get_by_role("button", name="Undo relabel").click()
+    page.wait_for_function(
+        "() => document.querySelector('.dfx-audit .dfx-relabels').dataset.relabels === '0'",
+        timeout=15_000,
+    )
+    assert count.inner_text().startswith("0 confirmed relabels")
+    assert "RELABELS {}" in run_new_cell(
+        page, "print('RELABELS', dict(s.relabels))", expect="RELABELS"
+    )
 
 
 @pytest.fixture(autouse=True)
