@@ -722,7 +722,11 @@ class DefuseSession:
     def revert(self, round: int | None = None) -> None:
         """Restore the original weights (``round=None`` or 0) or a round's, bit for bit."""
         target = 0 if round is None else round
-        if not isinstance(target, int) or not 0 <= target < len(self._snapshots):
+        if (
+            isinstance(target, bool)
+            or not isinstance(target, int)
+            or not 0 <= target < len(self._snapshots)
+        ):
             raise ValueError(
                 f"round: expected None or an integer in [0, {self.rounds}], got {round!r}"
             )

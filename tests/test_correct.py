@@ -349,7 +349,7 @@ def test_a_round_after_revert_starts_from_the_reverted_weights(s: dw.DefuseSessi
     assert state_equal(weights(s.classifier), after_1)
 
 
-@pytest.mark.parametrize("bad", [-1, 2, 1.0, "1"])
+@pytest.mark.parametrize("bad", [-1, 2, 1.0, "1", True])
 def test_revert_to_an_unknown_round(s: dw.DefuseSession, bad: object) -> None:
     s.correct(**SMALL)
     state = weights(s.classifier)
