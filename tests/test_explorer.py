@@ -323,6 +323,7 @@ def test_fine_tune_states_and_uses_the_relabels(
     widget.select_audit("all")
     n = widget.relabel_selected()
     assert n == len(widget.audit["indices"]) == widget.relabel_count  # the UI states this count
+    widget.refresh()  # re-audits in the background; a fine-tune click right after waits for it
     widget.fine_tune(steps=5, block=True)
     assert widget.error == ""
     assert widget.history[-1]["relabels"] == n

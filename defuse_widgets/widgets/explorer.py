@@ -44,6 +44,7 @@ PALETTE = (
 )  # fmt: skip
 UNASSIGNED = "#b8b8b8"
 PROGRESS_INTERVAL_S = 0.1  # at most ~10 progress updates per second reach the browser
+AUDIT_WAIT_S = 5.0  # other work waits this long for a running audit (once codes are cached: ms)
 
 
 def region_color(region_id: int) -> str:
@@ -323,7 +324,7 @@ class Explorer(anywidget.AnyWidget):
 
     def revert(self, round: int | None = None, block: bool = False) -> None:
         """Restore the original weights (or those after ``round``) and re-evaluate."""
-        if self.running:
+        if self.running and self.busy == "fine-tuning":
             raise RuntimeError("a fine-tuning round is running: cancel it before reverting")
         self.session.revert(round)  # raises before any change
         self._panel_cache.clear()
@@ -623,6 +624,8 @@ class Explorer(anywidget.AnyWidget):
     # ----- background work -----
 
     def _start(self, what: str, fn: Callable[[], None]) -> None:
+        if what != "auditing" and self.busy == "auditing":
+            self.wait(AUDIT_WAIT_S)  # an audit that follows a click is quick: let it end
         with self._job_lock:
             if self.running:
                 if self.busy == "fine-tuning":

@@ -107,6 +107,7 @@ export class AuditView {
       cap.textContent = relabeled ? `${name(was!)} \u2192 ${name(now!)} · pred ${name(pred)}`
         : `${name(now ?? -1)} · pred ${name(pred)}`;
     });
+    this.update();
   }
 
   /** Select by training index (from Python or the buttons); `emit` sends it to Python. */
@@ -169,12 +170,14 @@ export class AuditView {
       this.info.textContent = `Find the training images inside this region labeled other than ${name(this.label!)}.`;
     } else {
       const d = this.data!;
+      const fixed = this.figures.filter((f) => f.dataset.relabeled === "true").length;
       const shown = this.indices.length;
       const more = d.total > shown ? ` (the likeliest ${shown} shown)` : "";
       this.info.textContent = d.conflicts || shown
         ? `${plural(d.conflicts, "training image")} of ${d.inside} inside the region (probability \u2265 ` +
-          `${d.min_probability}) labeled other than ${name(d.label)}${more}. Select the mislabeled ones ` +
-          `and relabel them ${name(d.label)}; the next fine-tuning round trains on confirmed relabels.`
+          `${d.min_probability}) labeled other than ${name(d.label)}${more}; ${fixed} relabeled here. ` +
+          `Select the mislabeled ones and relabel them ${name(d.label)}: the next fine-tuning round trains ` +
+          "on confirmed relabels."
         : `No training image inside this region (${d.inside} in all) is labeled other than ${name(d.label)}.`;
     }
     const n = this.selected.size;

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
+OUTPUT = Path(__file__).resolve().parents[2] / "tests" / "output"  # git-ignored
 
 
 def _setup_cells(paths: dict[str, Path]) -> list[str]:
@@ -174,6 +175,8 @@ def test_explorer_end_to_end(
     out = run_new_cell(page, "print('RELABELS', {i: r.new_label for i, r in s.relabels.items()})",
                        expect="RELABELS")  # fmt: skip
     assert f"{{{index}: {cls}}}" in out
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.locator(".dfx-audit").screenshot(path=str(OUTPUT / "explorer_audit.png"))
     page.get_by_role("button", name="Undo relabel").click()
     page.wait_for_function(
         "() => document.querySelector('.dfx-audit .dfx-relabels').dataset.relabels === '0'",
