@@ -190,6 +190,8 @@ def check_indices(indices: Any, n: int) -> torch.Tensor:
         raise ValueError(
             f"indices: expected a sequence of training indices, got {indices!r}"
         ) from exc
+    if idx.numel() == 0:  # an empty list becomes a float tensor
+        return torch.zeros(0, dtype=torch.long)
     if idx.dtype == torch.bool or idx.is_floating_point() or idx.is_complex():
         raise ValueError(f"indices: expected integer training indices, got dtype {idx.dtype}")
     idx = idx.long().flatten().unique()
