@@ -4,7 +4,8 @@ Each notebook reads ``DEFUSE_WIDGETS_QUICK`` in its first code cell (tagged ``pa
 tests set it to ``1`` so the notebooks run at a smoke-test size (fewer images, draws, epochs and
 steps, a PCA map instead of UMAP). The trained models the notebooks cache go to
 ``$DEFUSE_WIDGETS_TEST_CACHE/notebooks-<hash>`` (default ``~/.cache/defuse-widgets/test-models``),
-keyed by the torch version and the code that trains them, so only the first run trains.
+keyed by the torch version and the code and settings that train them, so only the first run
+trains.
 
 The kernel is this interpreter (``sys.executable -m ipykernel_launcher``) through a kernelspec
 written to a temporary folder that ``JUPYTER_PATH`` puts first, so neither an installed
@@ -16,6 +17,7 @@ copies are written to ``tests/output/notebooks/`` (git-ignored) for inspection.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -28,6 +30,7 @@ import torch
 from nbclient import NotebookClient
 
 import defuse_widgets as dw
+from defuse_widgets import cli
 from defuse_widgets.data import DEBIAN_FASHION_DIR, IDX_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,8 +51,11 @@ def _notebooks() -> list[Path]:
 
 def _model_cache() -> Path:
     digest = hashlib.sha256(torch.__version__.encode())
-    for name in ("models.py", "data.py", "cli.py"):
+    for name in ("models.py", "data.py"):
         digest.update((PACKAGE / name).read_bytes())
+    # of cli.py only what decides the demo models, so other CLI changes do not retrain them
+    digest.update(repr((cli.DEMO_CLASSIFIER, cli.REFERENCE_CLASSIFIER)).encode())
+    digest.update(inspect.getsource(cli.demo_models).encode())
     env = os.environ.get("DEFUSE_WIDGETS_TEST_CACHE")
     base = Path(env) if env else Path.home() / ".cache" / "defuse-widgets" / "test-models"
     return base / f"notebooks-{digest.hexdigest()[:16]}"
