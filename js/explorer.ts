@@ -7,6 +7,7 @@ import { RegionInfo, RegionList, RegionPanel } from "./explorer/regions";
 import { FineTune, Params, Progress, Round } from "./explorer/finetune";
 import { AuditView } from "./explorer/audit";
 import { CSS } from "./explorer/style";
+import { Host, InterpPanel } from "./explorer/interp";
 
 type Model = {
   get(name: string): any;
@@ -19,7 +20,7 @@ type Model = {
 
 const ACK_TIMEOUT_MS = 20000;
 
-function render({ model, el }: { model: Model; el: HTMLElement }) {
+function render({ model, el, host }: { model: Model; el: HTMLElement; host?: Host }) {
   const t0 = performance.now();
   const style = document.createElement("style");
   style.textContent = CSS;
@@ -129,6 +130,9 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
 
   const map = new ErrorMap(left, {
     onClickPoint: (i) => {
+      model.set("selected_error", i); // the kernel opens/retargets the interpolation panel
+      model.save_changes();
+      interp.set(model.get("interpolator"), i);
       const r = mapData?.region.data[i];
       if (r !== undefined && r >= 0) selectRegion(r);
       else { localNote = `Point ${i} is in no region.`; showStatus(); }
@@ -159,6 +163,7 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
     relabel: (idx) => act({ kind: "relabel", indices: idx }, "Relabeling…"),
     undo: (idx) => act({ kind: "unrelabel", indices: idx }, "Undoing relabels…"),
   });
+  const interp = new InterpPanel(root, host, (msg) => { localError = msg; showStatus(); });
   const tune = new FineTune(root, {
     start: (p) => act({ kind: "finetune", ...p }, "Starting fine-tuning…"),
     cancel: () => act({ kind: "cancel" }, "Cancelling…"),
@@ -233,6 +238,7 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
   const onHistory = () => tune.setHistory(model.get("history") as Round[], model.get("baseline") as Round | null);
   const onParams = () => tune.setParams(model.get("finetune_params") as Params);
   const onClasses = () => panel.setClasses(classes());
+  const onInterp = () => interp.set(model.get("interpolator"), model.get("selected_error"));
   const onPoints = () => drawMap(true);
   const onColors = () => drawMap(false);
 
@@ -244,12 +250,12 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
     ["change:selected_indices", onSelection], ["change:progress", onProgress], ["change:history", onHistory],
     ["change:baseline", onHistory], ["change:finetune_params", onParams], ["change:classes", onClasses],
     ["change:audit", onAudit], ["change:audit_labels", onAuditLabels], ["change:audit_selection", onAuditSelection],
-    ["change:relabel_count", onRelabels],
+    ["change:relabel_count", onRelabels], ["change:interpolator", onInterp], ["change:selected_error", onInterp],
   ];
   for (const [ev, cb] of handlers) model.on(ev, cb);
 
   // initial state (a re-display shows the current state)
-  onClasses(); onThumbs(); showStatus(); onParams(); onProgress(); onRegions(); onAudit(); onRelabels();
+  onClasses(); onThumbs(); showStatus(); onParams(); onProgress(); onRegions(); onAudit(); onRelabels(); onInterp();
   panel.setSelectionCount(decode(model.get("selected_indices"))?.data.length ?? 0);
   drawMap(true).then(onSelection).then(onHistory); // the map first, then the small chart
   model.send({ kind: "hello" }); // lets Python know a view exists (and re-send lazily made state)
@@ -260,6 +266,7 @@ function render({ model, el }: { model: Model; el: HTMLElement }) {
     for (const t of pending.values()) clearTimeout(t);
     map.destroy();
     tune.destroy();
+    interp.destroy();
   };
 }
 

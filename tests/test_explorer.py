@@ -7,11 +7,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from ipywidgets.widgets.widget import _remove_buffers
 
 import defuse_widgets as dw
 from defuse_widgets.widgets._codec import array_from_json, array_to_json
 from defuse_widgets.widgets.explorer import Explorer, region_color
+from defuse_widgets.widgets.interpolator import Interpolator
 
 
 @pytest.fixture(scope="module")
@@ -330,3 +332,60 @@ def test_fine_tune_states_and_uses_the_relabels(
     assert session.history[-1]["relabels"] == n
     # the round changed the model: the audit's predictions are fresh
     assert widget.audit is not None and widget.audit["round"] == session.active_round
+
+
+def _decode_error(session: dw.DefuseSession, i: int) -> np.ndarray:
+    assert session.errors is not None
+    img = session.decode(session.errors.codes[i : i + 1])[0]
+    return img.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def test_point_selection_opens_and_retargets_the_interpolator(
+    widget: Explorer, session: dw.DefuseSession
+) -> None:
+    assert widget.interpolator is None and widget.selected_error == -1
+    widget.select_error(3)
+    child = widget.interpolator
+    assert isinstance(child, Interpolator) and child.error_index == 3
+    assert [s["label"] for s in child.sliders] == ["Interpolation"]
+    assert child.title.startswith("Error 3:")
+    # the child travels as an anywidget reference the explorer's front end renders
+    assert widget.get_state("interpolator")["interpolator"] == f"anywidget:{child.model_id}"
+    assert np.array_equal(child.frame_at([1.0]).pixels, _decode_error(session, 3))
+
+    sent: list[dict[str, Any]] = []
+    child.send = lambda content, buffers=None: sent.append(content)  # type: ignore[method-assign]
+    child.show(0.7)
+    # the browser clicks another point: same child, new error, slider back to 0, frame sent
+    widget.selected_error = 5
+    assert widget.interpolator is child and child.error_index == 5
+    assert child.title.startswith("Error 5:") and child.values == [0.0]
+    assert sent[-1]["type"] == "frame" and sent[-1]["values"] == [0.0]
+    assert np.array_equal(child.frame_at([1.0]).pixels, _decode_error(session, 5))
+    # selecting exactly one point (lasso or from Python) retargets as well
+    widget.select([7])
+    assert child.error_index == 7 and widget.selected_error == 7
+    widget.select([1, 2])
+    assert child.error_index == 7
+    with pytest.raises(ValueError, match="error index"):
+        widget.select_error(len(session.errors))
+    with pytest.raises(ValueError):
+        child.set_error(-1)
+    assert child.error_index == 7  # a bad index changes nothing
+    widget.selected_error = 10_000  # as a (bad) browser write: an error message, no exception
+    assert "Could not interpolate error 10000" in widget.error and child.error_index == 7
+    widget.close()
+    assert child._closed
+
+
+def test_interpolator_options_and_a_closed_child_is_replaced(
+    widget: Explorer, session: dw.DefuseSession
+) -> None:
+    w = Explorer(session, projection="pca", interpolator_options={"scan_points": 16}, block=True)
+    w.select_error(0)
+    first = w.interpolator
+    assert first is not None and first._scan_points == 16
+    first.close()
+    w.select_error(2)
+    assert w.interpolator is not first and w.interpolator.error_index == 2
+    w.close()

@@ -331,3 +331,25 @@ def test_closed_view_rejects_requests(session: DefuseSession) -> None:
         with pytest.raises(RuntimeError, match="Interpolator: this view is closed"):
             call()
     assert len(sent.frames) == 2  # the pending request was dropped, not rendered
+
+
+def test_set_error_retargets_any_mode_and_sends_the_new_frame(session: DefuseSession) -> None:
+    w, sent = _widget(session, region=int(session.regions.regions[0].id), k=2)
+    assert w.error_index is None and w.mode == "directions"
+    w.set_error(1)
+    assert w.mode == "path" and w.error_index == 1 and w.values == [0.0]
+    assert [s["label"] for s in w.sliders] == ["Interpolation"]
+    assert [p["label"] for p in w.panels] == ["Source image", "Reconstruction", "Decoded error"]
+    assert sent.frames[-1]["values"] == [0.0]
+    assert np.array_equal(w.frame_at([1.0]).pixels, session_frame(session, 1))
+    with pytest.raises(ValueError, match="error_index"):
+        w.set_error(len(session.errors.codes))
+    assert w.error_index == 1
+    w.close()
+    with pytest.raises(RuntimeError):
+        w.set_error(0)
+
+
+def session_frame(session: DefuseSession, i: int) -> np.ndarray:
+    img = session.decode(session.errors.codes[i : i + 1])[0]
+    return img.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()

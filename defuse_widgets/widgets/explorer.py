@@ -11,7 +11,16 @@ label (``session.audit``); the person confirms relabels, which the next fine-tun
 Only the selected region's audit travels (trait ``audit``, arrays as buffers); a relabel or undo
 resends only ``audit_labels`` and ``relabel_count``.
 
-Browser -> kernel: traits ``selected_region``, ``selected_indices``, ``audit_selection``,
+Clicking an error point (or :meth:`Explorer.select_error`, or :meth:`Explorer.select` of one
+point) opens the interpolation panel for that error: the explorer holds one
+:class:`~.interpolator.Interpolator` child widget in the trait ``interpolator`` (made on the first
+selection, retargeted with :meth:`~.interpolator.Interpolator.set_error` on later ones; it travels
+as an ``"anywidget:<model_id>"`` reference), and the explorer's front end renders the child's own
+view inside its panel (anywidget's ``host.getWidget``), so frames use the interpolator's frame
+protocol unchanged.
+
+Browser -> kernel: traits ``selected_region``, ``selected_indices``, ``selected_error``,
+``audit_selection``,
 ``finetune_params`` and custom messages ``{"kind": "label" | "unlabel" | "add_region" |
 "finetune" | "cancel" | "revert" | "audit" | "relabel" | "unrelabel" | "thumb", "id": n, ...}``;
 each action is answered ``{"kind": "ack", "id": n, "ok", "message"}`` so the page never waits on
@@ -36,6 +45,7 @@ from .. import projection as proj
 from ..imaging import downsample, to_uint8
 from ._audit import audit_payload, current_labels
 from ._codec import array_serialization, array_to_json
+from .interpolator import Interpolator
 
 PALETTE = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
@@ -106,6 +116,9 @@ class Explorer(anywidget.AnyWidget):
         The audit shows at most this many images (the likeliest mistakes).
     who : str
         Names the person in the relabel records made here.
+    interpolator_options : dict, optional
+        Keyword arguments for the :class:`~.interpolator.Interpolator` of the selected error
+        (e.g. ``{"scan_points": 32}``).
     on_select, on_label : optional callbacks, see :meth:`on_select` and :meth:`on_label`.
     block : bool
         Wait for the projection and thumbnails before returning (tests, scripts).
@@ -142,6 +155,8 @@ class Explorer(anywidget.AnyWidget):
         sync=True, echo_update=False, **array_serialization
     )
     relabel_count = t.Int(0).tag(sync=True)
+    selected_error = t.Int(-1).tag(sync=True)
+    interpolator = anywidget.WidgetTrait().tag(sync=True)
 
     def __init__(
         self,
@@ -157,6 +172,7 @@ class Explorer(anywidget.AnyWidget):
         min_probability: float = 0.5,
         audit_limit: int = 100,
         who: str = "user",
+        interpolator_options: dict[str, Any] | None = None,
         on_select: Callable[[np.ndarray], Any] | None = None,
         on_label: Callable[[int, int | None], Any] | None = None,
         block: bool = False,
@@ -204,6 +220,7 @@ class Explorer(anywidget.AnyWidget):
         self._who = str(who)
         self._audit_on = False  # set by the first open_audit(): then each labeled region audits
         self._audit_pending = False  # an audit asked for while other work ran
+        self._interp_options = dict(interpolator_options or {})
         if on_select is not None:
             self.on_select(on_select)
         if on_label is not None:
@@ -221,6 +238,7 @@ class Explorer(anywidget.AnyWidget):
         self._sync_relabels()
         self.observe(self._on_selected_region, "selected_region")
         self.observe(self._on_selected_indices, "selected_indices")
+        self.observe(self._on_selected_error, "selected_error")
         self.on_msg(self._on_custom_msg)
         self._start("projecting", self._prepare_map)
         if block:
@@ -250,6 +268,24 @@ class Explorer(anywidget.AnyWidget):
                 f"indices: expected error indices in [0, {len(self._errors) - 1}], got {idx[:5]}..."
             )
         self.selected_indices = np.unique(idx).astype(np.int32)
+
+    def select_error(self, index: int | None) -> None:
+        """Show error ``index`` in the interpolation panel (``None`` or -1 hides the panel).
+
+        The first selection makes the child :class:`~.interpolator.Interpolator` (trait
+        ``interpolator``); later ones retarget it (``set_error``). Raises ValueError for an index
+        outside ``session.errors`` (nothing changes then).
+        """
+        if index is None:
+            index = -1
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise ValueError(f"index: expected an integer error index, got {index!r}")
+        if not -1 <= int(index) < len(self._errors):
+            raise ValueError(
+                f"index: expected an error index in [0, {len(self._errors) - 1}] (or -1), "
+                f"got {index}"
+            )
+        self.selected_error = int(index)
 
     def label(self, region_id: int, label: int) -> None:
         """Label a region (class index, ``MODEL_IS_RIGHT`` or ``UNRECOGNIZABLE``) in the session."""
@@ -618,8 +654,34 @@ class Explorer(anywidget.AnyWidget):
     def _on_selected_indices(self, change: dict[str, Any]) -> None:
         value = change["new"]
         idx = np.zeros(0, np.int32) if value is None else np.asarray(value).astype(np.int32)
+        if len(idx) == 1:  # one point selected: interpolate it
+            self.selected_error = int(idx[0])
         for cb in self._select_callbacks:
             cb(idx)
+
+    def _on_selected_error(self, change: dict[str, Any]) -> None:
+        i = int(change["new"])
+        if i < 0:
+            return
+        try:
+            if not 0 <= i < len(self._errors):
+                raise ValueError(f"expected an error index in [0, {len(self._errors) - 1}]")
+            child = self.interpolator
+            if child is None or child._closed:
+                self.interpolator = Interpolator(self.session, i, **self._interp_options)
+            else:
+                child.set_error(i)
+        except Exception as exc:  # shown in the widget
+            self._note("", f"Could not interpolate error {i}: {exc}")
+        else:
+            self._note(f"Error {i}: interpolation from its source image.")
+
+    def close(self) -> None:
+        """Close the explorer and its interpolation panel's widget."""
+        child = self.interpolator
+        if child is not None:
+            child.close()
+        super().close()
 
     # ----- background work -----
 

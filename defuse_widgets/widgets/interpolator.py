@@ -186,6 +186,8 @@ class Interpolator(anywidget.AnyWidget):
         self._mean: torch.Tensor | None = None
         self._dirs: torch.Tensor | None = None
         self._scales: torch.Tensor | None = None
+        self._scan_points = scan_points
+        self._error_index: int | None = None
 
         state = self._setup(a, b, region, split, k, limit, scan_points)
         state["classes"] = [str(c) for c in session.data.classes]
@@ -272,6 +274,7 @@ class Interpolator(anywidget.AnyWidget):
         source = x[src : src + 1]
         start = self._encode(source)[0]
         end = torch.as_tensor(errors.codes[i]).to(self._device, torch.float32)
+        self._error_index = i
         recon, decoded = self._decode_many(torch.stack([start, end]))
         true, pred = int(errors.true_label[i]), int(errors.pred_label[i])
         state = self._path_state(start, end, scan_points, classes)
@@ -360,6 +363,36 @@ class Interpolator(anywidget.AnyWidget):
             "markers": markers,
             "panels": [_panel("Region mean", center)],
         }
+
+    # ------------------------------------------------------------------ retarget
+    @property
+    def error_index(self) -> int | None:
+        """The error shown (an index into ``session.errors``), None in pair or region mode."""
+        return self._error_index
+
+    def set_error(self, index: int) -> None:
+        """Show error ``index`` of ``session.errors`` instead (any mode becomes the error path).
+
+        The slider goes back to 0 and the frame there is sent at once (a request of the view
+        ``"kernel"``, under the usual frame protocol), so an open view shows the new error
+        without waiting for the person to move the slider. A request still pending for the old
+        target is dropped. Raises ValueError for a bad index (nothing changes then) and
+        RuntimeError once the view is closed.
+        """
+        self._check_open()
+        classes = [str(c) for c in self._session.data.classes]
+        state = self._setup_error(index, self._scan_points, classes)  # raises before any change
+        self._pending = None
+        self._mean = self._dirs = self._scales = None
+        self.error = ""
+        with self.hold_sync():
+            self.mode = state["mode"]
+            self.title = state["title"]
+            self.sliders = state["sliders"]
+            self.markers = state["markers"]
+            self.panels = state["panels"]
+            self.values = state["values"]
+        self.submit(state["values"])
 
     # ------------------------------------------------------------------ frames
     def _check_open(self) -> None:

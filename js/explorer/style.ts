@@ -20,7 +20,7 @@ export const CSS = `
 .dfx-list button[aria-pressed="true"] { background: var(--jp-brand-color3, #d6e9fb); }
 .dfx-swatch { width: 12px; height: 12px; border-radius: 2px; flex: none; }
 .dfx-list .dfx-lab { margin-left: auto; font-size: 11px; padding: 0 4px; border-radius: 3px; background: #eee; }
-.dfx-panel, .dfx-tune { grid-column: 1 / span 2; border-top: 1px solid var(--jp-border-color2, #ddd); padding-top: 6px; }
+.dfx-panel, .dfx-tune, .dfx-interp { grid-column: 1 / span 2; border-top: 1px solid var(--jp-border-color2, #ddd); padding-top: 6px; }
 .dfx-gallery { display: flex; flex-wrap: wrap; gap: 4px; }
 .dfx-gallery figure { margin: 0; text-align: center; font-size: 11px; }
 .dfx-gallery img { width: 56px; height: 56px; image-rendering: pixelated; display: block; border: 1px solid #ccc; }

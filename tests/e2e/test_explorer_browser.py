@@ -1,6 +1,7 @@
 """End to end: the error explorer in a real JupyterLab, driven by headless Chromium.
 
-Renders the explorer on digits, hovers a point (thumbnail), opens a region, labels it (the session
+Renders the explorer on digits, hovers a point (thumbnail), clicks it (the interpolation panel
+opens; its slider changes the decoded frame), opens a region, labels it (the session
 has the label), fine-tunes one round (progress reaches the end, numbers change), reverts (the
 original accuracy returns), audits a class-labeled region (relabel one training image, undo)
 and saves ``docs/explorer.png``.
@@ -90,6 +91,31 @@ def test_explorer_end_to_end(
     # and a selection made in Python shows in the page (here: cleared)
     run_new_cell(page, "w.select(None); print('CLEARED')", expect="CLEARED")
     page.get_by_text("Lasso or box on the map to select points.").wait_for(timeout=15_000)
+
+    # click that point: the explorer shows the interpolator of that error (the child widget's
+    # own view, decoded in the kernel); moving its slider changes the decoded frame
+    page.locator('[aria-label="Error map"]').scroll_into_view_if_needed()
+    x, y = _point_position(page)  # the notebook may have scrolled
+    page.mouse.move(x - 3, y - 3)
+    page.mouse.move(x, y)
+    tip.wait_for(state="visible", timeout=15_000)  # plotly clicks the hovered point
+    page.mouse.click(x, y)
+    interp = page.get_by_role("region", name="Selected error")
+    slider = interp.get_by_role("slider", name="Interpolation", exact=True)
+    slider.wait_for(timeout=60_000)
+    painted = "(v) => document.querySelector('.dfx-interp .dw-interp')?.dataset.paintedValues === v"
+    page.wait_for_function(painted, arg="[0]", timeout=30_000)
+    frame = interp.get_by_role("img", name="Decoded image", exact=True)
+    before = frame.evaluate("(c) => c.toDataURL()")
+    slider.focus()
+    page.keyboard.press("End")  # the slider to 1: the error's own code
+    page.wait_for_function(painted, arg="[1]", timeout=30_000)
+    assert frame.evaluate("(c) => c.toDataURL()") != before
+    out = run_new_cell(
+        page, "print('ERR', w.selected_error, w.interpolator.error_index)", expect="ERR"
+    )
+    err = out.split()[-2:]
+    assert err[0] == err[1] and int(err[0]) >= 0
 
     # click the largest region: the panel shows its samples
     button = page.get_by_role("button", name=re.compile(r"^Region \d+")).first

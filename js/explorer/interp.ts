@@ -1,0 +1,51 @@
+// The interpolation panel of the selected error: the explorer's `interpolator` trait holds a child
+// Interpolator widget (an "anywidget:<model_id>" reference); its own view (interpolator.js, with
+// the back-pressured frame protocol) is rendered here through anywidget's `host.getWidget`, so
+// none of the interpolator's code is bundled into the explorer.
+
+export type Host = {
+  getWidget(ref: string): Promise<{ render(opts: { el: HTMLElement; signal?: AbortSignal }): Promise<void> }>;
+};
+
+export class InterpPanel {
+  root: HTMLElement;
+  private title: HTMLElement;
+  private body: HTMLElement;
+  private ref: string | null = null;
+  private controller: AbortController | null = null;
+
+  constructor(parent: HTMLElement, private host: Host | undefined, private onError: (msg: string) => void) {
+    this.root = document.createElement("section");
+    this.root.className = "dfx-interp";
+    this.root.setAttribute("aria-label", "Selected error");
+    this.title = document.createElement("h3");
+    this.body = document.createElement("div");
+    this.root.append(this.title, this.body);
+    this.root.hidden = true;
+    parent.append(this.root);
+  }
+
+  set(ref: string | null, index: number): void {
+    this.root.hidden = !ref || index < 0;
+    this.title.textContent = index >= 0 ? `Selected error ${index}` : "";
+    if (!ref || ref === this.ref) return;
+    this.controller?.abort();
+    this.body.replaceChildren();
+    this.ref = ref;
+    if (!this.host) {
+      this.onError("This front end cannot show the interpolator inside the explorer (anywidget >= 0.11 needed): display explorer.interpolator in a cell.");
+      return;
+    }
+    const controller = new AbortController();
+    this.controller = controller;
+    const el = document.createElement("div");
+    this.body.append(el);
+    this.host.getWidget(ref)
+      .then((w) => (controller.signal.aborted ? undefined : w.render({ el, signal: controller.signal })))
+      .catch((e) => this.onError(`Could not show the interpolator: ${e}`));
+  }
+
+  destroy(): void {
+    this.controller?.abort();
+  }
+}
