@@ -4,11 +4,12 @@ Renders the explorer on digits, hovers a point (thumbnail), clicks it (the inter
 opens; its slider changes the decoded frame), opens a region, labels it (the session
 has the label), fine-tunes one round (progress reaches the end, numbers change), reverts (the
 original accuracy returns), audits a class-labeled region (relabel one training image, undo)
-and saves ``docs/explorer.png``.
+and saves a screenshot (``docs/explorer.png`` with ``DEFUSE_UPDATE_DOCS=1``).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -146,11 +147,15 @@ def test_explorer_end_to_end(
         page, "print('HIST', [h['event'] for h in w.history], len(s.history))", expect="HIST"
     )
     assert "'round'" in out and out.strip().endswith("1")
-    DOCS.mkdir(exist_ok=True)
+    # the screenshot goes to tests/output/; docs/explorer.png is rewritten only when missing or
+    # asked for (DEFUSE_UPDATE_DOCS=1), so a test run leaves the checkout clean
+    OUTPUT.mkdir(parents=True, exist_ok=True)
     page.set_viewport_size({"width": 1400, "height": 2200})
     page.locator(".dfx").first.scroll_into_view_if_needed()
     page.wait_for_timeout(800)
-    page.locator(".dfx").first.screenshot(path=str(DOCS / "explorer.png"))
+    shot = page.locator(".dfx").first.screenshot(path=str(OUTPUT / "explorer.png"))
+    if os.environ.get("DEFUSE_UPDATE_DOCS") == "1" or not (DOCS / "explorer.png").exists():
+        (DOCS / "explorer.png").write_bytes(shot)
     page.set_viewport_size({"width": 1400, "height": 1000})
 
     # revert: the original accuracy returns
