@@ -151,7 +151,7 @@ def test_identify_detects_a_probability_classifier(
 def test_identify_through_an_adapter_with_a_mean_only_encoder(
     digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: dw.ConvVAE
 ) -> None:
-    user = UserVAE(digits_vae, "mean").train()
+    user = UserVAE(copy.deepcopy(digits_vae), "mean").train()  # never touch the shared model
     x, y = digits.x_test[:40], digits.y_test[:40]
     errors = identify(digits_classifier, user, x, y, "gaussian", samples=20, max_per_image=2,
                       radius=0.8, device="cpu", progress=False)  # fmt: skip

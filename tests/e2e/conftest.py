@@ -149,7 +149,9 @@ def open_and_run(page: Any, base_url: str, name: str, timeout: float = 120.0) ->
     """
     if not name.endswith(".ipynb"):
         name += ".ipynb"
-    page.goto(f"{base_url}/lab/tree/{name}", wait_until="domcontentloaded")
+    # ?reset: start from an empty workspace, or notebooks an earlier test opened on the same
+    # server come back as hidden tabs and the ".jp-Notebook" locators find those first
+    page.goto(f"{base_url}/lab/tree/{name}?reset", wait_until="domcontentloaded")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=timeout * 1000)
     # the kernel dialog may or may not appear, depending on the lab's settings
     with contextlib.suppress(Exception):
