@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 from datetime import datetime
 from pathlib import Path
@@ -435,3 +436,78 @@ def test_correct_trains_on_relabeled_labels_and_leaves_the_data(s, monkeypatch, 
     s.unrelabel(flip)
     s.correct(steps=2, batch_size=16)
     assert torch.equal(seen["y"], digits.y_train)
+
+
+# ----- the headless pipeline's --audit flag -----
+
+
+class NearestNeighbour(nn.Module):
+    """A reference model that gives each image the label of its nearest training image."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        super().__init__()
+        self.register_buffer("x", x.flatten(1))
+        self.register_buffer("y", y)
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        nearest = torch.cdist(images.flatten(1), self.x).argmin(1)
+        return 20.0 * nn.functional.one_hot(self.y[nearest], 10).float() - 10.0
+
+
+def test_pipeline_audit_reference_reports_relabels(
+    tmp_path, monkeypatch, digits, digits_classifier, digits_vae
+):
+    import defuse_widgets.cli as cli
+
+    # the user's data: every third training label is wrong; the reference knows the clean ones
+    planted = digits.y_train.clone()
+    planted[::3] = (planted[::3] + 1) % 10
+    user_data = dataclasses.replace(digits, y_train=planted)
+    monkeypatch.setattr(cli, "load_dataset", lambda *args, **kwargs: user_data)
+    reference = NearestNeighbour(digits.x_train, digits.y_train)
+    models = {"classifier": copy.deepcopy(digits_classifier), "vae": digits_vae,
+              "reference": reference}  # fmt: skip
+    monkeypatch.setattr(cli, "demo_models", lambda *args, **kwargs: models)
+    identify = dw.DefuseSession.identify
+
+    def small_identify(self, *args, **kwargs):
+        kwargs.update(limit=120, samples=30, max_per_image=3)
+        return identify(self, *args, **kwargs)
+
+    monkeypatch.setattr(dw.DefuseSession, "identify", small_identify)
+
+    def label_true_class(self, labeler, overwrite=False):  # a person labels every region
+        for region in self.regions:
+            self.label(region.id, region.transition[0])
+        return self.labels
+
+    monkeypatch.setattr(dw.DefuseSession, "auto_label", label_true_class)
+    confirmed: dict[int, list[int]] = {}
+    confirm = dw.DefuseSession.confirm_audit
+
+    def spy(self, region_id, labeler, *args, **kwargs):
+        out = confirm(self, region_id, labeler, *args, **kwargs)
+        confirmed[region_id] = out["confirmed"]
+        return out
+
+    monkeypatch.setattr(dw.DefuseSession, "confirm_audit", spy)
+    report = cli.run_pipeline("digits", tmp_path, strategy="gaussian", steps=3, max_regions=5,
+                              progress=False, audit="reference")  # fmt: skip
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["relabels"] == report["relabels"]
+    relabels = report["relabels"]
+    assert relabels["audit"] == "reference"
+    labeled = {str(r["id"]) for r in report["regions"] if (r["label"] or -1) >= 0}
+    assert labeled and set(relabels["per_region"]) == labeled == {str(k) for k in confirmed}
+    assert relabels["per_region"] == {str(k): len(v) for k, v in confirmed.items()}
+    assert relabels["count"] == len({i for v in confirmed.values() for i in v}) > 0
+    loaded = dw.DefuseSession.load(tmp_path / "session", copy.deepcopy(digits_classifier),
+                                   digits_vae, data=user_data, device="cpu")  # fmt: skip
+    assert len(loaded.relabels) == relabels["count"]
+    fixed = torch.tensor(list(loaded.relabels))
+    assert torch.equal(loaded.training_labels()[fixed], digits.y_train[fixed])
+    with pytest.raises(ValueError, match="audit"):
+        cli.run_pipeline("digits", tmp_path, audit="everything")
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--out", str(tmp_path), "--audit", "everything"])
