@@ -32,6 +32,12 @@ Usage::
     .venv/bin/python benchmarks/planted_bug.py --dataset fashion-mnist --train-images 12000
 
 Models are trained once per setting and cached under ``~/.cache/defuse-widgets/bench/``.
+
+Measured (digits, seed 0, 2-core CPU, gaussian strategy radius 0.5, 30 regions, 300 steps): slice
+of 57/134 training 7s labeled 8, 22 slice test images; best region 75.5% slice errors, holding 70%
+of them; audit candidates precision 82.6% / recall 100%, confirmed relabels 100% / 100%; slice
+accuracy / test accuracy: before 18.2% / 94.0%, samples s=1.0 54.5% / 93.3%, samples s=0.01
+27.3% / 93.3%, confirmed relabels 100% / 97.8%, blind relabels 100% / 96.2%.
 """
 
 from __future__ import annotations
@@ -319,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed {seed}: {json.dumps(run['best_region'])}", file=sys.stderr)
     print(
         f"planted bug on {data.name}: {len(data.y_train)} train / {len(data.y_test)} test images; "
-        f"machine {platform.machine()} {platform.processor() or ''}, torch {torch.__version__} on "
+        f"machine {platform.machine()} ({os.cpu_count()} CPUs), torch {torch.__version__} on "
         f"{args.device} with {torch.get_num_threads()} threads; seeds {args.seeds} "
         f"(figures are medians over seeds)"
     )
