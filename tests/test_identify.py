@@ -364,3 +364,9 @@ def test_bad_input_gets_a_clear_error(
     args, kwargs, error, match = cases[case]
     with pytest.raises(error, match=match):
         identify(*args, progress=False, **{"device": "cpu", **kwargs})
+
+
+def test_package_exports_the_identify_function_not_its_module() -> None:
+    import defuse_widgets.session  # noqa: F401  (imports the identify module too)
+
+    assert callable(dw.identify) and dw.identify.__name__ == "identify"
