@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
@@ -125,6 +125,7 @@ def as_generator(
     encode: Callable[[torch.Tensor], Any] | None = None,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     latent_dim: int | None = None,
+    modules: Sequence[nn.Module] = (),
 ) -> GeneratorAdapter:
     """Wrap a VAE as a :class:`Generator` without changing it.
 
@@ -136,6 +137,8 @@ def as_generator(
     encode, decode : two callables, instead of ``model``.
     latent_dim : the code size; read from ``model.latent_dim`` when present, else from the first
         encoding.
+    modules : with plain functions for ``encode``/``decode``, the modules they use, so a session
+        can move them to its device and put them in eval mode while searching.
 
     Examples
     --------
@@ -145,7 +148,7 @@ def as_generator(
         return model
     if model is not None and (encode is not None or decode is not None):
         raise TypeError("as_generator: pass either model or encode= and decode=, not both")
-    modules: tuple[nn.Module, ...] = ()
+    modules = tuple(modules)
     if model is not None:
         latent_dim = latent_dim or getattr(model, "latent_dim", None)
         if callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None)):

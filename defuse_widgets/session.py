@@ -113,12 +113,17 @@ class DefuseSession:
         x = self.data.x_test[:2].to(self.device)
         with torch.inference_mode():
             mu, _ = self.generator.encode(x)
-            decoded = self.generator.decode(mu)
+            try:
+                decoded = self.generator.decode(mu)
+            except RuntimeError as exc:
+                raise ValueError(
+                    f"generator: decoding the encoder's {tuple(mu.shape)} codes failed ({exc}); "
+                    "does encode return (mu, logvar) and is latent_dim right?"
+                ) from exc
             if decoded.shape[1:] != x.shape[1:]:
                 raise ValueError(
                     f"generator: decodes to images of shape {tuple(decoded.shape[1:])}, but the "
-                    "data's "
-                    f"images are {tuple(x.shape[1:])}"
+                    f"data's images are {tuple(x.shape[1:])}"
                 )
             check_logits(self.classifier(x), len(x), self.data.num_classes)
 
