@@ -108,15 +108,19 @@ def _split_encoding(out: Any) -> EncodeOutput:
 
 @contextmanager
 def evaluating(*modules: nn.Module) -> Iterator[None]:
-    """Put modules in eval mode inside the block and restore each one's mode after."""
-    modes = [m.training for m in modules]
+    """Put modules in eval mode inside the block and restore every submodule's own mode after.
+
+    ``Module.train(mode)`` sets the mode recursively, so restoring only the outer modules would
+    put a child that was in eval mode (e.g. a VAE wrapped in a user's module) in train mode.
+    """
+    modes = [(sub, sub.training) for m in modules for sub in m.modules()]
     for m in modules:
         m.eval()
     try:
         yield
     finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
+        for sub, mode in modes:
+            sub.training = mode
 
 
 def as_generator(

@@ -162,3 +162,12 @@ def test_identify_through_an_adapter_with_a_mean_only_encoder(
         pred = digits_classifier(digits_vae.decode(errors.codes)).argmax(1)
     assert torch.equal(pred, errors.pred_label)
     assert bool((errors.pred_label != errors.true_label).all())
+
+
+def test_evaluating_restores_every_submodule_mode() -> None:
+    inner = nn.Linear(2, 2).eval()
+    outer = nn.Sequential(inner, nn.ReLU()).train()
+    inner.eval()  # a wrapper in train mode around a model in eval mode
+    with evaluating(outer):
+        assert not outer.training and not inner.training
+    assert outer.training and not inner.training
