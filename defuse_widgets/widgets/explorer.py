@@ -43,6 +43,7 @@ import traitlets as t
 
 from .. import projection as proj
 from ..imaging import downsample, to_uint8
+from ..session import nan_to_none
 from ._audit import audit_payload, current_labels
 from ._codec import array_serialization, array_to_json
 from .interpolator import Interpolator
@@ -70,16 +71,6 @@ def _nested_to_json(value: Any, widget: Any = None) -> Any:
         return [_nested_to_json(v) for v in value]
     if isinstance(value, (np.ndarray, torch.Tensor)):
         return array_to_json(value)
-    return value
-
-
-def _none_if_nan(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _none_if_nan(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_none_if_nan(v) for v in value]
     return value
 
 
@@ -489,7 +480,7 @@ class Explorer(anywidget.AnyWidget):
         for r in regions.regions:
             ev = self._region_eval.get(r.id, {})
             rows.append(
-                _none_if_nan(
+                nan_to_none(
                     {
                         "id": int(r.id),
                         "color": region_color(int(r.id)),
@@ -750,7 +741,7 @@ class Explorer(anywidget.AnyWidget):
         return downsample(to_uint8(img), self._thumb_side)
 
     def _evaluation_entry(self, event: str, ev: dict[str, Any]) -> dict[str, Any]:
-        return _none_if_nan(
+        return nan_to_none(
             {
                 "event": event,
                 "round": int(ev.get("round", getattr(self.session, "active_round", 0))),
