@@ -124,17 +124,6 @@ def fine_tune(
     return snapshot(work), losses
 
 
-@torch.inference_mode()
-def predict_labels(model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """(n,) predicted classes on the CPU, in eval mode, batched."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    preds = [model(x.to(dev)).argmax(1).cpu() for x in images.split(batch_size)]
-    model.train(was_training)
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
-
-
 def accuracy_by_class(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float]:
     """Per-class accuracy (NaN for a class without examples)."""
     out = []

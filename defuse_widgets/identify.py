@@ -398,11 +398,11 @@ class _Search:
         eps = torch.randn(b, count, d).to(self.dev)
         return self.settings["radius"] * self.std[idx, None, :] * eps
 
-    def _classify(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _classify(self, z: torch.Tensor) -> torch.Tensor:
         with self.autocast():
             logits = self.classifier(self.gen.decode(z))
         self.decodes += len(z)
-        return logits.float(), z
+        return logits.float()
 
     @torch.inference_mode()
     def _sampling(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -419,7 +419,7 @@ class _Search:
                 break
             delta = noise[active, lo : lo + step]
             z = (self.mu[idx[active], None, :] + delta).reshape(-1, delta.shape[-1])
-            logits, _ = self._classify(z)
+            logits = self._classify(z)
             wrong = logits.argmax(1) != self.y[idx[active]].repeat_interleave(delta.shape[1])
             wrong = wrong.view(len(active), -1)
             keep = wrong & (wrong.long().cumsum(1) + kept[active, None] <= k)

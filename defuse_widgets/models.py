@@ -258,19 +258,21 @@ def train_classifier(
 
 
 @torch.inference_mode()
+def predict_labels(model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """(n,) predicted classes on the CPU, in eval mode, batched."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    preds = [model(x.to(dev)).argmax(1).cpu() for x in images.split(batch_size)]
+    model.train(was_training)
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
     """Fraction of ``x`` (N, C, H, W) that ``model`` classifies as ``y`` (N,)."""
     if len(x) == 0:
         return float("nan")
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    hits = sum(
-        int((model(xb.to(dev)).argmax(1).cpu() == yb).sum())
-        for xb, yb in zip(x.split(batch_size), y.split(batch_size))
-    )
-    model.train(was_training)
-    return hits / len(x)
+    return float((predict_labels(model, x, batch_size) == y.cpu()).float().mean())
 
 
 _MODEL_CLASSES: dict[str, type[nn.Module]] = {"ConvVAE": ConvVAE, "SmallCNN": SmallCNN}

@@ -35,7 +35,6 @@ from .correct import (
     StepCallback,
     accuracy_by_class,
     fine_tune,
-    predict_labels,
     restore,
     snapshot,
 )
@@ -45,6 +44,7 @@ from .distill import DEFAULT_SCALE, RegionSet, fit_regions, robust_cholesky, use
 from .generative import as_classifier, as_generator, check_logits
 from .identify import ErrorSet, identify
 from .labels import UNRECOGNIZABLE, ReferenceModelLabeler, check_label, label_name
+from .models import predict_labels
 
 EVAL_SAMPLES = 200
 

@@ -17,10 +17,10 @@ from defuse_widgets.correct import (
     RoundSettings,
     accuracy_by_class,
     fine_tune,
-    predict_labels,
     restore,
     snapshot,
 )
+from defuse_widgets.models import predict_labels
 
 STEPS = 4
 SMALL = {"steps": STEPS, "batch_size": 16}
