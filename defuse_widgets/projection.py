@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 METHODS = ("umap", "pca")
-_CACHE: OrderedDict[str, np.ndarray] = OrderedDict()
+Placer = Callable[[np.ndarray], np.ndarray]  # places new codes (n, d) on a fitted map: (n, 2)
+_CACHE: OrderedDict[str, tuple[np.ndarray, Placer]] = OrderedDict()
 _CACHE_SIZE = 16
 _LOCK = threading.Lock()
 
@@ -47,8 +48,8 @@ def cached(
     """The cached result of :func:`project` for ``codes`` with these settings, or None."""
     params = {"seed": seed, "n_neighbors": n_neighbors, "min_dist": min_dist}
     with _LOCK:
-        out = _CACHE.get(cache_key(codes, method, **params))
-    return None if out is None else out.copy()
+        hit = _CACHE.get(cache_key(codes, method, **params))
+    return None if hit is None else hit[0].copy()
 
 
 def clear_cache() -> None:
@@ -56,16 +57,20 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
+def _pca_fit(codes: np.ndarray) -> Placer:
+    """The projection onto the first two principal components of ``codes`` (M, d)."""
+    if codes.shape[0] < 2 or codes.shape[1] < 1:
+        return lambda new: np.zeros((len(new), 2), np.float32)
+    mean = codes.mean(axis=0, keepdims=True)
+    _, _, vt = np.linalg.svd((codes - mean)[:20000], full_matrices=False)
+    basis = np.zeros((codes.shape[1], 2), np.float32)
+    basis[:, : min(2, len(vt))] = vt[:2].T
+    return lambda new: ((new - mean) @ basis).astype(np.float32)
+
+
 def pca_2d(codes: np.ndarray) -> np.ndarray:
     """First two principal components of ``codes`` (M, d) as float32 (M, 2)."""
-    if codes.shape[0] < 2 or codes.shape[1] < 1:
-        return np.zeros((codes.shape[0], 2), np.float32)
-    x = codes - codes.mean(axis=0, keepdims=True)
-    _, _, vt = np.linalg.svd(x[: min(len(x), 20000)], full_matrices=False)
-    out = x @ vt[:2].T
-    if out.shape[1] < 2:
-        out = np.concatenate([out, np.zeros((len(out), 2 - out.shape[1]), out.dtype)], axis=1)
-    return out.astype(np.float32)
+    return _pca_fit(codes)(codes)
 
 
 def project(
@@ -98,6 +103,21 @@ def project(
     -------
     np.ndarray, float32, shape (M, 2)
     """
+    return fit(codes, method, seed, n_neighbors, min_dist, progress, use_cache)[0]
+
+
+def fit(
+    codes: Any,
+    method: str = "umap",
+    seed: int | None = None,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    progress: Callable[[str], None] | None = None,
+    use_cache: bool = True,
+) -> tuple[np.ndarray, Placer]:
+    """:func:`project`, and a function that places new codes (n, d) on the same map: UMAP's
+    ``transform`` (new points land by their nearest mapped neighbours; the map does not move) or
+    the same two principal components. The explorer places training images with it."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     arr = _as_numpy(codes)
@@ -108,12 +128,13 @@ def project(
             hit = _CACHE.get(key)
             if hit is not None:
                 _CACHE.move_to_end(key)
-                return hit.copy()
+                return hit[0].copy(), hit[1]
     report = progress or (lambda msg: None)
     m = len(arr)
     if method == "pca" or m < 4:
         report(f"projecting {m:,} points (PCA)")
-        out = pca_2d(arr)
+        placer = _pca_fit(arr)
+        out = placer(arr)
     else:
         report("importing umap")
         import umap  # lazy: ~10 s the first time
@@ -127,10 +148,26 @@ def project(
             init="spectral" if m > n_neighbors + 2 else "random",
         )
         out = np.asarray(reducer.fit_transform(arr), dtype=np.float32)
+        placer = reducer.transform
+    placer = _checked(placer, arr.shape[1])
     if use_cache:
         with _LOCK:
-            _CACHE[key] = out.copy()
+            _CACHE[key] = (out.copy(), placer)
             while len(_CACHE) > _CACHE_SIZE:
                 _CACHE.popitem(last=False)
     report("projection ready")
-    return out
+    return out.copy(), placer
+
+
+def _checked(placer: Placer, dim: int) -> Placer:
+    def place(new_codes: Any) -> np.ndarray:
+        new = _as_numpy(new_codes)
+        if new.shape[1] != dim:
+            raise ValueError(
+                f"codes: expected codes of dimension {dim}, got shape {tuple(new.shape)}"
+            )
+        if not len(new):
+            return np.zeros((0, 2), np.float32)
+        return np.asarray(placer(new), dtype=np.float32)
+
+    return place

@@ -7,6 +7,8 @@ import math
 import os
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ from .labels import UNRECOGNIZABLE, ReferenceModelLabeler, check_label, label_na
 from .models import predict_labels
 
 EVAL_SAMPLES = 200
+EVENTS = ("errors", "regions", "labels", "relabels", "model")
 
 
 class DefuseSession:
@@ -100,6 +103,7 @@ class DefuseSession:
         self._relabels: dict[int, Relabel] = {}
         self._lock = threading.RLock()
         self._running = False
+        self._observers: list[Callable[[], Callable[[str], Any] | None]] = []
 
     def __repr__(self) -> str:
         return (
@@ -108,6 +112,37 @@ class DefuseSession:
             f"regions={len(self.regions) if self.regions is not None else None}, "
             f"labels={len(self._labels)}, rounds={len(self._snapshots) - 1})"
         )
+
+    # ----- change events (the widgets follow the session through them) -----
+
+    def observe(self, callback: Callable[[str], Any]) -> Callable[[], None]:
+        """Call ``callback(event)`` after each change of the session's state; returns a function
+        that stops the calls.
+
+        Events (see ``EVENTS``): ``"errors"`` (identify), ``"regions"`` (distill, add_region),
+        ``"labels"``, ``"relabels"``, ``"model"`` (a completed correction round, revert). The call
+        comes from the thread that made the change. A bound method is held weakly (a widget that
+        is gone stops listening); an exception in a callback is turned into a warning.
+        """
+        if not callable(callback):
+            raise TypeError(f"callback: expected a callable, got {callback!r}")
+        ref: Callable[[], Any] = (
+            weakref.WeakMethod(callback) if hasattr(callback, "__self__") else (lambda: callback)
+        )
+        self._observers.append(ref)
+        return lambda: self._observers.remove(ref) if ref in self._observers else None
+
+    def _emit(self, *events: str) -> None:
+        for ref in list(self._observers):
+            callback = ref()
+            if callback is None:
+                self._observers.remove(ref)
+                continue
+            for event in events:
+                try:
+                    callback(event)
+                except Exception as exc:  # a broken view must not break the session
+                    warnings.warn(f"session observer failed on {event!r}: {exc!r}", stacklevel=2)
 
     def _check_models(self) -> None:
         x = self.data.x_test[:2].to(self.device)
@@ -207,6 +242,7 @@ class DefuseSession:
                 **options,
             )
             self.errors, self.regions, self._labels = errors, None, {}
+        self._emit("errors", "regions", "labels")
         return errors
 
     def distill(
@@ -227,6 +263,7 @@ class DefuseSession:
         )
         self._bind(regions)
         self.regions, self._labels = regions, {}
+        self._emit("regions", "labels")
         return regions
 
     def _bind(self, regions: RegionSet) -> None:
@@ -242,7 +279,9 @@ class DefuseSession:
         """Make a user-defined region of the errors ``error_indices``; returns its id."""
         regions = self._require_regions()
         assert self.errors is not None
-        return user_region(regions, self.errors, torch.as_tensor(error_indices)).id
+        region_id = user_region(regions, self.errors, torch.as_tensor(error_indices)).id
+        self._emit("regions")
+        return region_id
 
     # ----- labels -----
 
@@ -255,11 +294,13 @@ class DefuseSession:
         """Give a region one label: a class index, ``MODEL_IS_RIGHT`` or ``UNRECOGNIZABLE``."""
         self._require_regions().get(region_id)
         self._labels[int(region_id)] = check_label(label, self.data.num_classes)
+        self._emit("labels")
 
     def unlabel(self, region_id: int) -> None:
         """Remove a region's label (no error if it had none)."""
         self._require_regions().get(region_id)
-        self._labels.pop(int(region_id), None)
+        if self._labels.pop(int(region_id), None) is not None:
+            self._emit("labels")
 
     def export_labels(self, path: str | os.PathLike | None = None) -> dict[str, Any]:
         """Labels as a JSON-ready dict (also written to ``path`` when given)."""
@@ -305,6 +346,7 @@ class DefuseSession:
             regions.get(region_id)
             new[region_id] = check_label(value, self.data.num_classes)
         self._labels = new
+        self._emit("labels")
 
     def auto_label(self, labeler: ReferenceModelLabeler, overwrite: bool = False) -> dict[int, int]:
         """Label every region (unlabeled ones unless ``overwrite``) with an automatic labeler."""
@@ -316,6 +358,7 @@ class DefuseSession:
             sample = regions.sample(region.id, labeler.samples, purpose="label")
             new[region.id] = labeler.label_region(sample.images, sample.predictions)
         self._labels = new
+        self._emit("labels")
         return self.labels
 
     def correctable(self) -> dict[int, int]:
@@ -472,6 +515,8 @@ class DefuseSession:
                 elif current is None or current.new_label != value:
                     self._relabels[i] = Relabel(i, old, value, who, when)
                     changed += 1
+        if changed:
+            self._emit("relabels")
         return changed
 
     def unrelabel(self, indices: Sequence[int] | torch.Tensor) -> int:
@@ -479,7 +524,10 @@ class DefuseSession:
         returns how many were removed."""
         idx = check_indices(indices, len(self.data.y_train))
         with self._lock:
-            return sum(self._relabels.pop(i, None) is not None for i in idx.tolist())
+            undone = sum(self._relabels.pop(i, None) is not None for i in idx.tolist())
+        if undone:
+            self._emit("relabels")
+        return undone
 
     def confirm_audit(
         self,
@@ -555,7 +603,8 @@ class DefuseSession:
         )
         with self._lock:
             self._relabels = records if replace else {**self._relabels, **records}
-            return len(self._relabels)
+        self._emit("relabels")
+        return len(self._relabels)
 
     # ----- correct, evaluate, revert -----
 
@@ -645,6 +694,7 @@ class DefuseSession:
         record["evaluation"] = self.evaluate()
         record["seconds"] = time.perf_counter() - start
         self.history.append(record)
+        self._emit("model")
         return record
 
     def _region_sampler(
@@ -740,6 +790,7 @@ class DefuseSession:
                 raise RuntimeError("a fine-tuning round is running; cancel it before reverting")
             restore(self.classifier, self._snapshots[target])
             self.active_round = target
+        self._emit("model")
 
     # ----- persistence and widgets -----
 

@@ -179,7 +179,8 @@ function render({ model, el, host }: { model: Model; el: HTMLElement; host?: Hos
     const colors = new Map<number, string>();
     for (const r of regions()) colors.set(r.id, r.color);
     return { xy, region, labels: decode(model.get("point_labels")), confidence: decode(model.get("point_confidence")),
-      fixed: decode(model.get("point_fixed")), colors, classes: classes() };
+      fixed: decode(model.get("point_fixed")), background: decode(model.get("background_points")),
+      backgroundLabel: model.get("background_label") || "", colors, classes: classes() };
   };
   const drawMap = async (full: boolean) => {
     const start = performance.now();
@@ -244,7 +245,7 @@ function render({ model, el, host }: { model: Model; el: HTMLElement; host?: Hos
 
   const handlers: [string, () => void][] = [
     ["change:status", showStatus], ["change:error", showStatus], ["change:busy", showStatus],
-    ["change:points", onPoints], ["change:point_region", onColors], ["change:point_fixed", onColors],
+    ["change:points", onPoints], ["change:background_points", onPoints], ["change:point_region", onColors], ["change:point_fixed", onColors],
     ["change:regions", () => { onRegions(); onColors(); }], ["change:labels", onRegions],
     ["change:thumbs", onThumbs], ["change:panel", onPanel], ["change:selected_region", onSelectedRegion],
     ["change:selected_indices", onSelection], ["change:progress", onProgress], ["change:history", onHistory],

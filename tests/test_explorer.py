@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from ipywidgets import Widget
 from ipywidgets.widgets.widget import _remove_buffers
 
 import defuse_widgets as dw
@@ -24,6 +27,14 @@ def session(digits, digits_classifier, digits_vae) -> dw.DefuseSession:
     s.distill(max_regions=10)
     assert len(s.regions) >= 2
     return s
+
+
+@pytest.fixture(autouse=True)
+def _close_widgets() -> Iterator[None]:
+    """Explorers follow their session: close each test's, so later tests' session changes do
+    not reach them."""
+    yield
+    Widget.close_all()
 
 
 @pytest.fixture
@@ -174,6 +185,58 @@ def test_fine_tune_round_and_revert(widget: Explorer, session: dw.DefuseSession)
     assert session.active_round == 0
 
 
+def test_changes_made_on_the_session_show_in_the_widget(
+    widget: Explorer, session: dw.DefuseSession
+) -> None:
+    seen: list[tuple[int, Any]] = []
+    widget.on_label(lambda rid, lab: seen.append((rid, lab)))
+    a, b = widget.regions[0]["id"], widget.regions[1]["id"]
+    session.label(a, 2)
+    session.import_labels({"format": "defuse-widgets-labels", "labels": {str(a): 2, str(b): 5}})
+    assert widget.labels == {str(a): 2, str(b): 5}
+    assert seen == [(a, 2), (b, 5)]  # one callback per region whose label changed
+    session.relabel([0, 1], 3)
+    assert widget.relabel_count == len(session.relabels) >= 1
+    session.unrelabel([0, 1])
+    assert widget.relabel_count == 0
+    # a round run on the session: the widget adds it to its chart and fades the fixed errors
+    record = session.correct(steps=20)
+    widget.wait(60)
+    assert widget.history[-1]["event"] == "round" and widget.history[-1]["round"] == record["round"]
+    assert widget.history[-1]["test_accuracy"] == record["evaluation"]["test_accuracy"]
+    assert widget.point_fixed is not None and widget.busy == ""
+    session.revert()
+    widget.wait(60)
+    assert widget.history[-1]["event"] == "revert" and widget.point_fixed is None
+    # a new mixture: the widget's regions follow; the selected region, now gone, is unselected
+    widget.select_region(a)
+    session.distill(max_regions=4)
+    assert [r["id"] for r in widget.regions] == sorted(
+        (r.id for r in session.regions), key=lambda i: (-session.regions.get(i).size, i)
+    )
+    assert widget.labels == {} and seen[-2:] == [(a, None), (b, None)]
+    assert widget.selected_region in (-1, *(r.id for r in session.regions))
+    # new errors: this widget's map no longer matches; it says so and keeps its state
+    points = widget.points
+    session.identify(split="test", limit=150)
+    assert "identify ran again" in widget.error and widget.points is points
+    session.distill(max_regions=10)  # as the module's tests expect
+
+
+def test_fine_tune_waits_for_work_already_running(
+    widget: Explorer, session: dw.DefuseSession
+) -> None:
+    widget.label(widget.regions[0]["id"], widget.regions[0]["transition"][0])
+    widget._start("projecting", lambda: time.sleep(0.5))  # like a first UMAP projection
+    entry = widget.fine_tune(steps=10, block=True)  # queued behind it, not refused
+    assert widget.error == "" and not widget.running
+    assert entry is not None and entry["event"] == "round" and entry is widget.history[-1]
+    assert entry["round"] == session.active_round >= 1
+    assert widget.fine_tune(steps=10) is None  # not blocking: nothing to return yet
+    widget.cancel()
+    widget.wait(60)
+
+
 def test_second_fine_tune_and_cancel(widget: Explorer, session: dw.DefuseSession) -> None:
     widget.label(widget.regions[0]["id"], 1)
     rounds = session.rounds
@@ -210,10 +273,36 @@ def test_bad_arguments(session: dw.DefuseSession, digits, digits_classifier, dig
         Explorer(session, projection=np.zeros((3, 2)))
     with pytest.raises(ValueError, match="projection"):
         Explorer(session, projection="tsne")
+    with pytest.raises(ValueError, match="background: expected 'train'"):
+        Explorer(session, projection="pca", background="validation")
+    with pytest.raises(ValueError, match="background: needs projection"):
+        Explorer(session, projection=np.zeros((len(session.errors), 2)), background="train")
+    with pytest.raises(ValueError, match="background_limit"):
+        Explorer(session, projection="pca", background="train", background_limit=0)
     empty = dw.DefuseSession(classifier=digits_classifier, generator=digits_vae, data=digits,
                              device="cpu", progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="identify"):
         Explorer(empty)
+
+
+def test_background_of_training_images_on_the_same_map(session: dw.DefuseSession) -> None:
+    from defuse_widgets import projection
+
+    x, _ = session.data.split("train")
+    w = Explorer(session, projection="pca", background="train", background_limit=300, block=True)
+    assert w.error == "" and "300 of" in w.status
+    bg = w.background_points
+    assert bg.shape == (300, 2) and bg.dtype == np.float32
+    assert w.background_label == f"of {len(x):,} training images"
+    assert "background_points" in {p[0] for p in _remove_buffers(w.get_state())[1]}
+    # the same PCA as the errors' map: the errors' fit, applied to the subset's encoder means
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:300].sort().values
+    _, place = projection.fit(session.errors.codes, "pca")
+    assert np.allclose(bg, place(session.encode(x[idx])), atol=1e-4)
+    whole = Explorer(session, projection="pca", background="test", block=True)
+    assert whole.background_points.shape == (len(session.data.split("test")[0]), 2)
+    assert whole.background_label == "test images"
+    assert Explorer(session, projection="pca", block=True).background_points is None
 
 
 def test_given_projection_and_redisplay(session: dw.DefuseSession) -> None:

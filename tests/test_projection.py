@@ -46,6 +46,25 @@ def test_pca_and_tiny_inputs(blobs: np.ndarray) -> None:
         projection.project(np.zeros(5), "pca")
 
 
+def test_fit_places_new_codes_on_the_same_map(blobs: np.ndarray) -> None:
+    projection.clear_cache()
+    labels = np.repeat(np.arange(3), 60)
+    fit, new = blobs[::2], blobs[1::2]  # place one half on the map of the other
+    xy, place = projection.fit(fit, "umap")
+    placed = place(torch.from_numpy(new))
+    assert placed.shape == (90, 2) and placed.dtype == np.float32
+    assert np.array_equal(projection.project(fit, "umap"), xy)  # cached with its placer
+    assert projection.fit(fit, "umap")[1] is place
+    d = ((placed[:, None] - xy[None]) ** 2).sum(-1)
+    assert (labels[::2][d.argmin(1)] == labels[1::2]).mean() > 0.95
+    # PCA places with the same components: placing the fitted codes reproduces the map
+    xy, place = projection.fit(fit, "pca")
+    assert np.allclose(place(fit), xy, atol=1e-4)
+    assert place(np.zeros((0, 8), np.float32)).shape == (0, 2)
+    with pytest.raises(ValueError, match="dimension 8"):
+        place(np.zeros((3, 5), np.float32))
+
+
 def test_imaging_round_trips() -> None:
     from PIL import Image
 

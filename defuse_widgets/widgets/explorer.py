@@ -3,8 +3,11 @@
 The widget is a thin view over a :class:`~defuse_widgets.session.DefuseSession`: every action of
 the UI is a public method here (so it can be scripted and tested without a browser), state the UI
 shows lives in traits (arrays as binary buffers, see :mod:`._codec`), and long work (the UMAP
-projection, thumbnails, fine-tuning, revert, the audit) runs in one background thread at a time
-so the kernel stays responsive.
+projection, thumbnails, fine-tuning, re-evaluation, the audit) runs in one background thread, one
+job after the other (a job asked for while another runs waits in a queue), so the kernel stays
+responsive. The explorer follows the session (``session.observe``): labels, regions, relabels and
+model changes made on the session directly (``s.label``, ``s.auto_label``, ``s.correct``,
+``s.revert``...) show in the widget as they happen.
 
 The audit shows the training images inside the selected class-labeled region that carry another
 label (``session.audit``); the person confirms relabels, which the next fine-tuning round uses.
@@ -55,7 +58,6 @@ PALETTE = (
 )  # fmt: skip
 UNASSIGNED = "#b8b8b8"
 PROGRESS_INTERVAL_S = 0.1  # at most ~10 progress updates per second reach the browser
-AUDIT_WAIT_S = 5.0  # other work waits this long for a running audit (once codes are cached: ms)
 
 
 def region_color(region_id: int) -> str:
@@ -93,6 +95,12 @@ class Explorer(anywidget.AnyWidget):
     projection : "umap" or "pca", or an array (M, 2)
         How the error codes are laid out in 2-D. UMAP runs in the background (the map shows once
         it is ready) and is cached per error set; an array is used as given.
+    background : "train", "test" or None
+        Show that split's images (their encoder means, placed on the errors' map by the fitted
+        projection) as faint grey points beneath the errors: where real data lies. Needs
+        ``projection="umap"`` or ``"pca"``.
+    background_limit : int
+        At most this many images of the split (a seeded random subset) make the background.
     samples, members : int
         Fresh region samples and real member errors shown in the region panel.
     thumbnail_side : int
@@ -124,6 +132,8 @@ class Explorer(anywidget.AnyWidget):
     point_confidence = t.Any(None, allow_none=True).tag(sync=True, **array_serialization)
     point_fixed = t.Any(None, allow_none=True).tag(sync=True, **array_serialization)
     thumbs = t.Any(None, allow_none=True).tag(sync=True, **array_serialization)
+    background_points = t.Any(None, allow_none=True).tag(sync=True, **array_serialization)
+    background_label = t.Unicode("").tag(sync=True)
     regions = t.List(t.Dict()).tag(sync=True)
     labels = t.Dict().tag(sync=True)
     selected_region = t.Int(-1).tag(sync=True)
@@ -153,6 +163,8 @@ class Explorer(anywidget.AnyWidget):
         self,
         session: Any,
         projection: str | np.ndarray = "umap",
+        background: str | None = None,
+        background_limit: int = 5000,
         samples: int = 16,
         members: int = 16,
         thumbnail_side: int = 32,
@@ -181,6 +193,21 @@ class Explorer(anywidget.AnyWidget):
                 )
         elif projection not in proj.METHODS:
             raise ValueError(f"projection: expected one of {proj.METHODS}, got {projection!r}")
+        if background not in (None, "train", "test"):
+            raise ValueError(f"background: expected 'train', 'test' or None, got {background!r}")
+        if background is not None and not isinstance(projection, str):
+            raise ValueError(
+                "background: needs projection='umap' or 'pca' (a given array cannot place new "
+                "codes); pass background=None"
+            )
+        if (
+            isinstance(background_limit, bool)
+            or not isinstance(background_limit, int)
+            or (background_limit < 1)
+        ):
+            raise ValueError(
+                f"background_limit: expected a positive integer, got {background_limit!r}"
+            )
         for name, value in (("samples", samples), ("members", members)):
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}: expected a non-negative integer, got {value!r}")
@@ -194,6 +221,8 @@ class Explorer(anywidget.AnyWidget):
         self.session = session
         self._errors = errors
         self._projection = projection
+        self._background = background
+        self._background_limit = background_limit
         self._n_samples = samples
         self._n_members = members
         self._thumb_side = thumbnail_side
@@ -202,6 +231,7 @@ class Explorer(anywidget.AnyWidget):
         self._label_callbacks: list[Callable[[int, int | None], Any]] = []
         self._panel_cache: dict[tuple[int, int], dict[str, Any]] = {}
         self._job: threading.Thread | None = None
+        self._queue: list[tuple[str, Callable[[], None]]] = []  # jobs waiting for the running one
         self._job_lock = threading.Lock()
         self._token: Any = None
         self._region_eval: dict[int, dict[str, Any]] = {}
@@ -210,7 +240,6 @@ class Explorer(anywidget.AnyWidget):
         self._audit_limit = audit_limit
         self._who = str(who)
         self._audit_on = False  # set by the first open_audit(): then each labeled region audits
-        self._audit_pending = False  # an audit asked for while other work ran
         self._interp_options = dict(interpolator_options or {})
         if on_select is not None:
             self.on_select(on_select)
@@ -231,6 +260,7 @@ class Explorer(anywidget.AnyWidget):
         self.observe(self._on_selected_indices, "selected_indices")
         self.observe(self._on_selected_error, "selected_error")
         self.on_msg(self._on_custom_msg)
+        self._unobserve_session = session.observe(self._on_session_event)
         self._start("projecting", self._prepare_map)
         if block:
             self.wait()
@@ -280,22 +310,13 @@ class Explorer(anywidget.AnyWidget):
 
     def label(self, region_id: int, label: int) -> None:
         """Label a region (class index, ``MODEL_IS_RIGHT`` or ``UNRECOGNIZABLE``) in the session."""
-        self.session.label(region_id, label)  # raises before any change on bad input
-        self._sync_labels()
-        name = self._label_name(int(label))
-        self._note(f"Region {region_id} labeled: {name}.")
-        self._refresh_audit()
-        for cb in self._label_callbacks:
-            cb(int(region_id), int(label))
+        self.session.label(region_id, label)  # raises before any change; the event syncs
+        self._note(f"Region {region_id} labeled: {self._label_name(int(label))}.")
 
     def unlabel(self, region_id: int) -> None:
         """Clear a region's label."""
         self.session.unlabel(region_id)
-        self._sync_labels()
         self._note(f"Region {region_id}: label cleared.")
-        self._refresh_audit()
-        for cb in self._label_callbacks:
-            cb(int(region_id), None)
 
     def add_region(self, indices: Sequence[int] | np.ndarray | None = None) -> int:
         """Make a user-defined region of ``indices`` (default: the selection); returns its id."""
@@ -305,8 +326,6 @@ class Explorer(anywidget.AnyWidget):
         if len(indices) < 2:
             raise ValueError("indices: select at least 2 points (lasso or box) to make a region")
         region_id = int(self.session.add_region(np.asarray(indices, dtype=np.int64)))
-        self._panel_cache.clear()
-        self._sync_regions()
         self.selected_region = region_id
         self._note(f"New region {region_id} from {len(indices)} selected points.")
         return region_id
@@ -317,8 +336,10 @@ class Explorer(anywidget.AnyWidget):
         lam: float | None = None,
         lr: float | None = None,
         block: bool = False,
-    ) -> None:
-        """Start one fine-tuning round in the background (``block=True`` waits for it).
+    ) -> dict[str, Any] | None:
+        """Start one fine-tuning round in the background (after work already running, such as
+        the first projection). ``block=True`` waits for it and returns its entry of ``history``
+        (None when it was cancelled or failed: see ``error``).
 
         Raises RuntimeError when a round is already running or no region is labeled with a class,
         and ValueError on bad settings, in both cases before anything starts.
@@ -336,14 +357,20 @@ class Explorer(anywidget.AnyWidget):
         self.finetune_params = {"steps": steps_, "lam": float(lam_), "lr": float(lr_)}
         from ..correct import CancelToken
 
+        if self._scheduled("fine-tuning"):
+            raise RuntimeError("a fine-tuning round is already running: wait for it or cancel it")
         self._token = CancelToken()
+        rounds = len(self.history)
         self._start("fine-tuning", lambda: self._run_round(steps_, float(lam_), float(lr_)))
-        if block:
-            self.wait()
+        if not block:
+            return None
+        self.wait()
+        new = [e for e in self.history[rounds:] if e["event"] == "round"]
+        return new[-1] if new else None
 
     def cancel(self) -> None:
         """Cancel a running fine-tuning round (the model stays as it was before the round)."""
-        if self._token is None or not self.running:
+        if self._token is None or not self._scheduled("fine-tuning"):
             self._note("Nothing to cancel.")
             return
         self._token.cancel()
@@ -351,11 +378,9 @@ class Explorer(anywidget.AnyWidget):
 
     def revert(self, round: int | None = None, block: bool = False) -> None:
         """Restore the original weights (or those after ``round``) and re-evaluate."""
-        if self.running and self.busy == "fine-tuning":
+        if self._scheduled("fine-tuning"):
             raise RuntimeError("a fine-tuning round is running: cancel it before reverting")
-        self.session.revert(round)  # raises before any change
-        self._panel_cache.clear()
-        self._start("reverting", lambda: self._after_model_change("revert"))
+        self.session.revert(round)  # raises before any change; its event re-evaluates
         if block:
             self.wait()
 
@@ -415,7 +440,6 @@ class Explorer(anywidget.AnyWidget):
                 raise ValueError("label: no audit is open; pass label= or call open_audit() first")
             label = int(self.audit["label"])
         changed = int(self.session.relabel(idx, int(label), who=self._who))
-        self._sync_relabels()
         name = self._label_name(int(label))
         self._note(
             f"Relabeled {changed} training image{'s' * (changed != 1)} as {name}; "
@@ -428,7 +452,6 @@ class Explorer(anywidget.AnyWidget):
         many were undone."""
         idx = self._audit_targets(indices)
         undone = int(self.session.unrelabel(idx))
-        self._sync_relabels()
         self._note(
             f"Undid {undone} relabel{'s' * (undone != 1)}; "
             f"{self.relabel_count} confirmed relabel{'s' * (self.relabel_count != 1)} in all."
@@ -448,16 +471,53 @@ class Explorer(anywidget.AnyWidget):
 
     @property
     def running(self) -> bool:
-        """Whether background work (projection, fine-tuning, revert) is in progress."""
-        return self._job is not None and self._job.is_alive()
+        """Whether background work (projection, fine-tuning, evaluation, audit) is in progress."""
+        job = self._job
+        return job is not None and job.is_alive()
 
     def wait(self, timeout: float | None = None) -> None:
-        """Wait for the background work to end; re-raise nothing (errors are in ``self.error``)."""
+        """Wait for the background work (and the jobs queued behind it) to end; re-raise nothing
+        (errors are in ``self.error``)."""
         job = self._job
-        if job is not None:
+        if job is not None and job is not threading.current_thread():
             job.join(timeout)
 
     # ----- state from the session -----
+
+    def _on_session_event(self, event: str) -> None:
+        """Follow a change made on the session (by this widget or directly)."""
+        if self.session.errors is not self._errors:
+            self._note("", "The session has new errors (identify ran again): this explorer shows "
+                       "the old ones; show s.explorer() again.")  # fmt: skip
+            return
+        if event == "regions":
+            self._panel_cache.clear()
+            self._sync_regions()
+            rid = self.selected_region
+            if rid >= 0 and rid not in {r["id"] for r in self.regions}:
+                self.selected_region = -1
+            elif rid >= 0:
+                self._send_panel(rid)
+        elif event == "labels":
+            before = {int(k): v for k, v in self.labels.items()}
+            self._sync_labels()
+            after = self.session.labels
+            self._refresh_audit()
+            for rid in sorted(before.keys() | after.keys()):
+                if before.get(rid) != after.get(rid):
+                    for cb in self._label_callbacks:
+                        cb(rid, after.get(rid))
+        elif event == "relabels":
+            self._sync_relabels()
+        elif event == "model" and threading.current_thread() is not self._job:
+            s = self.session
+            last = s.history[-1] if s.history else {}
+            if s.active_round and last.get("round") == s.active_round:  # a round just ended
+                what, ev = "round", last.get("evaluation")  # measured by the round: reuse it
+            else:
+                what, ev = "revert", None
+            self._panel_cache.clear()
+            self._start("evaluating", lambda: self._after_model_change(what, ev))
 
     def _require_regions(self) -> Any:
         regions = getattr(self.session, "regions", None)
@@ -570,10 +630,7 @@ class Explorer(anywidget.AnyWidget):
         if self._job is threading.current_thread():
             self._run_audit()
             return
-        try:
-            self._start("auditing", self._run_audit)
-        except RuntimeError:  # other work runs: audit when it ends
-            self._audit_pending = True
+        self._start("auditing", self._run_audit)
 
     def _clear_audit(self) -> None:
         if self.audit is not None:
@@ -582,7 +639,6 @@ class Explorer(anywidget.AnyWidget):
             self.audit_selection = np.zeros(0, np.int32)
 
     def _run_audit(self) -> None:
-        self._audit_pending = False
         for _ in range(3):  # the selection may move on while a slow first audit runs
             key = self._audit_key()
             if key is None:
@@ -672,57 +728,77 @@ class Explorer(anywidget.AnyWidget):
         child = self.interpolator
         if child is not None:
             child.close()
+        stop = getattr(self, "_unobserve_session", None)  # absent when __init__ refused its input
+        if stop is not None:
+            stop()
         super().close()
 
     # ----- background work -----
 
-    def _start(self, what: str, fn: Callable[[], None]) -> None:
-        if what != "auditing" and self.busy == "auditing":
-            self.wait(AUDIT_WAIT_S)  # an audit that follows a click is quick: let it end
+    def _scheduled(self, what: str) -> bool:
+        """Whether a job named ``what`` runs or waits in the queue."""
         with self._job_lock:
-            if self.running:
-                if self.busy == "fine-tuning":
-                    raise RuntimeError(
-                        "a fine-tuning round is already running: wait for it or cancel it"
-                    )
-                raise RuntimeError(
-                    f"the explorer is busy ({self.busy or 'working'}); try again soon"
-                )
+            return (self.running and self.busy == what) or any(w == what for w, _ in self._queue)
+
+    def _start(self, what: str, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the background thread now, or after the work already there (a job of
+        the same name already waiting is replaced: it would redo the same work)."""
+        with self._job_lock:
+            if self._job is not None:  # the runner is alive: it takes the job when free
+                self._queue = [(w, f) for w, f in self._queue if w != what] + [(what, fn)]
+                return
             self.busy = what
             self.error = ""
-            self._job = threading.Thread(target=self._guard, args=(what, fn), daemon=True)
+            self._job = threading.Thread(target=self._run_jobs, args=(what, fn), daemon=True)
             self._job.start()
 
-    def _guard(self, what: str, fn: Callable[[], None]) -> None:
-        try:
-            fn()
-            if self._audit_pending:
-                what = "auditing"
+    def _run_jobs(self, what: str, fn: Callable[[], None]) -> None:
+        while True:
+            try:
+                fn()
+            except Exception as exc:
+                self._note("", f"{what.capitalize()} failed: {type(exc).__name__}: {exc}")
+            finally:
+                if self.progress.get("running"):
+                    self.progress = {**self.progress, "running": False}
+            with self._job_lock:
+                if not self._queue:
+                    self._job = None
+                    self.busy = ""
+                    return
+                what, fn = self._queue.pop(0)
                 self.busy = what
-                self._run_audit()
-        except Exception as exc:
-            self._note("", f"{what.capitalize()} failed: {type(exc).__name__}: {exc}")
-        finally:
-            if self.progress.get("running"):
-                self.progress = {**self.progress, "running": False}
-            self.busy = ""
 
     def _prepare_map(self) -> None:
         codes = self._errors.codes
         m = len(codes)
+        place = None
         if isinstance(self._projection, str):
             method = self._projection
-            hit = proj.cached(codes, method)
-            if hit is None:
+            if proj.cached(codes, method) is None:
                 self._note(f"Projecting {m:,} errors ({method.upper()})…")
-                hit = proj.project(codes, method, progress=lambda msg: self._note(msg.capitalize()))
-            xy = hit
+            xy, place = proj.fit(codes, method, progress=lambda msg: self._note(msg.capitalize()))
         else:
             xy = np.asarray(self._projection, dtype=np.float32)
         self.points = np.ascontiguousarray(xy, dtype=np.float32)
         self._note(f"{m:,} errors, {len(self.regions)} regions.")
         self._send_thumbnails()
         self._baseline()
+        if self._background is not None and place is not None:
+            self._place_background(self._background, place)
+
+    def _place_background(self, split: str, place: Callable[[Any], np.ndarray]) -> None:
+        x, _ = self.session.data.split(split)
+        n = min(len(x), self._background_limit)
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n].sort().values
+        name = "training images" if split == "train" else f"{split} images"
+        what = name if n == len(x) else f"of {len(x):,} {name}"
+        self._note(f"Placing {n:,} {what} on the map…")
+        xy = place(self.session.encode(x[idx]))
+        self.background_label = what
+        self.background_points = np.ascontiguousarray(xy, dtype=np.float32)
+        self._note(f"{len(self._errors):,} errors, {len(self.regions)} regions; {n:,} {what} "
+                   "in faint grey.")  # fmt: skip
 
     def _send_thumbnails(self) -> None:
         c, h, w = self.session.data.image_shape

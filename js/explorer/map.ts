@@ -1,12 +1,14 @@
-// The error map: one WebGL scatter (scattergl) of the 2-D projection, colored by region.
+// The error map: one WebGL scatter (scattergl) of the 2-D projection, colored by region, over an
+// optional faint trace of dataset images' codes placed on the same map (no hover, not selectable).
 import Plotly from "plotly.js-gl2d-dist-min";
 import { Arr, imageURL } from "./codec";
 
 export const GREY = "#b8b8b8";
+const BACKGROUND = { color: "#7f7f7f", opacity: 0.15 };
 
 export type MapData = {
   xy: Arr; region: Arr; labels: Arr | null; confidence: Arr | null; fixed: Arr | null;
-  colors: Map<number, string>; classes: string[];
+  background: Arr | null; backgroundLabel: string; colors: Map<number, string>; classes: string[];
 };
 
 export type MapHandlers = {
@@ -14,6 +16,13 @@ export type MapHandlers = {
   onSelect(indices: Int32Array | null): void;
   thumb(index: number): Promise<Arr | null>;
 };
+
+/** x and y columns of an (n, 2) array. */
+function columns(a: Arr): [Float32Array, Float32Array] {
+  const n = a.shape[0], xs = new Float32Array(n), ys = new Float32Array(n);
+  for (let i = 0; i < n; i++) { xs[i] = a.data[2 * i]; ys[i] = a.data[2 * i + 1]; }
+  return [xs, ys];
+}
 
 function webglOK(): boolean {
   try {
@@ -33,6 +42,8 @@ export class ErrorMap {
   private observer: ResizeObserver;
   private overlay: HTMLCanvasElement;
   private markerSize = 7;
+  private errorTrace = 0; // index of the error trace (1 when a background trace lies beneath it)
+  private note: HTMLElement;
   private traceType = webglOK() ? "scattergl" : "scatter";
 
   constructor(parent: HTMLElement, private h: MapHandlers) {
@@ -48,7 +59,9 @@ export class ErrorMap {
     this.overlay = document.createElement("canvas");
     this.overlay.style.cssText = "position:absolute;left:0;top:0;pointer-events:none";
     this.overlay.setAttribute("aria-hidden", "true");
-    this.root.append(this.plot, this.overlay, this.tip);
+    this.note = document.createElement("div");
+    this.note.className = "dfx-map-note";
+    this.root.append(this.plot, this.overlay, this.tip, this.note);
     parent.append(this.root);
     // the widget's element may not be in the page (or sized) yet at the first draw
     this.observer = new ResizeObserver(() => this.resize());
@@ -107,18 +120,30 @@ export class ErrorMap {
     ctx.stroke();
   }
 
+  private backgroundTrace(bg: Arr, size: number): object {
+    const [xs, ys] = columns(bg);
+    const marker = { color: BACKGROUND.color, opacity: BACKGROUND.opacity, size: Math.max(2, size - 2) };
+    return { type: this.traceType, mode: "markers", x: xs, y: ys, hoverinfo: "skip", marker,
+      selected: { marker: { opacity: BACKGROUND.opacity } }, unselected: { marker: { opacity: BACKGROUND.opacity } } };
+  }
+
   async render(d: MapData): Promise<void> {
     this.data = d;
     const n = d.region.data.length;
-    const xs = new Float32Array(n), ys = new Float32Array(n);
-    for (let i = 0; i < n; i++) { xs[i] = d.xy.data[2 * i]; ys[i] = d.xy.data[2 * i + 1]; }
+    const [xs, ys] = columns(d.xy);
     const size = n > 20000 ? 3 : n > 2000 ? 5 : 7;
     this.markerSize = size;
     this.computeHighlight();
+    const bg = d.background && d.background.data.length ? d.background : null;
     const traces = [
+      ...(bg ? [this.backgroundTrace(bg, size)] : []),
       { type: this.traceType, mode: "markers", x: xs, y: ys, hoverinfo: "none",
         marker: { color: this.colorArray(d), opacity: this.opacityArray(d), size } },
     ];
+    this.errorTrace = traces.length - 1;
+    const nb = bg ? bg.shape[0] : 0;
+    this.note.textContent = nb ? `Faint grey: ${nb.toLocaleString("en-US")} ${d.backgroundLabel}` : "";
+    this.root.dataset.background = String(nb);
     const layout = {
       width: this.root.clientWidth || undefined, height: this.root.clientHeight || undefined, autosize: true,
       margin: { l: 20, r: 10, t: 10, b: 20 }, showlegend: false, dragmode: "lasso", hovermode: "closest",
@@ -142,7 +167,7 @@ export class ErrorMap {
   async recolor(d: MapData): Promise<void> {
     if (!this.ready) return this.render(d);
     this.data = d;
-    await Plotly.restyle(this.plot, { "marker.color": [this.colorArray(d)], "marker.opacity": [this.opacityArray(d)] }, [0]);
+    await Plotly.restyle(this.plot, { "marker.color": [this.colorArray(d)], "marker.opacity": [this.opacityArray(d)] }, [this.errorTrace]);
     await this.setSelectedRegion(this.selectedRegion);
   }
 
@@ -157,24 +182,24 @@ export class ErrorMap {
     if (!this.ready) return;
     // show a Python-made selection; an empty one clears the lasso highlight
     const sel = indices && indices.length ? Array.from(indices) : null;
-    if (sel) Plotly.restyle(this.plot, { selectedpoints: [sel] }, [0]);
-    else Plotly.update(this.plot, { selectedpoints: [null] }, { selections: [] }, [0]);
+    if (sel) Plotly.restyle(this.plot, { selectedpoints: [sel] }, [this.errorTrace]);
+    else Plotly.update(this.plot, { selectedpoints: [null] }, { selections: [] }, [this.errorTrace]);
   }
 
   private bind(): void {
     const gd: any = this.plot;
     gd.on("plotly_click", (ev: any) => {
-      const p = ev?.points?.find((q: any) => q.curveNumber === 0);
+      const p = ev?.points?.find((q: any) => q.curveNumber === this.errorTrace);
       if (p) this.h.onClickPoint(p.pointIndex ?? p.pointNumber);
     });
     gd.on("plotly_selected", (ev: any) => {
       if (!ev) { this.h.onSelect(null); return; }
-      const idx = (ev.points || []).filter((q: any) => q.curveNumber === 0).map((q: any) => q.pointIndex ?? q.pointNumber);
+      const idx = (ev.points || []).filter((q: any) => q.curveNumber === this.errorTrace).map((q: any) => q.pointIndex ?? q.pointNumber);
       this.h.onSelect(Int32Array.from(idx));
     });
     gd.on("plotly_deselect", () => this.h.onSelect(null));
     gd.on("plotly_hover", (ev: any) => {
-      const p = ev?.points?.find((q: any) => q.curveNumber === 0);
+      const p = ev?.points?.find((q: any) => q.curveNumber === this.errorTrace);
       if (p) this.showTip(p.pointIndex ?? p.pointNumber, ev.event);
     });
     gd.on("plotly_afterplot", () => this.drawOverlay());

@@ -11,6 +11,7 @@ export const CSS = `
 @keyframes dfxspin { to { transform: rotate(360deg); } }
 .dfx-map { position: relative; height: 460px; border: 1px solid var(--jp-border-color2, #ddd); }
 .dfx-map-plot { width: 100%; height: 100%; }
+.dfx-map-note { position: absolute; left: 24px; bottom: 22px; font-size: 11px; color: #777; pointer-events: none; }
 .dfx-tip { position: absolute; pointer-events: none; background: #fff; border: 1px solid #888; padding: 4px;
   font-size: 12px; z-index: 10; box-shadow: 0 1px 4px rgba(0,0,0,.3); display: none; }
 .dfx-tip img { display: block; width: 64px; height: 64px; image-rendering: pixelated; }

@@ -32,17 +32,19 @@ def _setup_cells(paths: dict[str, Path]) -> list[str]:
         "                     progress=False)\n"
         's.identify(split="test", limit=200)\n'
         "s.distill(max_regions=20)\n"
-        'w = s.explorer(steps=40, projection="pca")  # UMAP: tests/test_projection.py\n'
+        'w = s.explorer(steps=40, projection="pca", background="train")  # UMAP: test_projection\n'
         "w",
     ]
 
 
 def _point_position(page: Any) -> tuple[float, float]:
-    """Page coordinates of an error point on the map (via plotly's axes)."""
+    """Page coordinates of an error point on the map (via plotly's axes; the errors are the last
+    trace, above the faint background of training images)."""
     pos = page.evaluate(
         """() => {
           const gd = document.querySelector('[aria-label="Error map"] .js-plotly-plot');
-          const t = gd.data[0], L = gd._fullLayout, box = gd.getBoundingClientRect();
+          const t = gd.data[gd.data.length - 1], L = gd._fullLayout;
+          const box = gd.getBoundingClientRect();
           const i = Math.floor(t.x.length / 2);
           return [box.left + L._size.l + L.xaxis.l2p(t.x[i]),
                   box.top + L._size.t + L.yaxis.l2p(t.y[i])];
@@ -65,6 +67,12 @@ def test_explorer_end_to_end(
     emap = page.locator('[aria-label="Error map"][data-points]')
     emap.wait_for(timeout=150_000)
     assert int(emap.get_attribute("data-points") or 0) > 10
+    # the training images' codes, placed on the same map, as a faint background trace
+    page.wait_for_function(
+        "() => Number(document.querySelector('[aria-label=\"Error map\"]').dataset.background) > 0",
+        timeout=60_000,
+    )
+    page.get_by_text(re.compile(r"^Faint grey: [\d,]+ training images$")).wait_for(timeout=5_000)
     wait_kernel_idle(page)
     page.wait_for_function(
         "() => document.querySelector('[data-metric=\"test_accuracy\"]') !== null", timeout=60_000
