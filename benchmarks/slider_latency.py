@@ -97,6 +97,50 @@ STOP_FINETUNE = """tok.cancel(); ft.join(); print("stopped", w.stats["peak_in_fl
 
 ROOT_SEL = ".dw-interp"
 
+# --trace-ws: timestamps at the page's kernel WebSocket (Jupyter's v1 binary protocol), to split
+# "up" and "down" into the browser's own share and the server + kernel share.
+WS_TRACE = """(() => {
+  const log = { out: {}, in: {}, protocol: [] };
+  window.__dwWs = log;
+  const dec = new TextDecoder();
+  function content(buf) {
+    const dv = new DataView(buf), n = Number(dv.getBigUint64(0, true));
+    const off = (i) => Number(dv.getBigUint64(8 * (i + 1), true));
+    if (n < 6) return null;
+    const channel = dec.decode(new Uint8Array(buf, off(0), off(1) - off(0)));
+    const c = JSON.parse(dec.decode(new Uint8Array(buf, off(4), off(5) - off(4))));
+    return { channel, data: c && c.data };
+  }
+  const Base = window.WebSocket;
+  class Traced extends Base {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("open", () => log.protocol.push(this.protocol));
+      this.addEventListener("message", (ev) => {
+        const t = performance.now();
+        if (!(ev.data instanceof ArrayBuffer)) return;
+        try {
+          const m = content(ev.data);
+          const c = m && m.data && m.data.content;
+          if (c && c.type === "frame") log.in[c.seq] = t;
+        } catch (e) {}
+      });
+    }
+    send(data) {
+      try {
+        const buf = data instanceof ArrayBuffer ? data : data.buffer;
+        const m = buf && content(buf);
+        const d = m && m.data;
+        const msg = d && d.content && d.content.type === "request" ? d.content : null;
+        const req = d && ((d.state && d.state.request) || msg);
+        if (req && req.id !== undefined) log.out[req.id] = performance.now();
+      } catch (e) {}
+      return super.send(data);
+    }
+  }
+  window.WebSocket = Traced;
+})()"""
+
 
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
@@ -212,7 +256,46 @@ def drag(
             k: _percentile([b[k] for b in st["breakdown"]], 0.5)
             for k in ("wait", "up", "queue", "kernel", "down", "paint")
         },
+        **_ws_split(page, st["breakdown"]),
         "late_events": late,
+    }
+
+
+def _ws_split(page: Any, breakdown: list[dict[str, float]]) -> dict[str, Any]:
+    """With --trace-ws: p50 of page -> socket (``page_out``), socket -> kernel (``net_up``),
+    kernel -> socket (``net_down``) and socket -> widget handler (``page_in``), in ms."""
+    log = page.evaluate("() => window.__dwWs || null")
+    if not log:
+        return {}
+    origin = page.evaluate("() => performance.timeOrigin")
+    rows = []
+    for b in breakdown:
+        out, got = log["out"].get(str(b["id"])), log["in"].get(str(b["seq"]))
+        if out is None or got is None:
+            continue
+        sent, received, k_received, k_sent = b["at"]
+        rows.append(
+            {
+                "page_out": out - sent,
+                "net_up": k_received - (origin + out),
+                "net_down": origin + got - k_sent,
+                "page_in": received - got,
+            }
+        )
+    keys = ("page_out", "net_up", "net_down", "page_in")
+    return {
+        "ws_protocol": log["protocol"],
+        "ws_frames": len(rows),
+        **{
+            f"ws_split_p{round(100 * q)}_ms": {
+                k: _percentile([r[k] for r in rows], q) for k in keys
+            }
+            for q in (0.5, 0.9)
+        },
+        "breakdown_p90_ms": {
+            k: _percentile([b[k] for b in breakdown], 0.9)
+            for k in ("wait", "up", "queue", "kernel", "down", "paint")
+        },
     }
 
 
@@ -235,6 +318,8 @@ def run_dataset(
     _wait_final(page)
     setup = e2e.cell_output_text(page, 0).splitlines()[0]
     print(f"[{name}] {setup}", flush=True)
+    if args.kernel_code:
+        e2e.run_new_cell(page, f"{args.kernel_code}\nprint('KERNEL-CODE')", expect="KERNEL-CODE")
     drag(page, 30, args.rate, 0.0, 0.5, args.driver)  # warm-up, not reported
     rows = []
     for phase in ("idle", "fine-tuning"):
@@ -258,8 +343,8 @@ def run_dataset(
     return rows
 
 
-def run_lab(name: str, nodelay: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Start a JupyterLab (with the TCP_NODELAY extension or not) and benchmark one dataset."""
+def run_lab(name: str, extension: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Start a JupyterLab (with the latency server extension or not) and benchmark one dataset."""
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory(prefix="slider-latency-") as tmp:
@@ -269,7 +354,7 @@ def run_lab(name: str, nodelay: str, args: argparse.Namespace) -> list[dict[str,
         # takes precedence, turns it on or off for this server
         cfg = root / "config"
         cfg.mkdir()
-        exts = {"defuse_widgets.jupyter_nodelay": nodelay == "on"}
+        exts = {"defuse_widgets.jupyter_latency": extension == "on"}
         (cfg / "jupyter_server_config.json").write_text(
             json.dumps({"ServerApp": {"jpserver_extensions": exts}})
         )
@@ -286,6 +371,8 @@ def run_lab(name: str, nodelay: str, args: argparse.Namespace) -> list[dict[str,
             with sync_playwright() as p:
                 browser = e2e.launch_browser(p)
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                if args.trace_ws:
+                    page.add_init_script(WS_TRACE)
                 try:
                     return run_dataset(page, url, root, name, args)
                 finally:
@@ -309,16 +396,24 @@ def main() -> None:
     ap.add_argument("--fashion-train", type=int, default=3000, help="Fashion-MNIST subset size")
     ap.add_argument("--no-finetune", action="store_true")
     ap.add_argument(
+        "--kernel-code",
+        default="",
+        help="Python run in the kernel before the drags, e.g. 'w.throttle_ms = 0' (experiments)",
+    )
+    ap.add_argument(
+        "--trace-ws", action="store_true", help="also time messages at the page's WebSocket"
+    )
+    ap.add_argument(
         "--finetune-threads",
         type=int,
         default=0,
         help="torch threads of the fine-tuning thread (0: torch's default)",
     )
     ap.add_argument(
-        "--nodelay",
+        "--extension",
         choices=["on", "off", "both"],
         default="both",
-        help="serve with the defuse_widgets.jupyter_nodelay server extension (TCP_NODELAY)",
+        help="serve with the defuse_widgets.jupyter_latency server extension",
     )
     ap.add_argument(
         "--driver",
@@ -330,16 +425,16 @@ def main() -> None:
         "--transport",
         nargs="+",
         choices=["trait", "message"],
-        default=["trait"],
-        help="how slider values reach the kernel",
+        default=["message"],
+        help="how slider values reach the kernel (the widget's default: message)",
     )
     args = ap.parse_args()
 
     rows: list[dict[str, Any]] = []
-    modes = ["off", "on"] if args.nodelay == "both" else [args.nodelay]
-    for nodelay in modes:
+    modes = ["off", "on"] if args.extension == "both" else [args.extension]
+    for extension in modes:
         for name in args.datasets:  # a fresh JupyterLab per run: no restored workspace
-            rows += [{"nodelay": nodelay, **r} for r in run_lab(name, nodelay, args)]
+            rows += [{"extension": extension, **r} for r in run_lab(name, extension, args)]
 
     print(
         f"\nload average {os.getloadavg()[0]:.1f} (1 min) at the end; "
@@ -349,7 +444,7 @@ def main() -> None:
         f"{args.finetune_threads or 'default'} (medians over drags below)"
     )
     cols = [
-        "nodelay",
+        "extension",
         "dataset",
         "phase",
         "transport",
@@ -367,7 +462,7 @@ def main() -> None:
     ]
     print(" | ".join(cols))
     summary = []
-    keys = ("nodelay", "dataset", "phase", "transport")
+    keys = ("extension", "dataset", "phase", "transport")
     groups = sorted(
         {tuple(r[k] for k in keys) for r in rows},
         key=lambda g: (g[0], args.datasets.index(g[1]), g[2] != "idle", g[3]),

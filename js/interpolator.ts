@@ -4,7 +4,9 @@
 // the input event's timestamp); the kernel answers with "frame" custom messages carrying raw
 // uint8 pixels as a binary buffer and the echoed id/timestamp. The newest frame received is
 // painted in requestAnimationFrame on a small canvas scaled with `image-rendering: pixelated`;
-// older unpainted frames are dropped; the painted frame's seq goes back as an "ack" message.
+// older unpainted frames are dropped. Acks name the newest frame received: it is painted in the
+// next animation frame unless a newer one supersedes it, so the browser never queues more than
+// one frame, and the kernel's frame slot frees up without waiting for the paint.
 import { drawPixels, toPixels, type ArrayMsg } from "./interpolator/pixels";
 import { Stats } from "./interpolator/stats";
 
@@ -111,14 +113,15 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
   let pendingFrame: { msg: FrameMsg; pixels: Uint8Array } | null = null;
   let rafHandle: number | undefined;
   let painted = 0;
-  // Acks ride on the next request (every request carries the newest painted seq; acks are
+  let consumed = 0; // newest frame received (painted, or to be painted in the next animation frame)
+  // Acks ride on the next request (every request carries the newest consumed seq; acks are
   // cumulative); a separate "ack" message goes only when no request followed within ACK_DELAY_MS.
   // During a drag this saves one kernel message (and its busy/idle pair) per frame.
   const ACK_DELAY_MS = 20;
   let ackTimer: number | undefined;
   function flushAck(): void {
     ackTimer = undefined;
-    model.send({ type: "ack", seq: painted });
+    model.send({ type: "ack", seq: consumed });
   }
   let barFills: HTMLElement[] = [];
   let barRows: HTMLElement[] = [];
@@ -178,16 +181,19 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
   function send(): void {
     trailing = undefined;
     if (!latest) return;
-    const req = { id: latest.id, t: latest.t, values: latest.values, view, ack: painted };
-    if (ackTimer !== undefined) {
-      clearTimeout(ackTimer);
-      ackTimer = undefined;
-    }
-    if (model.get("transport") === "message") {
+    const req = { id: latest.id, t: latest.t, values: latest.values, view, ack: consumed };
+    const pipelined = model.get("transport") === "message";
+    if (pipelined) {
       const now = performance.now();
       for (const [id, at] of outstanding) if (now - at > 1000) outstanding.delete(id); // lost
       if (outstanding.size >= Number(model.get("max_requests"))) return; // sent on next frame
       outstanding.set(req.id, now);
+    }
+    if (ackTimer !== undefined) {
+      clearTimeout(ackTimer); // this request carries the ack
+      ackTimer = undefined;
+    }
+    if (pipelined) {
       model.send({ type: "request", ...req });
     } else {
       model.set("request", req);
@@ -280,25 +286,25 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
     root.dataset.paintedId = msg.view === view ? String(msg.id) : root.dataset.paintedId ?? "";
     root.dataset.paintedValues = JSON.stringify(msg.values);
     root.dataset.prediction = String(msg.prediction);
-    if (model.get("transport") === "message") flushAck(); // its requests wait for frames
-    else if (ackTimer === undefined) ackTimer = window.setTimeout(flushAck, ACK_DELAY_MS);
+    if (ackTimer === undefined) ackTimer = window.setTimeout(flushAck, ACK_DELAY_MS);
   }
 
   function onCustom(msg: any, buffers: DataView[]): void {
     if (!msg || msg.type !== "frame") return;
     const frame = msg as FrameMsg;
     stats.received(frame, performance.now());
+    if (frame.seq <= consumed) {
+      stats.dropped += 1; // older than what is on screen or about to be
+    } else {
+      if (pendingFrame) stats.dropped += 1; // superseded before it was painted
+      pendingFrame = { msg: frame, pixels: toPixels(buffers[0]) };
+      consumed = frame.seq;
+      if (rafHandle === undefined) rafHandle = requestAnimationFrame(paint);
+    }
     if (frame.view === view) {
       for (const id of outstanding.keys()) if (id <= frame.id) outstanding.delete(id);
-      if (latest && trailing === undefined) send();
+      if (latest && trailing === undefined) send(); // carries the ack of this frame
     }
-    if (frame.seq <= painted) {
-      stats.dropped += 1; // older than what is on screen
-      return;
-    }
-    if (pendingFrame) stats.dropped += 1; // superseded before it was painted
-    pendingFrame = { msg: frame, pixels: toPixels(buffers[0]) };
-    if (rafHandle === undefined) rafHandle = requestAnimationFrame(paint);
   }
 
   function onValues(): void {

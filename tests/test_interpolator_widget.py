@@ -312,6 +312,20 @@ def test_browser_traits_drive_the_protocol_and_errors_show(session: DefuseSessio
     w._on_message(w, {"type": "other"}, [])
 
 
+def test_request_messages_are_the_default_transport(session: DefuseSession) -> None:
+    w, sent = _widget(session, 0)
+    assert w.transport == "message" and w.max_requests == 2 and w.throttle_ms == 0
+    for i, v in enumerate((0.2, 0.3, 0.4), start=1):  # the browser pipelines up to 2 of these
+        msg = {"type": "request", "id": i, "t": float(i), "values": [v], "view": "v"}
+        w._on_message(w, msg, [])
+    assert [f["id"] for f in sent.frames] == [1, 2]  # the third waits for a frame slot
+    # the next request acknowledges what the browser received: the waiting one is superseded
+    msg = {"type": "request", "id": 4, "t": 4.0, "values": [0.5], "view": "v", "ack": 2}
+    w._on_message(w, msg, [])
+    assert [f["id"] for f in sent.frames] == [1, 2, 4] and w.stats["superseded"] == 1
+    assert w.last_values == (0.5,) and w.stats["acked"] == 2
+
+
 def test_show_moves_the_sliders_from_python(session: DefuseSession) -> None:
     w, sent = _widget(session, region=session.regions.regions[0].id, k=2)  # type: ignore[union-attr]
     assert w.show(1.0, -0.5) is True

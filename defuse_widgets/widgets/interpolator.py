@@ -10,16 +10,21 @@ Three modes, all one widget:
 
 Frame protocol (back-pressure as in jupyter_rfb)
 ------------------------------------------------
-The browser writes only its latest slider values to the ``request`` trait
-(``{"id", "t", "values", "view"}``, throttled; ipywidgets coalesces trait updates while the
-kernel is busy). The kernel keeps one pending request (newest wins; an older pending one is
-counted as ``superseded``, one older than the last seen id of its view as ``stale``) and renders it
-once fewer than ``max_in_flight`` frames are unacknowledged. A frame is a custom message
+The browser sends only its latest slider values, as ``{"type": "request", "id", "t", "values",
+"view", "ack"}`` custom messages with at most ``max_requests`` (2) unanswered; newer values wait
+in the browser, the latest replacing the rest (``transport="trait"`` writes them to the
+``request`` trait instead, which ipywidgets holds while one update is unanswered). ``throttle_ms``
+can space requests further.
+The kernel keeps one pending request (newest wins; an older pending one is counted as
+``superseded``, one older than the last seen id of its view as ``stale``) and renders it once
+fewer than ``max_in_flight`` frames are unacknowledged. A frame is a custom message
 ``{"type": "frame", "seq", "id", "t", ...}`` with the raw pixels as one binary buffer (uint8,
 (H, W, C)); ``id`` and ``t`` are echoed so the browser can measure input -> paint latency. The
 browser paints the newest frame it has in ``requestAnimationFrame`` (older unpainted ones are
-dropped). Each request carries ``ack``, the newest frame painted, which acknowledges that frame
-and every earlier one; when no request follows a paint within 20 ms the browser sends
+dropped). Each request carries ``ack``, the newest frame received, which acknowledges that frame
+and every earlier one (a received frame is painted in the next animation frame unless a newer one
+supersedes it, so the browser holds at most one frame and a kernel frame slot need not wait for
+the paint); when no request follows a paint within 20 ms the browser sends
 ``{"type": "ack", "seq"}`` as a custom message instead (never through a trait, so an ack never
 waits behind a request in ipywidgets' one-sync-in-flight throttle). During a drag this saves a
 kernel message per frame. The final position after a drag is always rendered: the last request
@@ -117,10 +122,12 @@ class Interpolator(anywidget.AnyWidget):
     Attributes
     ----------
     render_threads : CPU threads for one frame (default 1; 0 leaves torch's setting alone).
-    transport : how the browser sends slider values: ``"trait"`` (default; the ``request`` trait,
-        one sync in flight, coalesced by ipywidgets) or ``"message"`` (custom messages, at most
-        ``max_requests`` unanswered, coalesced by the widget itself: pipelined, so lower latency
-        when the round trip, not the render, dominates).
+    throttle_ms : the least time between two requests from the browser (default 0: as fast as
+        the kernel answers; the frame protocol alone keeps the kernel from being flooded).
+    transport : how the browser sends slider values: ``"message"`` (default; custom messages, at
+        most ``max_requests`` unanswered, the latest value waiting in the browser: pipelined) or
+        ``"trait"`` (the ``request`` trait: ipywidgets holds each update until the kernel is idle
+        after the previous one, a full round trip; measured ~10 ms slower at the median).
 
     Examples
     --------
@@ -139,10 +146,10 @@ class Interpolator(anywidget.AnyWidget):
     values = traitlets.List(traitlets.Float()).tag(sync=True)
     request = traitlets.Dict().tag(sync=True, echo_update=False)
     error = traitlets.Unicode("").tag(sync=True)
-    throttle_ms = traitlets.Float(12.0).tag(sync=True)
+    throttle_ms = traitlets.Float(0.0).tag(sync=True)
     max_in_flight = traitlets.Int(2).tag(sync=True)
     render_threads = traitlets.Int(1)
-    transport = traitlets.Enum(("trait", "message"), "trait").tag(sync=True)
+    transport = traitlets.Enum(("trait", "message"), "message").tag(sync=True)
     max_requests = traitlets.Int(2).tag(sync=True)
 
     def __init__(
@@ -500,7 +507,7 @@ class Interpolator(anywidget.AnyWidget):
         return self._pump()
 
     def acknowledge(self, seq: int) -> None:
-        """The browser painted frame ``seq`` (and so consumed every earlier frame)."""
+        """The browser received frame ``seq`` (and so consumed every earlier frame)."""
         self._check_open()
         if isinstance(seq, bool) or not isinstance(seq, (int, np.integer)) or seq < 0:
             raise ValueError(f"ack: expected a non-negative frame number, got {seq!r}")
@@ -567,14 +574,16 @@ class Interpolator(anywidget.AnyWidget):
 
     def _handle_request(self, req: dict[str, Any]) -> None:
         try:
-            if req.get("ack"):  # the newest frame painted, carried with the request
-                self.acknowledge(req["ack"])
-            self.submit(
-                req.get("values"),
-                request_id=req.get("id"),
-                timestamp=req.get("t", 0.0),
-                view=str(req.get("view", "browser")),
-            )
+            try:
+                self.submit(
+                    req.get("values"),
+                    request_id=req.get("id"),
+                    timestamp=req.get("t", 0.0),
+                    view=str(req.get("view", "browser")),
+                )
+            finally:  # the ack (newest frame received) after the submit: a request that the
+                if req.get("ack"):  # new one supersedes is then never rendered
+                    self.acknowledge(req["ack"])
             if self.error:
                 self.error = ""
         except (ValueError, RuntimeError) as exc:

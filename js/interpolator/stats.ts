@@ -11,6 +11,9 @@ export interface FrameInfo {
 
 /** Where the time of one painted frame went (ms): see Stats.painted. */
 export interface Breakdown {
+  id: number; // the request's input id
+  seq: number; // the frame's number
+  at: number[]; // raw clocks: [request sent, frame received] (page ms), [received, sent] (kernel, epoch ms)
   wait: number; // input event -> request handed to the widget manager (throttle)
   up: number; // -> kernel received it (ipywidgets coalescing, server, ZMQ, kernel queue)
   queue: number; // -> render started (waiting for a frame slot)
@@ -69,6 +72,9 @@ export class Stats {
     if (sent !== undefined && recv !== undefined && k && k.length === 3) {
       const origin = performance.timeOrigin;
       this.breakdown.push({
+        id: frame.id,
+        seq: frame.seq,
+        at: [sent, recv, k[0], k[2]],
         wait: sent - frame.t,
         up: k[0] - (origin + sent),
         queue: k[1] - k[0],
