@@ -3,8 +3,9 @@
 Renders the explorer on digits, hovers a point (thumbnail), clicks it (the interpolation panel
 opens; its slider changes the decoded frame), opens a region, labels it (the session
 has the label), fine-tunes one round (progress reaches the end, numbers change), reverts (the
-original accuracy returns), audits a class-labeled region (relabel one training image, undo)
-and saves a screenshot (``docs/explorer.png`` with ``DEFUSE_UPDATE_DOCS=1``).
+original accuracy returns), audits a class-labeled region (relabel one training image, undo),
+follows a label and a fine-tuning round made on the session directly, and saves a screenshot
+(``docs/explorer.png`` with ``DEFUSE_UPDATE_DOCS=1``).
 """
 
 from __future__ import annotations
@@ -225,6 +226,20 @@ def test_explorer_end_to_end(
     assert "RELABELS {}" in run_new_cell(
         page, "print('RELABELS', dict(s.relabels))", expect="RELABELS"
     )
+
+    # changes made on the session itself, not through the widget, show in the page
+    region_name = """(rid) => [...document.querySelectorAll('.dfx-list button')]
+        .map((b) => b.getAttribute('aria-label')).find((n) => n.startsWith(`Region ${rid}: `))"""
+    run_new_cell(page, f"s.unlabel({rid2}); print('UNLABELED')", expect="UNLABELED")
+    page.wait_for_function(f"(rid) => /unlabeled$/.test(({region_name})(rid))", arg=rid2)
+    src = f"s.label({rid2}, {cls}); print('ROUND', s.correct(steps=20)['round'])"
+    assert run_new_cell(page, src, expect="ROUND", timeout=120).split()[-1] == "2"
+    page.wait_for_function(
+        """() => /Round 2 done/.test(document.querySelector('.dfx-status').textContent)""",
+        timeout=60_000,
+    )
+    assert _metric(page, "rounds") == "Rounds: 2"
+    assert re.search(r"label: ", page.evaluate(region_name, rid2))
 
 
 @pytest.fixture(autouse=True)
