@@ -7,6 +7,7 @@ import math
 import os
 import threading
 import time
+import types
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -121,13 +122,15 @@ class DefuseSession:
 
         Events (see ``EVENTS``): ``"errors"`` (identify), ``"regions"`` (distill, add_region),
         ``"labels"``, ``"relabels"``, ``"model"`` (a completed correction round, revert). The call
-        comes from the thread that made the change. A bound method is held weakly (a widget that
-        is gone stops listening); an exception in a callback is turned into a warning.
+        comes from the thread that made the change. A method of a Python object is held weakly (a
+        widget that is gone stops listening); an exception in a callback becomes a warning.
         """
         if not callable(callback):
             raise TypeError(f"callback: expected a callable, got {callback!r}")
         ref: Callable[[], Any] = (
-            weakref.WeakMethod(callback) if hasattr(callback, "__self__") else (lambda: callback)
+            weakref.WeakMethod(callback)
+            if isinstance(callback, types.MethodType)
+            else (lambda: callback)
         )
         self._observers.append(ref)
         return lambda: self._observers.remove(ref) if ref in self._observers else None

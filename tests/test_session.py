@@ -148,3 +148,45 @@ def test_session_does_not_touch_the_shared_models(
     s.correct(steps=2, batch_size=8)
     for k, v in digits_classifier.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+def test_observers_get_each_change_and_can_stop(
+    digits_classifier: nn.Module, digits_vae: nn.Module, digits: dw.ImageDataset
+) -> None:
+    s = ready_session(digits_classifier, digits_vae, digits)
+    seen: list[str] = []
+    stop = s.observe(seen.append)
+    rid = s.regions.regions[0].id  # type: ignore[union-attr]
+    s.label(rid, 1)
+    s.unlabel(rid)
+    s.unlabel(rid)  # no label left: nothing changed, no event
+    s.relabel([0], (int(s.data.y_train[0]) + 1) % 10)
+    s.unrelabel([0])
+    s.revert()
+    assert seen == ["labels", "labels", "relabels", "relabels", "model"]
+
+    class View:  # a widget-like observer, held weakly
+        def __init__(self) -> None:
+            self.events: list[str] = []
+
+        def on_event(self, event: str) -> None:
+            self.events.append(event)
+
+    view = View()
+    s.observe(view.on_event)
+    s.add_region([0, 1, 2])
+    assert view.events == ["regions"] and seen[-1] == "regions"
+    del view  # gone: the session drops it at the next change
+    stop()  # and this one stops listening
+    s.distill(max_regions=4)
+    assert seen[-1] == "regions" and s._observers == []
+
+    def broken(event: str) -> None:
+        raise RuntimeError("view is gone")
+
+    s.observe(broken)
+    with pytest.warns(UserWarning, match="session observer failed on 'labels'"):
+        s.label(s.regions.regions[0].id, 2)  # type: ignore[union-attr]
+    assert s.labels == {s.regions.regions[0].id: 2}  # type: ignore[union-attr]
+    with pytest.raises(TypeError, match="callback"):
+        s.observe("not callable")  # type: ignore[arg-type]
