@@ -259,9 +259,10 @@ function render({ model, el, host }: { model: Model; el: HTMLElement; host?: Hos
   onClasses(); onThumbs(); showStatus(); onParams(); onProgress(); onRegions(); onAudit(); onRelabels(); onInterp();
   panel.setSelectionCount(decode(model.get("selected_indices"))?.data.length ?? 0);
   drawMap(true).then(onSelection).then(onHistory); // the map first, then the small chart
-  model.send({ kind: "hello" }); // lets Python know a view exists (and re-send lazily made state)
+  model.send({ kind: "hello" }); // Python counts the views shown (and catches up on what it deferred)
 
   return () => {
+    try { model.send({ kind: "bye" }); } catch { /* the model is already closed */ }
     for (const [ev, cb] of handlers) model.off(ev, cb);
     model.off("msg:custom", onMsg);
     for (const t of pending.values()) clearTimeout(t);

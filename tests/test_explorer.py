@@ -223,6 +223,24 @@ def test_changes_made_on_the_session_show_in_the_widget(
     session.distill(max_regions=10)  # as the module's tests expect
 
 
+def test_an_explorer_without_views_catches_up_when_shown(
+    widget: Explorer, session: dw.DefuseSession
+) -> None:
+    widget.label(widget.regions[0]["id"], widget.regions[0]["transition"][0])
+    widget._on_custom_msg(widget, {"kind": "hello"}, [])
+    widget._on_custom_msg(widget, {"kind": "bye"}, [])  # its cell re-ran: no view left
+    entries = len(widget.history)
+    session.correct(steps=10)
+    widget.wait(60)
+    assert len(widget.history) == entries and widget.point_fixed is None  # deferred
+    widget._on_custom_msg(widget, {"kind": "hello"}, [])  # shown again: it catches up
+    widget.wait(60)
+    assert widget.history[-1]["event"] == "round" and widget.point_fixed is not None
+    session.revert()  # with a view shown, at once
+    widget.wait(60)
+    assert widget.history[-1]["event"] == "revert"
+
+
 def test_fine_tune_waits_for_work_already_running(
     widget: Explorer, session: dw.DefuseSession
 ) -> None:

@@ -27,7 +27,9 @@ Browser -> kernel: traits ``selected_region``, ``selected_indices``, ``selected_
 ``finetune_params`` and custom messages ``{"kind": "label" | "unlabel" | "add_region" |
 "finetune" | "cancel" | "revert" | "audit" | "relabel" | "unrelabel" | "thumb", "id": n, ...}``;
 each action is answered ``{"kind": "ack", "id": n, "ok", "message"}`` so the page never waits on
-a kernel that is gone.
+a kernel that is gone. Each view says ``{"kind": "hello"}`` when shown and ``{"kind": "bye"}`` when
+removed (its cell re-ran or was cleared): an explorer with no view left defers re-evaluating after
+a model change until it is shown again, so explorers of earlier cell runs cost nothing.
 """
 
 from __future__ import annotations
@@ -232,6 +234,9 @@ class Explorer(anywidget.AnyWidget):
         self._panel_cache: dict[tuple[int, int], dict[str, Any]] = {}
         self._job: threading.Thread | None = None
         self._queue: list[tuple[str, Callable[[], None]]] = []  # jobs waiting for the running one
+        self._views = 0  # views shown in the page ("hello" / "bye" from the front end)
+        self._views_seen = False
+        self._deferred: tuple[str, dict[str, Any] | None] | None = None  # a model change to show
         self._job_lock = threading.Lock()
         self._token: Any = None
         self._region_eval: dict[int, dict[str, Any]] = {}
@@ -517,6 +522,9 @@ class Explorer(anywidget.AnyWidget):
             else:
                 what, ev = "revert", None
             self._panel_cache.clear()
+            if self._views_seen and not self._views:  # not shown (its cell re-ran): on next show
+                self._deferred = (what, ev)
+                return
             self._start("evaluating", lambda: self._after_model_change(what, ev))
 
     def _require_regions(self) -> Any:
@@ -723,6 +731,14 @@ class Explorer(anywidget.AnyWidget):
         else:
             self._note(f"Error {i}: interpolation from its source image.")
 
+    def _count_view(self, shown: bool) -> None:
+        """Count the page's views; a model change while none was shown is caught up on now."""
+        self._views = self._views + 1 if shown else max(0, self._views - 1)
+        self._views_seen = True
+        if shown and self._deferred is not None:
+            (what, ev), self._deferred = self._deferred, None
+            self._start("evaluating", lambda: self._after_model_change(what, ev))
+
     def close(self) -> None:
         """Close the explorer and its interpolation panel's widget."""
         child = self.interpolator
@@ -911,6 +927,9 @@ class Explorer(anywidget.AnyWidget):
         if not isinstance(content, dict):
             return
         kind = content.get("kind")
+        if kind in ("hello", "bye"):
+            self._count_view(kind == "hello")
+            return
         if kind == "thumb":
             index = int(content.get("index", -1))
             if 0 <= index < len(self._errors):
