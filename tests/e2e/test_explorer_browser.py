@@ -241,6 +241,15 @@ def test_explorer_end_to_end(
     assert _metric(page, "rounds") == "Rounds: 2"
     assert re.search(r"label: ", page.evaluate(region_name, rid2))
 
+    # the kernel counts the views in the page: a second view says hello, and bye once removed
+    run_new_cell(page, "h = display(w, display_id=True); print('SHOWN')", expect="SHOWN")
+    page.wait_for_function("() => document.querySelectorAll('.dfx').length === 2", timeout=30_000)
+    assert run_new_cell(page, "print('VIEWS', w._views)", expect="VIEWS").split()[-1] == "2"
+    run_new_cell(page, "h.update('replaced'); print('UPDATED')", expect="UPDATED")
+    page.wait_for_function("() => document.querySelectorAll('.dfx').length === 1", timeout=30_000)
+    page.wait_for_timeout(500)
+    assert run_new_cell(page, "print('VIEWS', w._views)", expect="VIEWS").split()[-1] == "1"
+
 
 @pytest.fixture(autouse=True)
 def _skip_without_built_js() -> None:
