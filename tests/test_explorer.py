@@ -415,12 +415,11 @@ def test_relabel_and_undo_from_python_and_the_browser(
     assert _ack(widget)["ok"] is True and session.relabels == {} and widget.relabel_count == 0
     widget._on_custom_msg(widget, {"kind": "relabel", "indices": [], "id": 4}, [])
     assert _ack(widget)["ok"] is False and "select" in widget.error
-    # select all, and relabels made on the session directly show after refresh()
+    # select all, and relabels made on the session directly show at once
     widget.select_audit("all")
     assert widget.audit_selection.tolist() == widget.audit["indices"].tolist()
     session.relabel([first], label)
-    widget.refresh()
-    assert widget.relabel_count == 1
+    assert widget.relabel_count == 1 and widget.audit_labels[pos] == label
 
 
 def test_fine_tune_states_and_uses_the_relabels(

@@ -464,8 +464,8 @@ class Explorer(anywidget.AnyWidget):
         return undone
 
     def refresh(self) -> None:
-        """Re-read regions, labels and relabels from the session (after changes made on it
-        directly)."""
+        """Re-read regions, labels and relabels from the session and rebuild the panel and audit
+        (rarely needed: the explorer follows the session's change events)."""
         self._panel_cache.clear()
         self._sync_regions()
         self._sync_labels()
