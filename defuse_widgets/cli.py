@@ -13,9 +13,10 @@ from typing import Any
 import torch
 
 from .data import ImageDataset, load_dataset
+from .jsonio import nan_to_none
 from .labels import ReferenceModelLabeler, label_name
 from .models import load_model, save_model, train_classifier, train_vae
-from .session import DefuseSession, nan_to_none
+from .session import DefuseSession
 
 # The demo classifier is deliberately quick (narrow, few epochs) so it has real, unplanted bugs;
 # the reference labeler is a wider model trained longer, standing in for a person.

@@ -9,6 +9,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from .inference import evaluating
+
 EncodeOutput = tuple[torch.Tensor, torch.Tensor | None]
 
 
@@ -104,23 +106,6 @@ def _split_encoding(out: Any) -> EncodeOutput:
         "generator.encode: expected the encoder to return mu or (mu, logvar) tensors, "
         f"got {type(out).__name__}"
     )
-
-
-@contextmanager
-def evaluating(*modules: nn.Module) -> Iterator[None]:
-    """Put modules in eval mode inside the block and restore every submodule's own mode after.
-
-    ``Module.train(mode)`` sets the mode recursively, so restoring only the outer modules would
-    put a child that was in eval mode (e.g. a VAE wrapped in a user's module) in train mode.
-    """
-    modes = [(sub, sub.training) for m in modules for sub in m.modules()]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for sub, mode in modes:
-            sub.training = mode
 
 
 def as_generator(

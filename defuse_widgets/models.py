@@ -257,24 +257,6 @@ def train_classifier(
     return model.eval()
 
 
-@torch.inference_mode()
-def predict_labels(model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """(n,) predicted classes on the CPU, in eval mode, batched."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    preds = [model(x.to(dev)).argmax(1).cpu() for x in images.split(batch_size)]
-    model.train(was_training)
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
-    """Fraction of ``x`` (N, C, H, W) that ``model`` classifies as ``y`` (N,)."""
-    if len(x) == 0:
-        return float("nan")
-    return float((predict_labels(model, x, batch_size) == y.cpu()).float().mean())
-
-
 _MODEL_CLASSES: dict[str, type[nn.Module]] = {"ConvVAE": ConvVAE, "SmallCNN": SmallCNN}
 
 

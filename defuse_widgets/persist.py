@@ -13,6 +13,7 @@ from .audit import validate_records
 from .data import ImageDataset, load_dataset
 from .distill import Mixture, Region, RegionSet
 from .identify import ERROR_FIELDS, ErrorSet
+from .jsonio import nan_to_none
 from .labels import check_label
 
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ def dataset_fingerprint(data: ImageDataset) -> dict[str, Any]:
 
 def save_session(session: DefuseSession, path: Path) -> Path:
     """Write ``session`` to the directory ``path`` (created; existing session files replaced)."""
-    from .session import nan_to_none
 
     path.mkdir(parents=True, exist_ok=True)
     weights = {

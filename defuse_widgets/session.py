@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 import time
@@ -46,8 +45,9 @@ from .device import resolve_device
 from .distill import DEFAULT_SCALE, RegionSet, fit_regions, robust_cholesky, user_region
 from .generative import as_classifier, as_generator, check_logits
 from .identify import ErrorSet, identify
+from .inference import predict_labels
+from .jsonio import nan_to_none  # noqa: F401  (moved; re-exported until callers move)
 from .labels import UNRECOGNIZABLE, ReferenceModelLabeler, check_label, label_name
-from .models import predict_labels
 
 EVAL_SAMPLES = 200
 EVENTS = ("errors", "regions", "labels", "relabels", "model")
@@ -828,14 +828,3 @@ class DefuseSession:
         from .widgets.interpolator import Interpolator
 
         return Interpolator(self, *args, **options)
-
-
-def nan_to_none(value: Any) -> Any:
-    """JSON has no NaN: replace NaN floats (recursively) with None."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [nan_to_none(v) for v in value]
-    return value

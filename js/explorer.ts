@@ -1,7 +1,7 @@
 // The error explorer widget (anywidget ESM): map + region list + region panel + fine-tuning.
 // State lives in the Python model's traits; actions go to Python as custom messages and are
 // acknowledged, so the UI never waits forever on a kernel that is gone.
-import { Arr, decode, encode, Wire } from "./explorer/codec";
+import { Arr, decode, encode, Wire } from "./common/codec";
 import { ErrorMap, MapData } from "./explorer/map";
 import { RegionInfo, RegionList, RegionPanel } from "./explorer/regions";
 import { FineTune, Params, Progress, Round } from "./explorer/finetune";

@@ -20,7 +20,7 @@ from defuse_widgets.correct import (
     restore,
     snapshot,
 )
-from defuse_widgets.models import predict_labels
+from defuse_widgets.inference import predict_labels
 
 STEPS = 4
 SMALL = {"steps": STEPS, "batch_size": 16}

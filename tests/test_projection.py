@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
@@ -65,9 +63,7 @@ def test_fit_places_new_codes_on_the_same_map(blobs: np.ndarray) -> None:
         place(np.zeros((3, 5), np.float32))
 
 
-def test_imaging_round_trips() -> None:
-    from PIL import Image
-
+def test_imaging_converts_and_downsamples() -> None:
     x = torch.rand(5, 1, 8, 8)
     u8 = imaging.to_uint8(x)
     assert u8.shape == (5, 8, 8, 1) and u8.dtype == np.uint8
@@ -75,10 +71,8 @@ def test_imaging_round_trips() -> None:
     rgb = imaging.to_uint8(torch.rand(2, 3, 32, 32))
     assert imaging.downsample(rgb, 16).shape == (2, 16, 16, 3)
     assert imaging.downsample(u8, 32) is u8
-    png = imaging.png_bytes(x[0], scale=4)
-    assert Image.open(io.BytesIO(png)).size == (32, 32)
-    sheet = imaging.sprite_sheet(x, columns=3)
-    assert sheet.shape == (16, 24, 1)
-    assert np.array_equal(sheet[8:16, 0:8], u8[3])
+    block = np.zeros((1, 4, 4, 1), np.uint8)
+    block[0, :2, :2] = 200
+    assert imaging.downsample(block, 2)[0, :, :, 0].tolist() == [[200, 0], [0, 0]]
     with pytest.raises(ValueError, match="images"):
         imaging.to_uint8(torch.zeros(8, 8))

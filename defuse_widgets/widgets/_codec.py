@@ -2,7 +2,7 @@
 
 ipywidgets sends any ``memoryview``/``bytes`` found inside a trait value as a binary buffer, so
 arrays travel as raw bytes (never JSON lists of floats). The JS side reads them with
-a DataView over ``value.buffer`` (see ``js/explorer/codec.ts``).
+a DataView over ``value.buffer`` (see ``js/common/codec.ts``).
 Use as ``Dict(allow_none=True).tag(sync=True, **array_serialization)``.
 """
 

@@ -48,7 +48,7 @@ import traitlets as t
 
 from .. import projection as proj
 from ..imaging import downsample, to_uint8
-from ..session import nan_to_none
+from ..jsonio import nan_to_none
 from ._audit import audit_payload, current_labels
 from ._codec import array_serialization, array_to_json
 from .interpolator import Interpolator

@@ -1,6 +1,6 @@
 // Audit section of the region panel: the training images inside the selected class-labeled region
 // that carry another label (a gallery with checkboxes), relabel / undo, and the relabel count.
-import { Arr, decode, imageURL, Wire } from "./codec";
+import { Arr, decode, imageURL, Wire } from "../common/codec";
 
 export type AuditHandlers = {
   open(rid: number): void;

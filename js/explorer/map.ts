@@ -1,7 +1,7 @@
 // The error map: one WebGL scatter (scattergl) of the 2-D projection, colored by region, over an
 // optional faint trace of dataset images' codes placed on the same map (no hover, not selectable).
 import Plotly from "plotly.js-gl2d-dist-min";
-import { Arr, imageURL } from "./codec";
+import { Arr, imageURL } from "../common/codec";
 
 export const GREY = "#b8b8b8";
 const BACKGROUND = { color: "#7f7f7f", opacity: 0.15 };

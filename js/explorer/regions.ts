@@ -1,5 +1,5 @@
 // Region list (sorted by size) and the region panel (gallery + labeling controls).
-import { Arr, decode, imageURL, Wire } from "./codec";
+import { Arr, decode, imageURL, Wire } from "../common/codec";
 
 export type RegionInfo = {
   id: number; color: string; size: number; weight: number; transition: [number, number];
