@@ -132,8 +132,7 @@ WS_TRACE = """(() => {
         const m = buf && content(buf);
         const d = m && m.data;
         const msg = d && d.content && d.content.type === "request" ? d.content : null;
-        const req = d && ((d.state && d.state.request) || msg);
-        if (req && req.id !== undefined) log.out[req.id] = performance.now();
+        if (msg && msg.id !== undefined) log.out[msg.id] = performance.now();
       } catch (e) {}
       return super.send(data);
     }
@@ -328,16 +327,11 @@ def run_dataset(
                 break
             src = START_FINETUNE.format(ft_threads=args.finetune_threads)
             e2e.run_new_cell(page, src, expect="fine-tuning True", timeout=120)
-        for transport in args.transport:
-            src = f'w.transport = "{transport}"; print("transport", w.transport)'
-            e2e.run_new_cell(page, src, expect=f"transport {transport}", timeout=60)
-            for r in range(args.repeats):
-                start, end = (0.0, 1.0) if r % 2 == 0 else (1.0, 0.0)
-                res = drag(page, args.positions, args.rate, start, end, args.driver)
-                rows.append(
-                    {"dataset": name, "phase": phase, "transport": transport, "repeat": r, **res}
-                )
-                print(f"[{name}] {phase} {transport} #{r}: {json.dumps(res)}", flush=True)
+        for r in range(args.repeats):
+            start, end = (0.0, 1.0) if r % 2 == 0 else (1.0, 0.0)
+            res = drag(page, args.positions, args.rate, start, end, args.driver)
+            rows.append({"dataset": name, "phase": phase, "repeat": r, **res})
+            print(f"[{name}] {phase} #{r}: {json.dumps(res)}", flush=True)
         if phase == "fine-tuning":
             e2e.run_new_cell(page, STOP_FINETUNE, expect="stopped", timeout=120)
     return rows
@@ -398,7 +392,7 @@ def main() -> None:
     ap.add_argument(
         "--kernel-code",
         default="",
-        help="Python run in the kernel before the drags, e.g. 'w.throttle_ms = 0' (experiments)",
+        help="Python run in the kernel before the drags, e.g. 'w.render_threads = 2' (experiments)",
     )
     ap.add_argument(
         "--trace-ws", action="store_true", help="also time messages at the page's WebSocket"
@@ -421,13 +415,6 @@ def main() -> None:
         default="page",
         help="page: input events paced in the page; mouse: Playwright moves",
     )
-    ap.add_argument(
-        "--transport",
-        nargs="+",
-        choices=["trait", "message"],
-        default=["message"],
-        help="how slider values reach the kernel (the widget's default: message)",
-    )
     args = ap.parse_args()
 
     rows: list[dict[str, Any]] = []
@@ -447,7 +434,6 @@ def main() -> None:
         "extension",
         "dataset",
         "phase",
-        "transport",
         "p50_ms",
         "p95_ms",
         "input_p50_ms",
@@ -462,10 +448,10 @@ def main() -> None:
     ]
     print(" | ".join(cols))
     summary = []
-    keys = ("extension", "dataset", "phase", "transport")
+    keys = ("extension", "dataset", "phase")
     groups = sorted(
         {tuple(r[k] for k in keys) for r in rows},
-        key=lambda g: (g[0], args.datasets.index(g[1]), g[2] != "idle", g[3]),
+        key=lambda g: (g[0], args.datasets.index(g[1]), g[2] != "idle"),
     )
     for group in groups:
         sel = [r for r in rows if tuple(r[k] for k in keys) == group]

@@ -1,7 +1,7 @@
 """Latent interpolation: paths between codes, flip points along a path, region directions.
 
 Pure functions over tensors (no widget imports). They run on whatever device their inputs live on;
-nothing here copies to the host except :func:`find_flips`, which returns a small Python summary.
+only the scans copy to the host: their class probabilities (n, K) and a small summary of the flips.
 
 Examples
 --------
@@ -19,6 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from .checks import in_range, is_number, positive_int, positive_number
+from .inference import batched
 
 Decode = Callable[[torch.Tensor], torch.Tensor]
 Classify = Callable[[torch.Tensor], torch.Tensor]
@@ -43,14 +46,9 @@ def check_position(name: str, value: float, low: float, high: float) -> float:
     >>> check_position("t", 0.5, 0.0, 1.0)
     0.5
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}: expected a number in [{low:g}, {high:g}], got {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name}: expected a finite number in [{low:g}, {high:g}], got {v}")
-    if not low <= v <= high:
-        raise ValueError(f"{name}: expected a number in [{low:g}, {high:g}], got {v:g}")
-    return v
+    if is_number(value) and not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number in [{low:g}, {high:g}], got {value}")
+    return in_range(name, float(value) if is_number(value) else value, low, high)
 
 
 def lerp(start: torch.Tensor, end: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
@@ -78,8 +76,7 @@ def interpolation_path(
     start: torch.Tensor, end: torch.Tensor, num: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``num`` evenly spaced positions in [0, 1] and their codes, shapes (num,) and (num, d)."""
-    if isinstance(num, bool) or not isinstance(num, int) or num < 2:
-        raise ValueError(f"num: expected an integer >= 2, got {num!r}")
+    positive_int("num", num, minimum=2)
     start = _as_code("start", start)
     t = torch.linspace(0.0, 1.0, num, device=start.device, dtype=start.dtype)
     return t, lerp(start, end, t)
@@ -164,7 +161,7 @@ class Flip:
 
 @dataclass(frozen=True)
 class PathScan:
-    """Classifier output at evenly spaced points of a path: positions (n,), probs (n, K)."""
+    """Classifier output at evenly spaced points of a path: positions (n,), probs (n, K) (CPU)."""
 
     positions: torch.Tensor
     probs: torch.Tensor
@@ -195,15 +192,21 @@ def find_flips(positions: torch.Tensor, predictions: torch.Tensor) -> tuple[Flip
     )
 
 
-@torch.inference_mode()
 def scan_codes(
     decode: Decode, classify: Classify, codes: torch.Tensor, batch_size: int = 256
 ) -> torch.Tensor:
-    """Decode and classify codes (n, d) in batches; return class probabilities (n, K) on device."""
+    """Decode and classify codes (n, d) in batches on their device; probabilities (n, K) on the CPU.
+
+    Runs under ``torch.inference_mode()`` through :func:`~defuse_widgets.inference.batched`.
+    """
     if codes.ndim != 2 or len(codes) == 0:
         raise ValueError(f"codes: expected a non-empty (n, d) tensor, got {tuple(codes.shape)}")
-    out = [classify(decode(chunk)).float().softmax(dim=1) for chunk in codes.split(batch_size)]
-    return torch.cat(out)
+    return batched(
+        lambda chunk: classify(decode(chunk)).float().softmax(dim=1),
+        codes,
+        device=codes.device,
+        batch_size=batch_size,
+    )
 
 
 def scan_path(
@@ -216,10 +219,11 @@ def scan_path(
     """Classify ``num`` points of the straight path ``start`` -> ``end`` in one batched pass.
 
     ``decode`` maps codes (n, d) to images, ``classify`` images to logits (n, K); both run on the
-    codes' device under ``torch.inference_mode()``.
+    codes' device under ``torch.inference_mode()``; the scan itself is on the CPU.
     """
     t, codes = interpolation_path(start, end, num)
     probs = scan_codes(decode, classify, codes)
+    t = t.cpu()
     return PathScan(t, probs, find_flips(t, probs.argmax(dim=1)))
 
 
@@ -237,10 +241,8 @@ def scan_directions(
     All ``k * num`` codes are decoded and classified in one batched pass; one :class:`PathScan`
     per direction, with positions in standard deviations.
     """
-    if isinstance(num, bool) or not isinstance(num, int) or num < 2:
-        raise ValueError(f"num: expected an integer >= 2, got {num!r}")
-    if not math.isfinite(limit) or limit <= 0:
-        raise ValueError(f"limit: expected a positive number of standard deviations, got {limit}")
+    positive_int("num", num, minimum=2)
+    positive_number("limit", limit)
     mean = _as_code("mean", mean)
     k = directions.shape[0]
     pos = torch.linspace(-limit, limit, num, device=mean.device, dtype=mean.dtype)
@@ -249,4 +251,5 @@ def scan_directions(
     coef[idx, :, idx] = pos
     codes = direction_codes(mean, directions, scales, coef.reshape(k * num, k))
     probs = scan_codes(decode, classify, codes).reshape(k, num, -1)
+    pos = pos.cpu()
     return [PathScan(pos, p, find_flips(pos, p.argmax(dim=1))) for p in probs]

@@ -1,29 +1,42 @@
 // Live latent interpolation: the browser side of the frame protocol (see widgets/interpolator.py).
 //
-// Sliders write only their latest values to the `request` trait (throttled, with an input id and
-// the input event's timestamp); the kernel answers with "frame" custom messages carrying raw
-// uint8 pixels as a binary buffer and the echoed id/timestamp. The newest frame received is
-// painted in requestAnimationFrame on a small canvas scaled with `image-rendering: pixelated`;
-// older unpainted frames are dropped. Acks name the newest frame received: it is painted in the
-// next animation frame unless a newer one supersedes it, so the browser never queues more than
-// one frame, and the kernel's frame slot frees up without waiting for the paint.
-import { drawPixels, toPixels, type ArrayMsg } from "./interpolator/pixels";
+// Sliders send only their latest values as "request" custom messages (an input id and the input
+// event's timestamp), at most `max_requests` unanswered; the kernel answers with "frame" custom
+// messages carrying raw uint8 pixels as a binary buffer and the echoed id/timestamp. The newest
+// frame received is painted in requestAnimationFrame on a small canvas scaled with
+// `image-rendering: pixelated`; older unpainted frames are dropped. Acks name the newest frame
+// received: it is painted in the next animation frame unless a newer one supersedes it, so the
+// browser never queues more than one frame, and the kernel's frame slot frees up without waiting
+// for the paint. Styles come from widgets/interpolator.css (the widget's `_css`).
+import type { RenderProps } from "@anywidget/types";
+import { bytesOf, drawPixels, type Wire } from "./common/codec";
 import { Stats } from "./interpolator/stats";
-
-interface Model {
-  get(name: string): any;
-  set(name: string, value: unknown): void;
-  save_changes(): void;
-  send(content: unknown, callbacks?: unknown, buffers?: ArrayBuffer[]): void;
-  on(event: string, cb: (...args: any[]) => void): void;
-  off(event: string, cb: (...args: any[]) => void): void;
-}
 
 interface SliderSpec {
   label: string;
   min: number;
   max: number;
   step: number;
+}
+
+interface Marker {
+  slider: number;
+  position: number;
+  text: string;
+}
+
+/** The synced traits of widgets/interpolator.py's Interpolator. */
+interface Traits {
+  mode: "path" | "directions";
+  title: string;
+  classes: string[];
+  sliders: SliderSpec[];
+  panels: { label: string; image: Wire }[];
+  markers: Marker[];
+  values: number[];
+  error: string;
+  max_in_flight: number;
+  max_requests: number;
 }
 
 interface FrameMsg {
@@ -42,34 +55,6 @@ interface FrameMsg {
 
 const FRAME_PX = 256;
 
-const CSS = `
-.dw-interp { font: 13px/1.4 system-ui, sans-serif; color: #222; max-width: 760px; }
-.dw-interp .dw-title { font-weight: 600; margin-bottom: 6px; }
-.dw-interp .dw-panels { display: flex; gap: 12px; margin-bottom: 8px; flex-wrap: wrap; }
-.dw-interp figure { margin: 0; text-align: center; font-size: 11px; }
-.dw-interp canvas { image-rendering: pixelated; image-rendering: crisp-edges; display: block;
-  background: #000; }
-.dw-interp .dw-main { display: flex; gap: 16px; align-items: flex-start; }
-.dw-interp .dw-bars { flex: 1; min-width: 220px; }
-.dw-interp .dw-bar-row { display: grid; grid-template-columns: 90px 1fr 44px; gap: 6px;
-  align-items: center; height: 20px; }
-.dw-interp .dw-bar-label { overflow: hidden; text-overflow: ellipsis; white-space: nowrap;
-  text-align: right; }
-.dw-interp .dw-bar { background: #eee; height: 14px; position: relative; }
-.dw-interp .dw-bar-fill { background: #4c78a8; height: 100%; width: 0; }
-.dw-interp .dw-bar-row.dw-top .dw-bar-fill { background: #e45756; }
-.dw-interp .dw-bar-value { font-variant-numeric: tabular-nums; font-size: 11px; }
-.dw-interp .dw-slider { display: grid; grid-template-columns: 90px 1fr 60px; gap: 6px;
-  align-items: center; margin-top: 8px; }
-.dw-interp .dw-track { position: relative; }
-.dw-interp .dw-track input { width: 100%; margin: 0; }
-.dw-interp .dw-marker { position: absolute; top: -9px; width: 3px; height: 9px;
-  background: #e45756; transform: translateX(-1.5px); border-radius: 1px; }
-.dw-interp .dw-flips { color: #555; font-size: 12px; margin-top: 2px; }
-.dw-interp .dw-status { margin-top: 6px; min-height: 18px; }
-.dw-interp .dw-error { color: #b00020; min-height: 0; }
-`;
-
 function el<K extends keyof HTMLElementTagNameMap>(
   tag: K,
   cls: string,
@@ -81,10 +66,9 @@ function el<K extends keyof HTMLElementTagNameMap>(
   return node;
 }
 
-function render({ model, el: host }: { model: Model; el: HTMLElement }): () => void {
+function render({ model, el: host }: RenderProps<Traits>): () => void {
   const view = Math.random().toString(36).slice(2, 10);
   const root = el("div", "dw-interp", host);
-  el("style", "", root).textContent = CSS;
   const title = el("div", "dw-title", root);
   const panels = el("div", "dw-panels", root);
   const main = el("div", "dw-main", root);
@@ -103,12 +87,10 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
   errorBox.setAttribute("role", "alert");
 
   const stats = new Stats();
-  (root as any).__dwStats = stats;
+  (root as HTMLElement & { __dwStats?: Stats }).__dwStats = stats; // read by tests and the benchmark
   let inputs: HTMLInputElement[] = [];
   let outputs: HTMLOutputElement[] = [];
   let inputId = 0;
-  let lastSent = -Infinity;
-  let trailing: number | undefined;
   let latest: { id: number; t: number; values: number[] } | null = null;
   let pendingFrame: { msg: FrameMsg; pixels: Uint8Array } | null = null;
   let rafHandle: number | undefined;
@@ -134,7 +116,7 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
     barRows = [];
     barValues = [];
     barMeters = [];
-    for (const name of model.get("classes") as string[]) {
+    for (const name of model.get("classes")) {
       const row = el("div", "dw-bar-row", bars);
       el("span", "dw-bar-label", row).textContent = name;
       const meter = el("div", "dw-bar", row);
@@ -152,7 +134,7 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
 
   function buildPanels(): void {
     panels.replaceChildren();
-    for (const p of model.get("panels") as { label: string; image: ArrayMsg }[]) {
+    for (const p of model.get("panels")) {
       const fig = el("figure", "", panels);
       const c = el("canvas", "", fig);
       c.setAttribute("role", "img");
@@ -161,7 +143,7 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
       const scale = Math.max(1, Math.floor(96 / Math.max(h, w)));
       c.style.width = `${w * scale}px`;
       c.style.height = `${h * scale}px`;
-      drawPixels(c, toPixels(p.image.buffer), p.image.shape);
+      drawPixels(c, bytesOf(p.image.buffer), p.image.shape);
       el("figcaption", "", fig).textContent = p.label;
     }
   }
@@ -174,34 +156,24 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
     return inputs.map((i) => Number(i.value));
   }
 
-  // transport "message": requests go as custom messages, at most `max_requests` unanswered
-  // (pipelined); the latest value waits here and goes out when a frame comes back.
+  // requests go as custom messages, at most `max_requests` unanswered (pipelined); the latest
+  // value waits here and goes out when a frame comes back.
   const outstanding = new Map<number, number>(); // request id -> time sent
 
   function send(): void {
-    trailing = undefined;
     if (!latest) return;
+    const now = performance.now();
+    for (const [id, at] of outstanding) if (now - at > 1000) outstanding.delete(id); // lost
+    if (outstanding.size >= Number(model.get("max_requests"))) return; // sent on the next frame
     const req = { id: latest.id, t: latest.t, values: latest.values, view, ack: consumed };
-    const pipelined = model.get("transport") === "message";
-    if (pipelined) {
-      const now = performance.now();
-      for (const [id, at] of outstanding) if (now - at > 1000) outstanding.delete(id); // lost
-      if (outstanding.size >= Number(model.get("max_requests"))) return; // sent on next frame
-      outstanding.set(req.id, now);
-    }
+    outstanding.set(req.id, now);
     if (ackTimer !== undefined) {
       clearTimeout(ackTimer); // this request carries the ack
       ackTimer = undefined;
     }
-    if (pipelined) {
-      model.send({ type: "request", ...req });
-    } else {
-      model.set("request", req);
-      model.save_changes();
-    }
-    lastSent = performance.now();
+    model.send({ type: "request", ...req });
     stats.requests += 1;
-    stats.sent(req.id, lastSent);
+    stats.sent(req.id, now);
     latest = null;
   }
 
@@ -213,18 +185,16 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
     stats.input(inputId, t);
     root.dataset.inputId = String(inputId);
     latest = { id: inputId, t, values };
-    const wait = Number(model.get("throttle_ms")) - (performance.now() - lastSent);
-    if (wait <= 0) send();
-    else if (trailing === undefined) trailing = window.setTimeout(send, wait);
+    send();
   }
 
   function buildSliders(): void {
     slidersBox.replaceChildren();
     inputs = [];
     outputs = [];
-    const values = (model.get("values") as number[]) ?? [];
-    const markers = (model.get("markers") as { slider: number; position: number; text: string }[]) ?? [];
-    (model.get("sliders") as SliderSpec[]).forEach((spec, j) => {
+    const values = model.get("values") ?? [];
+    const markers = model.get("markers") ?? [];
+    model.get("sliders").forEach((spec, j) => {
       const row = el("div", "dw-slider", slidersBox);
       const label = el("label", "", row);
       label.textContent = spec.label;
@@ -267,7 +237,7 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
     if (!f) return;
     const { msg, pixels } = f;
     drawPixels(canvas, pixels, msg.image.shape);
-    const classes = model.get("classes") as string[];
+    const classes = model.get("classes");
     msg.probs.forEach((p, k) => {
       if (!barFills[k]) return;
       barFills[k].style.width = `${(100 * p).toFixed(1)}%`;
@@ -289,7 +259,7 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
     if (ackTimer === undefined) ackTimer = window.setTimeout(flushAck, ACK_DELAY_MS);
   }
 
-  function onCustom(msg: any, buffers: DataView[]): void {
+  function onCustom(msg: { type?: string } | null, buffers: DataView[]): void {
     if (!msg || msg.type !== "frame") return;
     const frame = msg as FrameMsg;
     stats.received(frame, performance.now());
@@ -297,18 +267,18 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
       stats.dropped += 1; // older than what is on screen or about to be
     } else {
       if (pendingFrame) stats.dropped += 1; // superseded before it was painted
-      pendingFrame = { msg: frame, pixels: toPixels(buffers[0]) };
+      pendingFrame = { msg: frame, pixels: bytesOf(buffers[0]) };
       consumed = frame.seq;
       if (rafHandle === undefined) rafHandle = requestAnimationFrame(paint);
     }
     if (frame.view === view) {
       for (const id of outstanding.keys()) if (id <= frame.id) outstanding.delete(id);
-      if (latest && trailing === undefined) send(); // carries the ack of this frame
+      if (latest) send(); // carries the ack of this frame
     }
   }
 
   function onValues(): void {
-    const values = model.get("values") as number[];
+    const values = model.get("values");
     inputs.forEach((input, j) => {
       if (values[j] !== undefined) input.value = String(values[j]);
       outputs[j].value = fmt(Number(input.value));
@@ -321,7 +291,7 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
 
   function rebuild(): void {
     title.textContent = model.get("title");
-    const [first] = model.get("panels") as { image: ArrayMsg }[];
+    const [first] = model.get("panels");
     const shape = first?.image.shape ?? [8, 8, 1];
     const scale = Math.max(1, Math.floor(FRAME_PX / Math.max(shape[0], shape[1])));
     canvas.style.width = `${shape[1] * scale}px`;
@@ -347,7 +317,6 @@ function render({ model, el: host }: { model: Model; el: HTMLElement }): () => v
   send();
 
   return () => {
-    if (trailing !== undefined) clearTimeout(trailing);
     if (rafHandle !== undefined) cancelAnimationFrame(rafHandle);
     if (ackTimer !== undefined) flushAck();
     model.off("msg:custom", onCustom);

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import defuse_widgets as dw
+from defuse_widgets.imaging import to_uint8
 from defuse_widgets.session import DefuseSession
 from defuse_widgets.widgets.interpolator import Interpolator
 
@@ -46,6 +47,13 @@ class Sent:
 def _widget(session: DefuseSession, *args: Any, **kw: Any) -> tuple[Interpolator, Sent]:
     w = Interpolator(session, *args, **kw)
     return w, Sent(w)
+
+
+def browser_says(w: Interpolator, content: dict[str, Any]) -> None:
+    """Deliver a custom message from the front end through the widget's comm, as a kernel does."""
+    w.comm.handle_msg(
+        {"content": {"data": {"method": "custom", "content": content}}, "buffers": []}
+    )
 
 
 # ---------------------------------------------------------------- modes
@@ -138,13 +146,24 @@ def test_region_mode_direction_sliders(session: DefuseSession) -> None:
         ((-1,), {}, ValueError, "error_index: expected an index"),
         ((1.5,), {}, ValueError, "error_index: expected an integer index"),
         ((0, 5000), {}, ValueError, "b: expected an index"),
-        ((0, 1), {"split": "val"}, ValueError, "split: expected 'train' or 'test'"),
+        ((0, 1), {"split": "val"}, ValueError, r"split: expected one of \('train', 'test'\)"),
         ((0,), {"split": "test"}, ValueError, "split: only used with two image indices"),
         ((), {}, ValueError, "a: expected an error index"),
         ((), {"region": 999}, ValueError, "region: expected one of the region ids"),
         ((0,), {"region": 0}, ValueError, "region: pass either"),
         ((), {"region": 0, "k": 0}, ValueError, r"k: expected an integer in \[1, 8\]"),
-        ((0,), {"max_in_flight": 5}, ValueError, "max_in_flight: expected 1 or 2"),
+        ((), {"region": 0, "k": 2.0}, ValueError, r"k: expected an integer in \[1, 8\]"),
+        (
+            (),
+            {"region": 0, "limit": 0.0},
+            ValueError,
+            r"limit: expected a number in \[0.001, 1000\]",
+        ),
+        ((0,), {"scan_points": 1}, ValueError, "scan_points: expected an integer >= 2, got 1"),
+        ((0,), {"max_in_flight": 5}, ValueError, r"max_in_flight: expected one of \(1, 2\), got 5"),
+        ((0,), {"ack_timeout": -1.0}, ValueError, r"ack_timeout: expected a number in \[0, inf\]"),
+        ((0,), {"render_threads": -1}, ValueError, "render_threads: expected an integer >= 0"),
+        ((0,), {"max_requests": 0}, ValueError, "max_requests: expected a positive integer"),
     ],
 )
 def test_bad_arguments(
@@ -290,40 +309,65 @@ def test_bad_request_ids_and_acks(session: DefuseSession) -> None:
         w.acknowledge(-1)
 
 
-def test_browser_traits_drive_the_protocol_and_errors_show(session: DefuseSession) -> None:
+def test_browser_messages_drive_the_protocol_and_errors_show(session: DefuseSession) -> None:
     w, sent = _widget(session, 0)
-    w.request = {"id": 1, "t": 5.0, "values": [0.4], "view": "v"}
-    w.request = {"id": 2, "t": 6.0, "values": [0.6], "view": "v"}
-    w.request = {"id": 3, "t": 7.0, "values": [0.8], "view": "v"}  # waits: two in flight
-    assert [f["id"] for f in sent.frames] == [1, 2]
-    w._on_message(w, {"type": "ack", "seq": 2}, [])
-    assert [f["id"] for f in sent.frames] == [1, 2, 3]
-    # an ack can ride on the next request
-    w.request = {"id": 31, "t": 7.5, "values": [0.7], "view": "v", "ack": 3}
-    assert w.stats["acked"] == 3 and sent.frames[-1]["id"] == 31
-    # a bad request from the browser does not raise in the kernel: it shows as the widget's error
-    w.request = {"id": 40, "t": 8.0, "values": [float("nan")], "view": "v"}
-    assert "finite" in w.error and w.stats["rejected"] == 1
-    w.request = {"id": 50, "t": 9.0, "values": [0.9], "view": "v"}
-    assert w.error == ""
-    # a bad ack from the browser shows as an error too; other messages are ignored
-    w._on_message(w, {"type": "ack", "seq": 99}, [])
-    assert "ack: frame 99 was never sent" in w.error
-    w._on_message(w, {"type": "other"}, [])
-
-
-def test_request_messages_are_the_default_transport(session: DefuseSession) -> None:
-    w, sent = _widget(session, 0)
-    assert w.transport == "message" and w.max_requests == 2 and w.throttle_ms == 0
-    for i, v in enumerate((0.2, 0.3, 0.4), start=1):  # the browser pipelines up to 2 of these
-        msg = {"type": "request", "id": i, "t": float(i), "values": [v], "view": "v"}
-        w._on_message(w, msg, [])
+    assert w.max_requests == 2  # the browser pipelines up to 2 requests
+    for i, v in enumerate((0.2, 0.3, 0.4), start=1):
+        browser_says(w, {"type": "request", "id": i, "t": float(i), "values": [v], "view": "v"})
     assert [f["id"] for f in sent.frames] == [1, 2]  # the third waits for a frame slot
     # the next request acknowledges what the browser received: the waiting one is superseded
-    msg = {"type": "request", "id": 4, "t": 4.0, "values": [0.5], "view": "v", "ack": 2}
-    w._on_message(w, msg, [])
+    browser_says(w, {"type": "request", "id": 4, "t": 4.0, "values": [0.5], "view": "v", "ack": 2})
     assert [f["id"] for f in sent.frames] == [1, 2, 4] and w.stats["superseded"] == 1
     assert w.last_values == (0.5,) and w.stats["acked"] == 2
+    # an ack alone (no request followed the paint) frees a slot for a waiting request
+    browser_says(w, {"type": "request", "id": 5, "t": 5.0, "values": [0.6], "view": "v"})
+    browser_says(w, {"type": "request", "id": 6, "t": 6.0, "values": [0.7], "view": "v"})
+    assert sent.frames[-1]["id"] == 5 and w.stats["pending"] == 1
+    browser_says(w, {"type": "ack", "seq": 4})
+    assert sent.frames[-1]["id"] == 6 and w.stats["acked"] == 4
+    # a bad request from the browser does not raise in the kernel: it shows as the widget's error
+    browser_says(w, {"type": "request", "id": 40, "t": 8.0, "values": [float("nan")], "view": "v"})
+    assert "finite" in w.error and w.stats["rejected"] == 1
+    browser_says(w, {"type": "request", "id": 50, "t": 9.0, "values": [0.9], "view": "v", "ack": 5})
+    assert w.error == ""
+    # a bad ack from the browser shows as an error too; other messages are ignored
+    browser_says(w, {"type": "ack", "seq": 99})
+    assert "ack: frame 99 was never sent" in w.error
+    browser_says(w, {"type": "other"})
+
+
+def test_named_constructors_match_the_session_forms(session: DefuseSession) -> None:
+    region = int(session.regions.regions[0].id)  # type: ignore[union-attr]
+    pairs = [
+        (Interpolator.from_error(session, 2), session.interpolator(2)),
+        (
+            Interpolator.between(session, 0, 1, split="train"),
+            session.interpolator(0, 1, split="train"),
+        ),
+        (
+            Interpolator.along_region(session, region, k=2, limit=2.0),
+            session.interpolator(region=region, k=2, limit=2.0),
+        ),
+    ]
+    for named, legacy in pairs:
+        assert (named.mode, named.title, named.sliders) == (
+            legacy.mode,
+            legacy.title,
+            legacy.sliders,
+        )
+        assert named.markers == legacy.markers
+        assert torch.equal(named.code_at(named.values), legacy.code_at(legacy.values))
+    assert pairs[0][0].error_index == 2 and pairs[1][0].error_index is None
+
+
+def test_knobs_are_checked_when_set_later_too(session: DefuseSession) -> None:
+    w, _ = _widget(session, 0, max_in_flight=1, render_threads=0)
+    assert (w.max_in_flight, w.render_threads) == (1, 0)
+    with pytest.raises(ValueError, match=r"max_in_flight: expected one of \(1, 2\), got 3"):
+        w.max_in_flight = 3
+    with pytest.raises(ValueError, match="render_threads: expected an integer >= 0"):
+        w.render_threads = -2
+    assert (w.max_in_flight, w.render_threads) == (1, 0)
 
 
 def test_show_moves_the_sliders_from_python(session: DefuseSession) -> None:
@@ -348,7 +392,7 @@ def test_closed_view_rejects_requests(session: DefuseSession) -> None:
 
 
 def test_set_error_retargets_any_mode_and_sends_the_new_frame(session: DefuseSession) -> None:
-    w, sent = _widget(session, region=int(session.regions.regions[0].id), k=2)
+    w, sent = _widget(session, region=int(session.regions.regions[0].id), k=2)  # type: ignore[union-attr]
     assert w.error_index is None and w.mode == "directions"
     w.set_error(1)
     assert w.mode == "path" and w.error_index == 1 and w.values == [0.0]
@@ -365,5 +409,4 @@ def test_set_error_retargets_any_mode_and_sends_the_new_frame(session: DefuseSes
 
 
 def session_frame(session: DefuseSession, i: int) -> np.ndarray:
-    img = session.decode(session.errors.codes[i : i + 1])[0]
-    return img.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return to_uint8(session.decode(session.errors.codes[i : i + 1]))[0]

@@ -3,7 +3,8 @@
 ipywidgets sends any ``memoryview``/``bytes`` found inside a trait value as a binary buffer, so
 arrays travel as raw bytes (never JSON lists of floats). The JS side reads them with
 a DataView over ``value.buffer`` (see ``js/common/codec.ts``).
-Use as ``Dict(allow_none=True).tag(sync=True, **array_serialization)``.
+Use as ``Dict(allow_none=True).tag(sync=True, **array_serialization)`` for a trait, or
+:func:`array_to_json` directly for a custom message (pop ``"buffer"`` into its buffers).
 """
 
 from __future__ import annotations
@@ -56,16 +57,6 @@ def array_from_json(value: Any, widget: Any = None) -> np.ndarray | None:
     return arr.reshape(value["shape"]).copy()
 
 
-def encode(value: Any) -> dict[str, Any] | None:
-    """Alias of :func:`array_to_json` for use outside trait serialization (custom messages)."""
-    return array_to_json(value)
-
-
-def decode(value: Any) -> np.ndarray | None:
-    """Alias of :func:`array_from_json`."""
-    return array_from_json(value)
-
-
 array_serialization = {"to_json": array_to_json, "from_json": array_from_json}
 
-__all__ = ["array_serialization", "array_to_json", "array_from_json", "encode", "decode"]
+__all__ = ["array_serialization", "array_to_json", "array_from_json"]
