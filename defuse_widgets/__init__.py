@@ -1,14 +1,12 @@
 """defuse-widgets: debug image classifiers beyond test accuracy, live in JupyterLab."""
 
-# Eager on purpose: the function ``identify`` shares its name with its module, and a lazy
-# ``__getattr__`` would hand out the module once anything imported it.
-
 from .correct import CancelToken
 from .data import ImageDataset, from_image_folder, from_tensors, load_dataset
 from .device import resolve_device
 from .distill import Region, RegionSample, RegionSet, fit_regions
+from .errors import ErrorSet
+from .evaluation import Evaluation, RegionAccuracy, RoundRecord
 from .generative import Generator, GeneratorAdapter, as_generator
-from .identify import ErrorSet, identify, validity_score
 from .labels import MODEL_IS_RIGHT, UNRECOGNIZABLE, ReferenceModelLabeler
 from .models import (
     ConvVAE,
@@ -20,7 +18,10 @@ from .models import (
     train_classifier,
     train_vae,
 )
+from .search import identify
 from .session import DefuseSession
+from .strategies import GaussianSearch, GradientSearch, ReferenceSearch, SearchStrategy
+from .validity import validity_score
 
 __version__ = "0.1.0"
 
@@ -31,13 +32,20 @@ __all__ = [
     "ConvVAE",
     "DefuseSession",
     "ErrorSet",
+    "Evaluation",
+    "GaussianSearch",
     "Generator",
     "GeneratorAdapter",
+    "GradientSearch",
     "ImageDataset",
     "ReferenceModelLabeler",
+    "ReferenceSearch",
     "Region",
     "RegionSample",
+    "RegionAccuracy",
     "RegionSet",
+    "RoundRecord",
+    "SearchStrategy",
     "SmallCNN",
     "as_generator",
     "fit_regions",

@@ -1,45 +1,20 @@
-"""Audit: training images inside a failure region that carry another label, and relabel records.
+"""Audit: the training images inside a failure region that carry another label.
 
-Pure functions over tensors plus small result objects; the
-:class:`~defuse_widgets.session.DefuseSession` holds the state (the confirmed relabels) and
-calls them.
+Pure functions over tensors plus a small result object; the
+:class:`~defuse_widgets.session.DefuseSession` holds the confirmed relabels
+(:class:`~defuse_widgets.relabels.RelabelStore`) and calls them.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-RELABELS_FORMAT = "defuse-widgets-relabels"
-CSV_FIELDS = ("index", "old_label", "new_label", "who", "when")
-
-
-@dataclass(frozen=True)
-class Relabel:
-    """One confirmed fix of a training label.
-
-    ``index`` is the training image's index in ``data.x_train``; ``old_label`` its label in the
-    dataset (never changed), ``new_label`` the confirmed class; ``who`` names the person or labeler,
-    ``when`` is an ISO 8601 time.
-    """
-
-    index: int
-    old_label: int
-    new_label: int
-    who: str
-    when: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from .checks import in_range
+from .mixture import robust_cholesky
 
 
 @dataclass
@@ -131,8 +106,6 @@ def within_region(
     """
     from scipy.stats import chi2
 
-    from .distill import robust_cholesky
-
     if not 0 < coverage < 1:
         raise ValueError(f"coverage: expected a number in (0, 1) or None, got {coverage!r}")
     chol = robust_cholesky(covariance.double())
@@ -164,159 +137,48 @@ def audit_region(
 
 
 def check_probability(value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
-        raise ValueError(f"min_probability: expected a number in [0, 1], got {value!r}")
+    """ValueError unless ``min_probability`` is a number in [0, 1]."""
+    in_range("min_probability", value, 0, 1)
 
 
-def now_iso() -> str:
-    """The current UTC time as ISO 8601, to the second."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def gate(probability: torch.Tensor, inside: torch.Tensor | None) -> torch.Tensor:
+    """The membership probability, zero outside the region's ellipsoid (``inside`` (N,) bool)."""
+    return probability if inside is None else torch.where(inside, probability, 0.0)
 
 
-def apply_relabels(labels: torch.Tensor, relabels: Iterable[Relabel]) -> torch.Tensor:
-    """A copy of ``labels`` (N,) with every record's ``new_label`` at its ``index``."""
-    out = labels.clone()
-    records = list(relabels)
-    if records:
-        out[torch.tensor([r.index for r in records])] = torch.tensor([r.new_label for r in records])
-    return out
-
-
-def check_indices(indices: Any, n: int) -> torch.Tensor:
-    """Training indices as a unique int64 tensor, all in [0, n); ValueError naming ``indices``."""
-    try:
-        idx = torch.as_tensor(indices)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(
-            f"indices: expected a sequence of training indices, got {indices!r}"
-        ) from exc
-    if idx.numel() == 0:  # an empty list becomes a float tensor
-        return torch.zeros(0, dtype=torch.long)
-    if idx.dtype == torch.bool or idx.is_floating_point() or idx.is_complex():
-        raise ValueError(f"indices: expected integer training indices, got dtype {idx.dtype}")
-    idx = idx.long().flatten().unique()
-    if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= n):
-        bad = idx[(idx < 0) | (idx >= n)].tolist()[:5]
-        raise ValueError(f"indices: expected training indices in [0, {n - 1}], got {bad}")
-    return idx
-
-
-# ----- export and import -----
-
-
-def relabels_document(relabels: Iterable[Relabel], dataset: str, n_train: int,
-                      classes: Iterable[str]) -> dict[str, Any]:  # fmt: skip
-    """The JSON document of a set of relabels (sorted by index)."""
+def count_inside(
+    probability: torch.Tensor,
+    labels: torch.Tensor,
+    relabeled: torch.Tensor,
+    region_label: int,
+    min_probability: float,
+) -> dict[str, int]:
+    """The training images inside a region: all of them, those whose label conflicts with the
+    region's, and those relabeled (``relabeled`` (N,) bool)."""
+    inside = probability >= min_probability
     return {
-        "format": RELABELS_FORMAT,
-        "version": 1,
-        "dataset": dataset,
-        "n_train": n_train,
-        "classes": list(classes),
-        "relabels": [r.to_dict() for r in sorted(relabels, key=lambda r: r.index)],
+        "label": region_label,
+        "inside": int(inside.sum()),
+        "conflicts": int((inside & (labels != region_label)).sum()),
+        "relabeled": int((inside & relabeled).sum()),
     }
 
 
-def relabels_csv(relabels: Iterable[Relabel]) -> str:
-    """CSV text with the header ``index,old_label,new_label,who,when``."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for r in sorted(relabels, key=lambda r: r.index):
-        writer.writerow(r.to_dict())
-    return buf.getvalue()
-
-
-def read_relabel_source(source: str | os.PathLike | Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Raw records from a JSON document (a dict or a ``.json`` file) or a ``.csv`` file."""
-    if isinstance(source, Mapping):
-        return _records_from_document(source, "source")
-    path = Path(source)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"source: cannot read relabels from {path} ({exc})") from exc
-    if path.suffix.lower() == ".csv" or (
-        path.suffix.lower() != ".json" and not text.lstrip().startswith("{")
-    ):
-        return _records_from_csv(text, path)
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"source: {path} is not valid JSON ({exc})") from exc
-    if not isinstance(doc, Mapping):
-        raise ValueError(f"source: {path} does not hold a {RELABELS_FORMAT!r} document")
-    return _records_from_document(doc, str(path))
-
-
-def _records_from_document(doc: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
-    if doc.get("format") != RELABELS_FORMAT or not isinstance(doc.get("relabels"), list):
-        raise ValueError(
-            f"source: {where} is not export_relabels() output (format {RELABELS_FORMAT!r})"
+def labeler_function(labeler: Any) -> Callable[[torch.Tensor], Any]:
+    """``labeler.label_images``, or ``labeler`` itself if it is a callable; TypeError otherwise."""
+    decide = getattr(labeler, "label_images", labeler)
+    if not callable(decide):
+        raise TypeError(
+            f"labeler: expected an object with label_images(images) or a callable, got {labeler!r}"
         )
-    records = doc["relabels"]
-    if not all(isinstance(r, Mapping) for r in records):
-        raise ValueError(f"source: {where} has relabel entries that are not objects")
-    return [dict(r) for r in records]
+    return decide
 
 
-def _records_from_csv(text: str, path: Path) -> list[dict[str, Any]]:
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or tuple(reader.fieldnames) != CSV_FIELDS:
-        raise ValueError(
-            f"source: {path} is not a relabels CSV; expected the header {','.join(CSV_FIELDS)}, "
-            f"got {','.join(reader.fieldnames or [])!r}"
-        )
-    return [dict(row) for row in reader]
-
-
-def validate_records(records: list[dict[str, Any]], y_train: torch.Tensor,
-                     num_classes: int) -> dict[int, Relabel]:  # fmt: skip
-    """Check raw records against the training labels and return them keyed by index.
-
-    Each record needs an integer ``index`` in range whose ``old_label`` is the dataset's training
-    label there (else the file was made for other data), a class ``new_label``, a ``who`` string
-    and an ISO 8601 ``when``; an index may appear once.
-    """
-    out: dict[int, Relabel] = {}
-    seen: set[int] = set()
-    n = len(y_train)
-    for line, rec in enumerate(records, start=1):
-        where = f"relabel entry {line}"
-        missing = [k for k in CSV_FIELDS if k not in rec or rec[k] is None]
-        if missing:
-            raise ValueError(f"source: {where} lacks {missing}")
-        try:
-            index, old, new = (_as_int(rec[k]) for k in ("index", "old_label", "new_label"))
-        except ValueError as exc:
-            raise ValueError(f"source: {where}: index and labels must be integers ({exc})") from exc
-        if not 0 <= index < n:
-            raise ValueError(
-                f"source: {where}: index {index} is outside the training set [0, {n - 1}]"
-            )
-        if int(y_train[index]) != old:
-            raise ValueError(
-                f"source: {where}: old_label {old} at index {index} differs from the dataset's "
-                f"training label {int(y_train[index])} (relabels made for other data?)"
-            )
-        if not 0 <= new < num_classes:
-            raise ValueError(
-                f"source: {where}: new_label {new} is not a class index in [0, {num_classes - 1}]"
-            )
-        when = str(rec["when"])
-        try:
-            datetime.fromisoformat(when)
-        except ValueError as exc:
-            raise ValueError(f"source: {where}: when {when!r} is not an ISO 8601 time") from exc
-        if index in seen:
-            raise ValueError(f"source: {where}: index {index} appears twice")
-        seen.add(index)
-        if new != old:
-            out[index] = Relabel(index, old, new, str(rec["who"]), when)
-    return out
-
-
-def _as_int(value: Any) -> int:
-    if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
-        raise ValueError(f"{value!r}")
-    return int(value)
+def ask_labeler(decide: Callable[[torch.Tensor], Any], result: AuditResult) -> torch.Tensor:
+    """(n,) the classes ``decide(images)`` gives the audit's images (``UNRECOGNIZABLE``: abstain)."""
+    if not len(result):
+        return torch.zeros(0, dtype=torch.long)
+    votes = torch.as_tensor(decide(result.images)).cpu().long().flatten()
+    if votes.shape != result.indices.shape:
+        raise ValueError(f"labeler: returned {tuple(votes.shape)} labels for {len(result)} images")
+    return votes

@@ -1,9 +1,8 @@
-"""Correct: fine-tuning rounds on labeled regions, evaluation, and exact weight snapshots."""
+"""Correct: fine-tuning rounds on labeled regions, and exact weight snapshots."""
 
 from __future__ import annotations
 
 import copy
-import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import one_of, positive_int, positive_number
 from .models import seeded
 
 OPTIMIZERS = ("sgd", "adam")
@@ -31,10 +31,12 @@ class CancelToken:
         self._event = threading.Event()
 
     def cancel(self) -> None:
+        """Ask the round to stop before its next step."""
         self._event.set()
 
     @property
     def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
         return self._event.is_set()
 
 
@@ -52,8 +54,13 @@ def restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     model.load_state_dict(state, strict=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RoundSettings:
+    """The knobs of one fine-tuning round, checked when made (see :meth:`DefuseSession.correct`).
+
+    ``scale`` None means :data:`~defuse_widgets.distill.DEFAULT_SCALE`.
+    """
+
     steps: int = 300
     lam: float = 1.0
     lr: float = 0.01
@@ -63,23 +70,18 @@ class RoundSettings:
     scale: float | None = None
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.check()
+
     def check(self) -> None:
-        for name in ("steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        for name in ("lam", "lr", "scale"):
-            value = getattr(self, name)
-            if name == "scale" and value is None:
-                continue
-            if not (
-                isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and 0 < value < math.inf
-            ):
-                raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {self.optimizer!r}")
+        """Raise ValueError naming the first knob out of range."""
+        positive_int("steps", self.steps)
+        positive_int("batch_size", self.batch_size)
+        positive_number("lam", self.lam)
+        positive_number("lr", self.lr)
+        if self.scale is not None:
+            positive_number("scale", self.scale)
+        one_of("optimizer", self.optimizer, OPTIMIZERS)
 
 
 def fine_tune(
@@ -97,7 +99,6 @@ def fine_tune(
     returns ``n`` freshly decoded region images and their labels on the model's device. The live
     model is never touched, so a cancelled round (``Cancelled`` is raised) leaves it as it was.
     """
-    settings.check()
     dev = next(model.parameters()).device
     work = copy.deepcopy(model).train()
     params = [p for p in work.parameters() if p.requires_grad]
@@ -122,12 +123,3 @@ def fine_tune(
             if callback is not None:
                 callback(step + 1, settings.steps, losses[-1])
     return snapshot(work), losses
-
-
-def accuracy_by_class(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float]:
-    """Per-class accuracy (NaN for a class without examples)."""
-    out = []
-    for c in range(num_classes):
-        mask = y == c
-        out.append(float((pred[mask] == c).float().mean()) if mask.any() else float("nan"))
-    return out

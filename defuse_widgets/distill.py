@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import math
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from .identify import ErrorSet
+from .errors import ErrorSet
+from .mixture import Mixture, fit_mixture, robust_cholesky
 
 DEFAULT_SCALE = (
     1.0  # measured in the README: 0.01 (the reference's) barely carries a fix to real images
 )
-EVAL_STREAM, TRAIN_STREAM, LABEL_STREAM = 1, 2, 3
+SAMPLE_STREAMS = {"eval": 1, "label": 3}  # stream ids; 2 was a fine-tuning stream, now its own
 
 
 @dataclass
@@ -53,55 +52,18 @@ class RegionSample:
     confidence: torch.Tensor
 
 
-class Mixture:
-    """Gaussian mixture parameters (weights (K,), means (K, d), covariances (K, d, d)) in torch."""
-
-    def __init__(self, weights: torch.Tensor, means: torch.Tensor, covariances: torch.Tensor):
-        self.weights = weights.double()
-        self.means = means.double()
-        self.covariances = covariances.double()
-        self._chol = torch.linalg.cholesky(self.covariances)
-
-    def log_prob_components(self, codes: torch.Tensor) -> torch.Tensor:
-        """(n, K) log of weight x density of each component at each code."""
-        x = codes.double()[:, None, :] - self.means[None]
-        sol = torch.linalg.solve_triangular(self._chol[None], x[..., None], upper=False)[..., 0]
-        maha = sol.pow(2).sum(-1)
-        logdet = 2 * self._chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        d = codes.shape[1]
-        return self.weights.clamp_min(1e-300).log() - 0.5 * (
-            maha + logdet + d * math.log(2 * math.pi)
-        )
-
-    def responsibilities(self, codes: torch.Tensor) -> torch.Tensor:
-        """(n, K) posterior probability of each component for each code."""
-        if len(codes) == 0:
-            return torch.zeros(0, len(self.weights), dtype=torch.float64)
-        return self.log_prob_components(codes).softmax(1)
-
-    def with_component(self, weight: float, mean: torch.Tensor, cov: torch.Tensor) -> Mixture:
-        w = torch.cat([self.weights * (1 - weight), torch.tensor([weight], dtype=torch.float64)])
-        return Mixture(
-            w,
-            torch.cat([self.means, mean[None].double()]),
-            torch.cat([self.covariances, cov[None].double()]),
-        )
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {"weights": self.weights, "means": self.means, "covariances": self.covariances}
-
-
 class RegionSet:
     """The failure regions of one error set.
 
-    Attributes
+    Parameters
     ----------
     regions : list of :class:`Region`, largest weight first, ids 0, 1, ...
     assignments : (M,) int64 region id of each error, -1 for errors in no region.
     mixture : the fitted mixture (all components, including those below ``min_weight``).
     settings : the fit settings.
-
-    ``sample`` needs a ``decode`` and ``predict`` function; a session binds them.
+    seed : seeds the held-out sample streams.
+    decode, predict : codes (n, d) -> images (n, C, H, W) and images -> probabilities (n, K);
+        :meth:`sample` needs both (a session passes its own).
     """
 
     def __init__(
@@ -111,20 +73,21 @@ class RegionSet:
         mixture: Mixture,
         settings: dict[str, Any],
         seed: int = 0,
+        decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        predict: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self.regions = regions
         self.assignments = assignments
         self.mixture = mixture
         self.settings = settings
         self.seed = seed
-        self.decode: Callable[[torch.Tensor], torch.Tensor] | None = None
-        self.predict: Callable[[torch.Tensor], torch.Tensor] | None = None
-        self._train_draws: dict[int, int] = {}
+        self.decode = decode
+        self.predict = predict
 
     def __len__(self) -> int:
         return len(self.regions)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Region]:
         return iter(self.regions)
 
     def __repr__(self) -> str:
@@ -132,6 +95,7 @@ class RegionSet:
 
     @property
     def ids(self) -> list[int]:
+        """The region ids, in ``regions`` order."""
         return [r.id for r in self.regions]
 
     def get(self, region_id: int) -> Region:
@@ -141,15 +105,21 @@ class RegionSet:
                 return r
         raise KeyError(f"region_id: no region {region_id!r}; known ids are {self.ids}")
 
+    def column(self, region_id: int) -> int:
+        """The column of the region in :meth:`predict_proba`'s output."""
+        return self.ids.index(self.get(region_id).id)
+
     def members(self, region_id: int) -> torch.Tensor:
         """Indices of the errors assigned to the region."""
         self.get(region_id)
         return (self.assignments == region_id).nonzero().flatten()
 
-    def region_probability(self, codes: torch.Tensor) -> torch.Tensor:
-        """(n, R) probability that each code belongs to each region (``regions`` order)."""
+    def predict_proba(self, codes: torch.Tensor) -> torch.Tensor:
+        """(n, R) float32 probability that each code belongs to each region (``regions`` order)."""
         resp = self.mixture.responsibilities(codes.cpu())
         return resp[:, [r.component for r in self.regions]].float()
+
+    region_probability = predict_proba  # the name before the redesign
 
     def sample_codes(
         self,
@@ -161,25 +131,19 @@ class RegionSet:
     ) -> torch.Tensor:
         """(n, d) codes from N(mean, scale x covariance), from a seeded stream per purpose.
 
-        ``purpose="eval"`` always gives the same held-out draws; ``"train"`` a fresh stream on each
-        call; so evaluation samples are never ones fine-tuning trained on.
+        ``purpose="eval"`` (held-out evaluation) and ``"label"`` (what a labeler looks at) always
+        give the same draws for a region; fine-tuning draws from :meth:`training_sampler`, a stream
+        of its own, so evaluation samples are never ones it trained on.
         """
         region = self.get(region_id)
-        if purpose not in ("eval", "train", "label"):
-            raise ValueError(f"purpose: expected 'eval', 'train' or 'label', got {purpose!r}")
+        if purpose not in SAMPLE_STREAMS:
+            raise ValueError(f"purpose: expected 'eval' or 'label', got {purpose!r}")
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n: expected a positive integer, got {n!r}")
-        scale = DEFAULT_SCALE if scale is None else float(scale)
-        if not scale > 0:
-            raise ValueError(f"scale: expected a positive number, got {scale}")
+        chol = robust_cholesky(region.covariance.double() * check_scale(scale))
         if seed is None:
-            stream = {"eval": EVAL_STREAM, "train": TRAIN_STREAM, "label": LABEL_STREAM}[purpose]
-            draw = self._train_draws.get(region_id, 0) if purpose == "train" else 0
-            if purpose == "train":
-                self._train_draws[region_id] = draw + 1
-            seed = hash((self.seed, region_id, stream, draw)) % (2**63)
+            seed = derive_seed(self.seed, region_id, SAMPLE_STREAMS[purpose], 0)
         gen = torch.Generator().manual_seed(seed)
-        chol = robust_cholesky(region.covariance.double() * scale)
         eps = torch.randn(n, len(region.mean), generator=gen, dtype=torch.float64)
         return (region.mean.double() + eps @ chol.T).float()
 
@@ -191,28 +155,56 @@ class RegionSet:
         purpose: str = "eval",
         seed: int | None = None,
     ) -> RegionSample:
-        """Decode ``n`` codes from the region and classify them with the current classifier."""
+        """Decode ``n`` codes from the region and classify them with ``predict``."""
         if self.decode is None or self.predict is None:
             raise RuntimeError(
-                "this RegionSet is not bound to a generator and classifier; use a session"
+                "this RegionSet is not bound to decode/predict functions; use a session"
             )
         codes = self.sample_codes(region_id, n, scale, purpose, seed)
         images = self.decode(codes)
-        probs = self.predict(images)
-        conf, pred = probs.max(1)
+        conf, pred = self.predict(images).max(1)
         return RegionSample(codes, images, pred, conf)
 
+    def training_sampler(
+        self,
+        targets: dict[int, int],
+        scale: float | None,
+        seed: int,
+        device: torch.device,
+    ) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+        """A function ``n -> (codes (n, d), labels (n,))`` of fine-tuning draws on ``device``.
 
-def robust_cholesky(cov: torch.Tensor) -> torch.Tensor:
-    """Cholesky factor of a covariance, adding diagonal jitter until it is positive definite."""
-    eye = torch.eye(cov.shape[-1], dtype=cov.dtype)
-    jitter = 0.0
-    for _ in range(8):
-        factor, info = torch.linalg.cholesky_ex(cov + jitter * eye)
-        if int(info) == 0:
-            return factor
-        jitter = max(jitter * 10, 1e-8 * float(cov.diagonal().abs().mean()) + 1e-10)
-    raise ValueError("covariance: not positive definite even with jitter; the region is degenerate")
+        Each draw picks a region of ``targets`` (region id -> label) uniformly and a code from its
+        N(mean, scale x covariance), from one generator seeded by ``seed``.
+        """
+        ids = list(targets)
+        scale = check_scale(scale)
+        means = torch.stack([self.get(r).mean for r in ids]).to(device)
+        chols = torch.stack(
+            [robust_cholesky(self.get(r).covariance.double() * scale).float() for r in ids]
+        ).to(device)
+        labels = torch.tensor([targets[r] for r in ids], device=device)
+        gen = torch.Generator(device=device).manual_seed(seed)
+
+        def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            pick = torch.randint(len(ids), (n,), generator=gen, device=device)
+            eps = torch.randn(n, means.shape[1], generator=gen, device=device)
+            return means[pick] + (chols[pick] @ eps[..., None])[..., 0], labels[pick]
+
+        return draw
+
+
+def check_scale(scale: float | None) -> float:
+    """The sampling scale (``DEFAULT_SCALE`` for None); ValueError unless positive."""
+    value = DEFAULT_SCALE if scale is None else float(scale)
+    if not value > 0:
+        raise ValueError(f"scale: expected a positive number, got {scale}")
+    return value
+
+
+def derive_seed(*parts: int) -> int:
+    """A seed for a random stream named by integers (the same parts give the same seed)."""
+    return hash(parts) % (2**63)
 
 
 def fit_regions(
@@ -223,6 +215,8 @@ def fit_regions(
     max_fit: int = 10_000,
     max_iter: int = 200,
     seed: int = 0,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    predict: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> RegionSet:
     """Fit a Dirichlet-process Gaussian mixture to the error codes and keep the heavy components.
 
@@ -235,6 +229,7 @@ def fit_regions(
     max_fit : the mixture is fitted on at most this many codes (a seeded subsample); every error
         is then assigned to its most probable component.
     seed : seeds the subsample and sklearn.
+    decode, predict : passed to the :class:`RegionSet` (needed by :meth:`RegionSet.sample`).
 
     Examples
     --------
@@ -244,7 +239,7 @@ def fit_regions(
     codes = errors.codes.double()
     rng = np.random.default_rng(seed)
     fit_idx = np.sort(rng.choice(len(codes), size=min(max_fit, len(codes)), replace=False))
-    mixture, converged = _fit_mixture(
+    mixture, converged = fit_mixture(
         codes[fit_idx].numpy(), max_regions, covariance_type, max_iter, seed
     )
     component = mixture.responsibilities(codes).argmax(1)
@@ -276,7 +271,7 @@ def fit_regions(
         fitted_on=len(fit_idx),
         converged=converged,
     )
-    return RegionSet(regions, assignments, mixture, settings, seed)
+    return RegionSet(regions, assignments, mixture, settings, seed, decode, predict)
 
 
 def _check_fit_args(
@@ -306,51 +301,6 @@ def _check_fit_args(
         )
     if not isinstance(max_fit, int) or max_fit < 2:
         raise ValueError(f"max_fit: expected an integer >= 2, got {max_fit!r}")
-
-
-def _fit_mixture(
-    x: np.ndarray, max_regions: int, covariance_type: str, max_iter: int, seed: int
-) -> tuple[Mixture, bool]:
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.mixture import BayesianGaussianMixture
-
-    k = min(max_regions, len(x))
-    spread = float(x.var(0).mean())
-    last_error: Exception | None = None
-    for reg in (1e-6, 1e-4, 1e-2):
-        bgm = BayesianGaussianMixture(
-            n_components=k,
-            covariance_type=covariance_type,
-            weight_concentration_prior_type="dirichlet_process",
-            reg_covar=reg * max(spread, 1e-12),
-            max_iter=max_iter,
-            random_state=seed,
-        )
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                bgm.fit(x)
-            return _to_mixture(bgm, x.shape[1]), bool(bgm.converged_)
-        except (ValueError, np.linalg.LinAlgError, torch.linalg.LinAlgError) as exc:
-            last_error = exc
-    raise ValueError(
-        f"the mixture could not be fitted to {len(x)} codes (degenerate covariance: are the codes "
-        f"nearly identical?): {last_error}"
-    )
-
-
-def _to_mixture(bgm: Any, d: int) -> Mixture:
-    k = len(bgm.weights_)
-    cov = np.asarray(bgm.covariances_, dtype=np.float64)
-    if bgm.covariance_type == "diag":
-        cov = np.stack([np.diag(c) for c in cov])
-    elif bgm.covariance_type == "tied":
-        cov = np.broadcast_to(cov, (k, d, d)).copy()
-    elif bgm.covariance_type == "spherical":
-        cov = cov[:, None, None] * np.eye(d)[None]
-    return Mixture(
-        torch.from_numpy(bgm.weights_), torch.from_numpy(bgm.means_), torch.from_numpy(cov)
-    )
 
 
 def _describe(

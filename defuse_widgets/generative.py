@@ -189,3 +189,27 @@ def check_logits(out: torch.Tensor, n: int, num_classes: int) -> None:
             "classifier: returns probabilities (non-negative rows summing to 1), but Defuse needs "
             "logits; remove the final softmax (or wrap the model to return log-probabilities)"
         )
+
+
+def check_models(generator: GeneratorAdapter, classifier: nn.Module, images: torch.Tensor,
+                 num_classes: int) -> None:  # fmt: skip
+    """Check on a few ``images`` (n, C, H, W) that the models fit the data and each other.
+
+    The generator must decode its encoder's codes to images of the data's shape, and the
+    classifier must return (n, ``num_classes``) logits; ValueError saying what does not fit.
+    """
+    with torch.inference_mode():
+        mu, _ = generator.encode(images)
+        try:
+            decoded = generator.decode(mu)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"generator: decoding the encoder's {tuple(mu.shape)} codes failed ({exc}); "
+                "does encode return (mu, logvar) and is latent_dim right?"
+            ) from exc
+        if decoded.shape[1:] != images.shape[1:]:
+            raise ValueError(
+                f"generator: decodes to images of shape {tuple(decoded.shape[1:])}, but the "
+                f"data's images are {tuple(images.shape[1:])}"
+            )
+        check_logits(classifier(images), len(images), num_classes)

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import operator
-from collections.abc import Sequence
+import os
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from .device import module_device
+from .checks import in_range, positive_int
+from .inference import predict_proba
 
 MODEL_IS_RIGHT = -1
 """The region's decoded images really are the predicted class: excluded from correction."""
 UNRECOGNIZABLE = -2
 """The region's decoded images are not recognizably any class: excluded from correction."""
 SPECIAL_LABELS = {MODEL_IS_RIGHT: "model is right", UNRECOGNIZABLE: "unrecognizable"}
+LABELS_FORMAT = "defuse-widgets-labels"
 
 
 def check_label(label: object, num_classes: int) -> int:
@@ -38,6 +44,7 @@ def check_label(label: object, num_classes: int) -> int:
 
 
 def label_name(label: int, classes: Sequence[str]) -> str:
+    """A label's display name: the class name, or "model is right" / "unrecognizable"."""
     return SPECIAL_LABELS.get(label) or classes[label]
 
 
@@ -72,28 +79,18 @@ class ReferenceModelLabeler:
         min_agreement: float = 0.7,
         min_confidence: float = 0.9,
     ):
-        if not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"samples: expected a positive integer, got {samples!r}")
-        if not 0 < min_agreement <= 1:
-            raise ValueError(f"min_agreement: expected a number in (0, 1], got {min_agreement}")
-        if not 0 < min_confidence <= 1:
-            raise ValueError(f"min_confidence: expected a number in (0, 1], got {min_confidence}")
+        positive_int("samples", samples)
+        for name, value in (("min_agreement", min_agreement), ("min_confidence", min_confidence)):
+            if in_range(name, value, 0, 1) == 0:
+                raise ValueError(f"{name}: expected a number in (0, 1], got {value!r}")
         self.model = model
         self.samples = samples
         self.min_agreement = min_agreement
         self.min_confidence = min_confidence
 
-    @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """(n, K) softmax probabilities of the reference model, on the CPU."""
-        was_training = self.model.training
-        self.model.eval()
-        dev = module_device(self.model)
-        probs = torch.cat(
-            [self.model(x.to(dev)).float().softmax(1).cpu() for x in images.split(1024)]
-        )
-        self.model.train(was_training)
-        return probs
+        return predict_proba(self.model, images)
 
     def label_region(self, images: torch.Tensor, predictions: torch.Tensor) -> int:
         """One label for a region from its decoded ``images`` and the debugged model's
@@ -110,3 +107,59 @@ class ReferenceModelLabeler:
         """Per-image mode: (n,) class per image, or ``UNRECOGNIZABLE`` where the model is unsure."""
         conf, pred = self.probabilities(images).max(1)
         return torch.where(conf >= self.min_confidence, pred, torch.full_like(pred, UNRECOGNIZABLE))
+
+
+def labels_document(labels: Mapping[int, int], classes: Sequence[str]) -> dict[str, Any]:
+    """Region labels as a JSON-ready :data:`LABELS_FORMAT` document."""
+    return {
+        "format": LABELS_FORMAT,
+        "classes": list(classes),
+        "labels": {str(k): v for k, v in sorted(labels.items())},
+    }
+
+
+def read_labels(
+    source: str | os.PathLike | Mapping[str, Any],
+    classes: Sequence[str],
+    region_ids: Collection[int],
+) -> dict[int, int]:
+    """Region labels from a :func:`labels_document` (a dict or a JSON file), all checked.
+
+    The document must be for the same ``classes`` and name only regions in ``region_ids``.
+    """
+    if isinstance(source, Mapping):
+        doc: Any = source
+    else:
+        try:
+            doc = json.loads(Path(source).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"labels: {source} is not a JSON file ({exc})") from exc
+    if (
+        not isinstance(doc, Mapping)
+        or doc.get("format") != LABELS_FORMAT
+        or not isinstance(doc.get("labels"), dict)
+    ):
+        raise ValueError(f"labels: expected export_labels() output with format {LABELS_FORMAT!r}")
+    given = doc.get("classes")
+    if given is not None and list(given) != list(classes):
+        raise ValueError(
+            f"labels: they were made for the classes {list(given)}, but this session's "
+            f"data has {list(classes)}"
+        )
+    return check_labels(doc["labels"], len(classes), region_ids)
+
+
+def check_labels(
+    labels: Mapping[Any, Any], num_classes: int, region_ids: Collection[int]
+) -> dict[int, int]:
+    """``labels`` (region id -> label) with int keys, every id known and every label valid."""
+    out = {}
+    for key, value in labels.items():
+        try:
+            region_id = int(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"labels: expected integer region ids, got {key!r}") from None
+        if region_id not in region_ids:
+            raise KeyError(f"region_id: no region {region_id!r}; known ids are {list(region_ids)}")
+        out[region_id] = check_label(value, num_classes)
+    return out

@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .audit import validate_records
 from .data import ImageDataset, load_dataset
-from .distill import Mixture, Region, RegionSet
-from .identify import ERROR_FIELDS, ErrorSet
+from .distill import Region, RegionSet
+from .errors import ERROR_FIELDS, ErrorSet
+from .evaluation import RoundRecord
+from .generative import as_generator
 from .jsonio import nan_to_none
-from .labels import check_label
+from .mixture import Mixture
+from .relabels import validate_records
 
 if TYPE_CHECKING:
     from .session import DefuseSession
@@ -36,35 +38,32 @@ def dataset_fingerprint(data: ImageDataset) -> dict[str, Any]:
 
 
 def save_session(session: DefuseSession, path: Path) -> Path:
-    """Write ``session`` to the directory ``path`` (created; existing session files replaced)."""
-
+    """Write ``session.state_dict()`` to the directory ``path`` (created; old files replaced)."""
+    state = session.state_dict()
     path.mkdir(parents=True, exist_ok=True)
     weights = {
         f"{i}.{k}": v.contiguous()
-        for i, snap in enumerate(session._snapshots)
+        for i, snap in enumerate(state["snapshots"])
         for k, v in snap.items()
     }
     save_file(weights, str(path / "weights.safetensors"))
     doc: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
-        "seed": session.seed,
+        "seed": state["seed"],
         "dataset": dataset_fingerprint(session.data),
         "latent_dim": session.generator.latent_dim,
-        "snapshots": len(session._snapshots),
-        "active_round": session.active_round,
-        "labels": {str(k): v for k, v in session.labels.items()},
-        "history": nan_to_none(session.history),
+        "snapshots": len(state["snapshots"]),
+        "active_round": state["active_round"],
+        "labels": {str(k): v for k, v in state["labels"].items()},
+        "history": nan_to_none(state["history"]),
         "errors": None,
         "regions": None,
-        "relabels": [r.to_dict() for r in sorted(session.relabels.values(), key=lambda r: r.index)],
+        "relabels": [r.to_dict() for _, r in sorted(state["relabels"].items())],
     }
-    errors, regions = session.errors, session.regions
+    errors, regions = state["errors"], state["regions"]
     if errors is not None:
-        save_file(
-            {k: v.contiguous() for k, v in errors.tensors().items()},
-            str(path / "errors.safetensors"),
-        )
+        _write_tensors(path / "errors.safetensors", errors.tensors())
         doc["errors"] = {
             "settings": errors.settings,
             "images_searched": errors.images_searched,
@@ -73,18 +72,21 @@ def save_session(session: DefuseSession, path: Path) -> Path:
             "split": errors.split,
         }
     if regions is not None:
-        tensors = {"assignments": regions.assignments, **regions.mixture.tensors()}
-        save_file(
-            {k: v.contiguous() for k, v in tensors.items()}, str(path / "regions.safetensors")
+        _write_tensors(
+            path / "regions.safetensors",
+            {"assignments": regions.assignments, **regions.mixture.tensors()},
         )
         doc["regions"] = {
             "settings": regions.settings,
             "seed": regions.seed,
-            "train_draws": {str(k): v for k, v in regions._train_draws.items()},
             "regions": [nan_to_none(r.summary()) for r in regions.regions],
         }
     (path / "session.json").write_text(json.dumps(doc, indent=1))
     return path
+
+
+def _write_tensors(file: Path, tensors: dict[str, torch.Tensor]) -> None:
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(file))
 
 
 def _fail(path: Path, why: str) -> ValueError:
@@ -148,37 +150,40 @@ def _build(
             f"{fingerprint['n_train']}/{fingerprint['n_test']} images)",
         )
     snapshots = _read_snapshots(path, doc["snapshots"], classifier)
-    session = cls(classifier, generator, data, device=device, seed=doc["seed"], progress=False)
-    if session.generator.latent_dim != doc["latent_dim"]:
+    latent_dim = as_generator(generator).latent_dim
+    if latent_dim != doc["latent_dim"]:
         raise _fail(
-            path,
-            f"latent size {doc['latent_dim']} differs from the generator's "
-            f"{session.generator.latent_dim}",
+            path, f"latent size {doc['latent_dim']} differs from the generator's {latent_dim}"
         )
-    if doc["errors"] is not None:
-        session.errors = _read_errors(path, doc["errors"], doc["latent_dim"])
+    errors = _read_errors(path, doc["errors"], latent_dim) if doc["errors"] is not None else None
+    regions = None
     if doc["regions"] is not None:
-        if session.errors is None:
+        if errors is None:
             raise _fail(path, "it has regions but no errors")
-        session.regions = _read_regions(path, doc["regions"], len(session.errors))
-        session._bind(session.regions)
-        for key, value in doc["labels"].items():
-            session.regions.get(int(key))
-            session._labels[int(key)] = check_label(value, data.num_classes)
-    session._snapshots = snapshots
-    session.active_round = int(doc["active_round"])
-    if not 0 <= session.active_round < len(snapshots):
-        raise _fail(path, f"active round {session.active_round} out of range")
-    session.history = _history_from_json(doc["history"])
+        regions = _read_regions(path, doc["regions"], len(errors))
     # "relabels" joined format version 1 later; a file without it has none
     records = doc.get("relabels") or []
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise _fail(path, "its relabels are not a list of records")
+    session = cls(classifier, generator, data, device=device, seed=int(doc["seed"]), progress=False)
     try:
-        session._relabels = validate_records(records, data.y_train, data.num_classes)
+        relabels = validate_records(records, data.y_train, data.num_classes)
     except ValueError as exc:
         raise _fail(path, f"its relabels are invalid ({exc})") from exc
-    session.revert(session.active_round)
+    try:
+        state = {
+            "seed": int(doc["seed"]),
+            "errors": errors,
+            "regions": regions,
+            "labels": doc["labels"],
+            "relabels": relabels,
+            "snapshots": snapshots,
+            "active_round": int(doc["active_round"]),
+            "history": [RoundRecord.from_dict(r) for r in doc["history"]],
+        }
+        session.load_state_dict(state)
+    except (ValueError, KeyError) as exc:
+        raise _fail(path, f"session.json is incomplete or inconsistent ({exc})") from exc
     return session
 
 
@@ -248,41 +253,7 @@ def _read_regions(path: Path, meta: dict[str, Any], n_errors: int) -> RegionSet:
                 user_defined=bool(r["user_defined"]),
             )
         )
-    out = RegionSet(regions, assignments, mixture, meta["settings"], int(meta["seed"]))
-    out._train_draws = {int(k): int(v) for k, v in meta["train_draws"].items()}
-    return out
-
-
-def _history_from_json(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Undo what JSON did to the round records: region ids back to int keys, None back to NaN."""
-    out = []
-    for record in history:
-        record = dict(record)
-        if isinstance(record.get("labels"), dict):
-            record["labels"] = {int(k): v for k, v in record["labels"].items()}
-        if isinstance(record.get("evaluation"), dict):
-            record["evaluation"] = _evaluation_from_json(record["evaluation"])
-        out.append(record)
-    return out
-
-
-def _evaluation_from_json(ev: dict[str, Any]) -> dict[str, Any]:
-    ev = dict(ev)
-    for key in ("test_accuracy", "labeled_region_accuracy", "labeled_region_real_accuracy"):
-        if key in ev:
-            ev[key] = _num(ev[key])
-    if isinstance(ev.get("per_class"), list):
-        ev["per_class"] = [_num(v) for v in ev["per_class"]]
-    if isinstance(ev.get("regions"), dict):
-        rows = {}
-        for k, row in ev["regions"].items():
-            row = dict(row)
-            for key in ("sample_accuracy", "real_accuracy"):
-                if key in row:
-                    row[key] = _num(row[key])
-            rows[int(k)] = row
-        ev["regions"] = rows
-    return ev
+    return RegionSet(regions, assignments, mixture, meta["settings"], int(meta["seed"]))
 
 
 def _num(value: float | None) -> float:

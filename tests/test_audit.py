@@ -18,14 +18,9 @@ import torch
 from torch import nn
 
 import defuse_widgets as dw
-import defuse_widgets.session as session_module
-from defuse_widgets.audit import (
-    Relabel,
-    apply_relabels,
-    select_conflicts,
-    validate_records,
-    within_region,
-)
+import defuse_widgets.session_rounds as session_module
+from defuse_widgets.audit import select_conflicts, within_region
+from defuse_widgets.relabels import Relabel, apply_relabels, validate_records
 
 
 @pytest.fixture(scope="module")

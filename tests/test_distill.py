@@ -10,8 +10,8 @@ from session_fixtures import make_errors, ready_session, shared_errors
 from torch import nn
 
 import defuse_widgets as dw
+from defuse_widgets import ErrorSet
 from defuse_widgets.distill import DEFAULT_SCALE, RegionSet, fit_regions, robust_cholesky
-from defuse_widgets.identify import ErrorSet
 
 D = 4
 PER_CLUSTER = 40
@@ -305,8 +305,8 @@ def test_sample_codes_streams(clusters: tuple[ErrorSet, torch.Tensor]) -> None:
     eval_a = regions.sample_codes(rid, 50, purpose="eval")
     eval_b = regions.sample_codes(rid, 50, purpose="eval")
     assert torch.equal(eval_a, eval_b), "evaluation draws repeat exactly"
-    train_a = regions.sample_codes(rid, 50, purpose="train")
-    train_b = regions.sample_codes(rid, 50, purpose="train")
+    draw = regions.training_sampler({rid: 0}, None, seed=0, device=torch.device("cpu"))
+    train_a, train_b = draw(50)[0], draw(50)[0]
     label = regions.sample_codes(rid, 50, purpose="label")
     draws = [eval_a, train_a, train_b, label]
     for i in range(len(draws)):
@@ -318,7 +318,7 @@ def test_sample_codes_streams(clusters: tuple[ErrorSet, torch.Tensor]) -> None:
     )
     # an explicit seed repeats and wins over the stream
     assert torch.equal(
-        regions.sample_codes(rid, 20, purpose="train", seed=5),
+        regions.sample_codes(rid, 20, purpose="label", seed=5),
         regions.sample_codes(rid, 20, purpose="eval", seed=5),
     )
     # a second region set with the same seed gives the same evaluation draws
@@ -354,10 +354,8 @@ def test_sample_codes_bad_arguments(
 ) -> None:
     regions = fit_regions(clusters[0], max_regions=10, seed=0)
     args = {"region_id": 0, "n": 4, **kwargs}
-    before = dict(regions._train_draws)
     with pytest.raises(ValueError, match=match):
         regions.sample_codes(**args)
-    assert regions._train_draws == before
 
 
 def test_unbound_region_set_cannot_decode(clusters: tuple[ErrorSet, torch.Tensor]) -> None:
@@ -436,10 +434,24 @@ def test_sample_decodes_and_classifies(session: dw.DefuseSession) -> None:
     b = regions.sample(0, 12, purpose="eval")
     for field in ("codes", "images", "predictions", "confidence"):
         assert torch.equal(getattr(a, field), getattr(b, field)), field
-    t1 = regions.sample(0, 12, purpose="train")
-    t2 = regions.sample(0, 12, purpose="train")
-    assert float(torch.cdist(t1.codes, a.codes).min()) > 0
-    assert float(torch.cdist(t1.codes, t2.codes).min()) > 0
+    label = regions.sample(0, 12, purpose="label")
+    assert float(torch.cdist(label.codes, a.codes).min()) > 0
+
+
+def test_training_sampler_draws_the_labeled_regions(session: dw.DefuseSession) -> None:
+    regions = session.regions
+    assert regions is not None and len(regions) >= 2
+    targets = {regions.ids[0]: 3, regions.ids[1]: 5}
+    draw = regions.training_sampler(targets, 1.0, seed=7, device=torch.device("cpu"))
+    codes, labels = draw(400)
+    assert codes.shape == (400, session.generator.latent_dim) and set(labels.tolist()) == {3, 5}
+    # each code is likeliest in the region its label says (the regions are well apart)
+    prob = regions.predict_proba(codes)
+    for rid, label in targets.items():
+        share = (prob[labels == label].argmax(1) == regions.column(rid)).float().mean()
+        assert share > 0.8, (rid, float(share))
+    again = regions.training_sampler(targets, 1.0, seed=7, device=torch.device("cpu"))
+    assert torch.equal(again(400)[0], codes), "the same seed repeats the stream"
 
 
 def test_distill_errors_leave_the_session_unchanged(session: dw.DefuseSession) -> None:

@@ -1,0 +1,165 @@
+"""The core of a :class:`~defuse_widgets.session.DefuseSession`: its state, change events and
+batched model helpers, shared by the session's step mixins (audit, rounds)."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from psygnal import EmitLoopError, Signal
+from torch import nn
+
+from .correct import snapshot
+from .data import ImageDataset
+from .device import resolve_device
+from .distill import RegionSet
+from .errors import ErrorSet
+from .evaluation import RoundRecord
+from .generative import GeneratorAdapter, as_classifier, as_generator, check_models
+from .inference import batched
+from .relabels import RelabelStore
+
+EVENTS = ("errors", "regions", "labels", "relabels", "model")
+
+
+class SessionBase:
+    """State, events and model helpers of a session; see :class:`DefuseSession` for its
+    parameters."""
+
+    changed = Signal(str)
+    """Emitted with one of ``EVENTS`` after each change of the session's state."""
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        generator: Any,
+        data: ImageDataset,
+        device: str | torch.device = "auto",
+        seed: int = 0,
+        progress: bool = True,
+    ):
+        if not isinstance(data, ImageDataset):
+            raise TypeError(
+                f"data: expected an ImageDataset (see load_dataset), got {type(data).__name__}"
+            )
+        self.device = resolve_device(device)
+        self.classifier = as_classifier(classifier).to(self.device).eval()
+        self.generator: GeneratorAdapter = as_generator(generator).to(self.device)
+        self.data = data
+        self.seed = int(seed)
+        self.progress = progress
+        check_models(
+            self.generator, self.classifier, data.x_test[:2].to(self.device), data.num_classes
+        )
+        self.errors: ErrorSet | None = None
+        self.regions: RegionSet | None = None
+        self.history: list[RoundRecord] = []
+        self.active_round = 0
+        self._labels: dict[int, int] = {}
+        self._relabels = RelabelStore(data.y_train, data.num_classes)
+        self._snapshots: list[dict[str, torch.Tensor]] = [snapshot(self.classifier)]
+        self._codes: dict[str, torch.Tensor] = {}
+        self._codes_of: GeneratorAdapter = self.generator
+        self._membership: dict[str, torch.Tensor] = {}
+        self._lock = threading.RLock()
+        self._running = False
+
+    def __repr__(self) -> str:
+        return (
+            f"DefuseSession(data={self.data.name!r}, device={str(self.device)!r}, "
+            f"errors={len(self.errors) if self.errors is not None else None}, "
+            f"regions={len(self.regions) if self.regions is not None else None}, "
+            f"labels={len(self._labels)}, rounds={len(self._snapshots) - 1})"
+        )
+
+    # ----- change events (the widgets follow the session through them) -----
+
+    def observe(self, callback: Callable[[str], Any]) -> Callable[[], None]:
+        """Call ``callback(event)`` after each change; returns a function that stops the calls.
+
+        Events (``EVENTS``): "errors" (identify), "regions" (distill, add_region), "labels",
+        "relabels", "model" (a completed round, revert). Same as ``session.changed.connect``:
+        the call comes from the thread that made the change, a bound method is held weakly, and
+        an exception in a callback becomes a warning.
+        """
+        if not callable(callback):
+            raise TypeError(f"callback: expected a callable, got {callback!r}")
+        self.changed.connect(callback)
+        return lambda: self.changed.disconnect(callback, missing_ok=True)
+
+    def _emit(self, *events: str) -> None:
+        if "errors" in events or "regions" in events:
+            self._membership = {}
+        for event in events:
+            try:
+                self.changed.emit(event)
+            except EmitLoopError as exc:  # a broken view must not break the session
+                cause = exc.__cause__ or exc
+                warnings.warn(f"session observer failed on {event!r}: {cause!r}", stacklevel=2)
+
+    # ----- models, batched on the session's device (CPU in, CPU out) -----
+
+    def encode(
+        self, images: torch.Tensor, batch_size: int = 1024, progress: bool = False
+    ) -> torch.Tensor:
+        """(n, d) encoder means of images (n, C, H, W), on the CPU."""
+        return batched(
+            lambda x: self.generator.encode(x)[0].float(),
+            images,
+            device=self.device,
+            batch_size=batch_size,
+            empty_shape=(0, self.generator.latent_dim),
+            progress=progress,
+            desc="encode",
+        )
+
+    def decode(self, codes: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """(n, C, H, W) decoded images of codes (n, d), on the CPU."""
+        return batched(
+            lambda z: self.generator.decode(z.float()).float(),
+            codes,
+            device=self.device,
+            batch_size=batch_size,
+            empty_shape=(0, *self.data.image_shape),
+        )
+
+    def predict(self, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """(n, K) class probabilities of the current classifier, on the CPU."""
+        with self._lock:
+            return batched(
+                lambda x: self.classifier(x).float().softmax(1),
+                images,
+                device=self.device,
+                batch_size=batch_size,
+                empty_shape=(0, self.data.num_classes),
+            )
+
+    def split_codes(self, split: str) -> torch.Tensor:
+        """Encoder means of a whole split (cached per generator), (N, d) on the CPU."""
+        if self._codes_of is not self.generator:  # a new generator: cached codes are stale
+            self._codes, self._membership, self._codes_of = {}, {}, self.generator
+        if split not in self._codes:
+            self._codes[split] = self.encode(self.data.split(split)[0], progress=self.progress)
+        return self._codes[split]
+
+    def _require_regions(self) -> RegionSet:
+        if self.regions is None:
+            raise RuntimeError("no regions yet: call identify() and distill() first")
+        return self.regions
+
+    @property
+    def labels(self) -> dict[int, int]:
+        """Region id -> label (class index, MODEL_IS_RIGHT or UNRECOGNIZABLE); a copy."""
+        return dict(self._labels)
+
+    def correctable(self) -> dict[int, int]:
+        """The labeled regions that correction trains on: those labeled with a class."""
+        return {rid: lab for rid, lab in self._labels.items() if lab >= 0}
+
+    def training_labels(self) -> torch.Tensor:
+        """(N_train,) the training labels with the confirmed relabels applied (a new tensor;
+        ``data.y_train`` is never changed). Correction trains on these."""
+        return self._relabels.apply()

@@ -1,0 +1,155 @@
+"""The session's fine-tuning rounds: correct, evaluate, revert.
+
+A mixin of :class:`~defuse_widgets.session.DefuseSession`: the methods run on the session's
+classifier, its weight snapshots (one per round, 0 the original) and its history.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from . import evaluation
+from .correct import Cancelled, CancelToken, RoundSettings, StepCallback, fine_tune, restore
+from .evaluation import Evaluation, RoundRecord
+from .session_base import SessionBase
+
+EVAL_SAMPLES = 200
+
+
+class RoundsMixin(SessionBase):
+    """Fine-tuning rounds with exact revert (see :class:`DefuseSession`)."""
+
+    def correct(
+        self,
+        steps: int = 300,
+        lam: float = 1.0,
+        lr: float = 0.01,
+        batch_size: int = 64,
+        optimizer: str = "sgd",
+        scale: float | None = None,
+        cancel: CancelToken | None = None,
+        callback: StepCallback | None = None,
+    ) -> RoundRecord:
+        """Run one fine-tuning round on the class-labeled regions and return its record.
+
+        Loss = CE(training batch) + ``lam`` x CE(batch of fresh samples from the labeled regions,
+        drawn from N(mean, ``scale`` x covariance)). The classifier changes only when the round
+        completes; a cancelled round (``cancel.cancel()``) leaves it exactly as before.
+        """
+        settings = RoundSettings(
+            steps,
+            lam,
+            lr,
+            batch_size,
+            optimizer,
+            momentum=0.9,
+            scale=scale,
+            seed=self.seed + len(self.history),
+        )
+        targets = self.correctable()
+        if not targets:
+            raise RuntimeError("no region is labeled with a class: label at least one region first")
+        with self._lock:
+            if self._running:
+                raise RuntimeError("a fine-tuning round is already running; cancel it or wait")
+            self._running = True
+        try:
+            return self._run_round(settings, targets, cancel, callback)
+        finally:
+            self._running = False
+
+    def _run_round(
+        self,
+        settings: RoundSettings,
+        targets: dict[int, int],
+        cancel: CancelToken | None,
+        callback: StepCallback | None,
+    ) -> RoundRecord:
+        start, base = time.perf_counter(), self.active_round
+        draw = self._require_regions().training_sampler(
+            targets, settings.scale, settings.seed, self.device
+        )
+
+        def region_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            codes, labels = draw(n)
+            with torch.no_grad():
+                return self.generator.decode(codes).float(), labels
+
+        try:
+            state, losses = fine_tune(
+                self.classifier,
+                self.data.x_train,
+                self.training_labels(),
+                region_batch,
+                settings,
+                cancel,
+                callback,
+            )
+        except Cancelled:
+            return RoundRecord(None, True, vars(settings), [], time.perf_counter() - start)
+        with self._lock:
+            restore(self.classifier, state)
+            self._snapshots.append(state)
+            self.active_round = self.rounds
+        record = RoundRecord(
+            self.active_round,
+            False,
+            vars(settings),
+            losses,
+            0.0,
+            self.evaluate(),
+            base,
+            dict(targets),
+            len(self._relabels),
+        )
+        record.seconds = time.perf_counter() - start
+        self.history.append(record)
+        self._emit("model")
+        return record
+
+    def evaluate(self, samples: int = EVAL_SAMPLES) -> Evaluation:
+        """Test accuracy (overall, per class) and per labeled region accuracy on held-out decoded
+        samples and on real test images the mixture puts in the region with probability > 0.5.
+
+        The real-image figure is the honest measure of a fix; the held-out samples come from a
+        stream that fine-tuning never trains on.
+        """
+        targets = self.correctable() if self.regions is not None else {}
+        codes = self.split_codes("test") if targets else None
+        with self._lock:
+            return evaluation.evaluate(
+                self.classifier,
+                self.data.x_test,
+                self.data.y_test,
+                self.data.num_classes,
+                self.active_round,
+                self.regions,
+                targets,
+                codes,
+                samples,
+            )
+
+    @property
+    def rounds(self) -> int:
+        """Completed fine-tuning rounds (snapshots besides the original)."""
+        return len(self._snapshots) - 1
+
+    def revert(self, round: int | None = None) -> None:
+        """Restore the original weights (``round=None`` or 0) or a round's, bit for bit."""
+        target = 0 if round is None else round
+        if (
+            isinstance(target, bool)
+            or not isinstance(target, int)
+            or not 0 <= target <= self.rounds
+        ):
+            raise ValueError(
+                f"round: expected None or an integer in [0, {self.rounds}], got {round!r}"
+            )
+        with self._lock:
+            if self._running:
+                raise RuntimeError("a fine-tuning round is running; cancel it before reverting")
+            restore(self.classifier, self._snapshots[target])
+            self.active_round = target
+        self._emit("model")
