@@ -1,119 +1,30 @@
 // The error explorer widget (anywidget ESM): map + region list + region panel + fine-tuning.
-// State lives in the Python model's traits; actions go to Python as custom messages and are
-// acknowledged, so the UI never waits forever on a kernel that is gone.
-import { Arr, decode, encode, Wire } from "./common/codec";
+// State lives in the Python model's traits; actions and on-demand thumbnails are anywidget
+// commands (`experimental.invoke`), answered by the kernel or given up after a timeout. Styles
+// come from the widget's `_css`. Each model counts its views in this page and tells the kernel
+// through `_has_visible_views` whether one is shown (as jupyter_rfb does).
+import type { AnyModel, Host, RenderProps } from "@anywidget/types";
+import { decode, encode, Wire } from "./common/codec";
 import { ErrorMap, MapData } from "./explorer/map";
 import { RegionInfo, RegionList, RegionPanel } from "./explorer/regions";
 import { FineTune, Params, Progress, Round } from "./explorer/finetune";
 import { AuditView } from "./explorer/audit";
-import { CSS } from "./explorer/style";
-import { Host, InterpPanel } from "./explorer/interp";
+import { InterpPanel } from "./explorer/interp";
+import { Status } from "./explorer/status";
+import { Thumbs } from "./explorer/thumbs";
 
-type Model = {
-  get(name: string): any;
-  set(name: string, value: any): void;
-  save_changes(): void;
-  on(name: string, cb: (...args: any[]) => void): void;
-  off(name?: string | null, cb?: ((...args: any[]) => void) | null): void;
-  send(content: any, callbacks?: any, buffers?: ArrayBuffer[] | ArrayBufferView[]): void;
-};
-
-const ACK_TIMEOUT_MS = 20000;
-
-function render({ model, el, host }: { model: Model; el: HTMLElement; host?: Host }) {
+function render({ model, el, host, signal, experimental }: RenderProps): () => void {
   const t0 = performance.now();
-  const style = document.createElement("style");
-  style.textContent = CSS;
   const root = document.createElement("div");
   root.className = "dfx";
-  const status = document.createElement("div");
-  status.className = "dfx-status";
-  status.setAttribute("role", "status");
-  status.setAttribute("aria-live", "polite");
+  el.append(root);
+  const status = new Status(root, model, experimental.invoke, signal);
+  const showStatus = () => status.show();
   const left = document.createElement("div");
   const right = document.createElement("div");
-  root.append(status, left, right);
-  el.append(style, root);
-
-  let localError = "";
-  let localNote = "";
-  const showStatus = () => {
-    const busy: string = model.get("busy") || "";
-    const err: string = localError || model.get("error") || "";
-    status.innerHTML = "";
-    if (busy) {
-      const s = document.createElement("span");
-      s.className = "dfx-spin";
-      s.setAttribute("aria-hidden", "true");
-      status.append(s);
-    }
-    const msg = document.createElement("span");
-    msg.textContent = localNote || model.get("status") || "";
-    status.append(msg);
-    if (err) {
-      const e = document.createElement("span");
-      e.className = "dfx-err";
-      e.setAttribute("role", "alert");
-      e.textContent = ` ${err}`;
-      status.append(e);
-    }
-  };
-
-  // --- actions with acknowledgements ---------------------------------------------------------
-  let nextId = 1;
-  const pending = new Map<number, number>();
-  const act = (content: Record<string, unknown>, note = "") => {
-    const id = nextId++;
-    localError = "";
-    localNote = note;
-    showStatus();
-    pending.set(id, window.setTimeout(() => {
-      pending.delete(id);
-      localNote = "";
-      localError = "No answer from the kernel: it may have been restarted or be busy. Re-run the cell that shows the explorer.";
-      showStatus();
-    }, ACK_TIMEOUT_MS));
-    model.send({ ...content, id });
-  };
-
-  // --- thumbnails: one sprite buffer, or one point at a time on demand (newest wins) ---------
-  let thumbs: Arr | null = null;
-  let thumbWaiting: { index: number; resolve: (a: Arr | null) => void } | null = null;
-  let thumbInFlight = false;
-  const thumbCache = new Map<number, Arr>();
-  const requestThumb = () => {
-    if (thumbInFlight || !thumbWaiting) return;
-    thumbInFlight = true;
-    model.send({ kind: "thumb", index: thumbWaiting.index });
-  };
-  const thumb = (index: number): Promise<Arr | null> => {
-    if (thumbs) return Promise.resolve(thumbs);
-    const hit = thumbCache.get(index);
-    if (hit) return Promise.resolve(hit);
-    return new Promise((resolve) => {
-      thumbWaiting?.resolve(null);
-      thumbWaiting = { index, resolve };
-      requestThumb();
-    });
-  };
-
-  const onMsg = (msg: any, buffers: DataView[]) => {
-    if (!msg) return;
-    if (msg.kind === "ack") {
-      const timer = pending.get(msg.id);
-      if (timer !== undefined) { clearTimeout(timer); pending.delete(msg.id); }
-      localNote = "";
-      localError = msg.ok ? "" : String(msg.message || "failed");
-      showStatus();
-    } else if (msg.kind === "thumb") {
-      thumbInFlight = false;
-      const arr = buffers && buffers[0] ? decode({ buffer: buffers[0], dtype: "uint8", shape: msg.shape }) : null;
-      if (arr) thumbCache.set(msg.index, arr);
-      if (thumbWaiting && thumbWaiting.index === msg.index) { thumbWaiting.resolve(arr); thumbWaiting = null; }
-      requestThumb();
-    }
-  };
-  model.on("msg:custom", onMsg);
+  root.append(left, right);
+  const act = (name: string, msg: Record<string, unknown>, note: string) => void status.act(name, msg, note);
+  const thumbs = new Thumbs(experimental.invoke, signal);
 
   // --- map, list, panel, fine-tune -------------------------------------------------------------
   const classes = (): string[] => model.get("classes") || [];
@@ -135,7 +46,7 @@ function render({ model, el, host }: { model: Model; el: HTMLElement; host?: Hos
       interp.set(model.get("interpolator"), i);
       const r = mapData?.region.data[i];
       if (r !== undefined && r >= 0) selectRegion(r);
-      else { localNote = `Point ${i} is in no region.`; showStatus(); }
+      else status.note(`Point ${i} is in no region.`);
     },
     onSelect: (idx) => {
       const arr = idx ?? new Int32Array(0);
@@ -144,30 +55,30 @@ function render({ model, el, host }: { model: Model; el: HTMLElement; host?: Hos
       model.save_changes();
       panel.setSelectionCount(arr.length);
     },
-    thumb,
+    thumb: (i) => thumbs.get(i),
   });
   const list = new RegionList(right, selectRegion);
   const panel = new RegionPanel(root, {
-    label: (rid, label) => act({ kind: "label", region: rid, label }, `Labeling region ${rid}…`),
-    unlabel: (rid) => act({ kind: "unlabel", region: rid }, `Clearing the label of region ${rid}…`),
-    addRegion: () => act({ kind: "add_region" }, "Making a region from the selection…"),
+    label: (rid, label) => act("_label_command", { region: rid, label }, `Labeling region ${rid}…`),
+    unlabel: (rid) => act("_unlabel_command", { region: rid }, `Clearing the label of region ${rid}…`),
+    addRegion: () => act("_add_region_command", {}, "Making a region from the selection…"),
   });
   let selfAuditSelection: any = null; // echo guard, as for selected_indices
   const audit = new AuditView(panel.root, {
-    open: (rid) => act({ kind: "audit", region: rid }, `Auditing the training images of region ${rid}…`),
+    open: (rid) => act("_audit_command", { region: rid }, `Auditing the training images of region ${rid}…`),
     select: (idx) => {
       selfAuditSelection = encode(idx);
       model.set("audit_selection", selfAuditSelection);
       model.save_changes();
     },
-    relabel: (idx) => act({ kind: "relabel", indices: idx }, "Relabeling…"),
-    undo: (idx) => act({ kind: "unrelabel", indices: idx }, "Undoing relabels…"),
+    relabel: (idx) => act("_relabel_command", { indices: idx }, "Relabeling…"),
+    undo: (idx) => act("_unrelabel_command", { indices: idx }, "Undoing relabels…"),
   });
-  const interp = new InterpPanel(root, host, (msg) => { localError = msg; showStatus(); });
+  const interp = new InterpPanel(root, host as Host | undefined, (msg) => status.fail(msg));
   const tune = new FineTune(root, {
-    start: (p) => act({ kind: "finetune", ...p }, "Starting fine-tuning…"),
-    cancel: () => act({ kind: "cancel" }, "Cancelling…"),
-    revert: () => act({ kind: "revert" }, "Reverting the model…"),
+    start: (p) => act("_fine_tune_command", { ...p }, "Starting fine-tuning…"),
+    cancel: () => act("_cancel_command", {}, "Cancelling…"),
+    revert: () => act("_revert_command", {}, "Reverting the model…"),
     params: (p) => { model.set("finetune_params", p); model.save_changes(); },
   });
 
@@ -193,12 +104,11 @@ function render({ model, el, host }: { model: Model; el: HTMLElement; host?: Hos
       map.root.dataset.drawMs = String(Math.round(performance.now() - start));
       map.root.dataset.renderMs = String(Math.round(performance.now() - t0));
     } catch (e) {
-      localError = `Could not draw the map: ${e}`;
-      showStatus();
+      status.fail(`Could not draw the map: ${e}`);
     }
   };
 
-  const onThumbs = () => { thumbs = decode(model.get("thumbs")); thumbCache.clear(); };
+  const onThumbs = () => thumbs.setSprite(decode(model.get("thumbs")));
   const onAuditRegion = () => {
     const rid = panel.region;
     audit.setRegion(rid, rid >= 0 ? labels()[String(rid)] : undefined, classes());
@@ -259,17 +169,31 @@ function render({ model, el, host }: { model: Model; el: HTMLElement; host?: Hos
   onClasses(); onThumbs(); showStatus(); onParams(); onProgress(); onRegions(); onAudit(); onRelabels(); onInterp();
   panel.setSelectionCount(decode(model.get("selected_indices"))?.data.length ?? 0);
   drawMap(true).then(onSelection).then(onHistory); // the map first, then the small chart
-  model.send({ kind: "hello" }); // Python counts the views shown (and catches up on what it deferred)
 
   return () => {
-    try { model.send({ kind: "bye" }); } catch { /* the model is already closed */ }
     for (const [ev, cb] of handlers) model.off(ev, cb);
-    model.off("msg:custom", onMsg);
-    for (const t of pending.values()) clearTimeout(t);
     map.destroy();
     tune.destroy();
     interp.destroy();
   };
 }
 
-export default { render };
+/** Tell the kernel whether a view of this model is shown (it defers work while none is). */
+function reportViews(model: AnyModel, shown: number): void {
+  try {
+    model.set("_has_visible_views", shown > 0);
+    model.save_changes();
+  } catch { /* the model is already closed */ }
+}
+
+// One factory call per model: `shown` counts that model's views in this page.
+export default () => {
+  let shown = 0;
+  return {
+    render(props: RenderProps) {
+      const cleanup = render(props);
+      reportViews(props.model, ++shown);
+      return () => { cleanup(); reportViews(props.model, --shown); };
+    },
+  };
+};

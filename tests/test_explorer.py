@@ -44,16 +44,27 @@ def widget(session: dw.DefuseSession) -> Explorer:
     if session.relabels:  # (unrelabel([]) refuses an empty list: dtype float)
         session.unrelabel(list(session.relabels))
     session.revert()
-    w = Explorer(session, projection="pca", steps=10, block=True)
-    w.sent = []  # type: ignore[attr-defined]
-    w.send = lambda content, buffers=None: w.sent.append((content, buffers))  # type: ignore[method-assign]
-    return w
+    return Explorer(session, projection="pca", steps=10, block=True)
 
 
-def _ack(w: Any) -> dict[str, Any]:
-    acks = [c for c, _ in w.sent if c.get("kind") == "ack"]
-    assert acks, w.sent
-    return acks[-1]
+def invoke(w: Any, name: str, msg: dict[str, Any] | None = None) -> tuple[Any, list[Any]]:
+    """Send a command as the page's ``experimental.invoke`` does; return its answer and buffers."""
+    sent: list[tuple[Any, Any]] = []
+    send, w.send = w.send, lambda content, buffers=None: sent.append((content, buffers))
+    try:
+        w._handle_custom_msg(
+            {"kind": "anywidget-command", "id": "c1", "name": name, "msg": msg or {}}, []
+        )
+    finally:
+        w.send = send
+    answers = [(c, b) for c, b in sent if c.get("kind") == "anywidget-command-response"]
+    assert len(answers) == 1 and answers[0][0]["id"] == "c1", sent
+    return answers[0][0]["response"], list(answers[0][1] or [])
+
+
+def act(w: Any, name: str, **msg: Any) -> dict[str, Any]:
+    """An action command's answer ({"ok": ...})."""
+    return invoke(w, name, msg)[0]
 
 
 def test_state_travels_as_binary_buffers(widget: Explorer, session: dw.DefuseSession) -> None:
@@ -112,28 +123,23 @@ def test_label_from_the_browser(widget: Explorer, session: dw.DefuseSession) -> 
     rid = widget.regions[0]["id"]
     changed: list[str] = []
     widget.observe(lambda ch: changed.append(ch["name"]))
-    widget._on_custom_msg(widget, {"kind": "label", "region": rid, "label": 3, "id": 7}, [])
-    assert _ack(widget) == {"kind": "ack", "id": 7, "ok": True}
+    assert act(widget, "_label_command", region=rid, label=3) == {"ok": True}
     assert session.labels == {rid: 3} and widget.labels == {str(rid): 3}
     assert seen == [(rid, 3)]
     # a label change sends only the small label map (and the status line)
     assert set(changed) <= {"labels", "status", "error"}
-    widget._on_custom_msg(
-        widget, {"kind": "label", "region": rid, "label": dw.MODEL_IS_RIGHT, "id": 8}, []
-    )
+    assert act(widget, "_label_command", region=rid, label=dw.MODEL_IS_RIGHT)["ok"]
     assert session.labels == {rid: dw.MODEL_IS_RIGHT}
-    widget._on_custom_msg(widget, {"kind": "unlabel", "region": rid, "id": 9}, [])
+    assert act(widget, "_unlabel_command", region=rid)["ok"]
     assert session.labels == {} and seen[-1] == (rid, None)
 
 
 def test_bad_labels_change_nothing(widget: Explorer, session: dw.DefuseSession) -> None:
-    widget._on_custom_msg(widget, {"kind": "label", "region": 999, "label": 1, "id": 1}, [])
-    ack = _ack(widget)
+    ack = act(widget, "_label_command", region=999, label=1)
     assert ack["ok"] is False and "999" in ack["message"]
     assert "999" in widget.error
     rid = widget.regions[0]["id"]
-    widget._on_custom_msg(widget, {"kind": "label", "region": rid, "label": 42, "id": 2}, [])
-    assert _ack(widget)["ok"] is False
+    assert act(widget, "_label_command", region=rid, label=42)["ok"] is False
     assert session.labels == {} and widget.labels == {}
 
 
@@ -160,10 +166,8 @@ def test_selection_syncs_and_makes_a_region(widget: Explorer, session: dw.Defuse
 def test_fine_tune_round_and_revert(widget: Explorer, session: dw.DefuseSession) -> None:
     with pytest.raises(RuntimeError, match="label at least one region"):
         widget.fine_tune()
-    widget._on_custom_msg(
-        widget, {"kind": "finetune", "steps": 10, "lam": 1.0, "lr": 0.01, "id": 3}, []
-    )
-    assert _ack(widget)["ok"] is False and "label" in widget.error
+    ack = act(widget, "_fine_tune_command", steps=10, lam=1.0, lr=0.01)
+    assert ack["ok"] is False and "label" in widget.error
     rid = widget.regions[0]["id"]
     widget.label(rid, widget.regions[0]["transition"][0])
     updates: list[dict[str, Any]] = []
@@ -227,13 +231,14 @@ def test_an_explorer_without_views_catches_up_when_shown(
     widget: Explorer, session: dw.DefuseSession
 ) -> None:
     widget.label(widget.regions[0]["id"], widget.regions[0]["transition"][0])
-    widget._on_custom_msg(widget, {"kind": "hello"}, [])
-    widget._on_custom_msg(widget, {"kind": "bye"}, [])  # its cell re-ran: no view left
+    # the page reports its views through a trait (as jupyter_rfb's _has_visible_views)
+    widget.set_state({"_has_visible_views": True})
+    widget.set_state({"_has_visible_views": False})  # its cell re-ran: no view left
     entries = len(widget.history)
     session.correct(steps=10)
     widget.wait(60)
     assert len(widget.history) == entries and widget.point_fixed is None  # deferred
-    widget._on_custom_msg(widget, {"kind": "hello"}, [])  # shown again: it catches up
+    widget.set_state({"_has_visible_views": True})  # shown again: it catches up
     widget.wait(60)
     assert widget.history[-1]["event"] == "round" and widget.point_fixed is not None
     session.revert()  # with a view shown, at once
@@ -242,17 +247,61 @@ def test_an_explorer_without_views_catches_up_when_shown(
 
 
 def test_fine_tune_waits_for_work_already_running(
-    widget: Explorer, session: dw.DefuseSession
+    session: dw.DefuseSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from defuse_widgets import projection
+
+    fit = projection.fit
+
+    def slow_fit(*args: Any, **kwargs: Any) -> Any:  # like a first UMAP projection
+        time.sleep(0.5)
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(projection, "fit", slow_fit)
+    w = Explorer(session, projection="pca", steps=10)  # projecting in the background
+    assert w.running
+    w.label(w.regions[0]["id"], w.regions[0]["transition"][0])
+    entry = w.fine_tune(steps=10, block=True)  # queued behind it, not refused
+    assert w.error == "" and not w.running and w.points is not None
+    assert entry is not None and entry["event"] == "round" and entry is w.history[-1]
+    assert entry["round"] == session.active_round >= 1
+    assert w.fine_tune(steps=10) is None  # not blocking: nothing to return yet
+    w.cancel()
+    w.wait(60)
+    session.revert()
+
+
+@pytest.mark.parametrize("bad", [{"lam": 0}, {"lr": 0}, {"lr": float("inf")}, {"steps": 0}])
+def test_bad_fine_tune_settings_are_refused_before_any_job(
+    widget: Explorer, session: dw.DefuseSession, bad: dict[str, Any]
 ) -> None:
     widget.label(widget.regions[0]["id"], widget.regions[0]["transition"][0])
-    widget._start("projecting", lambda: time.sleep(0.5))  # like a first UMAP projection
-    entry = widget.fine_tune(steps=10, block=True)  # queued behind it, not refused
-    assert widget.error == "" and not widget.running
-    assert entry is not None and entry["event"] == "round" and entry is widget.history[-1]
-    assert entry["round"] == session.active_round >= 1
-    assert widget.fine_tune(steps=10) is None  # not blocking: nothing to return yet
-    widget.cancel()
-    widget.wait(60)
+    name, rounds = next(iter(bad)), session.rounds
+    with pytest.raises(ValueError, match=rf"{name}: expected a positive"):
+        widget.fine_tune(**bad)
+    assert not widget.running and widget.history == [] and session.rounds == rounds
+    ack = act(widget, "_fine_tune_command", **bad)
+    assert ack["ok"] is False and f"{name}: expected a positive" in ack["message"]
+    assert not widget.running and widget.finetune_params["steps"] == 10
+    with pytest.raises(ValueError, match="lam: expected a positive"):
+        Explorer(session, projection="pca", lam=0)
+
+
+def test_wait_raises_the_error_of_a_failed_job(
+    widget: Explorer, session: dw.DefuseSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    widget.label(widget.regions[0]["id"], widget.regions[0]["transition"][0])
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("evaluation broke")
+
+    rounds = session.rounds
+    monkeypatch.setattr(session, "evaluate", broken)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        widget.fine_tune(steps=5, block=True)
+    assert "Fine-tuning failed: RuntimeError: evaluation broke" in widget.error
+    assert not widget.running and widget.busy == "" and session.rounds == rounds
+    widget.wait()  # reported once: a later wait has nothing to raise
 
 
 def test_second_fine_tune_and_cancel(widget: Explorer, session: dw.DefuseSession) -> None:
@@ -262,14 +311,13 @@ def test_second_fine_tune_and_cancel(widget: Explorer, session: dw.DefuseSession
     try:
         with pytest.raises(RuntimeError, match="already running"):
             widget.fine_tune(steps=10)
-        widget._on_custom_msg(widget, {"kind": "finetune", "id": 4}, [])
-        assert _ack(widget)["ok"] is False
+        assert act(widget, "_fine_tune_command")["ok"] is False
         with pytest.raises(RuntimeError, match="running"):
             widget.revert()
     finally:
-        widget._on_custom_msg(widget, {"kind": "cancel", "id": 5}, [])
+        cancelled = act(widget, "_cancel_command")
         widget.wait(60)
-    assert _ack(widget)["ok"] is True
+    assert cancelled["ok"] is True
     assert not widget.running and widget.busy == ""
     assert session.rounds == rounds
     assert "cancelled" in widget.status
@@ -278,12 +326,11 @@ def test_second_fine_tune_and_cancel(widget: Explorer, session: dw.DefuseSession
 def test_thumbnail_on_demand(session: dw.DefuseSession) -> None:
     w = Explorer(session, projection="pca", max_thumbnail_bytes=0, block=True)
     assert w.thumbs is None
-    sent: list[Any] = []
-    w.send = lambda content, buffers=None: sent.append((content, buffers))  # type: ignore[method-assign]
-    w._on_custom_msg(w, {"kind": "thumb", "index": 2}, [])
-    (content, buffers) = sent[-1]
-    assert content["kind"] == "thumb" and content["index"] == 2
-    assert len(buffers[0]) == int(np.prod(content["shape"]))
+    answer, buffers = invoke(w, "_thumb_command", {"index": 2})
+    assert answer["index"] == 2 and len(answer["shape"]) == 4 and answer["shape"][0] == 1
+    assert len(buffers[0]) == int(np.prod(answer["shape"]))
+    answer, buffers = invoke(w, "_thumb_command", {"index": 10**6})
+    assert answer["shape"] is None and buffers == []
 
 
 def test_bad_arguments(session: dw.DefuseSession, digits, digits_classifier, digits_vae) -> None:
@@ -350,9 +397,9 @@ def test_audit_of_the_selected_region_travels_as_buffers(
         widget.open_audit(rid)
     widget.label(rid, label)
     assert widget.audit is None  # nothing is audited before the person asks
-    widget._on_custom_msg(widget, {"kind": "audit", "region": rid, "id": 1}, [])
+    assert act(widget, "_audit_command", region=rid)["ok"] is True
     widget.wait()
-    assert _ack(widget)["ok"] is True and widget.error == ""
+    assert widget.error == ""
     assert widget.selected_region == rid
     audit, expected = widget.audit, session.audit(rid)
     assert audit["region"] == rid and audit["label"] == label
@@ -402,8 +449,7 @@ def test_relabel_and_undo_from_python_and_the_browser(
     wire = {"buffer": memoryview(np.array([first], np.int32).tobytes()), "dtype": "int32"}
     widget.set_state({"audit_selection": {**wire, "shape": [1]}})
     assert widget.audit_selection.tolist() == [first]
-    widget._on_custom_msg(widget, {"kind": "relabel", "indices": [first], "id": 2}, [])
-    assert _ack(widget)["ok"] is True
+    assert act(widget, "_relabel_command", indices=[first])["ok"] is True
     assert set(session.relabels) == {first} and widget.relabel_count == 1
     # a relabeled image stays in the audit (so it can be undone), marked by its new label
     widget.refresh()
@@ -411,10 +457,10 @@ def test_relabel_and_undo_from_python_and_the_browser(
     assert first in widget.audit["indices"].tolist()
     pos = widget.audit["indices"].tolist().index(first)
     assert widget.audit_labels[pos] == label
-    widget._on_custom_msg(widget, {"kind": "unrelabel", "indices": [first], "id": 3}, [])
-    assert _ack(widget)["ok"] is True and session.relabels == {} and widget.relabel_count == 0
-    widget._on_custom_msg(widget, {"kind": "relabel", "indices": [], "id": 4}, [])
-    assert _ack(widget)["ok"] is False and "select" in widget.error
+    assert act(widget, "_unrelabel_command", indices=[first])["ok"] is True
+    assert session.relabels == {} and widget.relabel_count == 0
+    assert act(widget, "_relabel_command", indices=[])["ok"] is False
+    assert "select" in widget.error
     # select all, and relabels made on the session directly show at once
     widget.select_audit("all")
     assert widget.audit_selection.tolist() == widget.audit["indices"].tolist()

@@ -3,9 +3,7 @@
 // the back-pressured frame protocol) is rendered here through anywidget's `host.getWidget`, so
 // none of the interpolator's code is bundled into the explorer.
 
-export type Host = {
-  getWidget(ref: string): Promise<{ render(opts: { el: HTMLElement; signal?: AbortSignal }): Promise<void> }>;
-};
+import type { Host } from "@anywidget/types";
 
 export class InterpPanel {
   root: HTMLElement;

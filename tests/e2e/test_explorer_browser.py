@@ -4,7 +4,8 @@ Renders the explorer on digits, hovers a point (thumbnail), clicks it (the inter
 opens; its slider changes the decoded frame), opens a region, labels it (the session
 has the label), fine-tunes one round (progress reaches the end, numbers change), reverts (the
 original accuracy returns), audits a class-labeled region (relabel one training image, undo),
-follows a label and a fine-tuning round made on the session directly, and saves a screenshot
+follows a label and a fine-tuning round made on the session directly, reports its views to the
+kernel, and saves a screenshot
 (``docs/explorer.png`` with ``DEFUSE_UPDATE_DOCS=1``).
 """
 
@@ -241,14 +242,30 @@ def test_explorer_end_to_end(
     assert _metric(page, "rounds") == "Rounds: 2"
     assert re.search(r"label: ", page.evaluate(region_name, rid2))
 
-    # the kernel counts the views in the page: a second view says hello, and bye once removed
+    # the page tells the kernel whether a view is shown (_has_visible_views): a second view
+    # of w, once removed, leaves the first one shown
+    views = "() => document.querySelectorAll('.dfx').length === {}"
     run_new_cell(page, "h = display(w, display_id=True); print('SHOWN')", expect="SHOWN")
-    page.wait_for_function("() => document.querySelectorAll('.dfx').length === 2", timeout=30_000)
-    assert run_new_cell(page, "print('VIEWS', w._views)", expect="VIEWS").split()[-1] == "2"
+    page.wait_for_function(views.format(2), timeout=30_000)
     run_new_cell(page, "h.update('replaced'); print('UPDATED')", expect="UPDATED")
-    page.wait_for_function("() => document.querySelectorAll('.dfx').length === 1", timeout=30_000)
+    page.wait_for_function(views.format(1), timeout=30_000)
     page.wait_for_timeout(500)
-    assert run_new_cell(page, "print('VIEWS', w._views)", expect="VIEWS").split()[-1] == "1"
+    out = run_new_cell(page, "print('VIEWS', w._has_visible_views)", expect="VIEWS")
+    assert out.split()[-1] == "True"
+    # an explorer whose only view is removed has none left
+    src = "w2 = s.explorer(projection='pca'); h2 = display(w2, display_id=True); print('TWO')"
+    run_new_cell(page, src, expect="TWO")
+    page.wait_for_function(views.format(2), timeout=30_000)
+    page.wait_for_timeout(500)
+    assert (
+        run_new_cell(page, "print('V2', w2._has_visible_views)", expect="V2").split()[-1] == "True"
+    )
+    run_new_cell(page, "h2.update('gone'); print('GONE')", expect="GONE")
+    page.wait_for_function(views.format(1), timeout=30_000)
+    page.wait_for_timeout(500)
+    assert (
+        run_new_cell(page, "print('V2', w2._has_visible_views)", expect="V2").split()[-1] == "False"
+    )
 
 
 @pytest.fixture(autouse=True)
