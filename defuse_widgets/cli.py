@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +122,8 @@ def build_report(
     s: DefuseSession,
     dataset: str,
     strategy: str,
-    before: dict[str, Any],
-    after: dict[str, Any],
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
     timings: dict[str, float],
 ) -> dict[str, Any]:
     assert s.errors is not None and s.regions is not None

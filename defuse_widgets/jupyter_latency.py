@@ -13,8 +13,9 @@
    ``static/favicons/`` are served with ``max-age`` instead (they never change while a server
    runs).
 
-Live widgets (the interpolator's frames) need this; nothing else changes. The package's wheel
-enables it; enable it for one server by hand with::
+Live widgets (the interpolator's frames) gain from this; nothing else changes. It is opt-in:
+installing the package enables nothing, because it patches two handlers of every server it is
+loaded in. Enable it for one server with::
 
     jupyter lab --ServerApp.jpserver_extensions="{'defuse_widgets.jupyter_latency': True}"
 

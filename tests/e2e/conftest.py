@@ -69,6 +69,8 @@ def start_lab(root_dir: str | Path, timeout: float = 90.0) -> tuple[str, subproc
         "--ServerApp.password=",
         "--allow-root",
         f"--ServerApp.root_dir={root_dir}",
+        # opt-in (README): the tests run with it, as a user who enabled it would
+        "--ServerApp.jpserver_extensions={'defuse_widgets.jupyter_latency': True}",
         "--LabApp.news_url=",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]

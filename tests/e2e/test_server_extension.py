@@ -1,14 +1,16 @@
-"""The latency server extension, as installed: loaded by a real JupyterLab, favicons cacheable."""
+"""The opt-in latency server extension: loaded by a real JupyterLab, favicons cacheable."""
 
 from __future__ import annotations
 
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from defuse_widgets.jupyter_latency import FAVICON_MAX_AGE_S
 
 
-def test_installed_extension_is_loaded_and_favicons_are_cacheable(
+def test_enabled_extension_is_loaded_and_favicons_are_cacheable(
     lab_server: tuple[str, Path],
 ) -> None:
     url, root = lab_server
@@ -22,3 +24,11 @@ def test_installed_extension_is_loaded_and_favicons_are_cacheable(
     # other static files keep the server's own caching rules
     with urllib.request.urlopen(f"{url}/lab", timeout=10) as resp:
         assert f"max-age={FAVICON_MAX_AGE_S}" not in (resp.headers["Cache-Control"] or "")
+
+
+def test_the_package_enables_nothing_in_the_jupyter_server_by_itself() -> None:
+    """Installing the wheel must not switch the extension on for every server (opt-in only)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    wheel = project["tool"]["hatch"]["build"]["targets"]["wheel"]
+    assert "shared-data" not in wheel, "no jupyter_server_config.d file is installed"
