@@ -40,7 +40,7 @@ import time, math, numpy as np, torch
 import defuse_widgets as dw
 from defuse_widgets import projection
 from defuse_widgets.distill import Mixture, Region, RegionSet
-from defuse_widgets.identify import ErrorSet
+from defuse_widgets import ErrorSet
 from defuse_widgets.widgets.explorer import Explorer
 torch.manual_seed(0)
 data = dw.load_dataset("digits")

@@ -6,8 +6,8 @@ In one process, on the same trained models and the same test images, it times
    (for each image: encoder mean, Q Beta(a, a) noise vectors added to it, Q decodes, classify,
    keep at most k wrong codes with the smallest noise norm), one image at a time, with autograd
    enabled as in the reference (no inference mode), always in float32;
-2. ``ours (reference)``: ``identify(..., strategy="reference")`` with the same Q, k and a;
-3. ``ours (gradient)``: ``identify(..., strategy="gradient")`` with the same k.
+2. ``ours (reference)``: ``identify(..., ReferenceSearch(samples=Q, max_per_image=k, beta=a))``;
+3. ``ours (gradient)``: ``identify(..., GradientSearch(max_per_image=k))``.
 
 Each is run ``--repeats`` times; the table shows the median wall time. Decodes count every code
 pushed through the decoder (a gradient step's forward and backward pass counts as one decode).
@@ -41,7 +41,6 @@ from torch import nn
 
 import defuse_widgets as dw
 from defuse_widgets.device import resolve_device
-from defuse_widgets.identify import identify
 
 CACHE = Path.home() / ".cache" / "defuse-widgets" / "bench"
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -217,20 +216,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"median wall time"
     )
 
-    def ours(strategy: str) -> Callable[[], Any]:
-        return lambda: identify(clf, vae, x, y, strategy, samples=q, max_per_image=k,
-                                beta=args.beta, device=device, autocast=autocast,
-                                seed=args.seed, progress=False)  # fmt: skip
+    reference = dw.ReferenceSearch(samples=q, max_per_image=k, beta=args.beta)
+    gradient = dw.GradientSearch(max_per_image=k)
+
+    def ours(strategy: dw.SearchStrategy, images: int = n) -> Callable[[], Any]:
+        return lambda: dw.identify(clf, vae, x[:images], y[:images], strategy, device=device,
+                                   autocast=autocast, seed=args.seed, progress=False)  # fmt: skip
 
     # warm-up (first calls allocate and pick kernels), not timed
     baseline_search(clf, vae, x[:4], y[:4], q, k, args.beta, device, args.seed)
-    identify(clf, vae, x[:4], y[:4], "reference", samples=q, max_per_image=k, device=device,
-             autocast=autocast, progress=False)  # fmt: skip
+    ours(reference, images=4)()
     timings = timed(
         {
             "baseline": lambda: baseline_search(clf, vae, x, y, q, k, args.beta, device, args.seed),
-            "reference": ours("reference"),
-            "gradient": ours("gradient"),
+            "reference": ours(reference),
+            "gradient": ours(gradient),
         },
         args.repeats,
         device,

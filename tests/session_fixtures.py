@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import defuse_widgets as dw
-from defuse_widgets.identify import ErrorSet
+from defuse_widgets import ErrorSet
 
 LIMIT = 60
 IDENTIFY = {"samples": 30, "max_per_image": 3}

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import defuse_widgets as dw
+from defuse_widgets import identify
 from defuse_widgets.generative import (
     Generator,
     GeneratorAdapter,
@@ -17,7 +18,6 @@ from defuse_widgets.generative import (
     check_logits,
     evaluating,
 )
-from defuse_widgets.identify import identify
 
 
 class UserVAE(nn.Module):

@@ -1,8 +1,11 @@
-"""identify(): every strategy on the trained digits models, keep rules, seeds, validity, errors."""
+"""identify(): every strategy on the trained digits models, keep rules, seeds, validity, errors;
+the strategy objects, their knob checks and the string shorthand."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import importlib.util
 import math
 
 import pytest
@@ -10,7 +13,16 @@ import torch
 from torch import nn
 
 import defuse_widgets as dw
-from defuse_widgets.identify import STRATEGIES, ErrorSet, identify, validity_score
+from defuse_widgets import (
+    ErrorSet,
+    GaussianSearch,
+    GradientSearch,
+    ReferenceSearch,
+    SearchStrategy,
+    identify,
+    validity_score,
+)
+from defuse_widgets.strategies import STRATEGIES
 
 N_IMAGES, Q, K = 60, 30, 3
 SETTINGS = {
@@ -331,7 +343,42 @@ def _bad_cases(data: dw.ImageDataset, clf: nn.Module, vae: dw.ConvVAE) -> dict:
             ValueError,
             "step_size: expected a positive",
         ),  # fmt: skip
-        "beta 0": ((clf, vae, x, y), {"beta": 0.0}, ValueError, "beta and radius"),
+        "beta 0": ((clf, vae, x, y), {"beta": 0.0}, ValueError, "beta: expected a positive"),
+        "radius 0": (
+            (clf, vae, x, y, "gaussian"),
+            {"radius": 0.0},
+            ValueError,
+            "radius: expected a positive",
+        ),
+        "chunk_size 0": ((clf, vae, x, y), {"chunk_size": 0}, ValueError, "chunk_size: expected"),
+        "a knob of another strategy": (
+            (clf, vae, x, y, "gradient"),
+            {"samples": 20},
+            TypeError,
+            r"samples: expected knobs of the 'gradient' strategy \(restarts, steps, step_size, "
+            r"max_distance, max_per_image\), got samples=20 \(samples belongs to "
+            r"\['reference', 'gaussian'\]\)",
+        ),
+        "an unknown knob": (
+            (clf, vae, x, y, "reference"),
+            {"sampels": 20},
+            TypeError,
+            r"sampels: expected knobs of the 'reference' strategy \(samples, max_per_image, "
+            r"beta\), got sampels=20$",
+        ),
+        "knobs with a strategy object": (
+            (clf, vae, x, y, ReferenceSearch(samples=10)),
+            {"samples": 20},
+            TypeError,
+            r"samples: expected no search knobs with a strategy object "
+            r".*ReferenceSearch\(samples=10",
+        ),
+        "a strategy class, not an object": (
+            (clf, vae, x, y, ReferenceSearch),
+            {},
+            ValueError,
+            "strategy: expected one of .* or a SearchStrategy",
+        ),
         "no classifier": ((None, vae, x, y), {}, TypeError, "classifier: expected a torch module"),
         "no generator": ((clf, object(), x, y), {}, TypeError, "generator: expected a module"),
         "bad device": ((clf, vae, x, y), {"device": "tpu"}, ValueError, "device: expected"),
@@ -351,6 +398,8 @@ CASES = [
     "NaN codes", "k > Q", "no images", "flat images", "numpy images", "uint8 images",
     "0-255 images", "NaN images", "too few labels", "float labels", "negative labels",
     "bad strategy", "samples 0", "bad autocast", "min_validity 2", "negative step", "beta 0",
+    "radius 0", "chunk_size 0", "a knob of another strategy", "an unknown knob",
+    "knobs with a strategy object", "a strategy class, not an object",
     "no classifier", "no generator", "bad device",
 ]  # fmt: skip
 
@@ -366,7 +415,104 @@ def test_bad_input_gets_a_clear_error(
         identify(*args, progress=False, **{"device": "cpu", **kwargs})
 
 
-def test_package_exports_the_identify_function_not_its_module() -> None:
-    import defuse_widgets.session  # noqa: F401  (imports the identify module too)
+def test_package_exports_the_identify_function_and_no_module_of_that_name() -> None:
+    import defuse_widgets.session  # noqa: F401  (imports the search module too)
 
     assert callable(dw.identify) and dw.identify.__name__ == "identify"
+    assert importlib.util.find_spec("defuse_widgets.identify") is None
+
+
+# ---------------------------------------------------------------- strategy objects
+
+
+def test_strategy_defaults_are_the_documented_knobs() -> None:
+    assert dataclasses.asdict(ReferenceSearch()) == {"samples": 100, "max_per_image": 5, "beta": 50}
+    assert dataclasses.asdict(GaussianSearch()) == {"radius": 1, "samples": 100, "max_per_image": 5}
+    assert dataclasses.asdict(GradientSearch()) == {
+        "restarts": 8, "steps": 10, "step_size": None, "max_distance": None, "max_per_image": 5,
+    }  # fmt: skip
+    assert {name: cls.name for name, cls in STRATEGIES.items()} == {
+        "reference": "reference", "gaussian": "gaussian", "gradient": "gradient"}  # fmt: skip
+    assert all(issubclass(cls, SearchStrategy) for cls in STRATEGIES.values())
+    # frozen: a strategy is a value, changed with dataclasses.replace
+    strategy = ReferenceSearch(samples=50)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        strategy.samples = 10  # type: ignore[misc]
+    assert dataclasses.replace(strategy, beta=20.0) == ReferenceSearch(50, 5, 20.0)
+    assert ReferenceSearch(samples=50) == strategy and hash(ReferenceSearch(samples=50))
+
+
+def test_gradient_bounds_default_by_latent_size() -> None:
+    resolved = GradientSearch().resolve(16)
+    assert (resolved.step_size, resolved.max_distance) == (1.0, 2.0)
+    assert GradientSearch(step_size=0.3).resolve(16).step_size == 0.3
+    assert GradientSearch(max_distance=5.0).resolve(16).max_distance == 5.0
+    assert ReferenceSearch().resolve(16) == ReferenceSearch()
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: ReferenceSearch(samples=0), r"samples: expected a positive integer, got 0"),
+        (lambda: ReferenceSearch(samples=2.5), r"samples: expected a positive integer, got 2.5"),
+        (lambda: ReferenceSearch(max_per_image=0), r"max_per_image: expected a positive integer"),
+        (lambda: ReferenceSearch(samples=4, max_per_image=5),
+         r"max_per_image: expected at most samples=4 \(k <= Q\), got 5"),
+        (lambda: ReferenceSearch(beta=0.0), r"beta: expected a positive finite number, got 0.0"),
+        (lambda: ReferenceSearch(beta="50"), r"beta: expected a positive finite number, got '50'"),
+        (lambda: GaussianSearch(radius=float("inf")), r"radius: expected a positive finite"),
+        (lambda: GradientSearch(steps=True), r"steps: expected a positive integer, got True"),
+        (lambda: GaussianSearch(radius=-1.0), r"radius: expected a positive finite number"),
+        (lambda: GaussianSearch(samples=3, max_per_image=4), r"max_per_image: expected at most"),
+        (lambda: GradientSearch(restarts=0), r"restarts: expected a positive integer, got 0"),
+        (lambda: GradientSearch(steps=-2), r"steps: expected a positive integer, got -2"),
+        (lambda: GradientSearch(max_per_image=0), r"max_per_image: expected a positive integer"),
+        (lambda: GradientSearch(step_size=-1.0),
+         r"step_size: expected a positive finite number, got -1.0"),
+        (lambda: GradientSearch(max_distance=0.0),
+         r"max_distance: expected a positive finite number, got 0.0"),
+    ],
+)  # fmt: skip
+def test_strategy_objects_check_their_knobs(make, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_gradient_takes_more_restarts_than_samples() -> None:
+    """k <= Q binds the sampling strategies only; the gradient search has no samples."""
+    assert GradientSearch(restarts=2, max_per_image=5).max_per_image == 5
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_shorthand_and_object_find_identical_errors(
+    strategy: str,
+    found: dict[str, ErrorSet],
+    digits: dw.ImageDataset,
+    digits_classifier: nn.Module,
+    digits_vae: nn.Module,
+) -> None:
+    shorthand = found[strategy]
+    obj = STRATEGIES[strategy](**SETTINGS[strategy])
+    x, y = digits.x_test[:N_IMAGES], digits.y_test[:N_IMAGES]
+    errors = identify(digits_classifier, digits_vae, x, y, obj, device="cpu", progress=False)
+    for name, tensor in shorthand.tensors().items():
+        assert torch.equal(tensor, getattr(errors, name)), name
+    assert errors.decodes == shorthand.decodes and errors.settings == shorthand.settings
+    assert errors.settings["strategy"] == strategy
+    # the settings record the strategy's own knobs (resolved) and the run's, nothing else
+    knobs = dataclasses.asdict(obj.resolve(digits_vae.latent_dim))
+    assert errors.settings == {"strategy": strategy, **knobs, "min_validity": None,
+                               "chunk_size": errors.settings["chunk_size"], "autocast": None,
+                               "seed": 0, "device": "cpu", "num_classes": 10}  # fmt: skip
+
+
+def test_session_identify_takes_a_strategy_object_or_its_name(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    s = dw.DefuseSession(digits_classifier, digits_vae, digits, device="cpu", progress=False)
+    by_name = s.identify(strategy="gaussian", limit=20, samples=20, max_per_image=2)
+    by_object = s.identify(strategy=GaussianSearch(samples=20, max_per_image=2), limit=20)
+    assert len(by_name) > 0 and torch.equal(by_name.codes, by_object.codes)
+    with pytest.raises(TypeError, match="restarts: expected knobs of the 'gaussian' strategy"):
+        s.identify(strategy="gaussian", limit=20, restarts=3)
+    assert s.errors is by_object, "a refused search leaves the session's errors as they were"
