@@ -1,31 +1,17 @@
 """Live latent interpolation: sliders whose frames are decoded and classified on the kernel device.
 
-Three modes, one widget (each has a named constructor; ``Interpolator(session, ...)`` and
-``session.interpolator(...)`` take the same arguments and pick the mode from them):
+Three modes, one widget, each with a named constructor; ``Interpolator(session, ...)`` (and
+``session.interpolator(...)``) takes the same arguments and picks the mode from them:
+:meth:`Interpolator.from_error` (``Interpolator(s, i)``: error ``i``'s source image -> its code),
+:meth:`Interpolator.between` (``Interpolator(s, a, b, split="test")``: two dataset images) and
+:meth:`Interpolator.along_region` (``Interpolator(s, region=r, k=3)``: a region's principal axes).
 
-- :meth:`Interpolator.from_error` (``Interpolator(s, error_index)``): from the code of an error's
-  real source image (encoder mean, position 0) to the error's code (position 1); slider
-  ``Interpolation``.
-- :meth:`Interpolator.between` (``Interpolator(s, a, b, split="test")``): between two dataset
-  images, for teaching.
-- :meth:`Interpolator.along_region` (``Interpolator(s, region=region_id, k=3)``): sliders
-  ``Direction 1..k`` along the leading principal axes of a failure region's covariance, in
-  standard deviations from the region's mean.
-
-Frame protocol (back-pressure as in jupyter_rfb; the queue is :class:`._frames.FrameQueue`)
---------------------------------------------------------------------------------------------
-The browser sends only its latest slider values, as ``{"type": "request", "id", "t", "values",
-"view", "ack"}`` custom messages with at most ``max_requests`` (2) unanswered; newer values wait
-in the browser, the latest replacing the rest. The kernel keeps one pending request (newest wins)
-and renders it once fewer than ``max_in_flight`` frames are unacknowledged. A frame is a custom
-message ``{"type": "frame", "seq", "id", "t", ...}`` with the raw pixels as one binary buffer
-(uint8, (H, W, C)); ``id`` and ``t`` are echoed so the browser can measure input -> paint latency.
-The browser paints the newest frame it has in ``requestAnimationFrame`` (older unpainted ones are
-dropped). Each request carries ``ack``, the newest frame received, which acknowledges that frame
-and every earlier one; when no request follows a paint within 20 ms the browser sends
-``{"type": "ack", "seq"}`` alone. The kernel applies a request's ack after the request itself, so
-a pending request it supersedes is never rendered, and the final position after a drag is always
-rendered: the last request stays pending until a frame slot frees up.
+Frames follow a back-pressured protocol modelled on jupyter_rfb (``docs/interpolator.md``): the
+browser sends its latest slider values as ``request`` custom messages (at most ``max_requests``
+unanswered), the kernel keeps the newest one pending (:class:`._frames.FrameQueue`) and renders
+it once fewer than ``max_in_flight`` frames are unacknowledged; a ``frame`` custom message carries
+the uint8 pixels as one binary buffer and echoes the request's ``id`` and input time ``t``; acks
+are cumulative and ride on the next request (or go alone as an ``ack`` message).
 """
 
 from __future__ import annotations
@@ -157,7 +143,6 @@ class Interpolator(anywidget.AnyWidget):
                     f"session: expected a DefuseSession with .{name}, got {type(session).__name__}"
                 )
         self._session = session
-        self._device = torch.device(session.device)
         self._scan_points = scan_points
         if region is not None:
             if a is not None or b is not None:
@@ -188,9 +173,16 @@ class Interpolator(anywidget.AnyWidget):
     # ------------------------------------------------------------------ named constructors
     @classmethod
     def from_error(cls, session: DefuseSession, error_index: int, **options: Any) -> Interpolator:
-        """From error ``error_index``'s source image (0) to the error's code (1).
+        """Interpolate from an error's source image (position 0) to the error's code (1).
 
-        ``options``: ``scan_points``, ``max_in_flight``, ``ack_timeout`` and other traits.
+        Parameters
+        ----------
+        session : DefuseSession
+            A session with errors (``s.identify()`` done).
+        error_index : int
+            An index into ``session.errors``.
+        **options
+            ``scan_points``, ``max_in_flight``, ``ack_timeout`` and the other traits.
         """
         return cls(session, error_index, **options)
 
@@ -198,7 +190,10 @@ class Interpolator(anywidget.AnyWidget):
     def between(
         cls, session: DefuseSession, a: int, b: int, *, split: str = "test", **options: Any
     ) -> Interpolator:
-        """Between dataset images ``a`` (0) and ``b`` (1) of ``split``, through their codes."""
+        """Interpolate between the codes of dataset images ``a`` (0) and ``b`` (1) of ``split``.
+
+        ``split`` is ``"test"`` or ``"train"``; ``options`` as in :meth:`from_error`.
+        """
         return cls(session, a, b, split=split, **options)
 
     @classmethod
@@ -211,7 +206,10 @@ class Interpolator(anywidget.AnyWidget):
         limit: float = 3.0,
         **options: Any,
     ) -> Interpolator:
-        """``k`` sliders along region ``region_id``'s principal axes, ``-limit..limit`` sd."""
+        """``k`` sliders along a region's leading principal axes, ``-limit..limit`` sd each.
+
+        ``region_id`` is a region id of ``session.regions``; ``options`` as in :meth:`from_error`.
+        """
         return cls(session, region=region_id, k=k, limit=limit, **options)
 
     @traitlets.validate("max_in_flight", "max_requests", "ack_timeout", "render_threads")

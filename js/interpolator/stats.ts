@@ -14,7 +14,7 @@ export interface Breakdown {
   id: number; // the request's input id
   seq: number; // the frame's number
   at: number[]; // raw clocks: [request sent, frame received] (page ms), [received, sent] (kernel, epoch ms)
-  wait: number; // input event -> request handed to the widget manager (throttle)
+  wait: number; // input event -> request handed to the widget manager (waiting for a request slot)
   up: number; // -> kernel received it (ipywidgets coalescing, server, ZMQ, kernel queue)
   queue: number; // -> render started (waiting for a frame slot)
   kernel: number; // -> frame sent (decode, classify, copy, serialize)
