@@ -60,7 +60,7 @@ class ErrorSet:
     split: str = "test"
 
     def __len__(self) -> int:
-        """Number of errors (rows)."""
+        """Return the number of errors (rows)."""
         return len(self.codes)
 
     @property

@@ -38,6 +38,14 @@ def run(clf: nn.Module, vae: nn.Module, data: dw.ImageDataset, strategy: str, **
     return identify(clf, vae, data.x_test[:n], data.y_test[:n], strategy, **options)
 
 
+def assert_identical(errors: ErrorSet, expected: ErrorSet) -> None:
+    """Every per-error tensor equal bit for bit (same dtype), and the same decode count."""
+    for name, tensor in expected.tensors().items():
+        got = getattr(errors, name)
+        assert got.dtype == tensor.dtype and torch.equal(got, tensor), name
+    assert errors.decodes == expected.decodes
+
+
 @pytest.fixture(scope="module")
 def found(
     digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
@@ -161,9 +169,7 @@ def test_same_seed_repeats_exactly_and_another_seed_differs(
 ) -> None:
     first = found[strategy]
     again = run(digits_classifier, digits_vae, digits, strategy)
-    for name, tensor in first.tensors().items():
-        assert torch.equal(tensor, getattr(again, name)), name
-    assert again.decodes == first.decodes
+    assert_identical(again, first)
     other = run(digits_classifier, digits_vae, digits, strategy, seed=1)
     assert len(other) != len(first) or not torch.equal(other.codes, first.codes)
 
@@ -495,9 +501,8 @@ def test_shorthand_and_object_find_identical_errors(
     obj = STRATEGIES[strategy](**SETTINGS[strategy])
     x, y = digits.x_test[:N_IMAGES], digits.y_test[:N_IMAGES]
     errors = identify(digits_classifier, digits_vae, x, y, obj, device="cpu", progress=False)
-    for name, tensor in shorthand.tensors().items():
-        assert torch.equal(tensor, getattr(errors, name)), name
-    assert errors.decodes == shorthand.decodes and errors.settings == shorthand.settings
+    assert_identical(errors, shorthand)
+    assert errors.settings == shorthand.settings
     assert errors.settings["strategy"] == strategy
     # the settings record the strategy's own knobs (resolved) and the run's, nothing else
     knobs = dataclasses.asdict(obj.resolve(digits_vae.latent_dim))
