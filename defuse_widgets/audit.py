@@ -175,7 +175,7 @@ def labeler_function(labeler: Any) -> Callable[[torch.Tensor], Any]:
 
 
 def ask_labeler(decide: Callable[[torch.Tensor], Any], result: AuditResult) -> torch.Tensor:
-    """(n,) the classes ``decide(images)`` gives the audit's images (``UNRECOGNIZABLE``: abstain)."""
+    """(n,) the classes ``decide(images)`` gives the audit's images (``UNRECOGNIZABLE``: none)."""
     if not len(result):
         return torch.zeros(0, dtype=torch.long)
     votes = torch.as_tensor(decide(result.images)).cpu().long().flatten()

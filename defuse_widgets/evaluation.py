@@ -160,7 +160,7 @@ class RoundRecord(Record):
 
 
 def accuracy_by_class(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float]:
-    """Per-class accuracy of predictions ``pred`` (N,) against ``y`` (N,); NaN for an absent class."""
+    """Per-class accuracy of ``pred`` (N,) against ``y`` (N,); NaN for a class without examples."""
     out = []
     for c in range(num_classes):
         mask = y == c

@@ -421,7 +421,7 @@ def test_evaluate_is_repeatable_and_read_only(s: dw.DefuseSession) -> None:
     state = weights(s.classifier)
     a, b = s.evaluate(), s.evaluate()
     assert a == b
-    assert state_equal(weights(s.classifier), state) 
+    assert state_equal(weights(s.classifier), state)
     assert s.history == []
 
 
