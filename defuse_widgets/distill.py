@@ -222,7 +222,7 @@ def fit_regions(
 
     Parameters
     ----------
-    errors : the :class:`~defuse_widgets.identify.ErrorSet` to cluster.
+    errors : the :class:`~defuse_widgets.errors.ErrorSet` to cluster.
     max_regions : truncation level of the Dirichlet process (components fitted).
     min_weight : a component is a region when its mixture weight exceeds this.
     covariance_type : "full", "diag", "tied" or "spherical" (sklearn's meanings).

@@ -4,7 +4,7 @@ A new strategy is a frozen dataclass subclassing :class:`SearchStrategy`: it che
 ``__post_init__``, says how many codes per image it decodes in one call
 (:meth:`~SearchStrategy.width`) and implements :meth:`~SearchStrategy.search_chunk` with the
 helpers of the :class:`~defuse_widgets.search.SearchRun` it is given; add it to ``STRATEGIES`` for
-a shorthand name. :func:`~defuse_widgets.identify` does the rest (checks, probing, chunking,
+a shorthand name. :func:`~defuse_widgets.search.identify` does the rest (checks, probing, chunking,
 assembly).
 """
 
