@@ -20,7 +20,7 @@ ERROR_FIELDS = (
 
 @dataclass(eq=False)
 class ErrorSet:
-    """Errors found by :func:`~defuse_widgets.search.identify`, as CPU tensors with one row per error.
+    """Errors found by :func:`~defuse_widgets.search.identify`: CPU tensors, one row per error.
 
     Attributes
     ----------

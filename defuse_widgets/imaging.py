@@ -1,7 +1,8 @@
-"""Images (tensors in [0, 1]) -> uint8 arrays for the browser, and thumbnails of them."""
+"""Images (tensors in [0, 1]) -> uint8 arrays, thumbnails, PNG and sprite sheets."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
@@ -34,3 +35,36 @@ def downsample(images: np.ndarray, max_side: int) -> np.ndarray:
     hh, ww = h // f, w // f
     x = images[:, : hh * f, : ww * f].reshape(n, hh, f, ww, f, c).astype(np.float32)
     return np.ascontiguousarray(x.mean(axis=(2, 4)).round().astype(np.uint8))
+
+
+def png_bytes(image: Any, scale: int = 1) -> bytes:
+    """One image (C, H, W) float in [0, 1] or uint8 (H, W, C) -> PNG bytes, upscaled ``scale`` x."""
+    from PIL import Image
+
+    arr = image if isinstance(image, np.ndarray) and image.dtype == np.uint8 else to_uint8(image)[0]
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    if scale > 1:
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def sprite_sheet(images: Any, columns: int | None = None) -> np.ndarray:
+    """Tile images (N, C, H, W) float or uint8 (N, H, W, C) into one uint8 (rows*H, cols*W, C).
+
+    Image ``i`` sits at row ``i // columns``, column ``i % columns``; empty tiles are black.
+    """
+    arr = (
+        images if isinstance(images, np.ndarray) and images.dtype == np.uint8 else to_uint8(images)
+    )
+    n, h, w, c = arr.shape
+    cols = columns or max(1, int(np.ceil(np.sqrt(max(n, 1)))))
+    rows = max(1, -(-n // cols))
+    sheet = np.zeros((rows * cols, h, w, c), np.uint8)
+    sheet[:n] = arr
+    return np.ascontiguousarray(
+        sheet.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -64,6 +66,8 @@ def test_fit_places_new_codes_on_the_same_map(blobs: np.ndarray) -> None:
 
 
 def test_imaging_converts_and_downsamples() -> None:
+    from PIL import Image
+
     x = torch.rand(5, 1, 8, 8)
     u8 = imaging.to_uint8(x)
     assert u8.shape == (5, 8, 8, 1) and u8.dtype == np.uint8
@@ -71,6 +75,11 @@ def test_imaging_converts_and_downsamples() -> None:
     rgb = imaging.to_uint8(torch.rand(2, 3, 32, 32))
     assert imaging.downsample(rgb, 16).shape == (2, 16, 16, 3)
     assert imaging.downsample(u8, 32) is u8
+    png = imaging.png_bytes(x[0], scale=4)
+    assert Image.open(io.BytesIO(png)).size == (32, 32)
+    sheet = imaging.sprite_sheet(x, columns=3)
+    assert sheet.shape == (16, 24, 1)
+    assert np.array_equal(sheet[8:16, 0:8], u8[3])
     block = np.zeros((1, 4, 4, 1), np.uint8)
     block[0, :2, :2] = 200
     assert imaging.downsample(block, 2)[0, :, :, 0].tolist() == [[200, 0], [0, 0]]
