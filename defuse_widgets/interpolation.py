@@ -83,7 +83,7 @@ def interpolation_path(
 
 
 def principal_directions(covariance: torch.Tensor, k: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` leading principal axes of a covariance and their standard deviations.
+    """Return the ``k`` leading principal axes of a covariance and their standard deviations.
 
     Parameters
     ----------

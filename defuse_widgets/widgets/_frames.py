@@ -85,7 +85,7 @@ class FrameQueue:
         return True
 
     def acknowledge(self, seq: Any) -> None:
-        """The browser received frame ``seq`` and so consumed every earlier one."""
+        """Record that the browser received frame ``seq`` and so consumed every earlier one."""
         if isinstance(seq, bool) or not isinstance(seq, (int, np.integer)) or seq < 0:
             raise ValueError(f"ack: expected a non-negative frame number, got {seq!r}")
         if seq > self._sent:
@@ -95,7 +95,7 @@ class FrameQueue:
         self._acked = max(self._acked, int(seq))
 
     def take(self, max_in_flight: int, ack_timeout: float) -> Request | None:
-        """The pending request, removed, when a frame slot is free (else None)."""
+        """Remove and return the pending request when a frame slot is free (else None)."""
         if self.pending is None:
             return None
         if self.in_flight >= max_in_flight:

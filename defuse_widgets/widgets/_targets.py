@@ -73,7 +73,7 @@ class Target:
     error_index: int | None = None
 
     def traits(self) -> dict[str, Any]:
-        """The widget's synced state for this target, sliders at their start."""
+        """Return the widget's synced state for this target, sliders at their start."""
         return {
             "mode": self.mode,
             "title": self.title,
@@ -98,7 +98,7 @@ class Target:
         )
 
     def code_at(self, values: Sequence[float]) -> torch.Tensor:
-        """The latent code (d,) on the session's device at checked slider ``values``."""
+        """Return the latent code (d,) on the session's device at checked slider ``values``."""
         c = self.codes
         if self.mode == "path":
             return interp.lerp(c["start"], c["end"], values[0])

@@ -257,7 +257,7 @@ class Interpolator(anywidget.AnyWidget):
         return self._target.check_values(values)
 
     def code_at(self, values: Any) -> torch.Tensor:
-        """The latent code (d,) on the session device for slider positions ``values``."""
+        """Return the latent code (d,) on the session device for slider positions ``values``."""
         return self._target.code_at(self.check_values(values))
 
     def frame_at(self, values: Any) -> Frame:
@@ -304,7 +304,7 @@ class Interpolator(anywidget.AnyWidget):
         return self._frames.submit(vals, request_id, timestamp, str(view)) and self._pump()
 
     def acknowledge(self, seq: int) -> None:
-        """The browser received frame ``seq`` (and so consumed every earlier frame)."""
+        """Record that the browser received frame ``seq`` (and so every earlier frame)."""
         self._check_open()
         self._frames.acknowledge(seq)
         self._pump()
