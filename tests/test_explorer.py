@@ -527,7 +527,7 @@ def test_point_selection_opens_and_retargets_the_interpolator(
     widget.selected_error = 10_000  # as a (bad) browser write: an error message, no exception
     assert "Could not interpolate error 10000" in widget.error and child.error_index == 7
     widget.close()
-    assert child._closed
+    assert child.closed
 
 
 def test_interpolator_options_and_a_closed_child_is_replaced(

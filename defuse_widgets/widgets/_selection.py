@@ -76,7 +76,7 @@ class SelectionMixin:
             if not 0 <= i < len(self._errors):
                 raise ValueError(f"expected an error index in [0, {len(self._errors) - 1}]")
             child = self.interpolator
-            if child is None or child._closed:
+            if child is None or child.closed:
                 self.interpolator = Interpolator(self.session, i, **self._interp_options)
             else:
                 child.set_error(i)
