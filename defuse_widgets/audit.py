@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from .checks import in_range
+from .labels import ReferenceModelLabeler
 from .mixture import robust_cholesky
 
 
@@ -165,7 +167,13 @@ def count_inside(
 
 
 def labeler_function(labeler: Any) -> Callable[[torch.Tensor], Any]:
-    """``labeler.label_images``, or ``labeler`` itself if it is a callable; TypeError otherwise."""
+    """``labeler.label_images``, or ``labeler`` itself if it is a callable; TypeError otherwise.
+
+    A classifier module is wrapped in a :class:`~defuse_widgets.labels.ReferenceModelLabeler`
+    (calling it would give logits, not labels).
+    """
+    if isinstance(labeler, nn.Module):
+        labeler = ReferenceModelLabeler(labeler)
     decide = getattr(labeler, "label_images", labeler)
     if not callable(decide):
         raise TypeError(

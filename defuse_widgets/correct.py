@@ -6,6 +6,7 @@ import copy
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,19 @@ class CancelToken:
     def cancelled(self) -> bool:
         """Whether :meth:`cancel` was called."""
         return self._event.is_set()
+
+
+def check_hooks(cancel: Any, callback: Any) -> None:
+    """Refuse a ``cancel`` that is not a CancelToken-like object and a non-callable ``callback``."""
+    if cancel is not None and not isinstance(getattr(cancel, "cancelled", None), bool):
+        raise TypeError(
+            "cancel: expected a CancelToken (make one with CancelToken() and call its cancel() "
+            f"from another thread to stop the round), got {cancel!r}"
+        )
+    if callback is not None and not callable(callback):
+        raise TypeError(
+            f"callback: expected a callable(step, steps, loss) or None, got {callback!r}"
+        )
 
 
 class Cancelled(Exception):

@@ -5,14 +5,17 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 SUPPORTED = ("digits", "fashion-mnist", "mnist", "cifar10", "gtsrb")
+CHANNELS = (1, 3, 4)  # channel counts of grey, RGB and RGBA images: how a layout is guessed
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = (
     "T-shirt/top",
@@ -97,11 +100,14 @@ def from_tensors(
     y_test: torch.Tensor | np.ndarray | Sequence[int],
     classes: Sequence[str],
     name: str = "tensors",
+    *,
+    allow_unused_classes: bool = False,
 ) -> ImageDataset:
     """Build a dataset from arrays, checking shapes, value ranges and labels.
 
     Images are (N, C, H, W) or (N, H, W) (one channel added); floats must lie in [0, 1], uint8 is
-    divided by 255.
+    divided by 255. More class names than the labels use is an error unless
+    ``allow_unused_classes`` (a subset of a dataset without its last classes).
 
     Examples
     --------
@@ -119,6 +125,8 @@ def from_tensors(
     ys = {}
     for arg, y, x_arg in (("y_train", y_train, "x_train"), ("y_test", y_test, "x_test")):
         ys[arg] = _as_labels(arg, y, len(xs[x_arg]), len(classes))
+    if not allow_unused_classes:
+        _check_class_count(classes, ys["y_train"], ys["y_test"])
     if xs["x_train"].shape[1:] != xs["x_test"].shape[1:]:
         raise ValueError(
             f"x_test: expected images of shape {tuple(xs['x_train'].shape[1:])} like x_train, "
@@ -128,12 +136,18 @@ def from_tensors(
 
 
 def _as_images(arg: str, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    t = torch.as_tensor(x)
+    t = _as_tensor(arg, x, "images of shape (N, C, H, W)")
     if t.ndim == 3:
         t = t.unsqueeze(1)
     if t.ndim != 4:
         raise ValueError(
             f"{arg}: expected images of shape (N, C, H, W) or (N, H, W), got {tuple(t.shape)}"
+        )
+    if t.shape[-1] in CHANNELS and t.shape[1] not in CHANNELS:
+        raise ValueError(
+            f"{arg}: expected channels-first images (N, C, H, W), got shape {tuple(t.shape)}, "
+            "which looks channels-last (N, H, W, C); pass x.permute(0, 3, 1, 2) "
+            "(NumPy: x.transpose(0, 3, 1, 2))"
         )
     if len(t) == 0:
         raise ValueError(f"{arg}: expected at least one image, got an empty array")
@@ -153,8 +167,19 @@ def _as_images(arg: str, x: torch.Tensor | np.ndarray) -> torch.Tensor:
     return t.contiguous()
 
 
+def _as_tensor(arg: str, x: object, what: str) -> torch.Tensor:
+    if isinstance(x, (str, bytes, os.PathLike)):
+        raise TypeError(f"{arg}: expected a tensor or array of {what}, got {type(x).__name__}")
+    try:
+        return torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(
+            f"{arg}: expected a tensor or array of {what}, got {type(x).__name__} ({exc})"
+        ) from exc
+
+
 def _as_labels(arg: str, y: object, n: int, num_classes: int) -> torch.Tensor:
-    t = torch.as_tensor(y)
+    t = _as_tensor(arg, y, f"{n} integer labels")
     if t.ndim != 1 or len(t) != n:
         raise ValueError(f"{arg}: expected {n} labels of shape ({n},), got shape {tuple(t.shape)}")
     if t.is_floating_point() or t.dtype == torch.bool:
@@ -166,6 +191,17 @@ def _as_labels(arg: str, y: object, n: int, num_classes: int) -> torch.Tensor:
             f"got min {int(t.min())} and max {int(t.max())}"
         )
     return t.contiguous()
+
+
+def _check_class_count(classes: tuple[str, ...], *labels: torch.Tensor) -> None:
+    used = 1 + max(int(y.max()) for y in labels)
+    if used < len(classes):
+        unused = ", ".join(repr(c) for c in classes[used:])
+        raise ValueError(
+            f"classes: expected one name per class, got {len(classes)} names but the labels use "
+            f"only 0-{used - 1} ({used} classes), so {unused} never occur; pass the {used} names "
+            "in label order (or allow_unused_classes=True for a subset without those classes)"
+        )
 
 
 def default_root() -> Path:
@@ -194,6 +230,8 @@ def load_dataset(
     >>> data.image_shape
     (1, 8, 8)
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a dataset name, one of {SUPPORTED}, got {name!r}")
     key = name.lower().replace("_", "-")
     if key == "digits":
         return _load_digits()
@@ -232,7 +270,8 @@ def _load_idx(key: str, base: Path, download: bool) -> ImageDataset:
         test = cls(str(tv_root), train=False, download=download)
     except RuntimeError as exc:
         raise FileNotFoundError(_missing_message(key, base)) from exc
-    return from_tensors(train.data, train.targets, test.data, test.targets, classes, name=key)
+    return from_tensors(train.data, train.targets, test.data, test.targets, classes, name=key,
+                        allow_unused_classes=True)  # fmt: skip
 
 
 def _prepare_idx_root(base: Path, folder: str, key: str, download: bool) -> Path:
@@ -319,6 +358,7 @@ def _load_cifar10(base: Path, download: bool) -> ImageDataset:
         test.targets,
         CIFAR10_CLASSES,
         "cifar10",
+        allow_unused_classes=True,
     )
 
 
@@ -334,15 +374,40 @@ def _load_gtsrb(base: Path, download: bool, size: int = 32) -> ImageDataset:
             f"gtsrb files not found under {base}: expected {base}/gtsrb/GTSRB/Training and "
             f"{base}/gtsrb/GTSRB/Final_Test with GT-final_test.csv. Pass root= or download=True."
         ) from exc
-    x_tr, y_tr = _stack(train)
-    x_te, y_te = _stack(test)
-    return from_tensors(x_tr, y_tr, x_te, y_te, [str(i) for i in range(43)], name="gtsrb")
+    x_tr, y_tr = _stack(train, skip_unreadable=None)
+    x_te, y_te = _stack(test, skip_unreadable=None)
+    return from_tensors(x_tr, y_tr, x_te, y_te, [str(i) for i in range(43)], name="gtsrb",
+                        allow_unused_classes=True)  # fmt: skip
 
 
-def _stack(ds: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+def _stack(ds: Any, skip_unreadable: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All of ``ds`` as tensors; unreadable files skipped, or (None: no such option) an error."""
     if len(ds) == 0:
         raise FileNotFoundError("the dataset folder holds no images")
-    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    xs, ys, unreadable = [], [], []
+    files = getattr(ds, "samples", None) or getattr(ds, "_samples", None)  # (path, label) pairs
+    for i in range(len(ds)):
+        try:
+            x, label = ds[i]
+        except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+            file = files[i][0] if files else f"image {i}"
+            if not skip_unreadable:
+                hint = "" if skip_unreadable is None else ", or pass skip_unreadable=True"
+                raise ValueError(
+                    f"{file}: cannot be read as an image ({exc}); fix or remove it{hint}"
+                ) from exc
+            unreadable.append(file)
+            continue
+        xs.append(x)
+        ys.append(label)
+    if unreadable:
+        warnings.warn(
+            f"skipped {len(unreadable)} unreadable file(s): {', '.join(unreadable[:5])}"
+            + (" ..." if len(unreadable) > 5 else ""),
+            stacklevel=3,
+        )
+    if not xs:
+        raise FileNotFoundError("the dataset folder holds no readable images")
     return torch.stack(xs), torch.as_tensor(ys)
 
 
@@ -352,11 +417,13 @@ def from_image_folder(
     grayscale: bool = False,
     test_fraction: float = 0.2,
     seed: int = 0,
+    skip_unreadable: bool = False,
 ) -> ImageDataset:
     """Load your own images from ``root/<class>/*.png`` (or ``root/train`` and ``root/test``).
 
     Images are resized to ``image_size``; without ``train``/``test`` subfolders a seeded stratified
-    split holds out ``test_fraction``.
+    split holds out ``test_fraction``. A file that cannot be read as an image is an error naming
+    it, or, with ``skip_unreadable=True``, is skipped with a warning.
     """
     from torchvision import datasets, transforms
 
@@ -377,13 +444,13 @@ def from_image_folder(
             raise ValueError(
                 f"train classes {train.classes} differ from test classes {test.classes}"
             )
-        x_tr, y_tr = _stack(train)
-        x_te, y_te = _stack(test)
+        x_tr, y_tr = _stack(train, skip_unreadable)
+        x_te, y_te = _stack(test, skip_unreadable)
         return from_tensors(x_tr, y_tr, x_te, y_te, train.classes, name=root.name)
     from sklearn.model_selection import train_test_split
 
     folder = datasets.ImageFolder(str(root), transform=tf)
-    x, y = _stack(folder)
+    x, y = _stack(folder, skip_unreadable)
     idx_tr, idx_te = train_test_split(
         np.arange(len(y)), test_size=test_fraction, random_state=seed, stratify=y.numpy()
     )

@@ -283,8 +283,12 @@ def _check_fit_args(
             "images "
             "or use a stronger strategy (e.g. 'gradient')"
         )
-    if not torch.isfinite(errors.codes).all():
-        raise ValueError("errors: codes contain NaN or infinite values")
+    bad = (~torch.isfinite(errors.codes).all(1)).nonzero().flatten()
+    if len(bad):
+        raise ValueError(
+            f"errors: the codes of errors {bad[:5].tolist()} are NaN or infinite; the error set "
+            "is damaged: run identify again (and check that the generator encodes to finite codes)"
+        )
     if len(errors.codes.unique(dim=0)) < 2:
         raise ValueError(
             f"errors: all {len(errors)} codes are identical, so their covariance is degenerate and "

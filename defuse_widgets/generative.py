@@ -169,6 +169,18 @@ def as_classifier(model: Any) -> nn.Module:
     return model
 
 
+def check_materialized(name: str, modules: Sequence[nn.Module]) -> None:
+    """Refuse modules whose weights are on the meta device (shapes only, nothing to compute)."""
+    for module in modules:
+        tensors = [*module.parameters(), *module.buffers()]
+        if any(t.is_meta for t in tensors):
+            raise ValueError(
+                f"{name}: expected a model with real weights, got one on the meta device "
+                "(its weights were never loaded); materialize it first, e.g. "
+                "model.to_empty(device='cpu') then model.load_state_dict(weights)"
+            )
+
+
 def check_logits(out: torch.Tensor, n: int, num_classes: int) -> None:
     """Raise a clear error if a classifier output is not (n, num_classes) logits.
 
@@ -182,7 +194,10 @@ def check_logits(out: torch.Tensor, n: int, num_classes: int) -> None:
             f"classifier: returns {out.shape[1]} classes but the labels need {num_classes}"
         )
     if not torch.isfinite(out).all():
-        raise ValueError("classifier: returned NaN or infinite outputs")
+        raise ValueError(
+            "classifier: returned NaN or infinite logits on the data's first test images; check "
+            "its weights (a diverged training run?) and that it expects pixels in [0, 1]"
+        )
     sums = out.float().sum(1)
     if out.min() >= 0 and out.max() <= 1 and torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
         raise ValueError(
@@ -198,8 +213,14 @@ def check_models(generator: GeneratorAdapter, classifier: nn.Module, images: tor
     The generator must decode its encoder's codes to images of the data's shape, and the
     classifier must return (n, ``num_classes``) logits; ValueError saying what does not fit.
     """
+    shape = "x".join(str(s) for s in images.shape[1:])
     with torch.inference_mode():
-        mu, _ = generator.encode(images)
+        mu, _ = _call("generator", "encoding", generator.encode, images, shape)
+        if not torch.isfinite(mu).all():
+            raise ValueError(
+                "generator: its encoder returned NaN or infinite codes for the data's first test "
+                "images; check its weights and that it expects pixels in [0, 1]"
+            )
         try:
             decoded = generator.decode(mu)
         except RuntimeError as exc:
@@ -212,4 +233,22 @@ def check_models(generator: GeneratorAdapter, classifier: nn.Module, images: tor
                 f"generator: decodes to images of shape {tuple(decoded.shape[1:])}, but the "
                 f"data's images are {tuple(images.shape[1:])}"
             )
-        check_logits(classifier(images), len(images), num_classes)
+        logits = _call("classifier", "classifying", classifier, images, shape)
+        check_logits(logits, len(images), num_classes)
+    if logits.shape[1] != num_classes:
+        raise ValueError(
+            f"classifier: expected {num_classes} logits per image, one per class of the data, "
+            f"got {logits.shape[1]}; build it with num_classes={num_classes}, or give the data "
+            f"{logits.shape[1]} class names if the model is right"
+        )
+
+
+def _call(name: str, doing: str, fn: Callable[[torch.Tensor], Any], images: torch.Tensor,
+          shape: str) -> Any:  # fmt: skip
+    try:
+        return fn(images)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{name}: expected a model for the data's {shape} (C x H x W) images, but {doing} "
+            f"them failed ({exc}); was it built for images of another size or channel count?"
+        ) from exc

@@ -109,6 +109,22 @@ class ReferenceModelLabeler:
         return torch.where(conf >= self.min_confidence, pred, torch.full_like(pred, UNRECOGNIZABLE))
 
 
+def as_labeler(labeler: Any) -> Any:
+    """``labeler`` if it labels regions (``samples`` and ``label_region``); a classifier module is
+    wrapped in a :class:`ReferenceModelLabeler`; TypeError otherwise."""
+    if isinstance(labeler, nn.Module):
+        return ReferenceModelLabeler(labeler)
+    if isinstance(getattr(labeler, "samples", None), int) and callable(
+        getattr(labeler, "label_region", None)
+    ):
+        return labeler
+    raise TypeError(
+        "labeler: expected a ReferenceModelLabeler (or an object with samples and "
+        "label_region(images, predictions)), or a classifier module to wrap in one, "
+        f"got {type(labeler).__name__}"
+    )
+
+
 def labels_document(labels: Mapping[int, int], classes: Sequence[str]) -> dict[str, Any]:
     """Region labels as a JSON-ready :data:`LABELS_FORMAT` document."""
     return {

@@ -94,7 +94,8 @@ def fit_mixture(
             last_error = exc
     raise ValueError(
         f"the mixture could not be fitted to {len(x)} codes (degenerate covariance: are the codes "
-        f"nearly identical?): {last_error}"
+        f"nearly identical?): {last_error}; search more images, use another strategy or lower "
+        "max_regions"
     )
 
 

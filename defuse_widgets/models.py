@@ -16,6 +16,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checks import is_number, positive_int, positive_number
 from .data import ImageDataset
 from .device import resolve_device
 
@@ -158,6 +159,14 @@ def _default_epochs(n: int, batch_size: int, target_steps: int) -> int:
     return int(min(100, max(2, round(target_steps / batches))))
 
 
+def _check_training(epochs: int | None, batch_size: int, lr: float) -> None:
+    """Refuse bad trainer knobs before any model is built (torch's own errors come mid-loop)."""
+    if epochs is not None:
+        positive_int("epochs", epochs)
+    positive_int("batch_size", batch_size)
+    positive_number("lr", lr)
+
+
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
     order = torch.randperm(n, generator=gen)
     yield from order.split(batch_size)
@@ -184,6 +193,9 @@ def train_vae(
     --------
     >>> vae = train_vae(load_dataset("digits"), epochs=1, progress=False)  # doctest: +SKIP
     """
+    _check_training(epochs, batch_size, lr)
+    if not (is_number(beta) and 0 <= beta < math.inf):
+        raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
     dev = resolve_device(device)
     if latent_dim is None:
         latent_dim = 8 if max(data.image_shape[1:]) <= 16 else 16
@@ -228,12 +240,9 @@ def train_classifier(
     ``labels`` (N_train,) replaces the training labels, e.g. to plant a bug. ``epochs`` defaults
     to about 2,000 optimizer steps (at most 100 epochs).
     """
+    _check_training(epochs, batch_size, lr)
+    y_train = data.y_train if labels is None else _check_labels(labels, data)
     dev = resolve_device(device)
-    y_train = data.y_train if labels is None else torch.as_tensor(labels).long()
-    if y_train.shape != data.y_train.shape:
-        raise ValueError(
-            f"labels: expected shape {tuple(data.y_train.shape)}, got {tuple(y_train.shape)}"
-        )
     epochs = epochs or _default_epochs(len(data.x_train), batch_size, 2000)
     with seeded(seed) as gen:
         model = SmallCNN(data.image_shape, data.num_classes, width).to(dev)
@@ -255,6 +264,21 @@ def train_classifier(
             sched.step()
             bar.set_postfix(train_acc=f"{correct / len(x_all):.3f}")
     return model.eval()
+
+
+def _check_labels(labels: torch.Tensor, data: ImageDataset) -> torch.Tensor:
+    y = torch.as_tensor(labels)
+    if y.shape != data.y_train.shape or y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(
+            f"labels: expected integer class indices of shape {tuple(data.y_train.shape)}, "
+            f"got {y.dtype} of shape {tuple(y.shape)}"
+        )
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= data.num_classes):
+        raise ValueError(
+            f"labels: expected values in [0, {data.num_classes - 1}], "
+            f"got min {int(y.min())} and max {int(y.max())}"
+        )
+    return y.long()
 
 
 _MODEL_CLASSES: dict[str, type[nn.Module]] = {"ConvVAE": ConvVAE, "SmallCNN": SmallCNN}

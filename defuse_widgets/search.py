@@ -280,7 +280,8 @@ def _probe(
     bad = (~torch.isfinite(mu).all(1)).nonzero().flatten()
     if len(bad):
         raise ValueError(
-            f"generator.encode: returned NaN or infinite codes for images {bad[:5].tolist()}"
+            f"generator.encode: returned NaN or infinite codes for images {bad[:5].tolist()}; "
+            "check those images (pixels in [0, 1]?) and the encoder's weights (a diverged run?)"
         )
     with torch.inference_mode():
         decoded = gen.decode(mu[:2])

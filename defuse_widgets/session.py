@@ -16,6 +16,7 @@ from .distill import RegionSet, fit_regions, user_region
 from .errors import ErrorSet
 from .labels import (
     ReferenceModelLabeler,
+    as_labeler,
     check_label,
     check_labels,
     labels_document,
@@ -149,13 +150,19 @@ class DefuseSession(AuditMixin, RoundsMixin):
         self._labels = read_labels(source, self.data.classes, self._require_regions().ids)
         self._emit("labels")
 
-    def auto_label(self, labeler: ReferenceModelLabeler, overwrite: bool = False) -> dict[int, int]:
-        """Label every region (unlabeled ones unless ``overwrite``) with an automatic labeler."""
+    def auto_label(
+        self, labeler: ReferenceModelLabeler | nn.Module, overwrite: bool = False
+    ) -> dict[int, int]:
+        """Label every region (unlabeled ones unless ``overwrite``) with an automatic labeler.
+
+        A classifier module is wrapped in a :class:`ReferenceModelLabeler` with its defaults.
+        """
+        judge = as_labeler(labeler)
         regions, new = self._require_regions(), dict(self._labels)
         for region in regions:
             if region.id not in new or overwrite:
-                sample = regions.sample(region.id, labeler.samples, purpose="label")
-                new[region.id] = labeler.label_region(sample.images, sample.predictions)
+                sample = regions.sample(region.id, judge.samples, purpose="label")
+                new[region.id] = judge.label_region(sample.images, sample.predictions)
         self._labels = new
         self._emit("labels")
         return self.labels

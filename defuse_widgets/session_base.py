@@ -18,7 +18,13 @@ from .device import resolve_device
 from .distill import RegionSet
 from .errors import ErrorSet
 from .evaluation import RoundRecord
-from .generative import GeneratorAdapter, as_classifier, as_generator, check_models
+from .generative import (
+    GeneratorAdapter,
+    as_classifier,
+    as_generator,
+    check_materialized,
+    check_models,
+)
 from .inference import batched
 from .relabels import RelabelStore
 
@@ -45,9 +51,12 @@ class SessionBase:
             raise TypeError(
                 f"data: expected an ImageDataset (see load_dataset), got {type(data).__name__}"
             )
+        classifier, generator = as_classifier(classifier), as_generator(generator)
+        check_materialized("classifier", [classifier])
+        check_materialized("generator", generator.modules)
         self.device = resolve_device(device)
-        self.classifier = as_classifier(classifier).to(self.device).eval()
-        self.generator: GeneratorAdapter = as_generator(generator).to(self.device)
+        self.classifier = classifier.to(self.device).eval()
+        self.generator: GeneratorAdapter = generator.to(self.device)
         self.data = data
         self.seed = int(seed)
         self.progress = progress

@@ -11,7 +11,15 @@ import time
 import torch
 
 from . import evaluation
-from .correct import Cancelled, CancelToken, RoundSettings, StepCallback, fine_tune, restore
+from .correct import (
+    Cancelled,
+    CancelToken,
+    RoundSettings,
+    StepCallback,
+    check_hooks,
+    fine_tune,
+    restore,
+)
 from .evaluation import Evaluation, RoundRecord
 from .session_base import SessionBase
 
@@ -38,6 +46,7 @@ class RoundsMixin(SessionBase):
         drawn from N(mean, ``scale`` x covariance)). The classifier changes only when the round
         completes; a cancelled round (``cancel.cancel()``) leaves it exactly as before.
         """
+        check_hooks(cancel, callback)
         settings = RoundSettings(
             steps,
             lam,

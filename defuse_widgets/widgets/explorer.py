@@ -31,7 +31,7 @@ from ._audit import AuditMixin
 from ._codec import array_serialization, array_to_json
 from ._commands import CommandsMixin
 from ._jobs import Jobs
-from ._options import ExplorerOptions
+from ._options import ExplorerOptions, check_known_options
 from ._selection import SelectionMixin
 from ._tuning import TuningMixin
 
@@ -146,6 +146,7 @@ class Explorer(CommandsMixin, SelectionMixin, TuningMixin, AuditMixin, anywidget
         block: bool = False,
         **kwargs: Any,
     ) -> None:
+        check_known_options(type(self), kwargs)
         errors = getattr(session, "errors", None)
         if errors is None:
             raise ValueError("session: has no errors yet; run session.identify() first")

@@ -32,6 +32,7 @@ from ..checks import in_range, one_of, positive_int
 from . import _targets
 from ._codec import array_to_json
 from ._frames import FrameQueue
+from ._options import check_known_options
 from ._targets import Frame
 
 if TYPE_CHECKING:
@@ -129,6 +130,7 @@ class Interpolator(anywidget.AnyWidget):
     ) -> None:
         self._closed = False
         self._frames = FrameQueue()
+        check_known_options(type(self), kwargs)
         check_knobs(
             split=split,
             limit=limit,
