@@ -1,15 +1,20 @@
 """2-D projections of latent codes for the error map (UMAP, with a PCA fallback), cached.
 
 ``import umap`` costs about 10 s the first time (numba compiles), so it happens lazily inside
-:func:`project`, never at package import.
+:func:`project`, never at package import. Above ``FIT_POINTS`` codes, UMAP is fitted on a seeded
+subsample and the rest are placed with its ``transform``. Results are kept in memory (an LRU) and
+on disk (``$DEFUSE_WIDGETS_PROJECTION_CACHE`` or ``~/.cache/defuse-widgets/projections``, keyed
+by a hash of the codes and settings), so a restarted kernel shows the same map at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +24,9 @@ Placer = Callable[[np.ndarray], np.ndarray]  # places new codes (n, d) on a fitt
 _CACHE: OrderedDict[str, tuple[np.ndarray, Placer]] = OrderedDict()
 _CACHE_SIZE = 16
 _LOCK = threading.Lock()
+FIT_POINTS = 50_000  # above this many codes UMAP is fitted on a subsample of this size
+PLACE_BATCH = 50_000  # codes placed by UMAP's transform per progress message
+NEIGHBOURS = 15  # a map read back from disk places new codes by their nearest mapped codes
 
 
 def _as_numpy(codes: Any) -> np.ndarray:
@@ -47,14 +55,63 @@ def cached(
 ) -> np.ndarray | None:
     """The cached result of :func:`project` for ``codes`` with these settings, or None."""
     params = {"seed": seed, "n_neighbors": n_neighbors, "min_dist": min_dist}
+    key = cache_key(codes, method, **params)
     with _LOCK:
-        hit = _CACHE.get(cache_key(codes, method, **params))
-    return None if hit is None else hit[0].copy()
+        hit = _CACHE.get(key)
+    if hit is not None:
+        return hit[0].copy()
+    return _read_disk(key, len(_as_numpy(codes)))
 
 
-def clear_cache() -> None:
+def clear_cache(disk: bool = True) -> None:
+    """Forget every cached projection (in memory, and on disk unless ``disk=False``)."""
     with _LOCK:
         _CACHE.clear()
+    if disk and cache_dir().is_dir():
+        for file in cache_dir().glob("*.npy"):
+            file.unlink(missing_ok=True)
+
+
+def cache_dir() -> Path:
+    """The folder of projections kept across kernel restarts."""
+    env = os.environ.get("DEFUSE_WIDGETS_PROJECTION_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "defuse-widgets" / "projections"
+
+
+def _read_disk(key: str, m: int) -> np.ndarray | None:
+    try:
+        xy = np.load(cache_dir() / f"{key}.npy", allow_pickle=False)
+    except (OSError, ValueError):  # absent, unreadable or damaged: compute it again
+        return None
+    ok = xy.dtype == np.float32 and xy.shape == (m, 2) and np.isfinite(xy).all()
+    return xy if ok else None
+
+
+def _write_disk(key: str, xy: np.ndarray) -> None:
+    folder = cache_dir()
+    part = folder / f"{key}.{os.getpid()}.{threading.get_ident()}.part"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(part, "wb") as f:
+            np.save(f, xy, allow_pickle=False)
+        os.replace(part, folder / f"{key}.npy")  # readers never see half a file
+    except OSError:  # a read-only home must not break the map
+        part.unlink(missing_ok=True)
+
+
+def _neighbour_fit(codes: np.ndarray, xy: np.ndarray) -> Placer:
+    """Place new codes at the distance-weighted mean map position of their nearest codes."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = max(1, min(NEIGHBOURS, len(codes)))
+    index = NearestNeighbors(n_neighbors=k).fit(codes)
+
+    def place(new: np.ndarray) -> np.ndarray:
+        dist, idx = index.kneighbors(new)
+        w = 1.0 / np.maximum(dist, 1e-6)
+        return ((xy[idx] * w[..., None]).sum(1) / w.sum(1, keepdims=True)).astype(np.float32)
+
+    return place
 
 
 def _pca_fit(codes: np.ndarray) -> Placer:
@@ -97,7 +154,9 @@ def project(
     progress : callable(str) or None
         Called with a short phase message ("importing umap", "fitting umap on 2,000 points").
     use_cache : bool
-        Reuse (and store) the result for identical codes and settings (an in-memory LRU of 16).
+        Reuse (and store) the result for identical codes and settings: an in-memory LRU of 16,
+        and ``.npy`` files in :func:`cache_dir` that outlive the kernel (a map read back from
+        disk places new codes by their nearest mapped codes instead of UMAP's transform).
 
     Returns
     -------
@@ -130,33 +189,53 @@ def fit(
                 _CACHE.move_to_end(key)
                 return hit[0].copy(), hit[1]
     report = progress or (lambda msg: None)
-    m = len(arr)
-    if method == "pca" or m < 4:
-        report(f"projecting {m:,} points (PCA)")
+    stored = _read_disk(key, len(arr)) if use_cache else None
+    if stored is not None:
+        out, placer = stored, _neighbour_fit(arr, stored)
+    elif method == "pca" or len(arr) < 4:
+        report(f"projecting {len(arr):,} points (PCA)")
         placer = _pca_fit(arr)
         out = placer(arr)
     else:
-        report("importing umap")
-        import umap  # lazy: ~10 s the first time
-
-        report(f"fitting UMAP on {m:,} points")
-        reducer = umap.UMAP(
-            n_components=2,
-            n_neighbors=max(2, min(n_neighbors, m - 1)),
-            min_dist=min_dist,
-            random_state=seed,
-            init="spectral" if m > n_neighbors + 2 else "random",
-        )
-        out = np.asarray(reducer.fit_transform(arr), dtype=np.float32)
-        placer = reducer.transform
+        out, placer = _umap_fit(arr, seed, n_neighbors, min_dist, report)
     placer = _checked(placer, arr.shape[1])
     if use_cache:
+        if stored is None:
+            _write_disk(key, out)
         with _LOCK:
             _CACHE[key] = (out.copy(), placer)
             while len(_CACHE) > _CACHE_SIZE:
                 _CACHE.popitem(last=False)
     report("projection ready")
     return out.copy(), placer
+
+
+def _umap_fit(arr: np.ndarray, seed: int | None, n_neighbors: int, min_dist: float,
+              report: Callable[[str], None]) -> tuple[np.ndarray, Placer]:  # fmt: skip
+    """UMAP of ``arr``; above ``FIT_POINTS`` fitted on a seeded subsample, the rest transformed."""
+    report("importing umap")
+    import umap  # lazy: ~10 s the first time
+
+    m = len(arr)
+    fitted = np.arange(m)
+    if m > FIT_POINTS:
+        fitted = np.sort(np.random.default_rng(seed or 0).choice(m, FIT_POINTS, replace=False))
+    report(f"fitting UMAP on {len(fitted):,} of {m:,} points")
+    reducer = umap.UMAP(
+        n_components=2,
+        n_neighbors=max(2, min(n_neighbors, len(fitted) - 1)),
+        min_dist=min_dist,
+        random_state=seed,
+        init="spectral" if len(fitted) > n_neighbors + 2 else "random",
+    )
+    out = np.empty((m, 2), np.float32)
+    out[fitted] = reducer.fit_transform(arr[fitted])
+    rest = np.setdiff1d(np.arange(m), fitted, assume_unique=True)
+    for start in range(0, len(rest), PLACE_BATCH):
+        report(f"placing the other points on the map: {start:,} of {len(rest):,}")
+        batch = rest[start : start + PLACE_BATCH]
+        out[batch] = reducer.transform(arr[batch])
+    return out, reducer.transform
 
 
 def _checked(placer: Placer, dim: int) -> Placer:

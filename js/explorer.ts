@@ -91,7 +91,8 @@ function render({ model, el, host, signal, experimental }: RenderProps): () => v
     for (const r of regions()) colors.set(r.id, r.color);
     return { xy, region, labels: decode(model.get("point_labels")), confidence: decode(model.get("point_confidence")),
       fixed: decode(model.get("point_fixed")), background: decode(model.get("background_points")),
-      backgroundLabel: model.get("background_label") || "", colors, classes: classes() };
+      backgroundLabel: model.get("background_label") || "", colors, classes: classes(),
+      layout: model.get("map_layout") || "" };
   };
   const drawMap = async (full: boolean) => {
     const start = performance.now();
@@ -137,20 +138,22 @@ function render({ model, el, host, signal, experimental }: RenderProps): () => v
     map.setSelectedRegion(rid);
     list.render(regions(), labels(), rid, classes());
   };
-  const onSelection = () => {
-    const v = model.get("selected_indices");
-    if (v === selfSelection) return; // our own write coming back
-    const a = decode(v);
+  const showSelection = () => {
+    const a = decode(model.get("selected_indices"));
     const idx = a ? new Int32Array(a.data) : new Int32Array(0);
     map.setSelection(idx);
     panel.setSelectionCount(idx.length);
+  };
+  const onSelection = () => {
+    if (model.get("selected_indices") === selfSelection) return; // our own write coming back
+    showSelection();
   };
   const onProgress = () => tune.setProgress(model.get("progress") as Progress);
   const onHistory = () => tune.setHistory(model.get("history") as Round[], model.get("baseline") as Round | null);
   const onParams = () => tune.setParams(model.get("finetune_params") as Params);
   const onClasses = () => panel.setClasses(classes());
   const onInterp = () => interp.set(model.get("interpolator"), model.get("selected_error"));
-  const onPoints = () => drawMap(true);
+  const onPoints = () => drawMap(true).then(showSelection); // a new layout keeps the selection
   const onColors = () => drawMap(false);
 
   const handlers: [string, () => void][] = [

@@ -22,8 +22,11 @@ the trainer or the data retrains. They are shared by every test: a test that cha
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,10 @@ import defuse_widgets as dw
 
 PACKAGE = Path(dw.__file__).parent
 torch.set_num_threads(int(os.environ.get("DEFUSE_WIDGETS_TEST_THREADS", "1")))
+# maps cached on disk by one run must not skip UMAP in the next (nor touch the user's cache);
+# set here, before any JupyterLab the tests start, so their kernels inherit it
+os.environ["DEFUSE_WIDGETS_PROJECTION_CACHE"] = tempfile.mkdtemp(prefix="dw-projections-")
+atexit.register(shutil.rmtree, os.environ["DEFUSE_WIDGETS_PROJECTION_CACHE"], True)
 
 
 def _cache_dir(digits: dw.ImageDataset) -> Path:

@@ -541,3 +541,22 @@ def test_interpolator_options_and_a_closed_child_is_replaced(
     w.select_error(2)
     assert w.interpolator is not first and w.interpolator.error_index == 2
     w.close()
+
+
+def test_first_look_is_pca_then_umap_in_place(session: dw.DefuseSession) -> None:
+    from defuse_widgets import projection
+
+    projection.clear_cache()
+    shown: list[tuple[str, np.ndarray]] = []
+    w = Explorer.__new__(Explorer)
+    w.observe(lambda c: shown.append((w.map_layout, c["new"])), "points")
+    Explorer.__init__(w, session, block=True)
+    codes = session.errors.codes
+    assert [layout for layout, _ in shown] == ["pca", "umap"]
+    assert np.allclose(shown[0][1], projection.project(codes, "pca"), atol=1e-5)
+    assert np.array_equal(w.points, projection.cached(codes, "umap"))
+    assert "UMAP layout" in w.status and w.map_layout == "umap"
+    again = Explorer(session, block=True)  # cached: UMAP at once, no PCA first
+    assert again.map_layout == "umap" and np.array_equal(again.points, w.points)
+    given = Explorer(session, projection=np.asarray(w.points), block=True)
+    assert given.map_layout == "given" and "given layout" in given.status

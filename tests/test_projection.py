@@ -65,6 +65,45 @@ def test_fit_places_new_codes_on_the_same_map(blobs: np.ndarray) -> None:
         place(np.zeros((3, 5), np.float32))
 
 
+def test_a_map_outlives_the_kernel_on_disk(blobs: np.ndarray, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DEFUSE_WIDGETS_PROJECTION_CACHE", str(tmp_path))
+    projection.clear_cache()
+    xy, _ = projection.fit(blobs, "umap", seed=0)
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+    projection.clear_cache(disk=False)  # a restarted kernel: memory gone, files kept
+    assert np.array_equal(projection.cached(blobs, "umap", seed=0), xy)
+    messages: list[str] = []
+    again, place = projection.fit(blobs, "umap", seed=0, progress=messages.append)
+    assert np.array_equal(again, xy) and not any("UMAP" in m for m in messages)
+    # read back from disk, new codes land by their nearest mapped codes: on themselves here
+    assert np.allclose(place(blobs[:5]), xy[:5], atol=1e-3)
+    # a damaged file is ignored and replaced, never trusted
+    file = next(tmp_path.glob("*.npy"))
+    file.write_bytes(b"not an array")
+    projection.clear_cache(disk=False)
+    assert projection.cached(blobs, "umap", seed=0) is None
+    assert projection.project(blobs, "pca").shape == (180, 2)
+    projection.clear_cache()
+    assert not list(tmp_path.glob("*.npy"))
+
+
+def test_large_sets_fit_umap_on_a_subsample_and_place_the_rest(
+    blobs: np.ndarray, monkeypatch
+) -> None:
+    monkeypatch.setattr(projection, "FIT_POINTS", 90)
+    monkeypatch.setattr(projection, "PLACE_BATCH", 40)
+    messages: list[str] = []
+    xy = projection.project(blobs, "umap", seed=0, use_cache=False, progress=messages.append)
+    assert xy.shape == (180, 2) and np.isfinite(xy).all()
+    assert "fitting UMAP on 90 of 180 points" in messages
+    assert sum("placing the other points" in m for m in messages) == 3  # 90 placed, 40 a time
+    d = ((xy[:, None] - xy[None]) ** 2).sum(-1) + np.eye(180) * 1e9
+    labels = np.repeat(np.arange(3), 60)
+    assert (labels[d.argmin(1)] == labels).mean() > 0.95
+    again = projection.project(blobs, "umap", seed=0, use_cache=False)
+    assert np.array_equal(again, xy)  # the subsample is seeded
+
+
 def test_imaging_converts_and_downsamples() -> None:
     from PIL import Image
 

@@ -23,7 +23,6 @@ import torch
 import traitlets as t
 
 from .. import panels
-from .. import projection as proj
 from ..correct import RoundSettings
 from ..labels import label_name
 from ..panels import region_color
@@ -31,6 +30,7 @@ from ._audit import AuditMixin
 from ._codec import array_serialization, array_to_json
 from ._commands import CommandsMixin
 from ._jobs import Jobs
+from ._layout import LayoutMixin
 from ._options import ExplorerOptions, check_known_options
 from ._selection import SelectionMixin
 from ._tuning import TuningMixin
@@ -55,7 +55,9 @@ def _array(**tags: Any) -> Any:
     return t.Instance(np.ndarray, allow_none=True).tag(sync=True, **array_serialization, **tags)
 
 
-class Explorer(CommandsMixin, SelectionMixin, TuningMixin, AuditMixin, anywidget.AnyWidget):
+class Explorer(
+    CommandsMixin, SelectionMixin, TuningMixin, AuditMixin, LayoutMixin, anywidget.AnyWidget
+):
     """Interactive map of a session's errors and failure regions, with labeling and fine-tuning.
 
     Parameters
@@ -103,6 +105,7 @@ class Explorer(CommandsMixin, SelectionMixin, TuningMixin, AuditMixin, anywidget
     thumbs = _array()
     background_points = _array()
     background_label = t.Unicode("").tag(sync=True)
+    map_layout = t.Unicode("").tag(sync=True)  # "pca" (first look), "umap" or "given"
     regions = t.List(t.Dict()).tag(sync=True)
     labels = t.Dict(value_trait=t.Int(), key_trait=t.Unicode()).tag(sync=True)
     selected_region = t.Int(-1).tag(sync=True)
@@ -368,30 +371,3 @@ class Explorer(CommandsMixin, SelectionMixin, TuningMixin, AuditMixin, anywidget
 
     def _job_failed(self, what: str, exc: BaseException) -> None:
         self._note("", f"{what.capitalize()} failed: {type(exc).__name__}: {exc}")
-
-    def _prepare_map(self) -> None:
-        codes, opts = self._errors.codes, self.options
-        place = None
-        if isinstance(opts.projection, str):
-            if proj.cached(codes, opts.projection) is None:
-                self._note(f"Projecting {len(codes):,} errors ({opts.projection.upper()})…")
-            xy, place = proj.fit(codes, opts.projection,
-                                 progress=lambda msg: self._note(msg.capitalize()))  # fmt: skip
-        else:
-            xy = opts.projection
-        self.points = np.ascontiguousarray(xy, dtype=np.float32)
-        self._note(f"{len(codes):,} errors, {len(self.regions)} regions.")
-        self.thumbs = panels.thumbnails(self.session, codes, opts.thumbnail_side,
-                                        opts.max_thumbnail_bytes)  # fmt: skip
-        if self.baseline is None:
-            ev = self.session.evaluate()
-            self._absorb(ev)
-            self.baseline = panels.history_entry(self.session, "start", ev)
-        if opts.background is not None and place is not None:
-            n, what = panels.background_size(self.session, opts.background, opts.background_limit)
-            self._note(f"Placing {n:,} {what} on the map…")
-            xy = panels.background_points(self.session, opts.background, n, place)
-            self.background_label = what
-            self.background_points = xy
-            self._note(f"{len(codes):,} errors, {len(self.regions)} regions; {n:,} {what} "
-                       "in faint grey.")  # fmt: skip

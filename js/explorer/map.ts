@@ -9,6 +9,7 @@ const BACKGROUND = { color: "#7f7f7f", opacity: 0.15 };
 export type MapData = {
   xy: Arr; region: Arr; labels: Arr | null; confidence: Arr | null; fixed: Arr | null;
   background: Arr | null; backgroundLabel: string; colors: Map<number, string>; classes: string[];
+  layout: string; // which projection the positions come from: a new one resets pan and zoom
 };
 
 export type MapHandlers = {
@@ -149,7 +150,7 @@ export class ErrorMap {
       margin: { l: 20, r: 10, t: 10, b: 20 }, showlegend: false, dragmode: "lasso", hovermode: "closest",
       xaxis: { showticklabels: false, zeroline: false, showgrid: false },
       yaxis: { showticklabels: false, zeroline: false, showgrid: false },
-      uirevision: "keep",
+      uirevision: d.layout || "keep",
     };
     const config = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["toImage"], scrollZoom: true };
     if (!this.ready) {
@@ -161,6 +162,7 @@ export class ErrorMap {
     }
     this.drawOverlay();
     this.root.dataset.points = String(n);
+    this.root.dataset.layout = d.layout;
     this.root.dataset.rendered = String(Date.now());
   }
 

@@ -267,6 +267,19 @@ def test_explorer_end_to_end(
         run_new_cell(page, "print('V2', w2._has_visible_views)", expect="V2").split()[-1] == "False"
     )
 
+    # the first look never waits for UMAP: PCA positions at once, replaced in place by UMAP
+    # (numba compiles on first use in this kernel); a selection made meanwhile stays
+    src = "w3 = s.explorer(); w3.select([0, 1, 2]); display(w3); print('THREE')"
+    run_new_cell(page, src, expect="THREE")
+    last = "[...document.querySelectorAll('[aria-label=\"Error map\"]')].pop()"
+    page.wait_for_function(f"() => {last}.dataset.layout === 'pca'", timeout=30_000)
+    page.wait_for_function(f"() => {last}.dataset.layout === 'umap'", timeout=150_000)
+    selected = f"""() => {{
+      const gd = {last}.querySelector('.js-plotly-plot'), t = gd.data[gd.data.length - 1];
+      return (t.selectedpoints || []).length === 3;
+    }}"""
+    page.wait_for_function(selected, timeout=15_000)
+
 
 @pytest.fixture(autouse=True)
 def _skip_without_built_js() -> None:
