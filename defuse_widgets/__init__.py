@@ -1,13 +1,14 @@
 """defuse-widgets: debug image classifiers beyond test accuracy, live in JupyterLab."""
 
 from .correct import CancelToken
-from .data import ImageDataset, from_image_folder, from_tensors, load_dataset
+from .data import ImageDataset, from_tensors, load_dataset
 from .device import resolve_device
 from .distill import Region, RegionSample, RegionSet, fit_regions
 from .errors import ErrorSet
 from .evaluation import Evaluation, RegionAccuracy, RoundRecord
 from .generative import Generator, GeneratorAdapter, as_generator
 from .labels import MODEL_IS_RIGHT, UNRECOGNIZABLE, ReferenceModelLabeler
+from .loaders import from_image_folder
 from .models import (
     ConvVAE,
     SmallCNN,

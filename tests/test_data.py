@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import defuse_widgets as dw
-from defuse_widgets import data as data_mod
+from defuse_widgets import loaders as data_mod
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 IDX = data_mod.IDX_FILES
@@ -343,3 +343,21 @@ def test_from_image_folder_errors(tmp_path: Path) -> None:
     _write_folder(tmp_path / "test", {"a": (0, 0, 0), "c": (9, 9, 9)}, n=1)
     with pytest.raises(ValueError, match="train classes"):
         dw.from_image_folder(tmp_path)
+
+
+def test_load_dataset_limits_take_a_seeded_stratified_subsample(digits: dw.ImageDataset) -> None:
+    small = dw.load_dataset("digits", train_limit=100, test_limit=50, seed=1)
+    assert (len(small.y_train), len(small.y_test)) == (100, 50)
+    assert torch.bincount(small.y_train, minlength=10).tolist() == [10] * 10  # stratified
+    assert small.name == "digits-100-50-seed1" and small.classes == digits.classes
+    again = dw.load_dataset("digits", train_limit=100, test_limit=50, seed=1)
+    assert torch.equal(again.x_train, small.x_train) and torch.equal(again.y_test, small.y_test)
+    other = dw.load_dataset("digits", train_limit=100, seed=2)
+    assert not torch.equal(other.x_train, small.x_train)
+    assert len(other.y_test) == len(digits.y_test)  # no test_limit: the whole test split
+    # the subsample's images are the dataset's own, rows unchanged
+    rows = {tuple(r.flatten().tolist()) for r in digits.x_train}
+    assert all(tuple(r.flatten().tolist()) in rows for r in small.x_train)
+    assert dw.load_dataset("digits", train_limit=10_000) is not None  # more than there are: all
+    with pytest.raises(ValueError, match=r"train_limit: expected an integer >= 2, got 0"):
+        dw.load_dataset("digits", train_limit=0)
