@@ -280,6 +280,7 @@ def history_entry(session: DefuseSession, event: str, evaluation: Any) -> dict[s
             "test_accuracy": float(evaluation["test_accuracy"]),
             "labeled_region_accuracy": float(get("labeled_region_accuracy")),
             "labeled_region_real_accuracy": float(get("labeled_region_real_accuracy")),
+            "labeled_region_real_images": int(get("labeled_region_real_images", 0)),
             "labels": len(session.correctable()),
             "relabels": len(session.relabels),
             "time": time.time(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -157,10 +158,12 @@ def test_selection_syncs_and_makes_a_region(widget: Explorer, session: dw.Defuse
     assert len(session.regions) == before + 1 and widget.selected_region == rid
     assert any(r["id"] == rid and r["user_defined"] for r in widget.regions)
     assert set(np.nonzero(widget.point_region == rid)[0].tolist()) == set(idx.tolist())
-    widget.select(None)
-    assert got[-1].size == 0
+    assert got[-1].size == 0 and widget.selected_indices.size == 0  # no duplicate on a 2nd click
     with pytest.raises(ValueError, match="at least 2"):
         widget.add_region()
+    widget.select([7, 8])
+    widget.add_region([9, 10])  # given indices: the selection is not the user's to lose
+    assert widget.selected_indices.tolist() == [7, 8]
 
 
 def test_fine_tune_round_and_revert(widget: Explorer, session: dw.DefuseSession) -> None:
@@ -176,6 +179,7 @@ def test_fine_tune_round_and_revert(widget: Explorer, session: dw.DefuseSession)
     assert widget.error == "" and widget.busy == ""
     assert widget.progress["step"] == widget.progress["total"] == 30
     assert not widget.progress["running"]
+    assert widget.progress["outcome"].startswith(f"Round {session.active_round} done")
     assert len(updates) <= 30  # throttled to at most ~10 per second, plus start and end
     events = [h["event"] for h in widget.history]
     assert events == ["before", "round"]
@@ -183,7 +187,10 @@ def test_fine_tune_round_and_revert(widget: Explorer, session: dw.DefuseSession)
     assert widget.point_fixed.shape == (len(session.errors),)
     region = next(r for r in widget.regions if r["id"] == rid)
     assert region["sample_accuracy"] is not None
+    assert updates[0]["step"] == 0 and updates[0]["running"]  # never the last round's figures
     widget.revert(block=True)
+    assert widget.progress["outcome"].startswith("Reverted to round 0")
+    assert widget.progress["step"] == 0 and not widget.progress["running"]
     assert widget.history[-1]["event"] == "revert"
     assert widget.history[-1]["test_accuracy"] == pytest.approx(widget.baseline["test_accuracy"])
     assert session.active_round == 0
@@ -321,6 +328,7 @@ def test_second_fine_tune_and_cancel(widget: Explorer, session: dw.DefuseSession
     assert not widget.running and widget.busy == ""
     assert session.rounds == rounds
     assert "cancelled" in widget.status
+    assert re.match(r"Fine-tuning cancelled after \d+ of 5000 steps", widget.progress["outcome"])
 
 
 def test_thumbnail_on_demand(session: dw.DefuseSession) -> None:

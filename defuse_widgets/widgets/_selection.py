@@ -81,6 +81,7 @@ class SelectionMixin:
             else:
                 child.set_error(i)
         except Exception as exc:  # shown in the widget
-            self._note("", f"Could not interpolate error {i}: {exc}")
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
+            self._note("", f"Could not interpolate error {i}: {reason}")
         else:
             self._note(f"Error {i}: interpolation from its source image.")

@@ -82,6 +82,9 @@ class TuningMixin:
         self.finetune_params = {"steps": steps_, "lam": lam_, "lr": lr_}
         self._token = CancelToken()
         rounds = len(self.history)
+        # at once, so the page never shows the previous round's "300/300" as if it were this one
+        self.progress = {"running": True, "step": 0, "total": steps_, "loss": None,
+                         "outcome": "Waiting to start…"}  # fmt: skip
         self._start("fine-tuning", lambda: self._run_round(steps_, lam_, lr_))
         if not block:
             return None
@@ -145,17 +148,23 @@ class TuningMixin:
             if now - last[0] >= PROGRESS_INTERVAL_S or step >= total:
                 last[0] = now
                 self.progress = {"running": True, "step": int(step), "total": int(total),
-                                 "loss": float(loss)}  # fmt: skip
+                                 "loss": float(loss), "outcome": "Fine-tuning…"}  # fmt: skip
 
-        self.progress = {"running": True, "step": 0, "total": steps, "loss": None}
+        self.progress = {"running": True, "step": 0, "total": steps, "loss": None,
+                         "outcome": "Fine-tuning…"}  # fmt: skip
         self._note(f"Fine-tuning for {steps} steps…")
         record = s.correct(steps=steps, lam=lam, lr=lr, cancel=self._token, callback=callback)
         if record["cancelled"]:
-            self.progress = {**self.progress, "running": False}
-            self._note("Fine-tuning cancelled; the model is unchanged.")
+            done = self.progress.get("step", 0)
+            message = (
+                f"Fine-tuning cancelled after {done} of {steps} steps; the model is unchanged."
+            )
+            self.progress = {**self.progress, "running": False, "outcome": message}
+            self._note(message)
             return
         losses = record["losses"] or [None]
-        self.progress = {"running": False, "step": steps, "total": steps, "loss": losses[-1]}
+        self.progress = {"running": False, "step": steps, "total": steps, "loss": losses[-1],
+                         "outcome": "Evaluating the new model…"}  # fmt: skip
         self._after_model_change("round", record["evaluation"])
 
     def _after_model_change(self, event: str, ev: Any = None) -> None:
@@ -170,5 +179,12 @@ class TuningMixin:
         if self.selected_region >= 0:
             self._send_panel(self.selected_region)
         self._refresh_audit()  # predictions changed
-        verb = "Reverted" if event == "revert" else f"Round {entry['round']} done"
-        self._note(f"{verb}: test accuracy {100 * entry['test_accuracy']:.1f}%.")
+        verb = f"Reverted to round {entry['round']}" if event == "revert" else (
+            f"Round {entry['round']} done")  # fmt: skip
+        message = f"{verb}: test accuracy {100 * entry['test_accuracy']:.1f}%."
+        self._note(message)
+        if event == "revert":
+            self.progress = {"running": False, "step": 0, "total": 0, "loss": None,
+                             "outcome": message}  # fmt: skip
+        else:
+            self.progress = {**self.progress, "running": False, "outcome": message}

@@ -36,7 +36,7 @@ from ._selection import SelectionMixin
 from ._tuning import TuningMixin
 
 __all__ = ["Explorer", "region_color"]
-IDLE: dict[str, Any] = {"running": False, "step": 0, "total": 0, "loss": None}
+IDLE: dict[str, Any] = {"running": False, "step": 0, "total": 0, "loss": None, "outcome": ""}
 
 
 def _nested_to_json(value: Any, widget: Any = None) -> Any:
@@ -218,13 +218,17 @@ class Explorer(
         self._note(f"Region {region_id}: label cleared.")
 
     def add_region(self, indices: Sequence[int] | np.ndarray | None = None) -> int:
-        """Make a user-defined region of ``indices`` (default: the selection); returns its id."""
+        """Make a user-defined region of ``indices`` (default: the selection, which is then
+        cleared so a second click cannot make a duplicate); returns its id."""
+        from_selection = indices is None
         if indices is None:
             sel = self.selected_indices
             indices = np.zeros(0, np.int64) if sel is None else np.asarray(sel)
         if len(indices) < 2:
             raise ValueError("indices: select at least 2 points (lasso or box) to make a region")
         region_id = int(self.session.add_region(torch.as_tensor(np.asarray(indices, np.int64))))
+        if from_selection:
+            self.select(None)
         self.selected_region = region_id
         self._note(f"New region {region_id} from {len(indices)} selected points.")
         return region_id
@@ -370,4 +374,7 @@ class Explorer(
         self.busy = what
 
     def _job_failed(self, what: str, exc: BaseException) -> None:
-        self._note("", f"{what.capitalize()} failed: {type(exc).__name__}: {exc}")
+        message = f"{what.capitalize()} failed: {type(exc).__name__}: {exc}"
+        self._note("", message)
+        if what == "fine-tuning":  # said next to the Fine-tune controls too
+            self.progress = {**self.progress, "running": False, "outcome": message}

@@ -3,8 +3,19 @@ import Plotly from "plotly.js-gl2d-dist-min";
 
 export type Params = { steps: number; lam: number; lr: number };
 export type Round = { round: number; test_accuracy: number | null; labeled_region_accuracy: number | null;
-  labeled_region_real_accuracy?: number | null; event?: string };
-export type Progress = { running: boolean; step: number; total: number; loss: number | null };
+  labeled_region_real_accuracy?: number | null; labeled_region_real_images?: number; event?: string };
+
+/** Below this many real test images inside the labeled regions their accuracy is shown greyed. */
+export const MIN_REAL_IMAGES = 20;
+
+/** The chart's tick for one history entry: "start", "R1" (a round), "↺R0" (a revert to round 0). */
+export function eventTick(r: Round): string {
+  if (r.event === "start") return "start";
+  if (r.event === "revert") return `\u21ba R${r.round}`;
+  if (r.event === "before") return `before R${r.round + 1}`;
+  return `R${r.round}`;
+}
+export type Progress = { running: boolean; step: number; total: number; loss: number | null; outcome?: string };
 
 export type TuneHandlers = { start(p: Params): void; cancel(): void; revert(): void; params(p: Params): void };
 
@@ -103,7 +114,10 @@ export class FineTune {
     this.bar.setAttribute("aria-valuenow", String(pct));
     this.bar.setAttribute("aria-valuetext", `${p.step} of ${p.total} steps`);
     this.fill.style.width = `${pct}%`;
-    this.loss.textContent = p.total ? `step ${p.step}/${p.total}` + (p.loss != null ? ` · loss ${p.loss.toFixed(4)}` : "") : "";
+    const steps = p.total ? `step ${p.step}/${p.total}` + (p.loss != null ? ` · loss ${p.loss.toFixed(4)}` : "") : "";
+    // running: the steps; otherwise what became of the last action (done, cancelled, reverted, failed)
+    this.loss.textContent = p.running ? steps : p.outcome || steps;
+    this.root.dataset.outcome = p.running ? "running" : p.outcome || "";
     this.startBtn.disabled = p.running;
     this.cancelBtn.disabled = !p.running;
     this.revertBtn.disabled = p.running;
@@ -119,21 +133,30 @@ export class FineTune {
       d.dataset.metric = key;
       d.textContent = `${k}: ${v}`;
       this.numbers.append(d);
+      return d;
     };
     if (last) {
       line("Test accuracy", fmt(last.test_accuracy), "test_accuracy");
       line("Labeled-region accuracy (samples)", fmt(last.labeled_region_accuracy), "labeled_region_accuracy");
-      line("Labeled-region accuracy (real)", fmt(last.labeled_region_real_accuracy), "labeled_region_real_accuracy");
+      const n = last.labeled_region_real_images ?? 0;
+      const real = line("Labeled-region accuracy (real)", `${fmt(last.labeled_region_real_accuracy)} (n = ${n})`,
+        "labeled_region_real_accuracy");
+      if (n < MIN_REAL_IMAGES) {
+        real.classList.add("dfx-few");
+        real.title = `Only ${n} real test image${n === 1 ? "" : "s"} inside the labeled regions: too few to trust this figure`;
+      }
       line("Rounds", String(rounds.filter((r) => r.event === "round").length), "rounds");
     }
     const xs = all.map((_, i) => i);
+    const isRevert = all.map((r) => r.event === "revert");
+    const marker = { symbol: isRevert.map((v) => (v ? "x" : "circle")), size: isRevert.map((v) => (v ? 10 : 6)) };
     const traces = [
-      { type: "scatter", mode: "lines+markers", name: "test", x: xs, y: all.map((r) => r.test_accuracy) },
-      { type: "scatter", mode: "lines+markers", name: "labeled regions", x: xs, y: all.map((r) => r.labeled_region_accuracy) },
+      { type: "scatter", mode: "lines+markers", name: "test", x: xs, y: all.map((r) => r.test_accuracy), marker },
+      { type: "scatter", mode: "lines+markers", name: "labeled regions", x: xs, y: all.map((r) => r.labeled_region_accuracy), marker },
     ];
     const layout = { margin: { l: 40, r: 10, t: 24, b: 30 }, height: 200, width: 420,
-      xaxis: { title: { text: "round" }, dtick: 1 }, yaxis: { range: [0, 1.02], tickformat: ".0%" },
-      legend: { orientation: "h", x: 0, y: 1.18 } };
+      xaxis: { tickvals: xs, ticktext: all.map(eventTick), range: [-0.5, Math.max(1, xs.length) - 0.5] },
+      yaxis: { range: [0, 1.02], tickformat: ".0%" }, legend: { orientation: "h", x: 0, y: 1.18 } };
     const config = { displayModeBar: false, staticPlot: true };
     if (!this.chartReady) { await Plotly.newPlot(this.chart, traces, layout, config); this.chartReady = true; }
     else await Plotly.react(this.chart, traces, layout, config);

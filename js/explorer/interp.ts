@@ -5,6 +5,12 @@
 
 import type { Host } from "@anywidget/types";
 
+/** A thrown value as words: never an empty string or "undefined" (some hosts reject with nothing). */
+export function reason(e: unknown): string {
+  if (e instanceof Error) return `${e.name}: ${e.message || "(no message)"}`;
+  return e === undefined || e === null || e === "" ? "no reason given by the front end" : String(e);
+}
+
 export class InterpPanel {
   root: HTMLElement;
   private title: HTMLElement;
@@ -40,7 +46,7 @@ export class InterpPanel {
     this.body.append(el);
     this.host.getWidget(ref)
       .then((w) => (controller.signal.aborted ? undefined : w.render({ el, signal: controller.signal })))
-      .catch((e) => this.onError(`Could not show the interpolator: ${e}`));
+      .catch((e) => this.onError(`Could not show the interpolator: ${reason(e)}`));
   }
 
   destroy(): void {

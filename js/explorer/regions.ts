@@ -50,6 +50,9 @@ export class RegionList {
       const txt = document.createElement("span");
       const acc = r.sample_accuracy !== undefined && r.sample_accuracy !== null ? ` · acc ${pct(r.sample_accuracy)}` : "";
       txt.textContent = `#${r.id}${r.user_defined ? "*" : ""} · ${r.size} · ${tr} · valid ${pct(r.validity)}${acc}`;
+      txt.title = `Region ${r.id}${r.user_defined ? " (* made by you)" : ""}: ${r.size} errors, true ${tr} predicted; ` +
+        `valid: how natural the generator finds its samples (mean validity)` +
+        (acc ? "; acc: the classifier's accuracy on fresh samples against the region's label" : "");
       const lb = document.createElement("span");
       lb.className = "dfx-lab";
       lb.textContent = lab;
@@ -126,7 +129,7 @@ export class RegionPanel {
 
   setSelectionCount(n: number): void {
     this.selectionInfo.textContent = n ? `${n} points selected` : "Lasso or box on the map to select points.";
-    this.addBtn.disabled = n === 0;
+    this.addBtn.disabled = n < 2; // a region needs at least 2 points
   }
 
   render(panel: any, regions: RegionInfo[], labels: Record<string, number>, classes: string[]): void {
@@ -157,6 +160,13 @@ export class RegionPanel {
     if (!imgs || !imgs.shape[0]) return;
     const h = document.createElement("h3");
     h.textContent = title;
+    if (pred) {
+      const key = document.createElement("span");
+      key.className = "dfx-key";
+      key.textContent = truth ? " (caption: predicted class and confidence; red border: wrong)"
+        : " (caption: predicted class and confidence)";
+      h.append(key);
+    }
     const g = document.createElement("div");
     g.className = "dfx-gallery";
     for (let i = 0; i < imgs.shape[0]; i++) {
@@ -168,11 +178,14 @@ export class RegionPanel {
         const p = pred.data[i];
         img.alt = `Region ${rid} sample ${i + 1}: predicted ${name(p)}`;
         cap.textContent = `${name(p)}${conf ? ` ${(100 * conf.data[i]).toFixed(0)}%` : ""}`;
+        cap.title = `The classifier predicts ${name(p)}` + (conf ? ` with ${(100 * conf.data[i]).toFixed(0)}% confidence` : "") +
+          (truth ? ` (source image labeled ${name(truth.data[i])})` : "");
         if (truth && truth.data[i] !== p) f.className = "dfx-wrong";
       } else {
         const t = truth ? truth.data[i] : -1;
         img.alt = `Region ${rid} source image ${i + 1}: labeled ${name(t)}`;
         cap.textContent = `${name(t)}`;
+        cap.title = `The source image's label: ${name(t)}`;
       }
       f.append(img, cap);
       g.append(f);

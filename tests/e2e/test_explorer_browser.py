@@ -176,6 +176,15 @@ def test_explorer_end_to_end(
     )
     assert _metric(page, "test_accuracy") == start_acc
     assert "ACTIVE 0" in run_new_cell(page, "print('ACTIVE', s.active_round)", expect="ACTIVE")
+    # the fine-tuning section says what happened next to its controls; the chart plots rounds
+    tune = page.get_by_role("region", name="Fine-tuning")
+    tune.get_by_text(re.compile(r"^Reverted to round 0: test accuracy")).wait_for(timeout=15_000)
+    ticks = page.evaluate(
+        "() => document.querySelector('[aria-label=\"Accuracy per round\"]').layout.xaxis.ticktext"
+    )
+    assert ticks[-2:] == ["R1", "\u21ba R0"], ticks
+    real = tune.locator('[data-metric="labeled_region_real_accuracy"]')
+    assert re.search(r"\(n = \d+\)$", real.inner_text())
 
     # a second fine-tune with no class label left gives a clear message, no spinner
     page.get_by_role("button", name="Clear label").click()
