@@ -8,6 +8,7 @@ rename. Format version 1 (fixed names, no manifest entries) is still read.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import warnings
@@ -82,7 +83,17 @@ def prepare_directory(path: Path) -> None:
     except OSError as exc:
         raise unwritable(path, exc) from exc
     if not os.access(path, os.W_OK | os.X_OK):
-        raise unwritable(path, PermissionError(13, "no write permission"))
+        raise unwritable(path, refusal(path))
+
+
+def refusal(path: Path) -> OSError:
+    """The OS error a write into ``path`` would meet: a read-only mount or a permission."""
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return OSError(errno.EROFS, "Read-only file system")
+    except (OSError, AttributeError):  # no statvfs on Windows
+        pass
+    return PermissionError(errno.EACCES, "Permission denied")
 
 
 def unwritable(path: Path, exc: OSError) -> OSError:
@@ -154,10 +165,21 @@ def write_generation(path: Path, doc: dict[str, Any], blobs: dict[str, bytes]) -
             key: write_durable(path / name, data) for (key, data), name in zip(blobs.items(), names)
         }
         switch(path, MANIFEST, json.dumps(doc, indent=1), generation)
-    except OSError as exc:
-        remove(path, [*names, f".{MANIFEST}.{generation}.tmp"])
-        raise unwritable(path, exc) from exc
+    except BaseException as exc:  # an OS refusal, or Ctrl-C: drop this save's own files
+        if not switched(path, generation):
+            remove(path, [*names, f".{MANIFEST}.{generation}.tmp"])
+        if isinstance(exc, OSError):
+            raise unwritable(path, exc) from exc
+        raise
     remove(path, leftovers(path, keep=set(names)))
+
+
+def switched(path: Path, generation: str) -> bool:
+    """Whether the manifest in ``path`` already names the files of ``generation``."""
+    try:
+        return f".{generation}." in (path / MANIFEST).read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 # ----- load -----

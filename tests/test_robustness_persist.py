@@ -1,4 +1,4 @@
-"""Saves killed part-way, loads of edited or forged directories, and saves that cannot be made.
+"""Saves killed part-way, and saves that cannot be made.
 
 Kills are real: the save runs in a forked child that gets SIGKILL, and every killed directory
 must load as exactly the session before the save or exactly the one being saved.
@@ -6,51 +6,25 @@ must load as exactly the session before the save or exactly the one being saved.
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import os
-import pickle
 import select
 import shutil
 import signal
 import statistics
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from session_fixtures import label_true_class, ready_session, state_equal, weights
+from robustness_fixtures import Sessions, make_sessions, outcome
 from torch import nn
 
 import defuse_widgets as dw
 
-TINY = {"steps": 2, "batch_size": 16}
 TRIALS = 16
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="kills a forked saving child")
-
-
-def signature(s: dw.DefuseSession) -> tuple[Any, ...]:
-    """What tells two saved sessions apart: labels, rounds, history and every snapshot's bits."""
-    digest = hashlib.sha256()
-    for snap in s._snapshots:
-        for key in sorted(snap):
-            digest.update(key.encode() + snap[key].numpy().tobytes())
-    return (
-        s.seed,
-        sorted(s.labels.items()),
-        s.active_round,
-        s.rounds,
-        len(s.history),
-        digest.hexdigest(),
-    )
-
-
-def load(path: Path, classifier: nn.Module, vae: nn.Module) -> dw.DefuseSession:
-    return dw.DefuseSession.load(path, classifier=copy.deepcopy(classifier), generator=vae)
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +33,8 @@ def sessions(
     digits_vae: nn.Module,
     digits: dw.ImageDataset,
     tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[dw.DefuseSession, Path, tuple[Any, ...], tuple[Any, ...]]:
-    """A session saved with 1 round ("old"), then taken to 7 rounds and new labels ("new")."""
-    s = ready_session(digits_classifier, digits_vae, digits)
-    label_true_class(s, 0)
-    s.correct(**TINY)
-    pristine = s.save(tmp_path_factory.mktemp("old") / "session")
-    old = signature(s)
-    for _ in range(6):
-        s.correct(**TINY)
-    s.label(1, dw.MODEL_IS_RIGHT)
-    s.revert(3)
-    return s, pristine, old, signature(s)
+) -> Sessions:
+    return make_sessions(digits_classifier, digits_vae, digits, tmp_path_factory)
 
 
 def save_in_child(
@@ -103,21 +67,9 @@ def finish(pid: int, pipe: int) -> int:
     return os.waitpid(pid, 0)[1]
 
 
-def outcome(path: Path, old: tuple, new: tuple, clf: nn.Module, vae: nn.Module) -> tuple[str, bool]:
-    """("old" | "new" | what went wrong, whether the load warned about left-overs)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            got = signature(load(path, clf, vae))
-        except ValueError as exc:
-            return f"unloadable: {exc}", False
-    warned = any("interrupted save" in str(w.message) for w in caught)
-    return ("old" if got == old else "new" if got == new else f"mixed: {got}"), warned
-
-
 @needs_fork
 def test_a_save_killed_at_any_moment_leaves_the_old_or_the_new_session(
-    sessions: tuple[dw.DefuseSession, Path, tuple, tuple],
+    sessions: Sessions,
     digits_classifier: nn.Module,
     digits_vae: nn.Module,
     tmp_path: Path,
@@ -157,7 +109,7 @@ def test_a_save_killed_at_any_moment_leaves_the_old_or_the_new_session(
 
 @needs_fork
 def test_a_save_killed_at_every_file_operation(
-    sessions: tuple[dw.DefuseSession, Path, tuple, tuple],
+    sessions: Sessions,
     digits_classifier: nn.Module,
     digits_vae: nn.Module,
     tmp_path: Path,
@@ -206,7 +158,7 @@ def test_a_save_killed_at_every_file_operation(
 
 
 def test_a_version_1_save_still_loads(
-    sessions: tuple[dw.DefuseSession, Path, tuple, tuple],
+    sessions: Sessions,
     digits_classifier: nn.Module,
     digits_vae: nn.Module,
     tmp_path: Path,
@@ -223,180 +175,10 @@ def test_a_version_1_save_still_loads(
     assert outcome(path, old, old, digits_classifier, digits_vae) == ("old", False)
 
 
-# ----- loads refused before anything changes -----
-
-
-def data_file(path: Path, key: str) -> Path:
-    """The data file ``key`` of a saved directory (by its manifest, or a version 1 name)."""
-    files = json.loads((path / "session.json").read_text()).get("files")
-    return path / (files[key]["name"] if files else f"{key}.safetensors")
-
-
-def forge_data_file(path: Path, key: str, change: Callable[[dict[str, torch.Tensor]], Any]) -> None:
-    """Change a data file's tensors and make its manifest entry match, as a forger would."""
-    from safetensors.torch import load_file, save
-
-    file = data_file(path, key)
-    tensors = load_file(str(file))
-    change(tensors)
-    data = save(tensors)
-    file.write_bytes(data)
-    doc = json.loads((path / "session.json").read_text())
-    if "files" in doc:
-        doc["files"][key].update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
-        (path / "session.json").write_text(json.dumps(doc))
-
-
-def grow(name: str, dim: int) -> Callable[[dict[str, torch.Tensor]], None]:
-    """A change that adds one entry along ``dim`` of tensor ``name``."""
-
-    def change(t: dict[str, torch.Tensor]) -> None:
-        extra = t[name].narrow(dim, 0, 1)
-        t[name] = torch.cat([t[name], extra], dim)
-
-    return change
-
-
-@pytest.mark.parametrize(
-    ("change", "match"),
-    [
-        (grow("means", 1), r"means \(K, 8\)"),  # latent size 9 for a generator of 8
-        (grow("means", 0), "means"),  # one more component than weights
-        (grow("covariances", 0), "covariances"),
-        (grow("covariances", 2), "covariances"),
-        (grow("weights", 0), "weights"),
-        (lambda t: t.update(assignments=t["assignments"] + 50), "assignments"),
-        (lambda t: t.update(assignments=t["assignments"][:-1]), "assignments"),
-    ],
-)
-def test_forged_regions_are_refused_before_the_classifier_changes(
-    sessions: tuple[dw.DefuseSession, Path, tuple, tuple],
-    digits_classifier: nn.Module,
-    digits_vae: nn.Module,
-    tmp_path: Path,
-    change: Callable[[dict[str, torch.Tensor]], None],
-    match: str,
-) -> None:
-    _, pristine, _, _ = sessions
-    path = Path(shutil.copytree(pristine, tmp_path / "forged"))
-    forge_data_file(path, "regions", change)
-    classifier = copy.deepcopy(digits_classifier).train()  # the saved session is at round 1
-    before = weights(classifier)
-    with pytest.raises(ValueError, match=match):
-        dw.DefuseSession.load(path, classifier=classifier, generator=digits_vae)
-    assert state_equal(weights(classifier), before), "a refused load changed the classifier"
-    assert classifier.training, "a refused load switched the classifier to eval mode"
-
-
-def test_a_region_naming_a_missing_component_is_refused(
-    sessions: tuple[dw.DefuseSession, Path, tuple, tuple],
-    digits_classifier: nn.Module,
-    digits_vae: nn.Module,
-    tmp_path: Path,
-) -> None:
-    _, pristine, _, _ = sessions
-    path = Path(shutil.copytree(pristine, tmp_path / "component"))
-    doc = json.loads((path / "session.json").read_text())
-    k = len(doc["regions"]["regions"])
-    doc["regions"]["regions"][0]["component"] = 10 * k
-    (path / "session.json").write_text(json.dumps(doc))
-    classifier = copy.deepcopy(digits_classifier)
-    before = weights(classifier)
-    with pytest.raises(ValueError, match=f"component {10 * k}, but the mixture has"):
-        dw.DefuseSession.load(path, classifier=classifier, generator=digits_vae)
-    assert state_equal(weights(classifier), before)
-
-
-def edited(doc: dict[str, Any], where: str, value: Any) -> None:
-    """Set the field at a dotted path (``history.0.losses``) of a session.json document."""
-    *parents, last = where.split(".")
-    for part in parents:
-        doc = doc[int(part)] if part.isdigit() else doc[part]
-    doc[int(last) if last.isdigit() else last] = value
-
-
-@pytest.mark.parametrize(
-    ("where", "value", "field"),
-    [
-        ("history", "abc", "history"),
-        ("seed", "abc", "seed"),
-        ("seed", True, "seed"),
-        ("labels", [[0, 1]], "labels"),
-        ("labels", "0:1", "labels"),
-        ("labels.0", "seven", "labels[0]"),
-        ("active_round", "1", "active_round"),
-        ("snapshots", 2.5, "snapshots"),
-        ("dataset", "digits", "dataset"),
-        ("history.0", "round one", "history[0]"),
-        ("history.0.losses", "low", "history[0].losses"),
-        ("history.0.evaluation.per_class", {"0": 1}, "history[0].evaluation.per_class"),
-        ("errors.decodes", "many", "errors.decodes"),
-        ("regions.regions.0.id", "a", "regions.regions[0].id"),
-        ("regions.regions.0.transition", [1], "regions.regions[0].transition"),
-        ("regions.regions", {"0": {}}, "regions.regions"),
-    ],
-)
-def test_an_edited_session_json_gets_a_clear_error(
-    sessions: tuple[dw.DefuseSession, Path, tuple, tuple],
-    digits_classifier: nn.Module,
-    digits_vae: nn.Module,
-    tmp_path: Path,
-    where: str,
-    value: Any,
-    field: str,
-) -> None:
-    _, pristine, _, _ = sessions
-    path = Path(shutil.copytree(pristine, tmp_path / "edited"))
-    doc = json.loads((path / "session.json").read_text())
-    if where == "labels.0":
-        doc["labels"] = {"0": value}
-    else:
-        edited(doc, where, value)
-    (path / "session.json").write_text(json.dumps(doc))
-    with pytest.raises(ValueError) as info:
-        load(path, digits_classifier, digits_vae)
-    message = str(info.value)
-    assert f"field {field!r}" in message and "save the session again" in message, message
-    for internal in ("dictionary update", "invalid literal", "object has no attribute"):
-        assert internal not in message, message
-
-
-@pytest.mark.parametrize("kind", ["pickle", "torch.save"])
-def test_a_pickle_named_safetensors_is_named_and_never_unpickled(
-    sessions: tuple[dw.DefuseSession, Path, tuple, tuple],
-    digits_classifier: nn.Module,
-    digits_vae: nn.Module,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    kind: str,
-) -> None:
-    _, pristine, _, _ = sessions
-    path = Path(shutil.copytree(pristine, tmp_path / "pickled"))
-    file = data_file(path, "weights")
-    if kind == "pickle":
-        file.write_bytes(pickle.dumps({"0.weight": [0.0] * 10}))
-    else:
-        torch.save({"0.weight": torch.zeros(3)}, file)
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("load unpickled something")
-
-    for name in ("load", "loads", "Unpickler"):
-        monkeypatch.setattr(pickle, name, refuse)
-    monkeypatch.setattr(torch, "load", refuse)
-    looks = "Python pickle" if kind == "pickle" else "zip archive, the format of torch.save"
-    with pytest.raises(ValueError, match=f"{file.name} is not a safetensors file .*{looks}.*"):
-        load(path, digits_classifier, digits_vae)
-    with pytest.raises(ValueError, match="it was not unpickled or executed"):
-        load(path, digits_classifier, digits_vae)
-
-
 # ----- saves that cannot be made -----
 
 
-def test_save_to_an_existing_file_is_refused(
-    sessions: tuple[dw.DefuseSession, Path, tuple, tuple], tmp_path: Path
-) -> None:
+def test_save_to_an_existing_file_is_refused(sessions: Sessions, tmp_path: Path) -> None:
     s = sessions[0]
     file = tmp_path / "notes.txt"
     file.write_text("mine")
@@ -421,7 +203,7 @@ def is_root_like(directory: Path) -> bool:
 
 
 def test_save_to_a_read_only_directory_is_refused(
-    sessions: tuple[dw.DefuseSession, Path, tuple, tuple],
+    sessions: Sessions,
     digits_classifier: nn.Module,
     digits_vae: nn.Module,
     tmp_path: Path,
@@ -445,7 +227,7 @@ def test_save_to_a_read_only_directory_is_refused(
     [(13, "Permission denied", PermissionError), (30, "Read-only file system", OSError)],
 )
 def test_a_write_the_os_refuses_is_reported_and_the_old_save_kept(
-    sessions: tuple[dw.DefuseSession, Path, tuple, tuple],
+    sessions: Sessions,
     digits_classifier: nn.Module,
     digits_vae: nn.Module,
     tmp_path: Path,
@@ -474,3 +256,20 @@ def test_a_write_the_os_refuses_is_reported_and_the_old_save_kept(
         s.save(path)
     assert sorted(os.listdir(path)) == before, "the refused save left files behind"
     assert outcome(path, old, old, digits_classifier, digits_vae) == ("old", False)
+
+
+def test_a_directory_without_write_access_is_refused_before_any_work(
+    sessions: Sessions,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Simulated: ``os.access`` says the directory is not writable (what it says to a non-root
+    user of a chmod 555 directory); the save is refused before any file is written."""
+    s, pristine, _, _ = sessions
+    path = Path(shutil.copytree(pristine, tmp_path / "noaccess"))
+    before = sorted(os.listdir(path))
+    monkeypatch.setattr("defuse_widgets.persist.os.access", lambda *a, **k: False)
+    monkeypatch.setattr("defuse_widgets.persist.encode", lambda *a: pytest.fail("work started"))
+    with pytest.raises(PermissionError, match="writable directory, got .*Permission denied"):
+        s.save(path)
+    assert sorted(os.listdir(path)) == before
