@@ -1,29 +1,41 @@
-"""Save and load a DefuseSession as a directory of safetensors and JSON (never pickle)."""
+"""Save and load a DefuseSession as a directory of safetensors and JSON (never pickle).
+
+A save is kill-safe (see :mod:`~defuse_widgets.atomic`): the data files of one save carry a
+generation token in their names (``weights.<token>.safetensors``) and ``session.json``, the
+manifest naming each of them with its size and sha256, is switched in last with an atomic
+rename. Format version 1 (fixed names, no manifest entries) is still read.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save
 
+from .atomic import leftovers, new_generation, remove, switch, write_durable
 from .data import ImageDataset, load_dataset
-from .distill import Region, RegionSet
-from .errors import ERROR_FIELDS, ErrorSet
 from .evaluation import RoundRecord
 from .generative import as_generator
 from .jsonio import nan_to_none
-from .mixture import Mixture
+from .labels import check_labels
+from .persist_read import fail, read_errors, read_regions, read_snapshots
+from .persist_schema import FieldError, check_document
 from .relabels import validate_records
 
 if TYPE_CHECKING:
     from .session import DefuseSession
 
 FORMAT = "defuse-widgets-session"
-VERSION = 1
-FILES = ("session.json", "weights.safetensors")
+VERSION = 2
+READS = (1, 2)
+MANIFEST = "session.json"
 
 
 def dataset_fingerprint(data: ImageDataset) -> dict[str, Any]:
@@ -37,19 +49,76 @@ def dataset_fingerprint(data: ImageDataset) -> dict[str, Any]:
     }
 
 
+# ----- save -----
+
+
 def save_session(session: DefuseSession, path: Path) -> Path:
-    """Write ``session.state_dict()`` to the directory ``path`` (created; old files replaced)."""
+    """Write ``session.state_dict()`` to the directory ``path`` (created if new).
+
+    An earlier save there stays loadable until the new one is complete; the earlier save's files
+    are removed once the new manifest is in place. The session's lock is held throughout, so a
+    save never sees a half-made change from another thread.
+    """
+    prepare_directory(path)
+    with session._lock:
+        doc, blobs = encode(session)
+        write_generation(path, doc, blobs)
+    return path
+
+
+def prepare_directory(path: Path) -> None:
+    """Create ``path`` or check it is a writable directory; raise a clear error otherwise."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(
+            f"path: expected a directory (new, or an earlier save), got the existing file {path}; "
+            "choose another path"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise ValueError(
+            f"path: expected a directory path, got {path}, whose parent is a file; "
+            "choose another path"
+        ) from exc
+    except OSError as exc:
+        raise unwritable(path, exc) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise unwritable(path, refusal(path))
+
+
+def refusal(path: Path) -> OSError:
+    """The OS error a write into ``path`` would meet: a read-only mount or a permission."""
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return OSError(errno.EROFS, "Read-only file system")
+    except (OSError, AttributeError):  # no statvfs on Windows
+        pass
+    return PermissionError(errno.EACCES, "Permission denied")
+
+
+def unwritable(path: Path, exc: OSError) -> OSError:
+    """The error for a directory the save cannot write to (the earlier save is untouched)."""
+    why = exc.strerror or str(exc)
+    cls = PermissionError if isinstance(exc, PermissionError) else OSError
+    return cls(
+        f"path: expected a writable directory, got {path} ({why}); choose another path, make it "
+        "writable or free some space (an earlier save there is unchanged)"
+    )
+
+
+def encode(session: DefuseSession) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The manifest (without its ``files`` entry) and the serialized data files of a session."""
     state = session.state_dict()
-    path.mkdir(parents=True, exist_ok=True)
     weights = {
         f"{i}.{k}": v.contiguous()
         for i, snap in enumerate(state["snapshots"])
         for k, v in snap.items()
     }
-    save_file(weights, str(path / "weights.safetensors"))
+    blobs = {"weights": save(weights)}
     doc: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
+        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seed": state["seed"],
         "dataset": dataset_fingerprint(session.data),
         "latent_dim": session.generator.latent_dim,
@@ -63,7 +132,7 @@ def save_session(session: DefuseSession, path: Path) -> Path:
     }
     errors, regions = state["errors"], state["regions"]
     if errors is not None:
-        _write_tensors(path / "errors.safetensors", errors.tensors())
+        blobs["errors"] = tensor_bytes(errors.tensors())
         doc["errors"] = {
             "settings": errors.settings,
             "images_searched": errors.images_searched,
@@ -72,32 +141,48 @@ def save_session(session: DefuseSession, path: Path) -> Path:
             "split": errors.split,
         }
     if regions is not None:
-        _write_tensors(
-            path / "regions.safetensors",
-            {"assignments": regions.assignments, **regions.mixture.tensors()},
+        blobs["regions"] = tensor_bytes(
+            {"assignments": regions.assignments, **regions.mixture.tensors()}
         )
         doc["regions"] = {
             "settings": regions.settings,
             "seed": regions.seed,
             "regions": [nan_to_none(r.summary()) for r in regions.regions],
         }
-    (path / "session.json").write_text(json.dumps(doc, indent=1))
-    return path
+    return doc, blobs
 
 
-def _write_tensors(file: Path, tensors: dict[str, torch.Tensor]) -> None:
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(file))
+def tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    return save({k: v.contiguous() for k, v in tensors.items()})
 
 
-def _fail(path: Path, why: str) -> ValueError:
-    return ValueError(f"{path} is not a loadable defuse-widgets session: {why}")
-
-
-def _read_tensors(path: Path, name: str) -> dict[str, torch.Tensor]:
+def write_generation(path: Path, doc: dict[str, Any], blobs: dict[str, bytes]) -> None:
+    """Write the data files under a new generation, switch the manifest, drop older files."""
+    generation = new_generation()
+    names = [f"{key}.{generation}.safetensors" for key in blobs]
     try:
-        return load_file(str(path / name))
-    except Exception as exc:
-        raise _fail(path, f"{name} is missing or damaged ({exc})") from exc
+        doc["files"] = {
+            key: write_durable(path / name, data) for (key, data), name in zip(blobs.items(), names)
+        }
+        switch(path, MANIFEST, json.dumps(doc, indent=1), generation)
+    except BaseException as exc:  # an OS refusal, or Ctrl-C: drop this save's own files
+        if not switched(path, generation):
+            remove(path, [*names, f".{MANIFEST}.{generation}.tmp"])
+        if isinstance(exc, OSError):
+            raise unwritable(path, exc) from exc
+        raise
+    remove(path, leftovers(path, keep=set(names)))
+
+
+def switched(path: Path, generation: str) -> bool:
+    """Whether the manifest in ``path`` already names the files of ``generation``."""
+    try:
+        return f".{generation}." in (path / MANIFEST).read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+# ----- load -----
 
 
 def load_session(
@@ -108,153 +193,150 @@ def load_session(
     data: ImageDataset | None,
     device: Any,
 ) -> DefuseSession:
-    """Validate and load a directory written by :func:`save_session`."""
-    if not path.is_dir():
-        raise _fail(path, "no such directory")
+    """Validate and load a directory written by :func:`save_session` (any version it wrote).
+
+    Everything is read and checked before the session is made, so a refused directory leaves
+    ``classifier`` as it was. Files of an interrupted later save are ignored, with a warning.
+    """
+    doc = read_manifest(path)
     try:
-        doc = json.loads((path / "session.json").read_text())
-    except FileNotFoundError as exc:
-        raise _fail(path, "session.json is missing") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _fail(path, f"session.json is not valid JSON ({exc})") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise _fail(path, f"session.json does not declare format {FORMAT!r}")
-    if doc.get("version") != VERSION:
-        raise _fail(
-            path, f"format version {doc.get('version')!r}; this release reads version {VERSION}"
-        )
+        check_document(doc, doc["version"])
+    except FieldError as exc:
+        raise fail(
+            path,
+            f"session.json is incomplete or inconsistent: {exc}; restore it from a copy or save "
+            "the session again",
+        ) from exc
+    files = file_entries(doc)
     try:
-        return _build(cls, path, doc, classifier, generator, data, device)
+        session = build(cls, path, doc, files, classifier, generator, data, device)
     except (KeyError, TypeError, IndexError) as exc:
-        raise _fail(path, f"session.json is incomplete or inconsistent ({exc!r})") from exc
+        raise fail(path, f"session.json is incomplete or inconsistent ({exc!r})") from exc
+    stale = leftovers(path, keep={e["name"] for e in files.values()})
+    if stale:
+        warnings.warn(
+            f"{path}: loaded the complete save of {doc.get('saved_at', 'an earlier version')}; "
+            f"ignored {len(stale)} file(s) left by an interrupted save ({', '.join(stale)}), "
+            "which the next save to this directory removes",
+            stacklevel=3,
+        )
+    return session
 
 
-def _build(
+def read_manifest(path: Path) -> dict[str, Any]:
+    """``session.json`` of ``path``, checked for the format and a version this release reads."""
+    if not path.is_dir():
+        raise fail(path, "no such directory")
+    try:
+        doc = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError as exc:
+        raise fail(path, "session.json is missing") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise fail(path, f"session.json is not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise fail(path, f"session.json does not declare format {FORMAT!r}")
+    version = doc.get("version")
+    if isinstance(version, bool) or version not in READS:
+        raise fail(
+            path,
+            f"format version {version!r}; this release reads versions {', '.join(map(str, READS))}",
+        )
+    return doc
+
+
+def file_entries(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Data file key -> manifest entry; version 1 entries have fixed names and no checksum."""
+    if doc["version"] >= 2:
+        return dict(doc["files"])
+    keys = ["weights"] + [k for k in ("errors", "regions") if doc[k] is not None]
+    return {key: {"name": f"{key}.safetensors"} for key in keys}
+
+
+def build(
     cls: type[DefuseSession],
     path: Path,
     doc: dict[str, Any],
+    files: dict[str, dict[str, Any]],
     classifier: torch.nn.Module,
     generator: Any,
     data: ImageDataset | None,
     device: Any,
 ) -> DefuseSession:
-    fingerprint = doc["dataset"]
+    """Read and check every part, then make the session and load the state into it."""
+    data = dataset_of(path, doc["dataset"], data)
+    snapshots = read_snapshots(path, files["weights"], doc["snapshots"], classifier)
+    latent_dim = as_generator(generator).latent_dim
+    if latent_dim != doc["latent_dim"]:
+        raise fail(
+            path, f"latent size {doc['latent_dim']} differs from the generator's {latent_dim}"
+        )
+    errors = regions = None
+    if doc["errors"] is not None:
+        errors = read_errors(path, files["errors"], doc["errors"], latent_dim)
+    if doc["regions"] is not None:
+        if errors is None:
+            raise fail(path, "it has regions but no errors")
+        regions = read_regions(path, files["regions"], doc["regions"], len(errors), latent_dim)
+    state = {
+        "seed": doc["seed"],
+        "errors": errors,
+        "regions": regions,
+        "labels": checked_labels(path, doc, data, regions),
+        "relabels": checked_relabels(path, doc, data),
+        "snapshots": snapshots,
+        "active_round": checked_rounds(path, doc, len(snapshots)),
+        "history": [RoundRecord.from_dict(r) for r in doc["history"]],
+    }
+    session = cls(classifier, generator, data, device=device, seed=doc["seed"], progress=False)
+    try:
+        session.load_state_dict(state)
+    except (ValueError, KeyError) as exc:
+        raise fail(path, f"session.json is incomplete or inconsistent ({exc})") from exc
+    return session
+
+
+def dataset_of(path: Path, fingerprint: dict[str, Any], data: ImageDataset | None) -> ImageDataset:
+    """The dataset to load with (the bundled one by name), checked against the fingerprint."""
     if data is None:
         if fingerprint["name"] != "digits":
             raise ValueError(f"data: the session used dataset {fingerprint['name']!r}; pass data=")
         data = load_dataset("digits")
     if dataset_fingerprint(data) != fingerprint:
-        raise _fail(
+        raise fail(
             path,
             f"it was made on a different dataset ({fingerprint['name']}, "
             f"{fingerprint['n_train']}/{fingerprint['n_test']} images)",
         )
-    snapshots = _read_snapshots(path, doc["snapshots"], classifier)
-    latent_dim = as_generator(generator).latent_dim
-    if latent_dim != doc["latent_dim"]:
-        raise _fail(
-            path, f"latent size {doc['latent_dim']} differs from the generator's {latent_dim}"
-        )
-    errors = _read_errors(path, doc["errors"], latent_dim) if doc["errors"] is not None else None
-    regions = None
-    if doc["regions"] is not None:
-        if errors is None:
-            raise _fail(path, "it has regions but no errors")
-        regions = _read_regions(path, doc["regions"], len(errors))
+    return data
+
+
+def checked_labels(path: Path, doc: dict[str, Any], data: ImageDataset, regions: Any) -> Any:
+    try:
+        return check_labels(doc["labels"], data.num_classes, regions.ids if regions else [])
+    except (ValueError, KeyError) as exc:
+        raise fail(path, f"session.json is incomplete or inconsistent ({exc})") from exc
+
+
+def checked_relabels(path: Path, doc: dict[str, Any], data: ImageDataset) -> Any:
     # "relabels" joined format version 1 later; a file without it has none
     records = doc.get("relabels") or []
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise _fail(path, "its relabels are not a list of records")
-    session = cls(classifier, generator, data, device=device, seed=int(doc["seed"]), progress=False)
+        raise fail(path, "its relabels are not a list of records")
     try:
-        relabels = validate_records(records, data.y_train, data.num_classes)
+        return validate_records(records, data.y_train, data.num_classes)
     except ValueError as exc:
-        raise _fail(path, f"its relabels are invalid ({exc})") from exc
-    try:
-        state = {
-            "seed": int(doc["seed"]),
-            "errors": errors,
-            "regions": regions,
-            "labels": doc["labels"],
-            "relabels": relabels,
-            "snapshots": snapshots,
-            "active_round": int(doc["active_round"]),
-            "history": [RoundRecord.from_dict(r) for r in doc["history"]],
-        }
-        session.load_state_dict(state)
-    except (ValueError, KeyError) as exc:
-        raise _fail(path, f"session.json is incomplete or inconsistent ({exc})") from exc
-    return session
+        raise fail(path, f"its relabels are invalid ({exc})") from exc
 
 
-def _read_snapshots(
-    path: Path, count: int, classifier: torch.nn.Module
-) -> list[dict[str, torch.Tensor]]:
-    flat = _read_tensors(path, "weights.safetensors")
-    expected = {k: v.shape for k, v in classifier.state_dict().items()}
-    snaps: list[dict[str, torch.Tensor]] = [{} for _ in range(count)]
-    for key, value in flat.items():
-        index, _, name = key.partition(".")
-        if not name or not index.isdigit() or int(index) >= count:
-            raise _fail(path, f"unexpected weight entry {key!r}")
-        snaps[int(index)][name] = value
-    for i, snap in enumerate(snaps):
-        shapes = {k: v.shape for k, v in snap.items()}
-        if shapes != expected:
-            raise _fail(
-                path, f"snapshot {i} does not match the classifier's parameters (another model?)"
-            )
-    return snaps
-
-
-def _read_errors(path: Path, meta: dict[str, Any], latent_dim: int) -> ErrorSet:
-    tensors = _read_tensors(path, "errors.safetensors")
-    if set(tensors) != set(ERROR_FIELDS):
-        raise _fail(
-            path, f"errors.safetensors holds {sorted(tensors)}, expected {sorted(ERROR_FIELDS)}"
+def checked_rounds(path: Path, doc: dict[str, Any], snapshots: int) -> int:
+    """The active round, checked against the snapshots and the history."""
+    active = doc["active_round"]
+    if not 0 <= active < snapshots:
+        raise fail(path, f"its active round {active} out of range for {snapshots} snapshots")
+    if len(doc["history"]) != snapshots - 1:
+        raise fail(
+            path,
+            f"session.json is incomplete or inconsistent: {len(doc['history'])} history records "
+            f"for {snapshots - 1} rounds",
         )
-    m = len(tensors["codes"])
-    if tensors["codes"].shape != (m, latent_dim) or any(len(t) != m for t in tensors.values()):
-        raise _fail(path, "errors.safetensors has inconsistent shapes")
-    return ErrorSet(
-        **tensors,
-        settings=meta["settings"],
-        images_searched=meta["images_searched"],
-        decodes=meta["decodes"],
-        seconds=meta["seconds"],
-        split=meta["split"],
-    )
-
-
-def _read_regions(path: Path, meta: dict[str, Any], n_errors: int) -> RegionSet:
-    tensors = _read_tensors(path, "regions.safetensors")
-    try:
-        mixture = Mixture(tensors["weights"], tensors["means"], tensors["covariances"])
-    except (KeyError, RuntimeError) as exc:
-        raise _fail(path, f"regions.safetensors holds no valid mixture ({exc})") from exc
-    assignments = tensors.get("assignments")
-    if assignments is None or assignments.shape != (n_errors,):
-        raise _fail(path, "regions.safetensors assignments do not match the errors")
-    regions = []
-    for r in meta["regions"]:
-        comp = int(r["component"])
-        regions.append(
-            Region(
-                id=int(r["id"]),
-                weight=float(r["weight"]),
-                size=int(r["size"]),
-                mean=mixture.means[comp].float(),
-                covariance=mixture.covariances[comp].float(),
-                transition=(int(r["transition"][0]), int(r["transition"][1])),
-                transition_share=float(r["transition_share"]),
-                mean_confidence=_num(r["mean_confidence"]),
-                mean_validity=_num(r["mean_validity"]),
-                component=comp,
-                user_defined=bool(r["user_defined"]),
-            )
-        )
-    return RegionSet(regions, assignments, mixture, meta["settings"], int(meta["seed"]))
-
-
-def _num(value: float | None) -> float:
-    return float("nan") if value is None else float(value)
+    return active

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .correct import restore
+from .critical import deferred_interrupt
 from .data import ImageDataset
 from .distill import RegionSet, fit_regions, user_region
 from .errors import ErrorSet
@@ -75,6 +77,7 @@ class DefuseSession(AuditMixin, RoundsMixin):
         options.setdefault("seed", self.seed)
         options.setdefault("progress", self.progress)
         with self._lock:
+            self._check_idle("identify")
             errors = identify(
                 self.classifier,
                 self.generator,
@@ -99,28 +102,31 @@ class DefuseSession(AuditMixin, RoundsMixin):
     ) -> RegionSet:
         """Fit the Dirichlet-process mixture to the errors' codes; see
         :func:`~defuse_widgets.distill.fit_regions`. Replaces earlier regions and labels."""
-        if self.errors is None:
-            raise RuntimeError("no errors yet: call identify() before distill()")
         options.setdefault("seed", self.seed)
-        self.regions = fit_regions(
-            self.errors,
-            max_regions,
-            min_weight,
-            covariance_type,
-            max_fit,
-            decode=self.decode,
-            predict=self.predict,
-            **options,
-        )
-        self._labels = {}
+        with self._lock:
+            self._check_idle("distill")
+            if self.errors is None:
+                raise RuntimeError("no errors yet: call identify() before distill()")
+            regions = fit_regions(
+                self.errors,
+                max_regions,
+                min_weight,
+                covariance_type,
+                max_fit,
+                decode=self.decode,
+                predict=self.predict,
+                **options,
+            )
+            self.regions, self._labels = regions, {}
         self._emit("regions", "labels")
-        return self.regions
+        return regions
 
     def add_region(self, error_indices: Sequence[int] | torch.Tensor) -> int:
         """Make a user-defined region of the errors ``error_indices``; returns its id."""
-        regions = self._require_regions()
-        assert self.errors is not None
-        region_id = user_region(regions, self.errors, torch.as_tensor(error_indices)).id
+        with self._lock:
+            regions = self._require_regions()
+            assert self.errors is not None
+            region_id = user_region(regions, self.errors, torch.as_tensor(error_indices)).id
         self._emit("regions")
         return region_id
 
@@ -128,14 +134,17 @@ class DefuseSession(AuditMixin, RoundsMixin):
 
     def label(self, region_id: int, label: int) -> None:
         """Give a region one label: a class index, ``MODEL_IS_RIGHT`` or ``UNRECOGNIZABLE``."""
-        self._require_regions().get(region_id)
-        self._labels[int(region_id)] = check_label(label, self.data.num_classes)
+        with self._lock:
+            self._require_regions().get(region_id)
+            self._labels[int(region_id)] = check_label(label, self.data.num_classes)
         self._emit("labels")
 
     def unlabel(self, region_id: int) -> None:
         """Remove a region's label (no error if it had none)."""
-        self._require_regions().get(region_id)
-        if self._labels.pop(int(region_id), None) is not None:
+        with self._lock:
+            self._require_regions().get(region_id)
+            removed = self._labels.pop(int(region_id), None) is not None
+        if removed:
             self._emit("labels")
 
     def export_labels(self, path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -147,7 +156,8 @@ class DefuseSession(AuditMixin, RoundsMixin):
 
     def import_labels(self, source: str | os.PathLike | Mapping[str, Any]) -> None:
         """Replace the labels with those of :meth:`export_labels` output (a dict or a JSON file)."""
-        self._labels = read_labels(source, self.data.classes, self._require_regions().ids)
+        with self._lock:
+            self._labels = read_labels(source, self.data.classes, self._require_regions().ids)
         self._emit("labels")
 
     def auto_label(
@@ -158,12 +168,13 @@ class DefuseSession(AuditMixin, RoundsMixin):
         A classifier module is wrapped in a :class:`ReferenceModelLabeler` with its defaults.
         """
         judge = as_labeler(labeler)
-        regions, new = self._require_regions(), dict(self._labels)
-        for region in regions:
-            if region.id not in new or overwrite:
-                sample = regions.sample(region.id, judge.samples, purpose="label")
-                new[region.id] = judge.label_region(sample.images, sample.predictions)
-        self._labels = new
+        with self._lock:
+            regions, new = self._require_regions(), dict(self._labels)
+            for region in regions:
+                if region.id not in new or overwrite:
+                    sample = regions.sample(region.id, judge.samples, purpose="label")
+                    new[region.id] = judge.label_region(sample.images, sample.predictions)
+            self._labels = new
         self._emit("labels")
         return self.labels
 
@@ -176,6 +187,10 @@ class DefuseSession(AuditMixin, RoundsMixin):
         ``snapshots`` (one classifier state dict per round, 0 the original), ``active_round``
         and ``history`` (RoundRecord per round).
         """
+        with self._lock:
+            return self._state()
+
+    def _state(self) -> dict[str, Any]:
         return {
             "seed": self.seed,
             "errors": self.errors,
@@ -211,14 +226,20 @@ class DefuseSession(AuditMixin, RoundsMixin):
         if regions is not None:
             regions.decode, regions.predict = self.decode, self.predict
         with self._lock:
-            self.seed, self.errors, self.regions = int(state["seed"]), errors, regions
-            self._labels, self._relabels, self._snapshots = labels, relabels, snapshots
-            self.history = list(state["history"])
-            self.revert(active)
-        self._emit("errors", "regions", "labels", "relabels")
+            self._check_idle("load_state_dict")
+            with deferred_interrupt():
+                self.seed, self.errors, self.regions = int(state["seed"]), errors, regions
+                self._labels, self._relabels, self._snapshots = labels, relabels, snapshots
+                self.history = list(state["history"])
+                restore(self.classifier, snapshots[active])
+                self.active_round = active
+        self._emit("errors", "regions", "labels", "relabels", "model")
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the session to a directory (safetensors + JSON); see ``persist``."""
+        """Write the session to a directory (safetensors + JSON); see ``persist``.
+
+        The save is kill-safe: until it completes, the directory still holds the earlier save.
+        """
         from .persist import save_session
 
         return save_session(self, Path(path))

@@ -152,11 +152,12 @@ class AuditMixin(SessionBase):
         "disagreed"}``.
         """
         decide = audit_step.labeler_function(labeler)
-        result = self.audit(region_id, min_probability, coverage=coverage)
-        votes = audit_step.ask_labeler(decide, result)
-        confirmed = result.indices[votes == result.region_label]
         name = who if who is not None else str(getattr(labeler, "name", type(labeler).__name__))
-        self.relabel(confirmed, result.region_label, who=name)
+        with self._lock:  # the audit and its relabels see the same regions
+            result = self.audit(region_id, min_probability, coverage=coverage)
+            votes = audit_step.ask_labeler(decide, result)
+            confirmed = result.indices[votes == result.region_label]
+            self.relabel(confirmed, result.region_label, who=name)
         abstained = int((votes == UNRECOGNIZABLE).sum())
         return {
             "region": int(region_id),

@@ -154,6 +154,19 @@ class SessionBase:
             self._codes[split] = self.encode(self.data.split(split)[0], progress=self.progress)
         return self._codes[split]
 
+    def _check_idle(self, action: str) -> None:
+        """Refuse ``action`` while a fine-tuning round runs (call with ``_lock`` held)."""
+        if not self._running:
+            return
+        if action == "correct":
+            raise RuntimeError("a fine-tuning round is already running; cancel it or wait")
+        if action == "revert":
+            raise RuntimeError("a fine-tuning round is running; cancel it before reverting")
+        raise RuntimeError(
+            f"{action}: the session is busy with a fine-tuning round (in another thread); "
+            "cancel it or wait for it to finish, then call it again"
+        )
+
     def _require_regions(self) -> RegionSet:
         if self.regions is None:
             raise RuntimeError("no regions yet: call identify() and distill() first")

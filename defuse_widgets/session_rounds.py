@@ -20,6 +20,7 @@ from .correct import (
     fine_tune,
     restore,
 )
+from .critical import deferred_interrupt
 from .evaluation import Evaluation, RoundRecord
 from .session_base import SessionBase
 
@@ -44,30 +45,34 @@ class RoundsMixin(SessionBase):
 
         Loss = CE(training batch) + ``lam`` x CE(batch of fresh samples from the labeled regions,
         drawn from N(mean, ``scale`` x covariance)). The classifier changes only when the round
-        completes; a cancelled round (``cancel.cancel()``) leaves it exactly as before.
+        completes; a cancelled round (``cancel.cancel()``) leaves it exactly as before, and so
+        does a Ctrl-C (KeyboardInterrupt) before the round is added, after which it is added whole.
         """
         check_hooks(cancel, callback)
-        settings = RoundSettings(
-            steps,
-            lam,
-            lr,
-            batch_size,
-            optimizer,
-            momentum=0.9,
-            scale=scale,
-            seed=self.seed + len(self.history),
-        )
-        targets = self.correctable()
-        if not targets:
-            raise RuntimeError("no region is labeled with a class: label at least one region first")
-        with self._lock:
-            if self._running:
-                raise RuntimeError("a fine-tuning round is already running; cancel it or wait")
-            self._running = True
+        mine = False
         try:
+            with self._lock:
+                self._check_idle("correct")
+                settings = RoundSettings(
+                    steps,
+                    lam,
+                    lr,
+                    batch_size,
+                    optimizer,
+                    momentum=0.9,
+                    scale=scale,
+                    seed=self.seed + len(self.history),
+                )
+                targets = self.correctable()
+                if not targets:
+                    raise RuntimeError(
+                        "no region is labeled with a class: label at least one region first"
+                    )
+                self._running = mine = True
             return self._run_round(settings, targets, cancel, callback)
         finally:
-            self._running = False
+            if mine:
+                self._running = False
 
     def _run_round(
         self,
@@ -98,25 +103,37 @@ class RoundsMixin(SessionBase):
             )
         except Cancelled:
             return RoundRecord(None, True, vars(settings), [], time.perf_counter() - start)
-        with self._lock:
-            restore(self.classifier, state)
-            self._snapshots.append(state)
-            self.active_round = self.rounds
         record = RoundRecord(
-            self.active_round,
-            False,
-            vars(settings),
-            losses,
-            0.0,
-            self.evaluate(),
-            base,
-            dict(targets),
+            None, False, vars(settings), losses, 0.0, None, base, dict(targets),
             len(self._relabels),
-        )
-        record.seconds = time.perf_counter() - start
-        self.history.append(record)
-        self._emit("model")
+        )  # fmt: skip
+        self._commit_round(state, record, start)
         return record
+
+    def _commit_round(
+        self, state: dict[str, torch.Tensor], record: RoundRecord, start: float
+    ) -> None:
+        """Evaluate the new weights, then add the round whole (weights, snapshot, history).
+
+        An interrupt while evaluating puts the previous weights back; the bookkeeping itself
+        runs with Ctrl-C held back, so the session never has a snapshot without its record.
+        """
+        with self._lock:
+            record.round = self.rounds + 1
+            with deferred_interrupt():
+                restore(self.classifier, state)
+            try:
+                record.evaluation = self._evaluate(record.round, EVAL_SAMPLES)
+            except BaseException:
+                with deferred_interrupt():
+                    restore(self.classifier, self._snapshots[self.active_round])
+                raise
+            record.seconds = time.perf_counter() - start
+            with deferred_interrupt():
+                self._snapshots.append(state)
+                self.active_round = self.rounds
+                self.history.append(record)
+                self._emit("model")
 
     def evaluate(self, samples: int = EVAL_SAMPLES) -> Evaluation:
         """Test accuracy (overall, per class) and per labeled region accuracy on held-out decoded
@@ -125,20 +142,23 @@ class RoundsMixin(SessionBase):
         The real-image figure is the honest measure of a fix; the held-out samples come from a
         stream that fine-tuning never trains on.
         """
+        with self._lock:
+            return self._evaluate(self.active_round, samples)
+
+    def _evaluate(self, round: int | None, samples: int) -> Evaluation:
         targets = self.correctable() if self.regions is not None else {}
         codes = self.split_codes("test") if targets else None
-        with self._lock:
-            return evaluation.evaluate(
-                self.classifier,
-                self.data.x_test,
-                self.data.y_test,
-                self.data.num_classes,
-                self.active_round,
-                self.regions,
-                targets,
-                codes,
-                samples,
-            )
+        return evaluation.evaluate(
+            self.classifier,
+            self.data.x_test,
+            self.data.y_test,
+            self.data.num_classes,
+            int(round or 0),
+            self.regions,
+            targets,
+            codes,
+            samples,
+        )
 
     @property
     def rounds(self) -> int:
@@ -148,17 +168,17 @@ class RoundsMixin(SessionBase):
     def revert(self, round: int | None = None) -> None:
         """Restore the original weights (``round=None`` or 0) or a round's, bit for bit."""
         target = 0 if round is None else round
-        if (
-            isinstance(target, bool)
-            or not isinstance(target, int)
-            or not 0 <= target <= self.rounds
-        ):
-            raise ValueError(
-                f"round: expected None or an integer in [0, {self.rounds}], got {round!r}"
-            )
         with self._lock:
-            if self._running:
-                raise RuntimeError("a fine-tuning round is running; cancel it before reverting")
-            restore(self.classifier, self._snapshots[target])
-            self.active_round = target
+            if (
+                isinstance(target, bool)
+                or not isinstance(target, int)
+                or not 0 <= target <= self.rounds
+            ):
+                raise ValueError(
+                    f"round: expected None or an integer in [0, {self.rounds}], got {round!r}"
+                )
+            self._check_idle("revert")
+            with deferred_interrupt():
+                restore(self.classifier, self._snapshots[target])
+                self.active_round = target
         self._emit("model")

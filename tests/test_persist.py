@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import pickle
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,6 +53,23 @@ def damaged(saved: tuple[dw.DefuseSession, Path], tmp_path: Path) -> Path:
     return Path(shutil.copytree(saved[1], tmp_path / "copy"))
 
 
+def data_file(path: Path, key: str) -> Path:
+    """The data file ``key`` ("weights", "errors", "regions") that the manifest names."""
+    doc = json.loads((path / "session.json").read_text())
+    return path / doc["files"][key]["name"]
+
+
+def rewrite_data_file(path: Path, key: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Replace a data file and its manifest entry (size and checksum), as a forger would."""
+    from safetensors.torch import save
+
+    data = save(tensors)
+    data_file(path, key).write_bytes(data)
+    doc = json.loads((path / "session.json").read_text())
+    doc["files"][key].update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (path / "session.json").write_text(json.dumps(doc))
+
+
 def nan_equal(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
@@ -66,15 +85,16 @@ def nan_equal(a: Any, b: Any) -> bool:
 
 def test_save_writes_safetensors_and_json(saved: tuple[dw.DefuseSession, Path]) -> None:
     _, path = saved
-    names = {p.name for p in path.iterdir()}
-    assert names >= {
-        "session.json",
-        "weights.safetensors",
-        "errors.safetensors",
-        "regions.safetensors",
-    }
     doc = json.loads((path / "session.json").read_text())
-    assert doc["format"] == "defuse-widgets-session" and doc["version"] == 1
+    assert doc["format"] == "defuse-widgets-session" and doc["version"] == 2
+    assert set(doc["files"]) == {"weights", "errors", "regions"}
+    names = {p.name for p in path.iterdir()}
+    assert names == {"session.json"} | {e["name"] for e in doc["files"].values()}
+    for key, entry in doc["files"].items():
+        data = (path / entry["name"]).read_bytes()
+        assert re.fullmatch(rf"{key}\.[0-9a-f]{{12}}\.safetensors", entry["name"])
+        assert entry["size"] == len(data)
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
     assert not any(p.suffix in (".pt", ".pth", ".pkl", ".pickle") for p in path.iterdir())
 
 
@@ -213,7 +233,7 @@ def edit_json(path: Path, change: Any) -> None:
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        (lambda d: d.update(version=2), "format version 2"),
+        (lambda d: d.update(version=3), "format version 3"),
         (lambda d: d.update(version="1"), "format version"),
         (lambda d: d.pop("version"), "format version"),
         (lambda d: d.pop("dataset"), "incomplete or inconsistent"),
@@ -255,7 +275,7 @@ def test_damaged_safetensors(
     damage: str,
 ) -> None:
     path = damaged(saved, tmp_path)
-    file = path / f"{name}.safetensors"
+    file = data_file(path, name)
     data = file.read_bytes()
     if damage == "missing":
         file.unlink()
@@ -267,7 +287,8 @@ def test_damaged_safetensors(
         torch.save({"0.weight": torch.zeros(3)}, file)
     else:
         file.write_bytes(b"")
-    refused(path, digits_classifier, digits_vae, f"{name}.safetensors")
+    match = {"pickle": "not a safetensors file .*zip archive.*not unpickled or executed"}
+    refused(path, digits_classifier, digits_vae, rf"{file.name} .*{match.get(damage, '')}")
 
 
 def test_foreign_tensors_in_safetensors_files(
@@ -276,18 +297,16 @@ def test_foreign_tensors_in_safetensors_files(
     digits_classifier: nn.Module,
     digits_vae: nn.Module,
 ) -> None:
-    from safetensors.torch import save_file
-
     path = damaged(saved, tmp_path)
-    save_file({"codes": torch.zeros(3, 2)}, str(path / "errors.safetensors"))
-    refused(path, digits_classifier, digits_vae, "errors.safetensors holds")
+    rewrite_data_file(path, "errors", {"codes": torch.zeros(3, 2)})
+    refused(path, digits_classifier, digits_vae, r"errors\.[0-9a-f]+\.safetensors holds")
 
     path = Path(shutil.copytree(saved[1], tmp_path / "copy2"))
-    save_file({"weights": torch.ones(2)}, str(path / "regions.safetensors"))
-    refused(path, digits_classifier, digits_vae, "regions.safetensors")
+    rewrite_data_file(path, "regions", {"weights": torch.ones(2)})
+    refused(path, digits_classifier, digits_vae, r"regions\.[0-9a-f]+\.safetensors")
 
     path = Path(shutil.copytree(saved[1], tmp_path / "copy3"))
-    save_file({"nodot": torch.ones(2)}, str(path / "weights.safetensors"))
+    rewrite_data_file(path, "weights", {"nodot": torch.ones(2)})
     refused(path, digits_classifier, digits_vae, "weight")
 
 
