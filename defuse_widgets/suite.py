@@ -75,7 +75,7 @@ def export_suite(
     Path
         The suite directory.
     """
-    chosen = _check_export(
+    chosen = check_export(
         session, path, regions, samples, min_accuracy, min_real_accuracy, overwrite
     )
     scale = check_scale(scale)
@@ -100,7 +100,7 @@ def export_suite(
     return path
 
 
-def _check_export(
+def check_export(
     session: DefuseSession,
     path: str | os.PathLike,
     regions: Sequence[int] | None,
@@ -109,7 +109,8 @@ def _check_export(
     min_real_accuracy: float | None,
     overwrite: bool,
 ) -> dict[int, int]:
-    """The regions to export (id -> class label), every argument checked first."""
+    """The regions to export (id -> class label); every argument of :func:`export_suite` is
+    checked, and nothing is written."""
     if session.regions is None:
         raise RuntimeError("no regions yet: call identify() and distill(), then label regions")
     positive_int("samples", samples)

@@ -30,6 +30,7 @@ from ..panels import region_color
 from ._audit import AuditMixin
 from ._codec import array_serialization, array_to_json
 from ._commands import CommandsMixin
+from ._export import ExportMixin
 from ._jobs import Jobs
 from ._options import ExplorerOptions
 from ._selection import SelectionMixin
@@ -55,7 +56,9 @@ def _array(**tags: Any) -> Any:
     return t.Instance(np.ndarray, allow_none=True).tag(sync=True, **array_serialization, **tags)
 
 
-class Explorer(CommandsMixin, SelectionMixin, TuningMixin, AuditMixin, anywidget.AnyWidget):
+class Explorer(
+    CommandsMixin, SelectionMixin, TuningMixin, AuditMixin, ExportMixin, anywidget.AnyWidget
+):
     """Interactive map of a session's errors and failure regions, with labeling and fine-tuning.
 
     Parameters
