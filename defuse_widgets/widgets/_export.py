@@ -61,11 +61,13 @@ class ExportMixin:
         target = Path(str(path).strip()).expanduser().absolute()
         chosen = check_export(self.session, target, regions, samples, min_accuracy, None, True)
 
+        what = f"{len(chosen)} labeled region{'s' if len(chosen) != 1 else ''}"
+
         def job() -> None:
-            self._note(f"Exporting {len(chosen)} labeled regions as a test suite…")
+            self._note(f"Exporting {what} as a test suite…")
             export_suite(self.session, target, list(chosen), samples, min_accuracy,
                          include_real, overwrite=True)  # fmt: skip
-            self._note(f"Exported {len(chosen)} regions as a test suite to {target}; check a "
+            self._note(f"Exported {what} as a test suite to {target}; check a "
                        f"model with dw.check_suite(model, {str(target)!r}).")  # fmt: skip
 
         self._start("exporting tests", job)
