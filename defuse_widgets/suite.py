@@ -57,8 +57,8 @@ def export_suite(
     Parameters
     ----------
     session : a session with regions, some labeled with a class.
-    path : the directory to write; it must not exist or be empty (or, with ``overwrite``, hold
-        an earlier suite, which is replaced).
+    path : the directory to write (its parents are made); it must not exist or be empty (or,
+        with ``overwrite``, hold an earlier suite, which is replaced).
     regions : region ids to export (each labeled with a class); None: every class-labeled region.
     samples : decoded samples per region, from its evaluation stream (never trained on).
     min_accuracy : the accuracy a model must reach on a region's samples, in [0, 1]; one number
@@ -80,6 +80,7 @@ def export_suite(
     )
     scale = check_scale(scale)
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".suite-", dir=path.parent))
     try:
         entries = [
@@ -154,8 +155,9 @@ def _threshold(min_accuracy: float | Mapping[int, float], region_id: int) -> flo
 
 
 def _check_target(path: Path, overwrite: bool) -> None:
-    if not path.parent.is_dir():
-        raise ValueError(f"path: expected a directory in an existing folder, got {path}")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"path: expected a directory path, got {path} (inside the file {parent})")
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return
     if not path.is_dir():

@@ -168,7 +168,12 @@ def test_export_refuses_bad_arguments_before_writing(
         labeled.export_tests(target, samples=0)
     with pytest.raises(RuntimeError, match="no regions"):
         new_session(digits_classifier, digits_vae, digits).export_tests(target)
-    assert not target.exists() and list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="path: expected a directory path"):
+        labeled.export_tests(tmp_path / "file" / "suite")
+    assert not target.exists() and [p.name for p in tmp_path.iterdir()] == ["file"]
+    nested = labeled.export_tests(tmp_path / "runs" / "a" / "suite", samples=4)
+    assert (nested / "manifest.json").is_file()
 
 
 def test_export_never_overwrites_what_is_not_a_suite(
