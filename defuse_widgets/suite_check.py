@@ -80,7 +80,8 @@ class SuiteResult(Record):
                 f"{r.min_accuracy:>6.2f}{r.real_images:>6}{real:>10}{r.min_real_accuracy:>6.2f}"
                 f"  {'pass' if r.passed else 'FAIL'}"
             )
-        verdict = "PASSED" if self.passed else f"FAILED ({len(self.failed)} regions)"
+        n = len(self.failed)
+        verdict = "PASSED" if self.passed else f"FAILED ({n} region{'s' if n != 1 else ''})"
         rows.append(f"{len(self.regions)} regions: {verdict}")
         return "\n".join(rows)
 
