@@ -12,6 +12,7 @@ from xml.etree import ElementTree as ET
 import torch
 from torch import nn
 
+from .checks import positive_int
 from .data import ImageDataset
 from .device import module_device, resolve_device
 from .evaluation import Record
@@ -191,6 +192,8 @@ def check_suite(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module returning logits, got {type(model)!r}")
+    positive_int("batch_size", batch_size)
+    positive_int("worst", worst, minimum=0)
     suite = load_suite(path, data)
     target = resolve_device(device)
     if module_device(model) != target:

@@ -252,6 +252,9 @@ def test_models_that_do_not_fit_are_refused(labeled: dw.DefuseSession, suite: Pa
     for message, model in cases.items():
         with pytest.raises(ValueError, match=f"model: {message}"):
             dw.check_suite(model, suite, device="cpu")
+    for bad in ({"worst": -1}, {"batch_size": 0}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}: expected"):
+            dw.check_suite(clf, suite, device="cpu", **bad)
     with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
         dw.check_suite(lambda x: x, suite, device="cpu")  # type: ignore[arg-type]
 
