@@ -1,5 +1,6 @@
 """defuse-widgets: debug image classifiers beyond test accuracy, live in JupyterLab."""
 
+from . import testing
 from .correct import CancelToken
 from .data import ImageDataset, from_tensors, load_dataset
 from .device import resolve_device
@@ -22,6 +23,7 @@ from .models import (
 from .search import identify
 from .session import DefuseSession
 from .strategies import GaussianSearch, GradientSearch, ReferenceSearch, SearchStrategy
+from .suite_check import RegionResult, SuiteResult, check_suite
 from .validity import validity_score
 
 __version__ = "0.1.0"
@@ -44,11 +46,14 @@ __all__ = [
     "Region",
     "RegionSample",
     "RegionAccuracy",
+    "RegionResult",
     "RegionSet",
     "RoundRecord",
     "SearchStrategy",
     "SmallCNN",
+    "SuiteResult",
     "as_generator",
+    "check_suite",
     "fit_regions",
     "from_image_folder",
     "from_tensors",
@@ -59,6 +64,7 @@ __all__ = [
     "resolve_device",
     "save_model",
     "save_weights",
+    "testing",
     "train_classifier",
     "train_vae",
     "validity_score",

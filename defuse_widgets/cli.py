@@ -1,10 +1,12 @@
-"""The ``defuse-widgets`` command: the headless pipeline and its report."""
+"""The ``defuse-widgets`` command: the headless pipeline and its report (``run``), and a
+classifier checked against a regression suite (``check``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -237,30 +239,15 @@ def _fmt(value: Any) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit status (``check``: 0 pass, 1 a region failed, 2 bad
+    input)."""
     parser = argparse.ArgumentParser(prog="defuse-widgets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser(
-        "run", help="headless pipeline: identify, distill, auto-label, correct, report"
-    )
-    run.add_argument("--dataset", default="digits")
-    run.add_argument("--root", default=None, help="dataset folder (torchvision sets)")
-    run.add_argument("--out", required=True, type=Path)
-    run.add_argument(
-        "--strategy", default="reference", choices=["reference", "gaussian", "gradient"]
-    )
-    run.add_argument("--labeler", default="reference", choices=["reference"])
-    run.add_argument(
-        "--audit",
-        default="none",
-        choices=list(AUDITS),
-        help="confirm training relabels inside labeled regions, image by image",
-    )
-    run.add_argument("--device", default="auto")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--steps", type=int, default=300)
-    run.add_argument("--max-regions", type=int, default=100)
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_run(sub)
+    _add_check(sub)
     args = parser.parse_args(argv)
+    if args.command == "check":
+        return run_check(args)
     report = run_pipeline(
         args.dataset,
         args.out,
@@ -290,6 +277,73 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"timings: {report['timings']}")
     print(f"report: {args.out / 'report.html'}")
     return 0
+
+
+def _add_run(sub: Any) -> None:
+    run = sub.add_parser(
+        "run", help="headless pipeline: identify, distill, auto-label, correct, report"
+    )
+    run.add_argument("--dataset", default="digits")
+    run.add_argument("--root", default=None, help="dataset folder (torchvision sets)")
+    run.add_argument("--out", required=True, type=Path)
+    run.add_argument(
+        "--strategy", default="reference", choices=["reference", "gaussian", "gradient"]
+    )
+    run.add_argument("--labeler", default="reference", choices=["reference"])
+    run.add_argument(
+        "--audit",
+        default="none",
+        choices=list(AUDITS),
+        help="confirm training relabels inside labeled regions, image by image",
+    )
+    run.add_argument("--device", default="auto")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--steps", type=int, default=300)
+    run.add_argument("--max-regions", type=int, default=100)
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_check(sub: Any) -> None:
+    check = sub.add_parser(
+        "check",
+        help="check a classifier against a regression suite (exit 1 when a region fails)",
+        description="Check a classifier against a suite written by DefuseSession.export_tests. "
+        "Exit status: 0 every region passed, 1 a region failed, 2 bad input.",
+    )
+    check.add_argument("suite", type=Path, help="the suite directory")
+    which = check.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="MODULE:FACTORY returning the classifier (an nn.Module)")
+    which.add_argument(
+        "--model-file",
+        type=Path,
+        help="a TorchScript file, a torch.export .pt2 file or a dw.save_model .safetensors file",
+    )
+    check.add_argument("--weights", type=Path, help="a .safetensors state dict for --model")
+    check.add_argument("--device", default="auto")
+    check.add_argument(
+        "--dataset", help="refuse a suite exported from another dataset (e.g. digits)"
+    )
+    check.add_argument("--root", default=None, help="dataset folder for --dataset")
+    check.add_argument("--junit", type=Path, help="write JUnit XML, one testcase per region")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """The ``check`` command: 0 when every region passes, 1 when one fails, 2 for bad input."""
+    from .model_files import load_classifier
+    from .suite_check import check_suite
+
+    try:
+        model = load_classifier(args.model, args.weights, args.model_file)
+        data = load_dataset(args.dataset, root=args.root) if args.dataset else None
+        result = check_suite(model, args.suite, device=args.device, data=data)
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        print(f"defuse-widgets check: error: {exc}", file=sys.stderr)
+        return 2
+    print(result.table())
+    if args.junit is not None:
+        result.to_junit(args.junit)
+        print(f"junit: {args.junit}")
+    return 0 if result.passed else 1
 
 
 if __name__ == "__main__":

@@ -178,6 +178,22 @@ class DefuseSession(AuditMixin, RoundsMixin):
         self._emit("labels")
         return self.labels
 
+    def export_tests(
+        self,
+        path: str | os.PathLike,
+        regions: Sequence[int] | None = None,
+        samples: int = 200,
+        min_accuracy: float | Mapping[int, float] = 0.8,
+        include_real: bool = True,
+        **options: Any,
+    ) -> Path:
+        """Write the class-labeled regions as a regression suite for :func:`check_suite`; see
+        :func:`~defuse_widgets.suite.export_suite` (``min_real_accuracy``, ``scale``,
+        ``overwrite``). Returns the suite directory."""
+        from .suite import export_suite
+
+        return export_suite(self, path, regions, samples, min_accuracy, include_real, **options)
+
     # ----- state, persistence and widgets -----
 
     def state_dict(self) -> dict[str, Any]:

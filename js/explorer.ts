@@ -11,6 +11,7 @@ import { FineTune, Params, Progress, Round } from "./explorer/finetune";
 import { AuditView } from "./explorer/audit";
 import { InterpPanel } from "./explorer/interp";
 import { Status } from "./explorer/status";
+import { SuiteExport } from "./explorer/suite";
 import { Thumbs } from "./explorer/thumbs";
 
 function render({ model, el, host, signal, experimental }: RenderProps): () => void {
@@ -81,6 +82,9 @@ function render({ model, el, host, signal, experimental }: RenderProps): () => v
     revert: () => act("_revert_command", {}, "Reverting the model…"),
     params: (p) => { model.set("finetune_params", p); model.save_changes(); },
   });
+  const suite = new SuiteExport(root, {
+    exportTests: (path) => act("_export_tests_command", { path }, `Exporting the labeled regions to ${path}…`),
+  });
 
   let mapData: MapData | null = null;
   const buildMapData = (): MapData | null => {
@@ -115,6 +119,7 @@ function render({ model, el, host, signal, experimental }: RenderProps): () => v
     audit.setRegion(rid, rid >= 0 ? labels()[String(rid)] : undefined, classes());
   };
   const onRegions = () => {
+    suite.setLabeled(Object.values(labels()).filter((v) => v >= 0).length);
     list.render(regions(), labels(), model.get("selected_region"), classes());
     panel.render(model.get("panel"), regions(), labels(), classes());
     onAuditRegion();

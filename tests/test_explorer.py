@@ -6,6 +6,7 @@ import copy
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -194,6 +195,31 @@ def test_fine_tune_round_and_revert(widget: Explorer, session: dw.DefuseSession)
     assert widget.history[-1]["event"] == "revert"
     assert widget.history[-1]["test_accuracy"] == pytest.approx(widget.baseline["test_accuracy"])
     assert session.active_round == 0
+
+
+def test_export_as_test_from_the_browser(
+    widget: Explorer, session: dw.DefuseSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The "Export as test" command writes the class-labeled regions as a suite, on the worker."""
+    monkeypatch.chdir(tmp_path)
+    ack = act(widget, "_export_tests_command", path="suite")
+    assert ack["ok"] is False and "no region is labeled with a class" in widget.error
+    assert not (tmp_path / "suite").exists()
+    assert act(widget, "_export_tests_command", path="  ")["ok"] is False
+    assert "path: expected a directory name" in widget.error
+    rid = widget.regions[0]["id"]
+    widget.label(rid, widget.regions[0]["transition"][0])
+    assert act(widget, "_export_tests_command", path="suite") == {"ok": True}
+    widget.wait()
+    assert widget.error == "" and f"to {tmp_path / 'suite'}" in widget.status
+    result = dw.check_suite(session.classifier, tmp_path / "suite", device="cpu")
+    assert [r.id for r in result.regions] == [rid]
+    assert act(widget, "_export_tests_command", path="suite")["ok"] is True  # replaces its suite
+    widget.wait()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    assert act(widget, "_export_tests_command", path="notes")["ok"] is False
+    assert "not a defuse-widgets suite" in widget.error
 
 
 def test_changes_made_on_the_session_show_in_the_widget(

@@ -63,6 +63,7 @@ class CommandsMixin:
     open_audit: Callable[..., None]
     relabel_selected: Callable[..., int]
     unrelabel_selected: Callable[..., int]
+    export_tests: Callable[..., Any]
 
     @_action
     def _label_command(self, msg: dict[str, Any]) -> None:
@@ -99,6 +100,10 @@ class CommandsMixin:
     @_action
     def _unrelabel_command(self, msg: dict[str, Any]) -> None:
         self.unrelabel_selected(_ints(msg.get("indices")))
+
+    @_action
+    def _export_tests_command(self, msg: dict[str, Any]) -> None:
+        self.export_tests(msg.get("path", ""))
 
     @command
     def _thumb_command(self, msg: Any, buffers: list[bytes]) -> tuple[Any, list[bytes]]:

@@ -29,6 +29,7 @@ from ..panels import region_color
 from ._audit import AuditMixin
 from ._codec import array_serialization, array_to_json
 from ._commands import CommandsMixin
+from ._export import ExportMixin
 from ._jobs import Jobs
 from ._layout import LayoutMixin
 from ._options import ExplorerOptions, check_known_options
@@ -56,7 +57,13 @@ def _array(**tags: Any) -> Any:
 
 
 class Explorer(
-    CommandsMixin, SelectionMixin, TuningMixin, AuditMixin, LayoutMixin, anywidget.AnyWidget
+    CommandsMixin,
+    SelectionMixin,
+    TuningMixin,
+    AuditMixin,
+    LayoutMixin,
+    ExportMixin,
+    anywidget.AnyWidget,
 ):
     """Interactive map of a session's errors and failure regions, with labeling and fine-tuning.
 

@@ -6,7 +6,7 @@ has the label), fine-tunes one round (progress reaches the end, numbers change),
 original accuracy returns), audits a class-labeled region (relabel one training image, undo),
 follows a label and a fine-tuning round made on the session directly, reports its views to the
 kernel, and saves a screenshot
-(``docs/explorer.png`` with ``DEFUSE_UPDATE_DOCS=1``).
+(``docs/explorer.png`` with ``DEFUSE_UPDATE_DOCS=1``). A second test clicks "Export as test".
 """
 
 from __future__ import annotations
@@ -295,3 +295,39 @@ def _skip_without_built_js() -> None:
     js = Path(__file__).resolve().parents[2] / "defuse_widgets" / "static" / "explorer.js"
     if not js.exists() or js.stat().st_size < 100_000:
         pytest.skip("explorer.js is not built (npm run build)")
+
+
+def test_export_as_test_button(
+    notebook: Any,
+    lab_helpers: Any,
+    lab_server: tuple[str, Path],
+    digits_model_paths: dict[str, Path],
+) -> None:
+    """The "Export as test" button writes the class-labeled regions as a suite in the named
+    directory (relative to the kernel's), which check_suite then reads."""
+    run_new_cell = lab_helpers.run_new_cell
+    cells = _setup_cells(digits_model_paths)
+    cells[0] = cells[0].replace("limit=200", "limit=60").replace(', background="train"', "")
+    page = notebook("explorer_suite_e2e", cells, timeout=120)
+    section = page.get_by_role("region", name="Regression tests")
+    button = section.get_by_role("button", name="Export as test")
+    button.wait_for(timeout=60_000)
+    assert button.is_disabled()  # nothing labeled with a class yet
+    run_new_cell(page, "s.label(0, s.regions.get(0).transition[0]); print('LABELED')", "LABELED")
+    page.wait_for_function(
+        "() => !document.querySelector('button[aria-label=\"Export as test\"]').disabled",
+        timeout=15_000,
+    )
+    run_new_cell(page, "import os; os.makedirs('suites', exist_ok=True); print('DIR')", "DIR")
+    section.get_by_role("textbox", name="Suite directory").fill("suites/digits")
+    button.click()
+    done = re.compile(r"Exported 1 labeled region as a test suite to .*suites/digits")
+    page.get_by_text(done).wait_for(timeout=60_000)
+    out = run_new_cell(
+        page,
+        "r = dw.check_suite(clf, 'suites/digits', device='cpu'); "
+        "print('SUITE', [x.id for x in r.regions], r.passed)",
+        expect="SUITE",
+    )
+    assert out.split()[-2:] == ["[0]", "False"]
+    assert (lab_server[1] / "suites" / "digits" / "manifest.json").is_file()
