@@ -136,6 +136,10 @@ def identify(
     ray_backend = check_backend(backend, ray_options)
     x, y = check_images(images, labels)
     rows = check_indices(indices, len(x))
+    if ray_backend is not None:
+        from .distributed import ray_search, ready
+
+        ready(ray_backend)
     modules = tuple(m for m in (classifier, *gen.modules) if isinstance(m, nn.Module))
     for m in modules:
         m.to(dev)
@@ -148,8 +152,6 @@ def identify(
             with seeded(seed):
                 found = run.search_all(search, progress)
         else:
-            from .distributed import ray_search
-
             found = ray_search(ray_backend, run, search, progress)
     settings = {
         **search.settings(),
