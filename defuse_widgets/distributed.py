@@ -49,9 +49,9 @@ class RayBackend:
     actors : int
         Actors in the pool; each loads the models once.
     cpus_per_actor, gpus_per_actor : float
-        Ray resources each actor reserves; with ``gpus_per_actor > 0`` an actor searches on its
-        CUDA device, otherwise on the CPU. Keep ``actors * cpus_per_actor`` at least one CPU
-        below the cluster's: Ray Data's read tasks need one (a pool that takes every CPU hangs).
+        Ray resources each actor reserves (the pool may take every CPU: the batches start in
+        the object store, no read task needs a CPU); with ``gpus_per_actor > 0`` an actor
+        searches on its CUDA device, otherwise on the CPU with that many torch threads.
     batch_size : int
         Images per batch handed to an actor (the unit of progress and of retry).
     address : str or None
@@ -149,7 +149,10 @@ def ray_search(
     ready(backend)
     job = ray.put(_job(run, strategy))  # kept referenced until the end: restarts re-read it
     n = len(run.index)
-    dataset = ray.data.range(n, override_num_blocks=max(1, -(-n // backend.batch_size)))
+    # the row positions live in the object store from the start: no read tasks, which would
+    # need a CPU of their own next to the pool on one node
+    blocks = np.array_split(np.arange(n, dtype=np.int64), max(1, -(-n // backend.batch_size)))
+    dataset = ray.data.from_numpy(blocks)
     with warnings.catch_warnings():
         # max_restarts/max_task_retries go through ray_remote_args (deprecated in Ray 2.60, the
         # only way from Ray 2.9 on)
@@ -194,7 +197,7 @@ def connect(backend: RayBackend) -> None:
     if ray.is_initialized():
         return
     if backend.address is None:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
         return
     try:
         ray.init(address=backend.address, log_to_driver=False)
@@ -206,14 +209,14 @@ def connect(backend: RayBackend) -> None:
 
 
 def check_resources(backend: RayBackend, resources: dict[str, float]) -> None:
-    """Refuse, before any work, an actor pool the cluster cannot schedule next to its reads."""
+    """Refuse, before any work, an actor pool larger than the cluster (it would wait forever)."""
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
     want = backend.actors * backend.cpus_per_actor
-    if want > cpus - 1 + 1e-9:
+    if want > cpus + 1e-9:
         raise ValueError(
-            f"ray_options: expected actors * cpus_per_actor <= the cluster's CPUs - 1 = "
-            f"{cpus - 1:g} (Ray Data's read tasks need a CPU), got {backend.actors} x "
-            f"{backend.cpus_per_actor:g} = {want:g}; lower actors or cpus_per_actor"
+            f"ray_options: expected actors * cpus_per_actor <= the cluster's {cpus:g} CPUs, got "
+            f"{backend.actors} x {backend.cpus_per_actor:g} = {want:g}; lower actors or "
+            f"cpus_per_actor"
         )
     if backend.actors * backend.gpus_per_actor > gpus + 1e-9:
         raise ValueError(
@@ -242,8 +245,8 @@ class SearchActor:
         self.run = SearchRun(**loaded, device=self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Search the rows ``batch["id"]``; return one header row then one row per error."""
-        rows = torch.tensor(np.asarray(batch["id"]), dtype=torch.long)
+        """Search the rows ``batch["data"]``; return one header row then one row per error."""
+        rows = torch.tensor(np.asarray(batch["data"]), dtype=torch.long)
         try:
             return self._search(rows)
         except Exception as exc:
