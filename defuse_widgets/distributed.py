@@ -149,15 +149,30 @@ def ray_search(
     ready(backend)
     job = ray.put(_job(run, strategy))  # kept referenced until the end: restarts re-read it
     n = len(run.index)
+    bar = tqdm(total=n, desc=f"identify ({strategy.name}, ray)", disable=not progress)
+    context = ray.data.DataContext.get_current()  # a dataset keeps the context it was made in
+    ray_bars, context.enable_progress_bars = context.enable_progress_bars, False  # ours instead
+    try:
+        parts = list(_gather(_pipeline(backend, job, n), backend.timeout_s, bar))
+    finally:
+        context.enable_progress_bars = ray_bars
+        bar.close()
+    del job
+    return _columns(parts, run)
+
+
+def _pipeline(backend: RayBackend, job: Any, n: int) -> Any:
+    """The Ray Data pipeline: batches of row positions mapped by a pool of SearchActors."""
+    import ray
+
     # the row positions live in the object store from the start: no read tasks, which would
     # need a CPU of their own next to the pool on one node
     blocks = np.array_split(np.arange(n, dtype=np.int64), max(1, -(-n // backend.batch_size)))
-    dataset = ray.data.from_numpy(blocks)
     with warnings.catch_warnings():
         # max_restarts/max_task_retries go through ray_remote_args (deprecated in Ray 2.60, the
         # only way from Ray 2.9 on)
         warnings.simplefilter("ignore", DeprecationWarning)
-        mapped = dataset.map_batches(
+        return ray.data.from_numpy(blocks).map_batches(
             SearchActor,
             fn_constructor_kwargs={"job": [job], "device": backend.device},
             batch_size=backend.batch_size,
@@ -168,16 +183,6 @@ def ray_search(
             max_restarts=backend.max_restarts,
             max_task_retries=backend.max_restarts,
         )
-    bar = tqdm(total=n, desc=f"identify ({strategy.name}, ray)", disable=not progress)
-    context = ray.data.DataContext.get_current()
-    ray_bars, context.enable_progress_bars = context.enable_progress_bars, False  # ours instead
-    try:
-        parts = list(_gather(mapped, backend.timeout_s, bar))
-    finally:
-        context.enable_progress_bars = ray_bars
-        bar.close()
-    del job
-    return _columns(parts, run)
 
 
 def ready(backend: RayBackend) -> None:
