@@ -16,7 +16,6 @@ import copy
 import importlib.util
 import queue
 import re
-import socket
 import threading
 import time
 import warnings
@@ -30,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checks import is_number, positive_int
+from .ray_address import check_reachable
 
 if TYPE_CHECKING:
     from .search import SearchRun
@@ -198,8 +198,9 @@ def connect(backend: RayBackend) -> None:
     import ray
 
     if backend.address is not None:
-        _check_reachable(backend.address, backend.connect_timeout_s)
+        check_reachable(backend.address, backend.connect_timeout_s)
     if ray.is_initialized():
+        _check_same_cluster(backend.address)
         return
     if backend.address is None:
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
@@ -211,6 +212,23 @@ def connect(backend: RayBackend) -> None:
             f"address: could not connect to a Ray cluster at {backend.address!r} ({exc}); "
             f"start one with `ray start --head` or pass address=None for a local one"
         ) from exc
+
+
+def _check_same_cluster(address: str | None) -> None:
+    """Refuse an ``address`` other than the cluster this process is already connected to."""
+    import ray
+
+    if address is None or address == "auto" or "://" in address:
+        return
+    try:
+        current = ray.get_runtime_context().gcs_address
+    except Exception:  # a client connection has no GCS address here
+        return
+    if current and current != address:
+        raise ValueError(
+            f"address: expected the cluster this process is connected to ({current}) or None, "
+            f"got {address!r}; call ray.shutdown() first to switch clusters"
+        )
 
 
 def check_resources(backend: RayBackend, resources: dict[str, float]) -> None:
@@ -368,19 +386,3 @@ def _columns(parts: list[dict[str, np.ndarray]], run: SearchRun) -> dict[str, li
     keep = joined["source_index"] >= 0
     order = np.argsort(joined["rank"][keep], kind="stable")
     return {k: [torch.from_numpy(np.ascontiguousarray(joined[k][keep][order]))] for k in COLUMNS}
-
-
-def _check_reachable(address: str, timeout_s: float) -> None:
-    """Fail within ``timeout_s`` when nothing listens at a ``host:port`` address."""
-    target = address.split("://", 1)[-1]
-    if target == "auto" or ":" not in target:
-        return
-    host, _, port = target.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            pass
-    except (OSError, ValueError) as exc:
-        raise ConnectionError(
-            f"address: expected a reachable Ray cluster at {address!r}, got {exc} within "
-            f"{timeout_s:g} s; check the address, or pass address=None for a local cluster"
-        ) from None

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -18,6 +20,7 @@ from torch import nn
 import defuse_widgets as dw
 from defuse_widgets import distributed
 from defuse_widgets.distributed import RayBackend
+from defuse_widgets.ray_address import check_reachable
 
 ray = pytest.importorskip("ray")
 N = 60
@@ -150,8 +153,34 @@ def test_a_killed_actor_is_restarted_and_the_result_is_unchanged(
     assert_same_errors(on, local)
 
 
+@pytest.fixture()
+def silent_server():
+    """A local TCP server that accepts connections and never answers (not a Ray server)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
 def test_an_unreachable_cluster_is_a_clear_error_within_seconds(
-    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+    silent_server: str,
+    digits: dw.ImageDataset,
+    digits_classifier: nn.Module,
+    digits_vae: nn.Module,
 ) -> None:
     start = time.monotonic()
     # refused here; on a real network TEST-NET-1 (192.0.2.0/24) does not answer: the timeout path
@@ -160,7 +189,19 @@ def test_an_unreachable_cluster_is_a_clear_error_within_seconds(
         with pytest.raises(ConnectionError, match=rf"address: expected a reachable Ray cluster "
                            rf"at '{address}'"):  # fmt: skip
             search(digits_classifier, digits_vae, digits, "reference", backend=backend)
+    # accepts TCP but is no Ray server (ray.init itself waited over a minute on one)
+    backend = RayBackend(address=silent_server, connect_timeout_s=1.0)
+    with pytest.raises(ConnectionError, match=r"got a server that does not speak gRPC"):
+        search(digits_classifier, digits_vae, digits, "reference", backend=backend)
     assert time.monotonic() - start < 30, "not a hang"
+
+
+def test_the_address_of_the_connected_cluster_is_accepted_and_another_refused() -> None:
+    current = ray.get_runtime_context().gcs_address
+    check_reachable(current, 2.0)  # Ray's GCS answers the probe
+    distributed._check_same_cluster(current)
+    with pytest.raises(ValueError, match=r"address: expected the cluster this process is conn"):
+        distributed._check_same_cluster("10.1.2.3:6379")
 
 
 # ---------------------------------------------------------------- options
