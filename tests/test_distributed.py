@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -247,3 +248,6 @@ def test_only_the_distributed_module_imports_ray() -> None:
                for line in p.read_text().splitlines())
     )  # fmt: skip
     assert importers == ["distributed.py"]
+    # and importing the package (RayBackend included) does not import ray
+    code = "import sys, defuse_widgets as dw; dw.RayBackend(); assert 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
