@@ -5,6 +5,7 @@ from .correct import CancelToken
 from .data import ImageDataset, from_tensors, load_dataset
 from .device import resolve_device
 from .distill import Region, RegionSample, RegionSet, fit_regions
+from .distributed import RayBackend
 from .errors import ErrorSet
 from .evaluation import Evaluation, RegionAccuracy, RoundRecord
 from .generative import Generator, GeneratorAdapter, as_generator
@@ -41,6 +42,7 @@ __all__ = [
     "GeneratorAdapter",
     "GradientSearch",
     "ImageDataset",
+    "RayBackend",
     "ReferenceModelLabeler",
     "ReferenceSearch",
     "Region",

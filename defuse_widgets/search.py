@@ -9,22 +9,28 @@ data and each other), then hands the images in chunks to a search strategy
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from .checks import in_range, one_of, positive_int
 from .device import resolve_device
 from .errors import ErrorSet
-from .generative import GeneratorAdapter, as_generator, check_logits
-from .inference import batched, evaluating
+from .generative import GeneratorAdapter, as_generator
+from .inference import evaluating
 from .models import seeded
+from .rng import per_image
+from .search_inputs import check_backend, check_images, check_indices, encode_in_index_order
 from .strategies import SearchStrategy, as_strategy
 from .validity import validity_score
+
+if TYPE_CHECKING:
+    from .distributed import RayBackend
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 Found = tuple[torch.Tensor, ...]
@@ -40,6 +46,7 @@ def identify(
     labels: torch.Tensor,
     strategy: str | SearchStrategy = "reference",
     *,
+    indices: Sequence[int] | torch.Tensor | None = None,
     min_validity: float | None = None,
     chunk_size: int | None = None,
     autocast: str | None = None,
@@ -47,6 +54,8 @@ def identify(
     seed: int = 0,
     progress: bool = True,
     split: str = "test",
+    backend: str | RayBackend = "local",
+    ray_options: dict[str, Any] | None = None,
     **knobs: Any,
 ) -> ErrorSet:
     """Search the latent space around each image's code for codes the classifier gets wrong.
@@ -66,6 +75,10 @@ def identify(
         A strategy object (:class:`~defuse_widgets.ReferenceSearch`,
         :class:`~defuse_widgets.GaussianSearch`, :class:`~defuse_widgets.GradientSearch`), or
         its name ``"reference"``, ``"gaussian"`` or ``"gradient"`` with its knobs as ``knobs``.
+    indices : sequence of int or torch.Tensor or None
+        The positions in ``images`` of the images to search, in any order (distinct); None: all.
+        An image's position is its index in the split: it keys the image's random draws and is
+        its errors' ``source_index``, so a subset or a permutation finds the same errors per image.
     min_validity : float or None
         Drop errors whose :func:`~defuse_widgets.validity_score` is below this, in [0, 1].
     chunk_size : int or None
@@ -78,11 +91,20 @@ def identify(
     device : str or torch.device
         ``"auto"`` (CUDA, MPS, CPU) or a device; the models are moved there.
     seed : int
-        Noise is drawn on the CPU from this seed, so a run repeats exactly on the CPU.
+        Image ``i`` draws its noise (or restarts) on the CPU from its own generator, seeded from
+        ``(seed, i)`` (:func:`~defuse_widgets.rng.image_seed`), so the errors of an image do not
+        depend on the chunk size, the image order or the backend, and a run repeats exactly.
     progress : bool
         Show a progress bar.
     split : str
         Name of the split the images came from, recorded in the result.
+    backend : {"local", "ray"} or RayBackend
+        ``"local"`` searches in this process; ``"ray"`` (or a
+        :class:`~defuse_widgets.distributed.RayBackend`) shards the images over a pool of Ray
+        actors (``pip install defuse-widgets[ray]``) and returns the same errors.
+    ray_options : dict or None
+        With ``backend="ray"``: the :class:`~defuse_widgets.distributed.RayBackend` fields, e.g.
+        ``{"actors": 4, "gpus_per_actor": 1, "address": "auto"}``.
     **knobs
         The named strategy's knobs, e.g. ``samples=50, max_per_image=3`` for ``"reference"``;
         a knob of another strategy, or any knob with a strategy object, is a TypeError.
@@ -111,27 +133,37 @@ def identify(
     if min_validity is not None:
         in_range("min_validity", min_validity, 0, 1)
     one_of("autocast", autocast, (None, *AUTOCAST))
-    x, y = _check_images(images, labels)
+    ray_backend = check_backend(backend, ray_options)
+    x, y = check_images(images, labels)
+    rows = check_indices(indices, len(x))
+    if ray_backend is not None:
+        from .distributed import ray_search, ready
+
+        ready(ray_backend)
     modules = tuple(m for m in (classifier, *gen.modules) if isinstance(m, nn.Module))
     for m in modules:
         m.to(dev)
     start = time.perf_counter()
     with evaluating(*modules):
-        mu, std, num_classes = _probe(classifier, gen, x, y, dev)
+        mu, std, num_classes = encode_in_index_order(classifier, gen, x, y, rows, dev)
         search = search.resolve(mu.shape[1])
-        run = SearchRun(classifier, gen, y, mu, std, dev, chunk_size, autocast)
-        with seeded(seed):
-            found = run.search_all(search, progress)
+        run = SearchRun(classifier, gen, y[rows], mu, std, dev, chunk_size, autocast, seed, rows)
+        if ray_backend is None:
+            with seeded(seed):
+                found = run.search_all(search, progress)
+        else:
+            found = ray_search(ray_backend, run, search, progress)
     settings = {
         **search.settings(),
         "min_validity": min_validity,
         "chunk_size": chunk_size,
         "autocast": autocast,
         "seed": seed,
-        "device": str(dev),
+        "device": str(dev) if ray_backend is None else ray_backend.device_name(),
         "num_classes": num_classes,
+        "backend": "local" if ray_backend is None else "ray",
     }
-    errors = _assemble(found, mu.cpu(), y, settings, run.decodes, split)
+    errors = _assemble(found, run, settings, split)
     errors.seconds = time.perf_counter() - start
     if min_validity is not None:
         errors = errors.subset(errors.validity >= min_validity)
@@ -145,8 +177,8 @@ class SearchRun:
     ----------
     classifier, generator : the models, on ``device`` and in eval mode.
     y : (N,) int64 true labels; mu, std : (N, d) encoder means and standard deviations, on
-        ``device``.
-    chunk_size : most codes decoded in one call. decodes : codes decoded so far.
+        ``device``; index : (N,) int64 CPU, each row's index in the split (keys its randomness).
+    chunk_size : most codes decoded in one call. decodes : codes decoded so far. seed : the seed.
     """
 
     def __init__(
@@ -159,10 +191,13 @@ class SearchRun:
         device: torch.device,
         chunk_size: int,
         autocast: str | None = None,
+        seed: int = 0,
+        index: torch.Tensor | None = None,
     ):
         self.classifier, self.generator, self.device = classifier, generator, device
-        self.y, self.mu, self.std = y.to(device), mu, std
-        self.chunk_size = chunk_size
+        self.y, self.mu, self.std = y.to(device), mu.to(device), std.to(device)
+        self.chunk_size, self.autocast_name, self.seed = chunk_size, autocast, seed
+        self.index = torch.arange(len(y)) if index is None else index.cpu().long()
         self.decodes = 0
         dtype = AUTOCAST.get(autocast or "")
         self.autocast: Callable[[], AbstractContextManager] = (
@@ -176,25 +211,55 @@ class SearchRun:
 
     def search_all(self, strategy: SearchStrategy, progress: bool) -> dict[str, list[torch.Tensor]]:
         """Search every image with ``strategy``, in chunks of whole images; collect the columns."""
-        found: dict[str, list[torch.Tensor]] = {key: [] for key in FOUND_FIELDS}
-        n = len(self.mu)
-        per_chunk = max(1, self.chunk_size // strategy.width(self.chunk_size))
-        bar = tqdm(total=n, desc=f"identify ({strategy.name})", disable=not progress)
-        for lo in range(0, n, per_chunk):
-            idx = torch.arange(lo, min(n, lo + per_chunk), device=self.device)
-            for key, values in zip(found, strategy.search_chunk(self, idx)):
-                found[key].append(values)
-            bar.update(len(idx))
-            bar.set_postfix(errors=sum(len(c) for c in found["codes"]))
+        bar = tqdm(total=len(self.mu), desc=f"identify ({strategy.name})", disable=not progress)
+        found = self.search_rows(strategy, torch.arange(len(self.mu)), bar)
         bar.close()
         return found
 
+    def search_rows(
+        self, strategy: SearchStrategy, rows: torch.Tensor, bar: Any = None
+    ) -> dict[str, list[torch.Tensor]]:
+        """Search the images ``rows`` (positions in ``mu``), chunk by chunk; collect the columns."""
+        found: dict[str, list[torch.Tensor]] = {key: [] for key in FOUND_FIELDS}
+        per_chunk = max(1, self.chunk_size // strategy.width())
+        for idx in rows.to(self.device).split(per_chunk):
+            for key, values in zip(found, strategy.search_chunk(self, idx)):
+                found[key].append(values)
+            if bar is not None:
+                bar.update(len(idx))
+                bar.set_postfix(errors=sum(len(c) for c in found["codes"]))
+        return found
+
+    def per_image(
+        self, idx: torch.Tensor, draw: Callable[[torch.Generator], torch.Tensor]
+    ) -> torch.Tensor:
+        """Stack ``draw(generator)`` for the rows ``idx``, each from its image's own generator."""
+        return per_image(self.seed, self.index[idx.cpu()].tolist(), draw).to(self.device)
+
     def classify(self, z: torch.Tensor) -> torch.Tensor:
         """Return float32 logits (M, K) of the decodes of codes ``z`` (M, d); count the decodes."""
-        with self.autocast():
-            logits = self.classifier(self.generator.decode(z))
+        parts = []
+        for piece in z.split(self.chunk_size):
+            with self.autocast():
+                parts.append(self.classifier(self.generator.decode(piece)).float())
         self.decodes += len(z)
-        return logits.float()
+        return torch.cat(parts)
+
+    def loss_gradient(
+        self, z: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return float32 logits (M, K) of codes ``z`` (M, d) and the gradient (M, d) of the
+        summed cross-entropy against ``labels`` with respect to ``z``; count the decodes."""
+        logits, grads = [], []
+        for piece, target in zip(z.split(self.chunk_size), labels.split(self.chunk_size)):
+            piece = piece.detach().clone().requires_grad_(True)
+            with torch.enable_grad(), self.autocast():
+                out = self.classifier(self.generator.decode(piece)).float()
+                loss = F.cross_entropy(out, target, reduction="sum")
+            grads.append(torch.autograd.grad(loss, piece)[0])
+            logits.append(out.detach())
+        self.decodes += len(z)
+        return torch.cat(logits), torch.cat(grads)
 
     def record(self, z: torch.Tensor, source: torch.Tensor, logits: torch.Tensor) -> Found:
         """Return the columns of kept errors: codes ``z``, their sources and their ``logits``."""
@@ -218,109 +283,24 @@ def _default_chunk(images: Any, dev: torch.device) -> int:
     return max(16, 65536 // max(1, pixels))
 
 
-def _check_images(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images: expected a tensor of shape (N, C, H, W), got {shape}")
-    if len(images) == 0:
-        raise ValueError("images: expected at least one image, got none")
-    if not images.is_floating_point():
-        raise ValueError(f"images: expected float pixels in [0, 1], got dtype {images.dtype}")
-    labels = torch.as_tensor(labels)
-    if labels.shape != (len(images),) or labels.is_floating_point():
-        raise ValueError(
-            f"labels: expected {len(images)} integer labels of shape ({len(images)},), "
-            f"got {tuple(labels.shape)} {labels.dtype}"
-        )
-    if torch.isnan(images).any():
-        raise ValueError("images: contain NaN pixels")
-    lo, hi = float(images.min()), float(images.max())
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(
-            f"images: expected pixel values in [0, 1], got min {lo:.3g} and max {hi:.3g}"
-        )
-    if int(labels.min()) < 0:
-        raise ValueError(f"labels: expected class indices >= 0, got min {int(labels.min())}")
-    return images.float(), labels.long()
-
-
-def _probe(
-    classifier: Classifier,
-    gen: GeneratorAdapter,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    dev: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Encode all images (batched) and check the models fit the data and each other."""
-    shape = tuple(x.shape[1:])
-    for arg, model in (
-        ("generator", gen.modules[0] if gen.modules else None),
-        ("classifier", classifier),
-    ):
-        expected = getattr(model, "image_shape", None)
-        if expected is not None and tuple(expected) != shape:
-            raise ValueError(
-                f"{arg}: built for images of shape {tuple(expected)}, but the images searched are "
-                f"{shape}"
-            )
-
-    def encode(xb: torch.Tensor) -> torch.Tensor:
-        mu, logvar = gen.encode(xb)
-        std = (0.5 * logvar.float()).exp() if logvar is not None else torch.ones_like(mu.float())
-        return torch.cat([mu.float(), std], 1)
-
-    try:
-        both = batched(encode, x, device=dev).to(dev)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"generator: could not encode images of shape {shape}; does it fit them? ({exc})"
-        ) from exc
-    d = both.shape[1] // 2
-    mu, std = both[:, :d].contiguous(), both[:, d:].contiguous()
-    bad = (~torch.isfinite(mu).all(1)).nonzero().flatten()
-    if len(bad):
-        raise ValueError(
-            f"generator.encode: returned NaN or infinite codes for images {bad[:5].tolist()}; "
-            "check those images (pixels in [0, 1]?) and the encoder's weights (a diverged run?)"
-        )
-    with torch.inference_mode():
-        decoded = gen.decode(mu[:2])
-        if decoded.shape[1:] != x.shape[1:]:
-            raise ValueError(
-                f"generator.decode: produces images of shape {tuple(decoded.shape[1:])}, "
-                f"but the images searched are {shape}"
-            )
-        try:
-            logits = classifier(decoded)
-        except RuntimeError as exc:
-            raise ValueError(
-                f"classifier: could not classify images of shape {shape}; does it fit them? ({exc})"
-            ) from exc
-        check_logits(logits, len(decoded), int(y.max()) + 1)
-    return mu, std, int(logits.shape[1])
-
-
 def _assemble(
-    found: dict[str, list[torch.Tensor]],
-    mu: torch.Tensor,
-    y: torch.Tensor,
-    settings: dict[str, Any],
-    decodes: int,
-    split: str,
+    found: dict[str, list[torch.Tensor]], run: SearchRun, settings: dict[str, Any], split: str
 ) -> ErrorSet:
+    """Join the columns, map rows to split indices and order the errors by source image."""
     cols = {key: torch.cat(parts).detach().cpu() for key, parts in found.items()}
-    order = torch.argsort(cols["source_index"], stable=True)
-    cols = {key: t[order] for key, t in cols.items()}
+    rows = cols.pop("source_index")
+    order = torch.argsort(run.index[rows], stable=True)
+    rows, cols = rows[order], {key: t[order] for key, t in cols.items()}
     return ErrorSet(
         codes=cols["codes"],
-        source_index=cols["source_index"],
-        true_label=y[cols["source_index"]],
+        source_index=run.index[rows],
+        true_label=run.y.cpu()[rows],
         pred_label=cols["pred_label"],
         confidence=cols["confidence"].float(),
         validity=cols["validity"].float(),
-        perturbation=cols["codes"] - mu[cols["source_index"]],
+        perturbation=cols["codes"] - run.mu.cpu()[rows],
         settings=settings,
-        images_searched=len(y),
-        decodes=decodes,
+        images_searched=len(run.index),
+        decodes=run.decodes,
         split=split,
     )

@@ -66,7 +66,8 @@ class DefuseSession(AuditMixin, RoundsMixin):
     ) -> ErrorSet:
         """Search the latent space around the ``split``'s images (the first ``limit`` of them).
 
-        ``strategy`` and ``options`` are those of :func:`~defuse_widgets.search.identify`.
+        ``strategy`` and ``options`` are those of :func:`~defuse_widgets.search.identify`,
+        e.g. ``backend="ray"`` (with ``ray_options``) to shard the search over a Ray cluster.
         Replaces earlier errors, regions and labels (only once the search has succeeded).
         """
         if limit is not None and (

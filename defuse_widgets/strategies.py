@@ -1,11 +1,12 @@
 """Latent search strategies: small frozen settings objects that each search one chunk of images.
 
 A new strategy is a frozen dataclass subclassing :class:`SearchStrategy`: it checks its knobs in
-``__post_init__``, says how many codes per image it decodes in one call
-(:meth:`~SearchStrategy.width`) and implements :meth:`~SearchStrategy.search_chunk` with the
-helpers of the :class:`~defuse_widgets.search.SearchRun` it is given; add it to ``STRATEGIES`` for
-a shorthand name. :func:`~defuse_widgets.search.identify` does the rest (checks, probing, chunking,
-assembly).
+``__post_init__``, says how many codes per image it moves together
+(:meth:`~SearchStrategy.width`), draws its randomness per image from
+:meth:`~defuse_widgets.search.SearchRun.per_image` (never from a global stream), and implements
+:meth:`~SearchStrategy.search_chunk` with the helpers of the
+:class:`~defuse_widgets.search.SearchRun` it is given; add it to ``STRATEGIES`` for a shorthand
+name. :func:`~defuse_widgets.search.identify` does the rest (checks, probing, chunking, assembly).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from .checks import positive_int, positive_number
+from .rng import beta_noise, normal_noise
 
 if TYPE_CHECKING:
     from .search import Found, SearchRun
@@ -34,8 +35,12 @@ class SearchStrategy(ABC):
     max_per_image: int
 
     @abstractmethod
-    def width(self, chunk_size: int) -> int:
-        """Return how many codes per image one decoder call takes (chunks hold whole images)."""
+    def width(self) -> int:
+        """Return how many codes per image move together (chunks hold whole images).
+
+        It must not depend on the chunk size: a decoder call larger than the chunk size is split,
+        so an image's search (and its decode count) is the same however the images are chunked.
+        """
 
     @abstractmethod
     def search_chunk(self, run: SearchRun, idx: torch.Tensor) -> Found:
@@ -66,11 +71,11 @@ class _SamplingSearch(SearchStrategy):
 
     @abstractmethod
     def noise(self, run: SearchRun, idx: torch.Tensor) -> torch.Tensor:
-        """Return (B, samples, d) perturbations on ``run.device``, drawn on the CPU."""
+        """Return (B, samples, d) perturbations on ``run.device``, drawn per image on the CPU."""
 
-    def width(self, chunk_size: int) -> int:
-        """Return the draws per image decoded in one call: at least k (or 16), at most Q."""
-        return min(self.samples, max(self.max_per_image, 16), chunk_size)
+    def width(self) -> int:
+        """Return the draws per image tried together: at least k (or 16), at most Q."""
+        return min(self.samples, max(self.max_per_image, 16))
 
     @torch.inference_mode()
     def search_chunk(self, run: SearchRun, idx: torch.Tensor) -> Found:
@@ -80,7 +85,7 @@ class _SamplingSearch(SearchStrategy):
         order = noise.norm(dim=-1).argsort(dim=1)
         noise = noise.gather(1, order[..., None].expand_as(noise))
         kept = torch.zeros(len(idx), dtype=torch.long, device=run.device)
-        step = self.width(run.chunk_size)
+        step = self.width()
         out: list[Found] = []
         for lo in range(0, q, step):
             active = (kept < k).nonzero().flatten()
@@ -129,9 +134,9 @@ class ReferenceSearch(_SamplingSearch):
         positive_number("beta", self.beta)
 
     def noise(self, run: SearchRun, idx: torch.Tensor) -> torch.Tensor:
-        """Return (B, Q, d) Beta(beta, beta) draws."""
-        a = torch.full((len(idx), self.samples, run.latent_dim), float(self.beta))
-        return torch.distributions.Beta(a, a).sample().to(run.device)
+        """Return (B, Q, d) Beta(beta, beta) draws, each image's from its own generator."""
+        q, d, beta = self.samples, run.latent_dim, self.beta
+        return run.per_image(idx, lambda g: beta_noise(g, q, d, beta))
 
 
 @dataclass(frozen=True)
@@ -212,7 +217,7 @@ class GradientSearch(SearchStrategy):
             max_distance=self.max_distance or 0.5 * root,
         )
 
-    def width(self, chunk_size: int) -> int:
+    def width(self) -> int:
         """Return the restarts: every restart of an image moves in the same call."""
         return self.restarts
 
@@ -233,13 +238,8 @@ class GradientSearch(SearchStrategy):
             act = alive.nonzero().flatten()
             if len(act) == 0:
                 break
-            za = z[act].clone().requires_grad_(True)
-            with torch.enable_grad(), run.autocast():
-                logits = run.classifier(run.generator.decode(za)).float()
-                loss = F.cross_entropy(logits, labels[act], reduction="sum")
-            grad = torch.autograd.grad(loss, za)[0]
-            run.decodes += len(za)
-            logits, za = logits.detach(), za.detach()
+            za = z[act]
+            logits, grad = run.loss_gradient(za, labels[act])
             wrong = logits.argmax(1) != labels[act]
             # keep at most k per image: rank the newly wrong restarts of each image
             w_idx = act[wrong]
@@ -311,8 +311,9 @@ def _knobs(cls: type[SearchStrategy]) -> list[str]:
 
 
 def _gaussian(run: SearchRun, idx: torch.Tensor, count: int, scale: float) -> torch.Tensor:
-    """(B, count, d) ``scale * sigma * eps``, eps drawn on the CPU from the seeded global RNG."""
-    eps = torch.randn(len(idx), count, run.latent_dim).to(run.device)
+    """(B, count, d) ``scale * sigma * eps``, each image's eps from its own CPU generator."""
+    d = run.latent_dim
+    eps = run.per_image(idx, lambda g: normal_noise(g, count, d))
     return scale * run.std[idx, None, :] * eps
 
 

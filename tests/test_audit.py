@@ -493,7 +493,9 @@ def test_pipeline_audit_reference_reports_relabels(
     assert saved["relabels"] == report["relabels"]
     relabels = report["relabels"]
     assert relabels["audit"] == "reference"
-    labeled = {str(r["id"]) for r in report["regions"] if (r["label"] or -1) >= 0}
+    labeled = {
+        str(r["id"]) for r in report["regions"] if r["label"] is not None and r["label"] >= 0
+    }
     assert labeled and set(relabels["per_region"]) == labeled == {str(k) for k in confirmed}
     assert relabels["per_region"] == {str(k): len(v) for k, v in confirmed.items()}
     assert relabels["count"] == len({i for v in confirmed.values() for i in v}) > 0

@@ -22,6 +22,7 @@ from defuse_widgets import (
     identify,
     validity_score,
 )
+from defuse_widgets.rng import beta_noise, image_generator, image_seed
 from defuse_widgets.strategies import STRATEGIES
 
 N_IMAGES, Q, K = 60, 30, 3
@@ -44,6 +45,25 @@ def assert_identical(errors: ErrorSet, expected: ErrorSet) -> None:
         got = getattr(errors, name)
         assert got.dtype == tensor.dtype and torch.equal(got, tensor), name
     assert errors.decodes == expected.decodes
+
+
+def assert_same_errors(errors: ErrorSet, expected: ErrorSet) -> None:
+    """The same errors from differently cut work: sources, labels and decode count equal; codes and
+    perturbations bit for bit for the sampling strategies (mu + noise). Confidence, validity and a
+    gradient search's codes come from decoder calls over other batches, whose float sums the CPU
+    kernels order differently (about 1e-6 apart), so those are close."""
+    exact = ["source_index", "true_label", "pred_label"]
+    close = ["confidence", "validity"]
+    (close if expected.settings["strategy"] == "gradient" else exact).extend(
+        ["codes", "perturbation"]
+    )
+    for name in exact:
+        got, want = getattr(errors, name), getattr(expected, name)
+        assert got.dtype == want.dtype and torch.equal(got, want), name
+    for name in close:
+        assert torch.allclose(getattr(errors, name), getattr(expected, name), atol=1e-5), name
+    assert errors.decodes == expected.decodes
+    assert errors.images_searched == expected.images_searched
 
 
 @pytest.fixture(scope="module")
@@ -139,17 +159,15 @@ def test_reference_matches_a_plain_per_image_loop(
     digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: dw.ConvVAE
 ) -> None:
     """The method's search written the simple way: one image at a time, Q Beta(50, 50) draws added
-    to the encoder mean, keep the k smallest-norm misclassified codes. Drawn from the same seeded
-    stream in the same order, it keeps exactly what the batched search keeps."""
+    to the encoder mean, keep the k smallest-norm misclassified codes. Image i draws its noise
+    from its own generator keyed by (seed, i), so it keeps exactly what the batched search keeps."""
     n, q, k = 25, 40, 3
     x, y = digits.x_test[:n], digits.y_test[:n]
-    torch.manual_seed(7)
-    beta = torch.distributions.Beta(torch.tensor(50.0), torch.tensor(50.0))
     expected = []
     with torch.no_grad():
         for i in range(n):
             mu, _ = digits_vae.encode(x[i : i + 1])
-            noise = beta.sample((q, mu.shape[1]))
+            noise = beta_noise(image_generator(7, i), q, mu.shape[1], 50.0)
             pred = digits_classifier(digits_vae.decode(mu + noise)).argmax(1)
             wrong = (pred != y[i]).nonzero().flatten()
             expected += [(mu + noise)[j] for j in wrong[noise[wrong].norm(dim=1).argsort()[:k]]]
@@ -172,6 +190,82 @@ def test_same_seed_repeats_exactly_and_another_seed_differs(
     assert_identical(again, first)
     other = run(digits_classifier, digits_vae, digits, strategy, seed=1)
     assert len(other) != len(first) or not torch.equal(other.codes, first.codes)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_chunk_size_does_not_change_the_errors(
+    strategy: str, digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    """Each image draws from its own generator, so chunks of 1 and 7 codes find what one call
+    over all the images finds."""
+    n = 24
+    width = STRATEGIES[strategy](**SETTINGS[strategy]).width()
+    runs = {c: run(digits_classifier, digits_vae, digits, strategy, n=n, chunk_size=c)
+            for c in (1, 7, n * width)}  # fmt: skip
+    assert len(runs[1]) > 0
+    for chunk in (7, n * width):
+        assert_same_errors(runs[chunk], runs[1])
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_permuted_image_order_finds_the_same_errors_per_image(
+    strategy: str, digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    n = 30
+    x, y = digits.x_test[:n], digits.y_test[:n]
+    options = {**SETTINGS[strategy], "device": "cpu", "progress": False, "chunk_size": 64}
+    plain = identify(digits_classifier, digits_vae, x, y, strategy, **options)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(3))
+    permuted = identify(digits_classifier, digits_vae, x, y, strategy, indices=perm, **options)
+    assert len(plain) > 0
+    assert_same_errors(permuted, plain)
+    # a subset searches its images as the whole split does; source_index is the split's index
+    subset = identify(digits_classifier, digits_vae, x, y, strategy, indices=perm[:10], **options)
+    mask = torch.isin(plain.source_index, perm[:10])
+    assert subset.images_searched == 10 and torch.equal(subset.codes, plain.codes[mask])
+    assert torch.equal(subset.source_index, plain.source_index[mask])
+
+
+def test_each_image_has_its_own_generator() -> None:
+    seeds = {image_seed(s, i) for s in range(3) for i in range(1000)}
+    assert len(seeds) == 3000 and all(0 <= v < 2**63 for v in seeds)
+    a = beta_noise(image_generator(0, 5), 4, 3, 50.0)
+    assert torch.equal(a, beta_noise(image_generator(0, 5), 4, 3, 50.0))
+    assert not torch.equal(a, beta_noise(image_generator(0, 6), 4, 3, 50.0))
+    assert not torch.equal(a, beta_noise(image_generator(1, 5), 4, 3, 50.0))
+
+
+@pytest.mark.parametrize(
+    "indices, match",
+    [
+        ([], r"indices: expected a non-empty 1-D sequence"),
+        ([0.5, 1.0], r"indices: expected a non-empty 1-D sequence of integers, got shape \(2,\)"),
+        ([0, 6], r"indices: expected positions in \[0, 6\), got min 0 and max 6"),
+        ([-1], r"indices: expected positions in \[0, 6\), got min -1"),
+        ([1, 1], r"indices: expected distinct positions, got 2 with repeats"),
+        ("abc", r"indices: expected a sequence of integers, got 'abc'"),
+    ],
+)
+def test_bad_indices_get_a_clear_error(
+    indices,
+    match: str,
+    digits: dw.ImageDataset,
+    digits_classifier: nn.Module,
+    digits_vae: nn.Module,
+) -> None:
+    x, y = digits.x_test[:6], digits.y_test[:6]
+    with pytest.raises(ValueError, match=match):
+        identify(digits_classifier, digits_vae, x, y, indices=indices, device="cpu", progress=False)
+
+
+def test_backend_is_checked_before_any_work(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    x, y = digits.x_test[:6], digits.y_test[:6]
+    with pytest.raises(ValueError, match=r"backend: expected 'local', 'ray' or a RayBackend"):
+        identify(digits_classifier, digits_vae, x, y, backend="dask", progress=False)
+    with pytest.raises(TypeError, match=r"ray_options: expected None with backend='local'"):
+        identify(digits_classifier, digits_vae, x, y, ray_options={"actors": 2}, progress=False)
 
 
 def test_chunking_keeps_the_rules(
@@ -508,7 +602,8 @@ def test_shorthand_and_object_find_identical_errors(
     knobs = dataclasses.asdict(obj.resolve(digits_vae.latent_dim))
     assert errors.settings == {"strategy": strategy, **knobs, "min_validity": None,
                                "chunk_size": errors.settings["chunk_size"], "autocast": None,
-                               "seed": 0, "device": "cpu", "num_classes": 10}  # fmt: skip
+                               "seed": 0, "device": "cpu", "num_classes": 10,
+                               "backend": "local"}  # fmt: skip
 
 
 def test_session_identify_takes_a_strategy_object_or_its_name(
