@@ -73,7 +73,7 @@ def map_model(
     ready(backend)
     n = len(inputs)
     job = ray.put(copy.deepcopy(module).cpu())  # kept referenced until the end: restarts re-read
-    images = ray.put(inputs.detach().cpu().numpy())
+    images = ray.put(inputs.detach().cpu())  # a tensor, strides kept: the kernels a local run picks
     step = backend.batch_size
     blocks = [np.arange(s, min(s + step, n), dtype=np.int64) for s in range(0, n, step)]
     bar = tqdm(total=n, desc=f"{desc} (ray)", disable=not progress, leave=False)
@@ -127,7 +127,7 @@ class MapActor:
         """Map the rows ``batch["data"]``; return their positions and outputs."""
         rows = np.asarray(batch["data"], dtype=np.int64)
         try:
-            x = torch.from_numpy(self.images[rows]).to(self.device)  # a copy: writable
+            x = self.images[torch.from_numpy(rows)].to(self.device)  # the driver's strides
             with torch.inference_mode():
                 out = self.module(x).detach().cpu().numpy()
         except Exception as exc:
