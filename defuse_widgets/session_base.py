@@ -63,6 +63,7 @@ class SessionBase:
             raise TypeError(
                 f"data: expected an ImageDataset (see load_dataset), got {type(data).__name__}"
             )
+        self.backend = backend  # checked before any work
         classifier, generator = as_classifier(classifier), as_generator(generator)
         check_materialized("classifier", [classifier])
         check_materialized("generator", generator.modules)
@@ -72,7 +73,6 @@ class SessionBase:
         self.data = data
         self.seed = int(seed)
         self.progress = progress
-        self.backend = backend
         check_models(
             self.generator, self.classifier, data.x_test[:2].to(self.device), data.num_classes
         )
