@@ -7,7 +7,9 @@ once, searches its batches on its own device with the same :class:`~defuse_widge
 and strategy as a local run, and returns plain numpy columns. Every image draws from its own
 generator keyed by ``(seed, index)``, so the gathered errors equal the local run's.
 
-This is the only module that imports ray, and only when a Ray search runs.
+:mod:`~defuse_widgets.ray_map` runs a model over a whole split on the same kind of pool, with
+the connection, resource checks, pipeline and error handling defined here. These two are the only
+modules that import ray, and only when Ray work runs.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 
 INSTALL = "pip install defuse-widgets[ray]"
 COLUMNS = ("codes", "source_index", "pred_label", "confidence", "validity")
-_FAILED = re.compile(r"search of image batch (.+?) failed on a Ray actor: (.+)")
+_FAILED = re.compile(r"(\w+) of image batch (.+?) failed on a Ray actor: (.+)")
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,9 @@ def ray_search(
     context = ray.data.DataContext.get_current()  # a dataset keeps the context it was made in
     ray_bars, context.enable_progress_bars = context.enable_progress_bars, False  # ours instead
     try:
-        parts = list(_gather(_pipeline(backend, job, n), backend.timeout_s, bar))
+        blocks = np.array_split(np.arange(n, dtype=np.int64), max(1, -(-n // backend.batch_size)))
+        mapped = pipeline(backend, SearchActor, {"job": [job]}, blocks)
+        parts = list(gather(mapped, backend.timeout_s, bar))
     finally:
         context.enable_progress_bars = ray_bars
         bar.close()
@@ -161,20 +165,22 @@ def ray_search(
     return _columns(parts, run)
 
 
-def _pipeline(backend: RayBackend, job: Any, n: int) -> Any:
-    """The Ray Data pipeline: batches of row positions mapped by a pool of SearchActors."""
+def pipeline(backend: RayBackend, actor: type, kwargs: dict[str, Any], blocks: list) -> Any:
+    """The Ray Data pipeline: ``blocks`` of row positions mapped by a pool of ``actor``.
+
+    The blocks live in the object store from the start (no read tasks, which would need a CPU
+    of their own next to the pool on one node); ``actor(**kwargs, device=...)`` is built once
+    per pool member, with ``backend``'s batch size, resources and restarts.
+    """
     import ray
 
-    # the row positions live in the object store from the start: no read tasks, which would
-    # need a CPU of their own next to the pool on one node
-    blocks = np.array_split(np.arange(n, dtype=np.int64), max(1, -(-n // backend.batch_size)))
     with warnings.catch_warnings():
         # max_restarts/max_task_retries go through ray_remote_args (deprecated in Ray 2.60, the
         # only way from Ray 2.9 on)
         warnings.simplefilter("ignore", DeprecationWarning)
         return ray.data.from_numpy(blocks).map_batches(
-            SearchActor,
-            fn_constructor_kwargs={"job": [job], "device": backend.device},
+            actor,
+            fn_constructor_kwargs={**kwargs, "device": backend.device},
             batch_size=backend.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=backend.actors),
@@ -320,11 +326,14 @@ def _job(run: SearchRun, strategy: SearchStrategy) -> dict[str, Any]:
     }
 
 
-def _gather(mapped: Any, timeout_s: float | None, bar: Any) -> Iterator[dict[str, np.ndarray]]:
+def gather(
+    mapped: Any, timeout_s: float | None, bar: Any, what: str = "search"
+) -> Iterator[dict[str, np.ndarray]]:
     """Yield the actors' output batches as shards finish; raise past ``timeout_s``.
 
     Ray Data is consumed on a helper thread, so this thread can give up at the deadline (the
-    helper then stops at its next batch) and a notebook's interrupt still lands.
+    helper then stops at its next batch) and a notebook's interrupt still lands. ``what``
+    names the work in the timeout's message.
     """
     out: queue.Queue[Any] = queue.Queue()
     stop = threading.Event()
@@ -348,27 +357,28 @@ def _gather(mapped: Any, timeout_s: float | None, bar: Any) -> Iterator[dict[str
                 item = out.get(timeout=left)
             except queue.Empty:
                 raise TimeoutError(
-                    f"timeout_s: the Ray search took longer than {timeout_s:g} s; raise "
+                    f"timeout_s: the Ray {what} took longer than {timeout_s:g} s; raise "
                     f"timeout_s, or check the cluster's resources (`ray status`)"
                 ) from None
             if item is None:
                 return
             if isinstance(item, BaseException):
-                raise _clear_error(item)
+                raise clear_error(item)
             bar.update(int(item["images"].sum()))
             yield item
     finally:
         stop.set()
 
 
-def _clear_error(exc: BaseException) -> BaseException:
+def clear_error(exc: BaseException) -> BaseException:
     """One clear error naming the failed image batch, out of Ray's wrapped ones."""
     found = _FAILED.search(str(exc))
     if found is None:
         return exc
+    what, batch, message = found.groups()
+    outcome = "no errors were kept" if what == "search" else "nothing was changed"
     error = RuntimeError(
-        f"backend='ray': the search of image batch {found.group(1)} failed: {found.group(2)}; "
-        f"no errors were kept"
+        f"backend='ray': the {what} of image batch {batch} failed: {message}; {outcome}"
     )
     error.__cause__ = exc
     return error

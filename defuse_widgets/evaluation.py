@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,6 +178,7 @@ def evaluate(
     targets: Mapping[int, int] | None = None,
     test_codes: torch.Tensor | None = None,
     samples: int = 200,
+    predict: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Evaluation:
     """Evaluate ``classifier`` on the test split and on the labeled regions ``targets``.
 
@@ -190,8 +191,10 @@ def evaluate(
     regions, targets : the regions and their labels (region id -> class); optional.
     test_codes : (N, d) encoder means of ``x_test``; needed with ``targets``.
     samples : held-out decoded samples per region (``purpose="eval"``, never trained on).
+    predict : maps the test images to (N,) classes (e.g. on a Ray pool); None:
+        :func:`~defuse_widgets.inference.predict_labels` of ``classifier`` here.
     """
-    pred = predict_labels(classifier, x_test)
+    pred = predict_labels(classifier, x_test) if predict is None else predict(x_test).cpu()
     out = Evaluation(
         round,
         float((pred == y_test).float().mean()),

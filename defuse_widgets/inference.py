@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,3 +88,38 @@ def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int = 1024
             batch_size=batch_size,
         )
     return out
+
+
+class Probabilities(nn.Module):
+    """``classifier(x).float().softmax(1)`` as a module: what a session's ``predict`` maps."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x).float().softmax(1)
+
+
+class Classes(nn.Module):
+    """``classifier(x).argmax(1)`` as a module: the predicted classes of a split."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x).argmax(1)
+
+
+class EncoderMeans(nn.Module):
+    """``generator.encode(x)[0].float()`` as a module (the generator's modules registered, so
+    ``.to()`` and copies move them): what a session's ``encode`` maps."""
+
+    def __init__(self, generator: Any):
+        super().__init__()
+        self.generator = generator
+        self.parts = nn.ModuleList(getattr(generator, "modules", ()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.generator.encode(x)[0].float()

@@ -47,6 +47,12 @@ class DefuseSession(AuditMixin, RoundsMixin):
     device : "auto" (CUDA, MPS, CPU) or a device; both models are moved there.
     seed : seeds every random step, so a session repeats exactly on the CPU.
     progress : show progress bars for long steps.
+    backend : keyword-only; "local" (default), "ray" or a
+        :class:`~defuse_widgets.distributed.RayBackend`: where whole-split inference runs
+        (``split_codes``, the audit's training codes, ``evaluate()``'s test predictions, and
+        ``predict``/``encode`` on at least ``ray_min_images`` images, 8192 by default; smaller
+        calls stay on ``device``) and where ``identify`` searches unless told otherwise. Also
+        settable later, ``s.backend = RayBackend(...)``.
 
     Examples
     --------
@@ -67,8 +73,10 @@ class DefuseSession(AuditMixin, RoundsMixin):
         """Search the latent space around the ``split``'s images (the first ``limit`` of them).
 
         ``strategy`` and ``options`` are those of :func:`~defuse_widgets.search.identify`,
-        e.g. ``backend="ray"`` (with ``ray_options``) to shard the search over a Ray cluster.
-        Replaces earlier errors, regions and labels (only once the search has succeeded).
+        e.g. ``backend="ray"`` (with ``ray_options``) to shard the search over a Ray cluster;
+        ``backend`` defaults to the session's :attr:`backend`, and ``ray_options`` alone then
+        override its fields. Replaces earlier errors, regions and labels (only once the search
+        has succeeded).
         """
         if limit is not None and (
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
@@ -77,6 +85,11 @@ class DefuseSession(AuditMixin, RoundsMixin):
         x, y = self.data.split(split)
         options.setdefault("seed", self.seed)
         options.setdefault("progress", self.progress)
+        if "backend" not in options:
+            options["backend"] = self.backend
+            if self._ray is not None and options.get("ray_options"):
+                options["backend"] = "ray"
+                options["ray_options"] = {**vars(self._ray), **options["ray_options"]}
         with self._lock:
             self._check_idle("identify")
             errors = identify(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from psygnal import EmitLoopError, Signal
@@ -25,10 +25,17 @@ from .generative import (
     check_materialized,
     check_models,
 )
-from .inference import batched
+from .inference import EncoderMeans, Probabilities, batched
 from .relabels import RelabelStore
+from .search_inputs import check_backend
+
+if TYPE_CHECKING:
+    from .distributed import RayBackend
 
 EVENTS = ("errors", "regions", "labels", "relabels", "model")
+RAY_MIN_IMAGES = 8192
+"""With a Ray backend, ``predict``/``encode`` on fewer images stay local: starting an actor pool
+takes seconds, a batch of thumbnails or a panel takes milliseconds here. Whole splits always go."""
 
 
 class SessionBase:
@@ -38,6 +45,9 @@ class SessionBase:
     changed = Signal(str)
     """Emitted with one of ``EVENTS`` after each change of the session's state."""
 
+    ray_min_images = RAY_MIN_IMAGES
+    """With a Ray backend: ``predict``/``encode`` calls on at least this many images go to Ray."""
+
     def __init__(
         self,
         classifier: nn.Module,
@@ -46,11 +56,14 @@ class SessionBase:
         device: str | torch.device = "auto",
         seed: int = 0,
         progress: bool = True,
+        *,
+        backend: str | RayBackend = "local",
     ):
         if not isinstance(data, ImageDataset):
             raise TypeError(
                 f"data: expected an ImageDataset (see load_dataset), got {type(data).__name__}"
             )
+        self.backend = backend  # checked before any work
         classifier, generator = as_classifier(classifier), as_generator(generator)
         check_materialized("classifier", [classifier])
         check_materialized("generator", generator.modules)
@@ -109,21 +122,62 @@ class SessionBase:
                 cause = exc.__cause__ or exc
                 warnings.warn(f"session observer failed on {event!r}: {cause!r}", stacklevel=2)
 
-    # ----- models, batched on the session's device (CPU in, CPU out) -----
+    # ----- where the models run: the session's device, or a Ray actor pool -----
+
+    @property
+    def backend(self) -> str | RayBackend:
+        """Where whole-split inference runs and ``identify`` searches by default: ``"local"``
+        (the session's device) or a :class:`~defuse_widgets.distributed.RayBackend`.
+
+        Settable: ``"local"``, ``"ray"`` (a default ``RayBackend()``) or a ``RayBackend``; checked
+        before it is kept (Ray must be installed). With Ray, ``split_codes``, the test-set
+        predictions of ``evaluate()`` and ``predict``/``encode`` on at least ``ray_min_images``
+        images run on the pool; smaller calls stay local.
+        """
+        return "local" if self._ray is None else self._ray
+
+    @backend.setter
+    def backend(self, value: str | RayBackend) -> None:
+        self._ray = check_backend(value, None)
+
+    def _run(
+        self,
+        module: nn.Module,
+        inputs: torch.Tensor,
+        batch_size: int,
+        *,
+        whole: bool = False,
+        empty_shape: tuple[int, ...] = (0,),
+        empty_dtype: torch.dtype = torch.float32,
+        progress: bool = False,
+        desc: str = "",
+    ) -> torch.Tensor:
+        """``module`` over ``inputs`` in batches: on Ray for a whole split (``whole``) or a large
+        input, else on the session's device; (n, ...) on the CPU."""
+        ray = self._ray
+        if ray is not None and len(inputs) and (whole or len(inputs) >= self.ray_min_images):
+            from .ray_map import map_model
+
+            return map_model(module, inputs, ray, batch_size=batch_size, progress=progress,
+                             desc=desc)  # fmt: skip
+        return batched(module, inputs, device=self.device, batch_size=batch_size,
+                       empty_shape=empty_shape, empty_dtype=empty_dtype, progress=progress,
+                       desc=desc)  # fmt: skip
+
+    # ----- models, batched (CPU in, CPU out) -----
 
     def encode(
         self, images: torch.Tensor, batch_size: int = 1024, progress: bool = False
     ) -> torch.Tensor:
-        """(n, d) encoder means of images (n, C, H, W), on the CPU."""
-        return batched(
-            lambda x: self.generator.encode(x)[0].float(),
-            images,
-            device=self.device,
-            batch_size=batch_size,
-            empty_shape=(0, self.generator.latent_dim),
-            progress=progress,
-            desc="encode",
-        )
+        """(n, d) encoder means of images (n, C, H, W), on the CPU (on Ray for a large input)."""
+        return self._encode(images, batch_size, progress, whole=False)
+
+    def _encode(
+        self, images: torch.Tensor, batch_size: int, progress: bool, whole: bool
+    ) -> torch.Tensor:
+        return self._run(EncoderMeans(self.generator), images, batch_size, whole=whole,
+                         empty_shape=(0, self.generator.latent_dim), progress=progress,
+                         desc="encode")  # fmt: skip
 
     def decode(self, codes: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """(n, C, H, W) decoded images of codes (n, d), on the CPU."""
@@ -136,22 +190,19 @@ class SessionBase:
         )
 
     def predict(self, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """(n, K) class probabilities of the current classifier, on the CPU."""
+        """(n, K) class probabilities of the current classifier, on the CPU (on Ray for a
+        large input)."""
         with self._lock:
-            return batched(
-                lambda x: self.classifier(x).float().softmax(1),
-                images,
-                device=self.device,
-                batch_size=batch_size,
-                empty_shape=(0, self.data.num_classes),
-            )
+            return self._run(Probabilities(self.classifier), images, batch_size,
+                             empty_shape=(0, self.data.num_classes))  # fmt: skip
 
     def split_codes(self, split: str) -> torch.Tensor:
         """Encoder means of a whole split (cached per generator), (N, d) on the CPU."""
         if self._codes_of is not self.generator:  # a new generator: cached codes are stale
             self._codes, self._membership, self._codes_of = {}, {}, self.generator
         if split not in self._codes:
-            self._codes[split] = self.encode(self.data.split(split)[0], progress=self.progress)
+            x = self.data.split(split)[0]
+            self._codes[split] = self._encode(x, 1024, self.progress, whole=True)
         return self._codes[split]
 
     def _check_idle(self, action: str) -> None:

@@ -22,6 +22,7 @@ from .correct import (
 )
 from .critical import deferred_interrupt
 from .evaluation import Evaluation, RoundRecord
+from .inference import Classes, evaluating
 from .session_base import SessionBase
 
 EVAL_SAMPLES = 200
@@ -158,7 +159,14 @@ class RoundsMixin(SessionBase):
             targets,
             codes,
             samples,
+            predict=None if self._ray is None else self._test_classes,
         )
+
+    def _test_classes(self, images: torch.Tensor) -> torch.Tensor:
+        """(N,) classes of a whole split on the Ray backend, as ``predict_labels`` gives here."""
+        with evaluating(self.classifier):
+            return self._run(Classes(self.classifier), images, 1024, whole=True,
+                             empty_dtype=torch.long)  # fmt: skip
 
     @property
     def rounds(self) -> int:

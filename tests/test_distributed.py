@@ -1,9 +1,11 @@
-"""identify(..., backend="ray"): the same errors as the local run, from one shared local Ray cluster
-(2 CPUs, a 512 MiB object store, actors of 0.5 CPU); faults surface as one clear error."""
+"""identify(..., backend="ray") and a Ray-backed session's whole-split inference: the same errors,
+codes and predictions as the local run, from one shared local Ray cluster (2 CPUs, a 512 MiB
+object store, actors of 0.5 CPU); faults surface as one clear error."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import signal
 import socket
@@ -15,12 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from session_fixtures import label_true_class, ready_session
 from test_identify import SETTINGS, assert_same_errors
 from torch import nn
 
 import defuse_widgets as dw
-from defuse_widgets import distributed
+import defuse_widgets.session as session_module
+from defuse_widgets import distributed, ray_map
 from defuse_widgets.distributed import RayBackend
+from defuse_widgets.inference import Probabilities
 from defuse_widgets.ray_address import check_reachable
 
 ray = pytest.importorskip("ray")
@@ -239,7 +244,7 @@ def test_without_ray_the_backend_says_how_to_install_it(
         search(digits_classifier, digits_vae, digits, "reference", backend="ray")
 
 
-def test_only_the_distributed_module_imports_ray() -> None:
+def test_only_the_ray_modules_import_ray() -> None:
     package = Path(dw.__file__).parent
     importers = sorted(
         p.name
@@ -247,7 +252,124 @@ def test_only_the_distributed_module_imports_ray() -> None:
         if any(line.strip().startswith(("import ray", "from ray"))
                for line in p.read_text().splitlines())
     )  # fmt: skip
-    assert importers == ["distributed.py"]
+    assert importers == ["distributed.py", "ray_map.py"]
     # and importing the package (RayBackend included) does not import ray
     code = "import sys, defuse_widgets as dw; dw.RayBackend(); assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ---------------------------------------------------------------- whole-split inference
+
+
+@pytest.fixture()
+def ray_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the inputs map_model got (it runs on Ray), in call order."""
+    calls: list[int] = []
+    real = ray_map.map_model
+
+    def counted(module, inputs, backend, **kw):
+        calls.append(len(inputs))
+        return real(module, inputs, backend, **kw)
+
+    monkeypatch.setattr(ray_map, "map_model", counted)
+    return calls
+
+
+def test_a_ray_session_predicts_encodes_audits_and_evaluates_as_the_local_one(
+    ray_calls: list[int],
+    digits: dw.ImageDataset,
+    digits_classifier: nn.Module,
+    digits_vae: nn.Module,
+) -> None:
+    local = ready_session(digits_classifier, digits_vae, digits)
+    rid = 0
+    label_true_class(local, rid)
+    on = dw.DefuseSession(copy.deepcopy(digits_classifier), digits_vae, digits, device="cpu",
+                          progress=False, backend=on_ray(actors=1))  # fmt: skip
+    on.load_state_dict(local.state_dict())
+    on.ray_min_images = 1000
+    x, n_train, n_test = digits.x_train, len(digits.x_train), len(digits.x_test)
+    p_local, p_ray = local.predict(x), on.predict(x)
+    assert ray_calls == [n_train] and p_ray.shape == p_local.shape
+    a_local, a_ray = local.audit(rid, coverage=None), on.audit(rid, coverage=None)
+    assert len(a_local) > 0 and ray_calls == [n_train, n_train]  # the training codes
+    e_local, e_ray = local.evaluate(), on.evaluate()
+    assert ray_calls[2:] == [n_test, n_test]  # the test split's codes and classes
+    on.predict(x[:999])  # below ray_min_images: local
+    on.split_codes("train")  # cached
+    assert len(ray_calls) == 4
+    for split in ("train", "test"):
+        torch.testing.assert_close(on.split_codes(split), local.split_codes(split), atol=1e-5,
+                                   rtol=0)  # fmt: skip
+    torch.testing.assert_close(p_ray, p_local, atol=1e-5, rtol=0)
+    # the same batches (rows i // 1024, the driver's strides) on one torch thread: the same bits
+    assert torch.equal(p_ray, p_local) and torch.equal(on.split_codes("train"),
+                                                       local.split_codes("train"))  # fmt: skip
+    assert torch.equal(a_ray.indices, a_local.indices) and a_ray.inside == a_local.inside
+    assert torch.equal(a_ray.predictions, a_local.predictions)
+    torch.testing.assert_close(a_ray.probabilities, a_local.probabilities, atol=1e-5, rtol=0)
+    assert repr(e_ray.to_dict()) == repr(e_local.to_dict()) and len(e_ray.regions) == 1
+
+
+class EncodeFailsInActors(nn.Module):
+    """The VAE, except that its encoder raises in any process but the driver."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.driver, self.latent_dim = inner, os.getpid(), inner.latent_dim
+
+    def encode(self, x: torch.Tensor):
+        if os.getpid() != self.driver:
+            raise FloatingPointError("boom in the encoder")
+        return self.inner.encode(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.inner.decode(z)
+
+
+def test_an_actor_error_during_inference_is_one_clear_error_and_changes_nothing(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    s = dw.DefuseSession(digits_classifier, EncodeFailsInActors(digits_vae), digits,
+                         device="cpu", progress=False, backend=on_ray(actors=1))  # fmt: skip
+    with pytest.raises(RuntimeError) as info:
+        s.split_codes("test")
+    message = str(info.value)
+    assert message.startswith("backend='ray': the inference of image batch rows ")
+    assert "(450 images) failed: FloatingPointError: boom in the encoder" in message
+    assert message.endswith("; nothing was changed")
+    assert s._codes == {}, "no codes were cached"
+    s.backend = "local"
+    assert s.split_codes("test").shape == (len(digits.x_test), s.generator.latent_dim)
+
+
+def test_map_model_and_the_session_backend_are_checked_before_any_work(
+    monkeypatch: pytest.MonkeyPatch,
+    digits: dw.ImageDataset,
+    digits_classifier: nn.Module,
+    digits_vae: nn.Module,
+) -> None:
+    module, x, backend = Probabilities(digits_classifier), digits.x_test[:4], on_ray()
+    with pytest.raises(TypeError, match=r"module: expected a torch.nn.Module .*got function"):
+        ray_map.map_model(lambda t: t, x, backend)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"inputs: expected a tensor \(n, ...\) with n >= 1, got"):
+        ray_map.map_model(module, x[:0], backend)
+    with pytest.raises(TypeError, match=r"backend: expected a RayBackend, got 'ray'"):
+        ray_map.map_model(module, x, "ray")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"batch_size: expected a positive integer, got 0"):
+        ray_map.map_model(module, x, backend, batch_size=0)
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=r"address: expected a reachable Ray cluster"):
+        ray_map.map_model(module, x, RayBackend(address="127.0.0.1:1", connect_timeout_s=2.0))
+    assert time.monotonic() - start < 10
+    with pytest.raises(ValueError, match=r"backend: expected 'local', 'ray' or a RayBackend"):
+        dw.DefuseSession(digits_classifier, digits_vae, digits, device="cpu", backend="rey")
+    # identify searches on the session's backend unless told otherwise; ray_options override it
+    seen: list[object] = []
+    monkeypatch.setattr(session_module, "identify", lambda *a, **kw: seen.append(kw) or 1 / 0)
+    s = dw.DefuseSession(digits_classifier, digits_vae, digits, device="cpu", backend=backend)
+    for options in ({}, {"ray_options": {"actors": 1}}, {"backend": "local"}):
+        with pytest.raises(ZeroDivisionError):
+            s.identify(limit=2, **options)
+    assert [kw["backend"] for kw in seen] == [backend, "ray", "local"]
+    assert seen[1]["ray_options"] == {**vars(backend), "actors": 1}
