@@ -24,7 +24,7 @@ Placer = Callable[[np.ndarray], np.ndarray]  # places new codes (n, d) on a fitt
 _CACHE: OrderedDict[str, tuple[np.ndarray, Placer]] = OrderedDict()
 _CACHE_SIZE = 16
 _LOCK = threading.Lock()
-FIT_POINTS = 50_000  # above this many codes UMAP is fitted on a subsample of this size
+FIT_POINTS = 100_000  # above this many codes UMAP is fitted on a subsample of this size
 PLACE_BATCH = 50_000  # codes placed by UMAP's transform per progress message
 NEIGHBOURS = 15  # a map read back from disk places new codes by their nearest mapped codes
 
