@@ -5,7 +5,8 @@
 // through `_has_visible_views` whether one is shown (as jupyter_rfb does).
 import type { AnyModel, Host, RenderProps } from "@anywidget/types";
 import { decode, encode, Wire } from "./common/codec";
-import { ErrorMap, MapData } from "./explorer/map";
+import { MapData } from "./explorer/map";
+import { createMap } from "./explorer/map_create";
 import { RegionInfo, RegionList, RegionPanel } from "./explorer/regions";
 import { FineTune, Params, Progress, Round } from "./explorer/finetune";
 import { AuditView } from "./explorer/audit";
@@ -39,7 +40,7 @@ function render({ model, el, host, signal, experimental }: RenderProps): () => v
     list.render(regions(), labels(), rid, classes());
   };
 
-  const map = new ErrorMap(left, {
+  const map = createMap(left, {
     onClickPoint: (i) => {
       model.set("selected_error", i); // the kernel opens/retargets the interpolation panel
       model.save_changes();
@@ -56,7 +57,7 @@ function render({ model, el, host, signal, experimental }: RenderProps): () => v
       panel.setSelectionCount(arr.length);
     },
     thumb: (i) => thumbs.get(i),
-  });
+  }, model.get("map_engine") || "regl");
   const list = new RegionList(right, selectRegion);
   const panel = new RegionPanel(root, {
     label: (rid, label) => act("_label_command", { region: rid, label }, `Labeling region ${rid}…`),
