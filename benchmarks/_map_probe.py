@@ -84,7 +84,10 @@ def hover_ms(page: Any, m: int, engine: str, repeats: int = 5) -> float | None:
     for _, x, y in pts[1 : 1 + repeats * 7 : 7]:
         page.mouse.move(box["x"] + 5, box["y"] + 5)
         page.wait_for_timeout(150)
-        page.evaluate("() => { window.__hov.t0 = 0; window.__hov.t1 = 0; }")
+        page.evaluate(  # no thumbnail of an earlier hover left in the tooltip
+            f"() => {{ document.querySelector('{map_sel(m, engine)} .dfx-tip').innerHTML = '';"
+            " window.__hov.t0 = 0; window.__hov.t1 = 0; }"
+        )
         page.mouse.move(x - 2, y - 2)
         page.mouse.move(x, y)
         try:
@@ -108,7 +111,7 @@ FRAMES_STOP = """() => {
   if (f.length < 2) return null;
   const dts = f.slice(1).map((t, i) => t - f[i]).sort((a, b) => a - b);
   return { fps: (f.length - 1) * 1000 / (f[f.length - 1] - f[0]),
-           p50: dts[Math.floor(dts.length / 2)], max: dts[dts.length - 1] };
+           p90: dts[Math.floor(0.9 * (dts.length - 1))], max: dts[dts.length - 1] };
 }"""
 
 

@@ -33,10 +33,15 @@ function render({ model, el, host, signal, experimental }: RenderProps): () => v
   const labels = (): Record<string, number> => model.get("labels") || {};
   let selfSelection: any = null; // echo guard: the value we wrote ourselves
 
+  // the map highlights a newly selected region once its panel is shown (or 400 ms later): on a
+  // software-WebGL machine a frame of a million-point map blocks the page for a while
+  let highlightTimer = 0;
+  const highlight = () => { window.clearTimeout(highlightTimer); highlightTimer = 0; map.setSelectedRegion(model.get("selected_region")); };
+  const highlightSoon = () => { window.clearTimeout(highlightTimer); highlightTimer = window.setTimeout(highlight, 400); };
   const selectRegion = (rid: number) => {
     model.set("selected_region", rid);
     model.save_changes();
-    map.setSelectedRegion(rid);
+    highlightSoon();
     list.render(regions(), labels(), rid, classes());
   };
 
@@ -120,7 +125,11 @@ function render({ model, el, host, signal, experimental }: RenderProps): () => v
     panel.render(model.get("panel"), regions(), labels(), classes());
     onAuditRegion();
   };
-  const onPanel = () => { panel.render(model.get("panel"), regions(), labels(), classes()); onAuditRegion(); };
+  const onPanel = () => {
+    panel.render(model.get("panel"), regions(), labels(), classes());
+    onAuditRegion();
+    if (highlightTimer) requestAnimationFrame(highlight); // after the panel is painted
+  };
   const onAudit = () => {
     onAuditRegion();
     audit.setData(model.get("audit"), decode(model.get("audit_labels")));
@@ -136,7 +145,7 @@ function render({ model, el, host, signal, experimental }: RenderProps): () => v
   const onRelabels = () => { const n = model.get("relabel_count") || 0; audit.setCount(n); tune.setRelabels(n); };
   const onSelectedRegion = () => {
     const rid = model.get("selected_region");
-    map.setSelectedRegion(rid);
+    highlightSoon();
     list.render(regions(), labels(), rid, classes());
   };
   const showSelection = () => {

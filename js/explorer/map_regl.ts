@@ -3,11 +3,12 @@
 // per-category tables (map_style.ts): selecting a region dims the others without re-sending the
 // points. Dragging lassoes (or pans, with the Pan tool), the wheel zooms, a click on an error
 // opens it, hovering shows its thumbnail.
-import createScatterplot from "regl-scatterplot";
+import createScatterplot, { createRenderer } from "regl-scatterplot";
 import { MapData, MapHandlers, MapMode, MapShell, MapView, markerSize } from "./map";
 import { categories, positions, slotsOf, style } from "./map_style";
 
 type Scatter = ReturnType<typeof createScatterplot>;
+type Renderer = ReturnType<typeof createRenderer>;
 
 export class ReglMap implements MapView {
   root: HTMLElement;
@@ -16,6 +17,7 @@ export class ReglMap implements MapView {
   private shell: MapShell;
   private canvas: HTMLCanvasElement;
   private sp: Scatter | null = null;
+  private renderer: Renderer | null = null;
   private observer: ResizeObserver;
   private nb = 0; // background points drawn beneath the errors
   private cols: { x: Float32Array; y: Float32Array; z: Float32Array } | null = null;
@@ -45,10 +47,20 @@ export class ReglMap implements MapView {
     return [w, h];
   }
 
+  /** A renderer drawing at the map's size (the library's default draws at the window's size,
+   * then copies: several times the pixels to fill on a software-WebGL machine). */
+  private makeRenderer(width: number, height: number): Renderer {
+    const c = document.createElement("canvas"), dpr = window.devicePixelRatio || 1;
+    c.width = Math.round(width * dpr); c.height = Math.round(height * dpr);
+    return createRenderer({ canvas: c } as any);
+  }
+
   private create(): Scatter {
     const [width, height] = this.size();
+    this.renderer = this.makeRenderer(width, height);
     const sp = createScatterplot({
-      canvas: this.canvas, width, height, aspectRatio: width / height,
+      canvas: this.canvas, renderer: this.renderer, width, height, aspectRatio: width / height,
+      syncEvents: true, // handlers run in the input event, before the next (blocking) frame
       backgroundColor: "#ffffff", pointColorHover: "#000000", pointColorActive: "#1a1a1a",
       opacityInactiveScale: 0.5, pointSizeSelected: 1, pointOutlineWidth: 1,
       colorBy: "valueA", opacityBy: "valueA", sizeBy: "valueA",
@@ -176,8 +188,15 @@ export class ReglMap implements MapView {
 
   private resize(): void {
     const [width, height] = this.size();
-    if (this.sp && this.shell.plot.clientWidth > 0) this.sp.set({ width, height, aspectRatio: width / height } as any);
+    if (!this.sp || this.shell.plot.clientWidth <= 0) return;
+    this.renderer?.resize(width, height);
+    this.sp.set({ width, height, aspectRatio: width / height } as any);
   }
 
-  destroy(): void { this.observer.disconnect(); this.sp?.destroy(); this.sp = null; }
+  destroy(): void {
+    this.observer.disconnect();
+    this.sp?.destroy();
+    this.renderer?.destroy();
+    this.sp = null;
+  }
 }
