@@ -5,7 +5,11 @@
 // opens it, hovering shows its thumbnail.
 import createScatterplot, { createRenderer } from "regl-scatterplot";
 import { MapData, MapHandlers, MapMode, MapShell, MapView, markerSize } from "./map";
-import { categories, positions, slotsOf, style } from "./map_style";
+import { categories, flatten, positions, slotsOf, style } from "./map_style";
+
+/** Above this many drawn points, the library's performance mode: square points, no alpha blending
+ * (opacities become opaque colors), several times cheaper per frame on software WebGL. */
+export const FLAT_ABOVE = 500_000;
 
 type Scatter = ReturnType<typeof createScatterplot>;
 type Renderer = ReturnType<typeof createRenderer>;
@@ -18,6 +22,7 @@ export class ReglMap implements MapView {
   private canvas: HTMLCanvasElement;
   private sp: Scatter | null = null;
   private renderer: Renderer | null = null;
+  private flat = false; // whether `sp` was made in performance mode
   private observer: ResizeObserver;
   private nb = 0; // background points drawn beneath the errors
   private cols: { x: Float32Array; y: Float32Array; z: Float32Array } | null = null;
@@ -55,12 +60,14 @@ export class ReglMap implements MapView {
     return createRenderer({ canvas: c } as any);
   }
 
-  private create(): Scatter {
+  private create(flat: boolean): Scatter {
     const [width, height] = this.size();
+    this.flat = flat;
     this.renderer = this.makeRenderer(width, height);
     const sp = createScatterplot({
       canvas: this.canvas, renderer: this.renderer, width, height, aspectRatio: width / height,
       syncEvents: true, // handlers run in the input event, before the next (blocking) frame
+      performanceMode: flat,
       backgroundColor: "#ffffff", pointColorHover: "#000000", pointColorActive: "#1a1a1a",
       opacityInactiveScale: 0.5, pointSizeSelected: 1, pointOutlineWidth: 1,
       colorBy: "valueA", opacityBy: "valueA", sizeBy: "valueA",
@@ -83,7 +90,9 @@ export class ReglMap implements MapView {
     this.slots = slotsOf(d);
     const { x, y } = positions(d, bg ? bg.data : null);
     this.cols = { x, y, z: categories(d, this.slots, this.nb) };
-    this.sp ??= this.create();
+    const flat = x.length > FLAT_ABOVE;
+    if (this.sp && this.flat !== flat) this.destroyScatter();
+    this.sp ??= this.create(flat);
     await this.draw(false);
     if (this.layout !== null && this.layout !== d.layout) this.sp.reset(); // a new layout: new view
     this.layout = d.layout;
@@ -116,7 +125,8 @@ export class ReglMap implements MapView {
 
   private applyStyle(): void {
     if (!this.sp || !this.data) return;
-    this.sp.set(style(this.data, this.slots, this.selectedRegion, markerSize(this.data.region.data.length)) as any);
+    const st = style(this.data, this.slots, this.selectedRegion, markerSize(this.data.region.data.length));
+    this.sp.set((this.flat ? flatten(st) : st) as any);
   }
 
   async setSelectedRegion(rid: number): Promise<void> {
@@ -193,10 +203,12 @@ export class ReglMap implements MapView {
     this.sp.set({ width, height, aspectRatio: width / height } as any);
   }
 
-  destroy(): void {
-    this.observer.disconnect();
+  private destroyScatter(): void {
     this.sp?.destroy();
     this.renderer?.destroy();
     this.sp = null;
+    this.renderer = null;
   }
+
+  destroy(): void { this.observer.disconnect(); this.destroyScatter(); }
 }

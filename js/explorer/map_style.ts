@@ -20,6 +20,19 @@ export function categories(d: MapData, slots: Map<number, number>, nb: number): 
   return out;
 }
 
+/** `#rrggbb` drawn at opacity `a` over white, as an opaque color (for drawing without blending). */
+export function overWhite(hex: string, a: number): string {
+  const v = parseInt(hex.slice(1, 7), 16);
+  const ch = (shift: number) => Math.round(255 - a * (255 - ((v >> shift) & 255)));
+  return `#${((1 << 24) | (ch(16) << 16) | (ch(8) << 8) | ch(0)).toString(16).slice(1)}`;
+}
+
+/** Without alpha blending (the library's performance mode), opacities become opaque colors. */
+export function flatten(st: Style): Style {
+  return { pointColor: st.pointColor.map((c, k) => overWhite(c, st.opacity[k])),
+    opacity: st.opacity.map(() => 1), pointSize: st.pointSize };
+}
+
 /** The per-category tables; `selected`: the highlighted region's id (-1: none, nothing dimmed). */
 export function style(d: MapData, slots: Map<number, number>, selected: number, size: number): Style {
   const sel = slots.get(selected) ?? -1;
