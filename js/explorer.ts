@@ -168,7 +168,8 @@ function render({ model, el, host, signal, experimental }: RenderProps): () => v
 
   const handlers: [string, () => void][] = [
     ["change:status", showStatus], ["change:error", showStatus], ["change:busy", showStatus],
-    ["change:points", onPoints], ["change:background_points", onPoints], ["change:point_region", onColors], ["change:point_fixed", onColors],
+    ["change:points", onPoints], ["change:background_points", onPoints],
+    ["change:background_label", () => map.setBackgroundLabel(model.get("background_label") || "")], ["change:point_region", onColors], ["change:point_fixed", onColors],
     ["change:regions", () => { onRegions(); onColors(); }], ["change:labels", onRegions],
     ["change:thumbs", onThumbs], ["change:panel", onPanel], ["change:selected_region", onSelectedRegion],
     ["change:selected_indices", onSelection], ["change:progress", onProgress], ["change:history", onHistory],

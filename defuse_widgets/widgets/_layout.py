@@ -78,6 +78,7 @@ class LayoutMixin:
         opts, m = self.options, len(self._errors)
         n, what = panels.background_size(self.session, opts.background, opts.background_limit)
         self._note(f"Placing {n:,} {what} on the map…")
-        self.background_points = panels.background_points(self.session, opts.background, n, place)
-        self.background_label = what
+        points = panels.background_points(self.session, opts.background, n, place)
+        self.background_label = what  # first: the page draws the note when the points come
+        self.background_points = points
         self._note(f"{m:,} errors, {len(self.regions)} regions; {n:,} {what} in faint grey.")

@@ -31,6 +31,8 @@ export interface MapView {
   setSelection(indices: Int32Array | null): void;
   setMode(mode: MapMode): void;
   resetView(): void;
+  /** Name the background points in the map's note (no redraw). */
+  setBackgroundLabel(label: string): void;
   /** Page (client) coordinates of error `i`, or null when it is not drawn (tests, benchmarks). */
   screenPosition(i: number): [number, number] | null;
   destroy(): void;
@@ -64,6 +66,7 @@ export class MapShell {
   note: HTMLElement;
   private tools: HTMLElement;
   private hoverToken = 0;
+  private backgroundLabel = "";
   private modeButtons = new Map<MapMode, HTMLButtonElement>();
 
   constructor(parent: HTMLElement, engine: string, private h: MapHandlers, view: MapView) {
@@ -100,9 +103,15 @@ export class MapShell {
     for (const [m, b] of this.modeButtons) b.setAttribute("aria-pressed", String(m === mode));
   }
 
+  /** The note naming the faint background points (the label may come after the points). */
+  setNote(nb: number, label: string): void {
+    if (label) this.backgroundLabel = label; // a draw begun before the label came keeps it
+    this.note.textContent = nb ? `Faint grey: ${nb.toLocaleString("en-US")} ${this.backgroundLabel}` : "";
+  }
+
   /** Background note and the `data-*` attributes outside checks rely on, after a draw. */
   drawn(d: MapData, n: number, nb: number): void {
-    this.note.textContent = nb ? `Faint grey: ${nb.toLocaleString("en-US")} ${d.backgroundLabel}` : "";
+    this.setNote(nb, d.backgroundLabel);
     this.root.dataset.background = String(nb);
     this.root.dataset.points = String(n);
     this.root.dataset.layout = d.layout;

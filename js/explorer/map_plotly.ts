@@ -188,9 +188,16 @@ export class PlotlyMap implements MapView {
     if (this.ready) void Plotly.relayout(this.plot, { dragmode: mode });
   }
 
+  setBackgroundLabel(label: string): void {
+    if (this.data) this.data = { ...this.data, backgroundLabel: label };
+    this.shell.setNote(this.backgroundCount(), label);
+  }
+
   resetView(): void {
     if (this.ready) void Plotly.relayout(this.plot, { "xaxis.autorange": true, "yaxis.autorange": true });
   }
+
+  private backgroundCount(): number { return this.data?.background?.shape[0] ?? 0; }
 
   screenPosition(i: number): [number, number] | null {
     const gd: any = this.plot, L = gd._fullLayout, d = this.data;

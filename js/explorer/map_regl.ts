@@ -83,7 +83,20 @@ export class ReglMap implements MapView {
     return sp;
   }
 
-  async render(d: MapData): Promise<void> {
+  /** Draws run one after another (the library refuses a draw while one is under way). */
+  private queue: Promise<void> = Promise.resolve();
+
+  private enqueue(job: () => Promise<void>): Promise<void> {
+    const run = this.queue.then(job);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  render(d: MapData): Promise<void> { return this.enqueue(() => this.renderNow(d)); }
+
+  recolor(d: MapData): Promise<void> { return this.enqueue(() => this.recolorNow(d)); }
+
+  private async renderNow(d: MapData): Promise<void> {
     this.data = d;
     const bg = d.background && d.background.data.length ? d.background : null;
     this.nb = bg ? bg.shape[0] : 0;
@@ -111,8 +124,8 @@ export class ReglMap implements MapView {
     await painted;
   }
 
-  async recolor(d: MapData): Promise<void> {
-    if (!this.sp || !this.cols || !this.data || d.region.data.length !== this.data.region.data.length) return this.render(d);
+  private async recolorNow(d: MapData): Promise<void> {
+    if (!this.sp || !this.cols || !this.data || d.region.data.length !== this.data.region.data.length) return this.renderNow(d);
     this.data = d;
     this.slots = slotsOf(d);
     const z = categories(d, this.slots, this.nb), old = this.cols.z;
@@ -184,6 +197,11 @@ export class ReglMap implements MapView {
     this.mode = mode;
     this.shell.showMode(mode);
     this.sp?.set({ mouseMode: mode === "lasso" ? "lasso" : "panZoom" } as any);
+  }
+
+  setBackgroundLabel(label: string): void {
+    if (this.data) this.data = { ...this.data, backgroundLabel: label };
+    this.shell.setNote(this.nb, label);
   }
 
   resetView(): void { this.sp?.reset(); }
