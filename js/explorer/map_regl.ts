@@ -5,6 +5,7 @@
 // opens it, hovering shows its thumbnail.
 import createScatterplot, { createRenderer } from "regl-scatterplot";
 import { MapData, MapHandlers, MapMode, MapShell, MapView, markerSize } from "./map";
+import { GridIndex, unproject } from "./map_hover";
 import { categories, flatten, positions, slotsOf, style } from "./map_style";
 
 /** Above this many drawn points, the library's performance mode: square points, no alpha blending
@@ -32,6 +33,9 @@ export class ReglMap implements MapView {
   private selected = new Int32Array(0); // error indices, as Python has them
   private lassoing = false;
   private mouse: [number, number] | null = null;
+  private grid: GridIndex | null = null; // own hover/click lookup in performance mode
+  private hovered = -1;
+  private down: [number, number] | null = null;
 
   constructor(parent: HTMLElement, private h: MapHandlers) {
     this.shell = new MapShell(parent, "regl", h, this);
@@ -40,8 +44,10 @@ export class ReglMap implements MapView {
     this.canvas.className = "dfx-map-canvas";
     this.canvas.setAttribute("aria-hidden", "true");
     this.shell.plot.append(this.canvas);
-    this.canvas.addEventListener("mousemove", (e) => { this.mouse = [e.clientX, e.clientY]; });
-    this.canvas.addEventListener("mouseleave", () => this.shell.hideTip());
+    this.canvas.addEventListener("mousemove", (e) => { this.mouse = [e.clientX, e.clientY]; if (!e.buttons) this.gridHover(e); });
+    this.canvas.addEventListener("mousedown", (e) => { this.down = [e.clientX, e.clientY]; });
+    this.canvas.addEventListener("click", (e) => this.gridClick(e));
+    this.canvas.addEventListener("mouseleave", () => { this.hovered = -1; this.shell.hideTip(); });
     this.shell.showMode(this.mode);
     this.observer = new ResizeObserver(() => this.resize());
     this.observer.observe(this.root);
@@ -68,6 +74,7 @@ export class ReglMap implements MapView {
       canvas: this.canvas, renderer: this.renderer, width, height, aspectRatio: width / height,
       syncEvents: true, // handlers run in the input event, before the next (blocking) frame
       performanceMode: flat,
+      ...(flat ? { pointSizeMouseDetection: 0.01 } : {}), // hover and click found by `grid`
       backgroundColor: "#ffffff", pointColorHover: "#000000", pointColorActive: "#1a1a1a",
       opacityInactiveScale: 0.5, pointSizeSelected: 1, pointOutlineWidth: 1,
       colorBy: "valueA", opacityBy: "valueA", sizeBy: "valueA",
@@ -103,10 +110,12 @@ export class ReglMap implements MapView {
     this.slots = slotsOf(d);
     const { x, y } = positions(d, bg ? bg.data : null);
     this.cols = { x, y, z: categories(d, this.slots, this.nb) };
-    const flat = x.length > FLAT_ABOVE;
+    const flat = x.length > ((window as any).dfxFlatAbove ?? FLAT_ABOVE); // overridable by tests
     if (this.sp && this.flat !== flat) this.destroyScatter();
     this.sp ??= this.create(flat);
+    this.grid = null;
     await this.draw(false);
+    if (this.flat) this.grid = new GridIndex(x, y, this.nb);
     if (this.layout !== null && this.layout !== d.layout) this.sp.reset(); // a new layout: new view
     this.layout = d.layout;
     this.shell.drawn(d, d.region.data.length, this.nb);
@@ -191,6 +200,30 @@ export class ReglMap implements MapView {
     if (!this.data || p < this.nb) { this.shell.hideTip(); return; }
     const m = this.mouse;
     void this.shell.showTip(this.data, p - this.nb, m ? m[0] : null, m ? m[1] : null);
+  }
+
+  /** The error under the mouse (performance mode), or -1. */
+  private gridFind(e: MouseEvent): number {
+    if (!this.grid || !this.sp) return -1;
+    const box = this.canvas.getBoundingClientRect();
+    const view = this.sp.get("cameraView" as any) as unknown as Float32Array;
+    const [x, y, px] = unproject(view, box.width, box.height, e.clientX - box.left, e.clientY - box.top);
+    return this.grid.nearest(x, y, 5 * px);
+  }
+
+  private gridHover(e: MouseEvent): void {
+    if (!this.grid || !this.data) return;
+    const i = this.gridFind(e);
+    if (i === this.hovered) return;
+    this.hovered = i;
+    if (i < 0) this.shell.hideTip(); else void this.shell.showTip(this.data, i, e.clientX, e.clientY);
+  }
+
+  private gridClick(e: MouseEvent): void {
+    const d = this.down;
+    if (!this.grid || !d || Math.hypot(e.clientX - d[0], e.clientY - d[1]) > 3) return;
+    const i = this.gridFind(e);
+    if (i >= 0) this.h.onClickPoint(i);
   }
 
   setMode(mode: MapMode): void {
