@@ -1,27 +1,36 @@
-"""Benchmark: the error explorer in a real JupyterLab in headless Chromium, at 1k, 10k, 100k errors.
+"""Benchmark: the explorer's map in a real JupyterLab in headless Chromium, both drawing libraries.
 
-Measures, for each size (synthetic error codes through the real widget code path: a real
-DefuseSession with untrained digits-shaped models, an ErrorSet of Gaussian blobs and a RegionSet
-built from them):
+For each size (synthetic error codes through the real widget code path: a real DefuseSession with
+untrained digits-shaped models, an ErrorSet of Gaussian blobs and a RegionSet built from them; the
+explorer built and projected in the kernel first, ``block=True``, with as many synthetic
+background points as errors) and each map engine (``regl``: regl-scatterplot, ``plotly``:
+scattergl), in the same run and page:
 
-- ``projection_s``: the 2-D projection in the kernel (UMAP by default; cached afterwards),
-- ``render_s``: from pressing Shift+Enter on ``Explorer(s)`` (projection cached) to the map drawn
-  in the page (wall clock seen by the test driver); ``js_render_ms``, the widget's own time
-  from its render() call to the drawn map; ``js_draw_ms``, from the points being in the page
-  (decoding the buffers) to the drawn map,
-- ``click_ms``: from a click on a region button to the region panel showing that region's
-  gallery (median over 5 regions, each built fresh in the kernel),
-- bytes received by the page over the kernel websocket for the display, a region click and a
-  label change (all kernel messages in that window, status messages included).
+- ``render_s``: the display cell's Shift+Enter (projection ready) -> the map drawn in the page,
+- ``fps``, ``frame_ms_p90``: ``requestAnimationFrame`` frames per second and their 90th
+  percentile interval while dragging to pan (Pan tool)
+  for ~1 s, then 12 wheel zooms over ~1 s,
+- ``hover_ms``: the mouse reaching an error -> its thumbnail in the tooltip (median of 5),
+- ``lasso_ms``: mouse release of a lasso over about a quarter of the errors -> the selection in
+  Python (``on_select`` callback; page and kernel clocks on one machine), ``lasso_points`` its size,
+- ``click_ms``: a region button click -> that region's gallery in the panel (median of 3),
+- ``page_mb``: the page's JS heap (CDP) after the map is drawn,
+- ``label_bytes``: bytes the page receives for one label change,
 
-Prints a table and, last, one JSON line. Run: ``.venv/bin/python benchmarks/explorer.py``
-(``--sizes 1000 10000``, ``--projection pca`` to skip UMAP).
+and, once, ``cold_first_look_s``: digits, a fresh kernel, ``s.explorer()`` cell run -> first (PCA)
+map drawn. Prints a table and, last, one JSON line for the first engine. Chromium runs with
+--disable-gpu here: WebGL is software (SwiftShader), so the figures are pessimistic for a GPU.
+
+Run: ``python benchmarks/explorer.py --sizes 1000 100000 1000000`` (``--engines regl``,
+``--no-background``, ``--no-cold``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import statistics
 import sys
@@ -32,7 +41,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import _map_probe as probe  # noqa: E402
 import conftest as lab  # noqa: E402  (the e2e fixtures' plain helpers)
 
 SETUP = r'''
@@ -79,43 +90,35 @@ def synthetic(m, k=30, d=8, seed=0):
     rs.decode, rs.predict = s.decode, s.predict
     return errors, rs
 
-def prepare(m, method):
+T = []  # (kernel time, count) of each selection that reached Python
+
+def prepare(m, method, nb):
+    """Synthetic errors and regions, an explorer over them (projected), nb background points."""
+    global w
     errors, rs = synthetic(m)
     s.errors, s.regions = errors, rs
     for rid in list(s.labels):
         s.unlabel(rid)
     t0 = time.perf_counter()
     projection.project(errors.codes, method)
-    print("PROJECTED", m, round(time.perf_counter() - t0, 2))
+    projection_s = time.perf_counter() - t0
+    w = Explorer(s, projection=method, samples=16, block=True)
+    w.on_select(lambda idx: T.append((time.time(), len(idx))))
+    if nb:
+        g = np.random.default_rng(1)
+        xy = w.points[g.integers(0, m, nb)] + g.normal(scale=0.3, size=(nb, 2))
+        w.background_label = "synthetic background points"
+        w.background_points = xy.astype(np.float32)
+    print("PROJECTED", m, round(projection_s, 2))
+
+def show(engine):
+    """Display w drawn by engine, in place of the previous view."""
+    global handle
+    if "handle" in globals():
+        handle.update("")
+    w.map_engine = engine
+    handle = display(w, display_id=True)
 '''
-
-
-def _wait_rendered(page: Any, m: int, timeout: float) -> None:
-    page.wait_for_function(
-        f"""() => [...document.querySelectorAll('[aria-label="Error map"]')]
-                  .some(e => e.dataset.points === '{m}')""",
-        timeout=timeout * 1000,
-    )
-
-
-CLICK_JS = """async ([m, rid]) => {
-  const maps = [...document.querySelectorAll('[aria-label="Error map"]')];
-  const root = maps.find(e => e.dataset.points === String(m)).closest('.dfx');
-  const btn = [...root.querySelectorAll('button')].find(
-      b => (b.getAttribute('aria-label') || '').startsWith(`Region ${rid}:`));
-  const panel = root.querySelector('[aria-label="Region panel"]');
-  const done = () => panel.dataset.region === String(rid) && panel.querySelector('img');
-  const t0 = performance.now();
-  btn.click();
-  await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('panel timeout')), 30000);
-    const obs = new MutationObserver(() => {
-      if (done()) { obs.disconnect(); clearTimeout(timer); resolve(null); }
-    });
-    obs.observe(panel, { childList: true, subtree: true, attributes: true });
-  });
-  return performance.now() - t0;
-}"""
 
 
 class Frames:
@@ -159,15 +162,81 @@ def settle(page: Any, frames: Frames, quiet_s: float = 0.7, timeout: float = 60)
     return frames.total
 
 
-def bench(sizes: list[int], method: str, threads: int | None) -> list[dict[str, Any]]:
+COLD = [
+    "import torch\nimport defuse_widgets as dw\ntorch.manual_seed(0)\n"
+    'data = dw.load_dataset("digits")\n'
+    "s = dw.DefuseSession(classifier=dw.SmallCNN(data.image_shape, data.num_classes),\n"
+    "    generator=dw.ConvVAE(data.image_shape, latent_dim=8), data=data, device='cpu', seed=0,\n"
+    "    progress=False)\n"
+    's.identify(split="test", limit=200)\ns.distill(max_regions=20)\nprint("READY", len(s.errors))'
+]
+
+
+def measure_engine(page: Any, frames: Frames, m: int, engine: str) -> dict[str, Any]:
+    """Display the prepared explorer with ``engine``; measure render, fps, hover, lasso, click."""
+    row: dict[str, Any] = {"points": m, "engine": engine}
+    settle(page, frames)
+    t0 = run_cell(page, f"show({engine!r})")
+    probe.wait_drawn(page, m, engine, 300)
+    row["render_s"] = round(time.perf_counter() - t0, 3)
+    lab.wait_kernel_idle(page)
+    # the explorer's background work for a shown view (fixed points...) ends before the next probes
+    lab.run_new_cell(page, "w.wait(); print('WAITED')", "WAITED", 600)
+    settle(page, frames)
+    row["page_mb"] = probe.heap_mb(page)
+    fps = probe.pan_zoom_fps(page, m, engine)
+    row["fps"], row["frame_ms_p90"] = (fps["fps"], fps["p90"]) if fps else (None, None)
+    row["hover_ms"] = probe.hover_ms(page, m, engine)
+    n_before = int(lab.run_new_cell(page, "print('N', len(T))", "N").split()[-1])
+    t_up, expected = probe.lasso(page, m, engine)
+    page.wait_for_function(
+        f"() => +document.querySelector('{probe.map_sel(m, engine)}').dataset.selected > 0",
+        timeout=120_000,
+    )
+    out = lab.run_new_cell(page, f"print('SEL', *T[{n_before}], len(T))", "SEL", 120)
+    t_py, count = float(out.split()[1]), int(out.split()[2])
+    row["lasso_ms"], row["lasso_points"] = round(t_py * 1000 - t_up, 1), count
+    lab.run_new_cell(page, "w.select(None); print('CLEARED')", "CLEARED")
+    clicks = probe.click_ms(page, m, engine, [0, 1, 2])
+    row["click_ms"], row["click_ms_max"] = statistics.median(clicks), max(clicks)
+    return row
+
+
+def label_bytes(page: Any, frames: Frames, m: int, engine: str) -> int:
+    """Bytes the page receives for one label change (the label map and the status line)."""
+    b0 = settle(page, frames)
+    sel = f'.dfx:has({probe.map_sel(m, engine)}) button[aria-label="Apply label"]'
+    page.locator(sel).click()
+    page.wait_for_function(
+        f"""() => [...document.querySelector('{probe.map_sel(m, engine)}').closest('.dfx')
+              .querySelectorAll('button')].some(b =>
+                /^Region 2: .*label: /.test(b.getAttribute('aria-label') || ''))""",
+        timeout=60_000,
+    )
+    return settle(page, frames) - b0
+
+
+def cold_first_look(page: Any, url: str, root: Path) -> float:
+    """Digits, a fresh kernel: the explorer's cell run -> the first (PCA) map drawn, seconds."""
+    lab.write_notebook(root, "cold", COLD)
+    lab.open_and_run(page, url, "cold")
+    page.get_by_text("READY").wait_for(timeout=300_000)
+    lab.wait_kernel_idle(page)
+    t0 = run_cell(page, "w = s.explorer()\nw")
+    page.wait_for_selector('[aria-label="Error map"][data-layout="pca"][data-rendered]',
+                           timeout=120_000)  # fmt: skip
+    return round(time.perf_counter() - t0, 2)
+
+
+def bench(sizes: list[int], engines: list[str], method: str, background: bool,
+          cold: bool) -> tuple[list[dict[str, Any]], float | None]:  # fmt: skip
     from playwright.sync_api import sync_playwright
 
     root = Path(tempfile.mkdtemp(prefix="bench-explorer-"))
     url, proc = lab.start_lab(root)
-    rows = []
+    rows, cold_s = [], None
     try:
-        setup = SETUP + (f"torch.set_num_threads({threads})\n" if threads else "")
-        lab.write_notebook(root, "bench", [setup + "print('READY')"])
+        lab.write_notebook(root, "bench", [SETUP + "print('READY')"])
         with sync_playwright() as p:
             browser = lab.launch_browser(p)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -176,95 +245,67 @@ def bench(sizes: list[int], method: str, threads: int | None) -> list[dict[str, 
             page.get_by_text("READY").wait_for(timeout=180_000)
             lab.wait_kernel_idle(page)
             for m in sizes:
-                out = lab.run_new_cell(page, f"prepare({m}, {method!r})", "PROJECTED", 900)
-                projection_s = float(out.split()[-1])
-                lab.wait_kernel_idle(page)
-                settle(page, frames)
-                b0 = frames.total
-                t0 = run_cell(page, f"w = Explorer(s, projection={method!r}, samples=16)\nw")
-                _wait_rendered(page, m, 300)
-                render_s = time.perf_counter() - t0
-                js_ms, draw_ms = page.evaluate(
-                    f"""() => {{
-                      const e = [...document.querySelectorAll('[aria-label="Error map"]')]
-                        .find(e => e.dataset.points === '{m}');
-                      return [+e.dataset.renderMs, +e.dataset.drawMs];
-                    }}"""
-                )
-                lab.wait_kernel_idle(page)
-                display_bytes = settle(page, frames) - b0
-                clicks, click_bytes = [], []
-                for rid in range(5):
-                    b0 = settle(page, frames)
-                    clicks.append(page.evaluate(CLICK_JS, [m, rid]))
-                    click_bytes.append(settle(page, frames) - b0)
-                b0 = settle(page, frames)
-                root_sel = (
-                    f'.dfx:has([aria-label="Error map"][data-points="{m}"]) '
-                    'button[aria-label="Apply label"]'
-                )
-                page.locator(root_sel).click()
-                page.wait_for_function(
-                    f"""() => [...document.querySelectorAll('.dfx')].some(d =>
-                      d.querySelector('[aria-label="Error map"][data-points="{m}"]') &&
-                      [...d.querySelectorAll('button')].some(b =>
-                        /^Region 4: .*label: /.test(b.getAttribute('aria-label') || '')))""",
-                    timeout=30_000,
-                )
-                label_bytes = settle(page, frames) - b0
-                rows.append(
-                    {
-                        "points": m,
-                        "projection": method,
-                        "projection_s": projection_s,
-                        "render_s": round(render_s, 3),
-                        "js_render_ms": js_ms,
-                        "js_draw_ms": draw_ms,
-                        "click_ms_median": round(statistics.median(clicks), 1),
-                        "click_ms_max": round(max(clicks), 1),
-                        "display_bytes": display_bytes,
-                        "click_bytes_median": int(statistics.median(click_bytes)),
-                        "label_bytes": label_bytes,
-                    }
-                )
-                print(json.dumps(rows[-1]), flush=True)
+                src = f"prepare({m}, {method!r}, {m if background else 0})"
+                out = lab.run_new_cell(page, src, "PROJECTED", 1200)
+                lab.wait_kernel_idle(page, 600)
+                for engine in engines:
+                    try:
+                        row = measure_engine(page, frames, m, engine)
+                        row["label_bytes"] = label_bytes(page, frames, m, engine)
+                    except Exception as exc:  # noqa: BLE001 (reported in the table)
+                        row = {"points": m, "engine": engine, "failed": str(exc)[:120]}
+                    row["background"] = m if background else 0
+                    row["projection_s"] = float(out.split()[-1])
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    with contextlib.suppress(Exception):
+                        lab.run_new_cell(page, "handle.update(''); print('GONE')", "GONE", 120)
+            if cold:
+                cold_s = cold_first_look(browser.new_page(viewport={"width": 1400, "height": 1000}),
+                                         url, root)  # fmt: skip
             browser.close()
     finally:
         lab.stop_lab(proc)
-    return rows
+    return rows, cold_s
+
+
+COLS = [
+    ("points", 8), ("engine", 7), ("background", 11), ("render_s", 9), ("fps", 6),
+    ("frame_ms_p90", 13), ("hover_ms", 9), ("lasso_ms", 9), ("lasso_points", 13),
+    ("click_ms", 9), ("click_ms_max", 13), ("page_mb", 8), ("label_bytes", 12),
+]  # fmt: skip
+KEYS = ("render_s", "click_ms", "hover_ms", "lasso_ms", "fps", "page_mb")
+
+
+def esm_mb() -> float:
+    return round((ROOT / "defuse_widgets" / "static" / "explorer.js").stat().st_size / 1e6, 2)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
-    ap.add_argument("--projection", choices=("umap", "pca"), default="umap")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads in the kernel")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1_000, 100_000, 1_000_000])
+    ap.add_argument("--engines", nargs="+", default=["regl", "plotly"])
+    ap.add_argument("--projection", choices=("umap", "pca"), default="pca")
+    ap.add_argument("--no-background", action="store_true", help="no background points")
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold-kernel first look")
     args = ap.parse_args()
-    import os
-
-    import torch
-
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, "
-        f"torch {torch.__version__}, device cpu (kernel), Chromium {lab.CHROMIUM} headless; "
-        f"click: median of 5 regions; bytes: all kernel websocket frames received by the page"
+        f"Chromium {lab.CHROMIUM} headless with --disable-gpu (software WebGL: SwiftShader); "
+        f"background: as many points as errors; load average before: {os.getloadavg()}"
     )
-    print(
-        f"load average before: {os.getloadavg()}; kernel torch threads: {args.threads or 'default'}"
-    )
-    rows = bench(args.sizes, args.projection, args.threads)
+    rows, cold_s = bench(args.sizes, args.engines, args.projection, not args.no_background,
+                         not args.no_cold)  # fmt: skip
     print(f"load average after: {os.getloadavg()}")
-    cols = [
-        ("points", 8), ("projection_s", 13), ("render_s", 9), ("js_render_ms", 13),
-        ("js_draw_ms", 11),
-        ("click_ms_median", 16), ("click_ms_max", 13), ("display_bytes", 14),
-        ("click_bytes_median", 19), ("label_bytes", 12),
-    ]  # fmt: skip
-    print(" ".join(name.rjust(w) for name, w in cols))
+    print(" ".join(name.rjust(w) for name, w in COLS))
     for row in rows:
-        print(" ".join(str(row[name]).rjust(w) for name, w in cols))
-    print(json.dumps({"benchmark": "explorer", "threads": args.threads, "rows": rows}))
+        print(" ".join(str(row.get(name, row.get("failed", "-") if name == "fps" else "-")).rjust(w)
+                       for name, w in COLS))  # fmt: skip
+    chosen = args.engines[0]
+    sizes = {str(r["points"]): {k: r.get(k) for k in KEYS} for r in rows if r["engine"] == chosen}
+    print(json.dumps({"engine": chosen, "sizes": sizes, "cold_first_look_s": cold_s,
+                      "esm_mb": esm_mb()}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 // through `_has_visible_views` whether one is shown (as jupyter_rfb does).
 import type { AnyModel, Host, RenderProps } from "@anywidget/types";
 import { decode, encode, Wire } from "./common/codec";
-import { ErrorMap, MapData } from "./explorer/map";
+import { MapData } from "./explorer/map";
+import { createMap } from "./explorer/map_create";
 import { RegionInfo, RegionList, RegionPanel } from "./explorer/regions";
 import { FineTune, Params, Progress, Round } from "./explorer/finetune";
 import { AuditView } from "./explorer/audit";
@@ -33,14 +34,19 @@ function render({ model, el, host, signal, experimental }: RenderProps): () => v
   const labels = (): Record<string, number> => model.get("labels") || {};
   let selfSelection: any = null; // echo guard: the value we wrote ourselves
 
+  // the map highlights a newly selected region once its panel is shown (or 400 ms later): on a
+  // software-WebGL machine a frame of a million-point map blocks the page for a while
+  let highlightTimer = 0;
+  const highlight = () => { window.clearTimeout(highlightTimer); highlightTimer = 0; map.setSelectedRegion(model.get("selected_region")); };
+  const highlightSoon = () => { window.clearTimeout(highlightTimer); highlightTimer = window.setTimeout(highlight, 400); };
   const selectRegion = (rid: number) => {
     model.set("selected_region", rid);
     model.save_changes();
-    map.setSelectedRegion(rid);
+    highlightSoon();
     list.render(regions(), labels(), rid, classes());
   };
 
-  const map = new ErrorMap(left, {
+  const map = createMap(left, {
     onClickPoint: (i) => {
       model.set("selected_error", i); // the kernel opens/retargets the interpolation panel
       model.save_changes();
@@ -57,7 +63,7 @@ function render({ model, el, host, signal, experimental }: RenderProps): () => v
       panel.setSelectionCount(arr.length);
     },
     thumb: (i) => thumbs.get(i),
-  });
+  }, model.get("map_engine") || "regl");
   const list = new RegionList(right, selectRegion);
   const panel = new RegionPanel(root, {
     label: (rid, label) => act("_label_command", { region: rid, label }, `Labeling region ${rid}…`),
@@ -124,7 +130,11 @@ function render({ model, el, host, signal, experimental }: RenderProps): () => v
     panel.render(model.get("panel"), regions(), labels(), classes());
     onAuditRegion();
   };
-  const onPanel = () => { panel.render(model.get("panel"), regions(), labels(), classes()); onAuditRegion(); };
+  const onPanel = () => {
+    panel.render(model.get("panel"), regions(), labels(), classes());
+    onAuditRegion();
+    if (highlightTimer) requestAnimationFrame(highlight); // after the panel is painted
+  };
   const onAudit = () => {
     onAuditRegion();
     audit.setData(model.get("audit"), decode(model.get("audit_labels")));
@@ -140,7 +150,7 @@ function render({ model, el, host, signal, experimental }: RenderProps): () => v
   const onRelabels = () => { const n = model.get("relabel_count") || 0; audit.setCount(n); tune.setRelabels(n); };
   const onSelectedRegion = () => {
     const rid = model.get("selected_region");
-    map.setSelectedRegion(rid);
+    highlightSoon();
     list.render(regions(), labels(), rid, classes());
   };
   const showSelection = () => {
@@ -163,7 +173,8 @@ function render({ model, el, host, signal, experimental }: RenderProps): () => v
 
   const handlers: [string, () => void][] = [
     ["change:status", showStatus], ["change:error", showStatus], ["change:busy", showStatus],
-    ["change:points", onPoints], ["change:background_points", onPoints], ["change:point_region", onColors], ["change:point_fixed", onColors],
+    ["change:points", onPoints], ["change:background_points", onPoints],
+    ["change:background_label", () => map.setBackgroundLabel(model.get("background_label") || "")], ["change:point_region", onColors], ["change:point_fixed", onColors],
     ["change:regions", () => { onRegions(); onColors(); }], ["change:labels", onRegions],
     ["change:thumbs", onThumbs], ["change:panel", onPanel], ["change:selected_region", onSelectedRegion],
     ["change:selected_indices", onSelection], ["change:progress", onProgress], ["change:history", onHistory],

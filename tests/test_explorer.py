@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import traitlets
 from ipywidgets import Widget
 from ipywidgets.widgets.widget import _remove_buffers
 
@@ -594,3 +595,13 @@ def test_first_look_is_pca_then_umap_in_place(session: dw.DefuseSession) -> None
     assert again.map_layout == "umap" and np.array_equal(again.points, w.points)
     given = Explorer(session, projection=np.asarray(w.points), block=True)
     assert given.map_layout == "given" and "given layout" in given.status
+
+
+def test_map_engine_is_regl_by_default_plotly_on_request(session: dw.DefuseSession) -> None:
+    xy = np.zeros((len(session.errors), 2), np.float32)
+    w = Explorer(session, projection=xy, block=True)
+    assert w.map_engine == "regl" and w.get_state()["map_engine"] == "regl"
+    p = Explorer(session, projection=xy, map_engine="plotly", block=True)
+    assert p.map_engine == "plotly"
+    with pytest.raises(traitlets.TraitError):
+        Explorer(session, projection=xy, map_engine="deck")

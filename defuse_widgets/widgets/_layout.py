@@ -78,7 +78,7 @@ class LayoutMixin:
         opts, m = self.options, len(self._errors)
         n, what = panels.background_size(self.session, opts.background, opts.background_limit)
         self._note(f"Placing {n:,} {what} on the map…")
-        xy = panels.background_points(self.session, opts.background, n, place)
-        self.background_label = what  # first: the page draws when the points arrive
-        self.background_points = xy
+        points = panels.background_points(self.session, opts.background, n, place)
+        self.background_label = what  # first: the page draws the note when the points come
+        self.background_points = points
         self._note(f"{m:,} errors, {len(self.regions)} regions; {n:,} {what} in faint grey.")

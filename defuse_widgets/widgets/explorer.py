@@ -98,6 +98,10 @@ class Explorer(
     on_select, on_label : optional callbacks, see :meth:`on_select` and :meth:`on_label`.
     block : bool
         Wait for the projection and thumbnails before returning (tests, scripts).
+    map_engine : "regl" or "plotly"
+        (a trait, as a keyword) The map's drawing library: regl-scatterplot by default (WebGL,
+        interactive at a million points), plotly scattergl on request; without WebGL the page
+        uses plotly's SVG scatter.
     """
 
     _esm = Path(__file__).parent.parent / "static" / "explorer.js"
@@ -113,6 +117,9 @@ class Explorer(
     background_points = _array()
     background_label = t.Unicode("").tag(sync=True)
     map_layout = t.Unicode("").tag(sync=True)  # "pca" (first look), "umap" or "given"
+    # the map's drawing library: "regl" (regl-scatterplot, WebGL, millions of points) or "plotly"
+    # (scattergl; the page falls back to it without WebGL); chosen by benchmarks/explorer.py
+    map_engine = t.Enum(("regl", "plotly"), "regl").tag(sync=True)
     regions = t.List(t.Dict()).tag(sync=True)
     labels = t.Dict(value_trait=t.Int(), key_trait=t.Unicode()).tag(sync=True)
     selected_region = t.Int(-1).tag(sync=True)

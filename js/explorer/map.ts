@@ -1,10 +1,11 @@
-// The error map: one WebGL scatter (scattergl) of the 2-D projection, colored by region, over an
-// optional faint trace of dataset images' codes placed on the same map (no hover, not selectable).
-import Plotly from "plotly.js-gl2d-dist-min";
+// The error map: what the explorer sees of it (MapView), the element every engine draws into
+// (MapShell: accessible name, data-* attributes, mode buttons, hover tooltip, background note),
+// the two engines: regl-scatterplot (WebGL, millions of points; map_regl.ts) by default, plotly
+// scattergl (map_plotly.ts) on request or where WebGL is missing (map_create.ts chooses).
 import { Arr, imageURL } from "../common/codec";
 
 export const GREY = "#b8b8b8";
-const BACKGROUND = { color: "#7f7f7f", opacity: 0.15 };
+export const BACKGROUND = { color: "#7f7f7f", opacity: 0.15 };
 
 export type MapData = {
   xy: Arr; region: Arr; labels: Arr | null; confidence: Arr | null; fixed: Arr | null;
@@ -18,203 +19,114 @@ export type MapHandlers = {
   thumb(index: number): Promise<Arr | null>;
 };
 
-/** x and y columns of an (n, 2) array. */
-function columns(a: Arr): [Float32Array, Float32Array] {
-  const n = a.shape[0], xs = new Float32Array(n), ys = new Float32Array(n);
-  for (let i = 0; i < n; i++) { xs[i] = a.data[2 * i]; ys[i] = a.data[2 * i + 1]; }
-  return [xs, ys];
+export type MapMode = "lasso" | "pan";
+
+/** What explorer.ts uses of a map, whichever engine draws it. */
+export interface MapView {
+  root: HTMLElement;
+  selectedRegion: number;
+  render(d: MapData): Promise<void>;
+  recolor(d: MapData): Promise<void>;
+  setSelectedRegion(rid: number): Promise<void>;
+  setSelection(indices: Int32Array | null): void;
+  setMode(mode: MapMode): void;
+  resetView(): void;
+  /** Name the background points in the map's note (no redraw). */
+  setBackgroundLabel(label: string): void;
+  /** Page (client) coordinates of error `i`, or null when it is not drawn (tests, benchmarks). */
+  screenPosition(i: number): [number, number] | null;
+  destroy(): void;
 }
 
-function webglOK(): boolean {
+export function webglOK(): boolean {
   try {
     const c = document.createElement("canvas");
     return !!(c.getContext("webgl") || c.getContext("experimental-webgl"));
   } catch { return false; }
 }
 
-export class ErrorMap {
+/** Marker size in CSS pixels for a map of n errors (the same for both engines). */
+export function markerSize(n: number): number { return n > 20000 ? 3 : n > 2000 ? 5 : 7; }
+
+function button(label: string, text: string, onClick: () => void): HTMLButtonElement {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = "dfx-map-tool";
+  b.textContent = text;
+  b.setAttribute("aria-label", label);
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+/** The map's element and the parts both engines share. */
+export class MapShell {
   root: HTMLElement;
   plot: HTMLElement;
   tip: HTMLElement;
-  data: MapData | null = null;
-  selectedRegion = -1;
-  ready = false;
+  note: HTMLElement;
+  private tools: HTMLElement;
   private hoverToken = 0;
-  private observer: ResizeObserver;
-  private overlay: HTMLCanvasElement;
-  private markerSize = 7;
-  private errorTrace = 0; // index of the error trace (1 when a background trace lies beneath it)
-  private note: HTMLElement;
-  private traceType = webglOK() ? "scattergl" : "scatter";
+  private backgroundLabel = "";
+  private modeButtons = new Map<MapMode, HTMLButtonElement>();
 
-  constructor(parent: HTMLElement, private h: MapHandlers) {
+  constructor(parent: HTMLElement, engine: string, private h: MapHandlers, view: MapView) {
     this.root = document.createElement("div");
     this.root.className = "dfx-map";
     this.root.setAttribute("role", "figure");
     this.root.setAttribute("aria-label", "Error map");
+    this.root.dataset.engine = engine;
+    (this.root as any).dfxMap = view; // for tests and benchmarks: screenPosition, setMode
     this.plot = document.createElement("div");
     this.plot.className = "dfx-map-plot";
     this.tip = document.createElement("div");
     this.tip.className = "dfx-tip";
     this.tip.setAttribute("role", "tooltip");
-    this.overlay = document.createElement("canvas");
-    this.overlay.style.cssText = "position:absolute;left:0;top:0;pointer-events:none";
-    this.overlay.setAttribute("aria-hidden", "true");
     this.note = document.createElement("div");
     this.note.className = "dfx-map-note";
-    this.root.append(this.plot, this.overlay, this.tip, this.note);
+    this.tools = document.createElement("div");
+    this.tools.className = "dfx-map-tools";
+    this.tools.setAttribute("role", "toolbar");
+    this.tools.setAttribute("aria-label", "Map tools");
+    for (const [mode, label, text] of [["lasso", "Lasso Select", "Lasso"], ["pan", "Pan", "Pan"]] as const) {
+      const b = button(label, text, () => view.setMode(mode));
+      this.modeButtons.set(mode, b);
+      this.tools.append(b);
+    }
+    this.tools.append(button("Reset axes", "Reset", () => view.resetView()));
+    this.root.append(this.plot, this.tip, this.note, this.tools);
     parent.append(this.root);
-    // the widget's element may not be in the page (or sized) yet at the first draw
-    this.observer = new ResizeObserver(() => this.resize());
-    this.observer.observe(this.root);
   }
 
-  private colorArray(d: MapData): string[] {
-    const n = d.region.data.length;
-    const out = new Array<string>(n);
-    for (let i = 0; i < n; i++) out[i] = d.colors.get(d.region.data[i]) ?? GREY;
-    return out;
+  /** Mark the pressed mode button and the root's `data-mode`. */
+  showMode(mode: MapMode): void {
+    this.root.dataset.mode = mode;
+    for (const [m, b] of this.modeButtons) b.setAttribute("aria-pressed", String(m === mode));
   }
 
-  private opacityArray(d: MapData): number[] | number {
-    if (!d.fixed) return 0.85;
-    const n = d.fixed.data.length;
-    const out = new Array<number>(n);
-    for (let i = 0; i < n; i++) out[i] = d.fixed.data[i] ? 0.2 : 0.85;
-    return out;
+  /** The note naming the faint background points (the label may come after the points). */
+  setNote(nb: number, label: string): void {
+    if (label) this.backgroundLabel = label; // a draw begun before the label came keeps it
+    this.note.textContent = nb ? `Faint grey: ${nb.toLocaleString("en-US")} ${this.backgroundLabel}` : "";
   }
 
-  /** Indices of the selected region's points (outlined on a 2-D canvas over the WebGL plot:
-   * restyling a second WebGL trace would make plotly recompute every trace, ~seconds at 100k). */
-  private highlighted: number[] = [];
-
-  private computeHighlight(): void {
-    const d = this.data, out: number[] = [];
-    if (d && this.selectedRegion >= 0) {
-      const r = d.region.data;
-      for (let i = 0; i < r.length; i++) if (r[i] === this.selectedRegion) out.push(i);
-    }
-    this.highlighted = out;
-  }
-
-  private drawOverlay(): void {
-    const gd: any = this.plot, L = gd._fullLayout, d = this.data;
-    const cv = this.overlay, dpr = window.devicePixelRatio || 1;
-    const w = this.root.clientWidth, h = this.root.clientHeight;
-    if (cv.width !== Math.round(w * dpr) || cv.height !== Math.round(h * dpr)) {
-      cv.width = Math.round(w * dpr); cv.height = Math.round(h * dpr);
-      cv.style.width = `${w}px`; cv.style.height = `${h}px`;
-    }
-    const ctx = cv.getContext("2d")!;
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.clearRect(0, 0, w, h);
-    if (!L || !L.xaxis || !d || !this.highlighted.length) return;
-    const s = L._size, xy = d.xy.data, rad = this.markerSize / 2 + 2;
-    ctx.strokeStyle = "#000"; ctx.lineWidth = 1.5;
-    ctx.beginPath();
-    for (const i of this.highlighted) {
-      const px = s.l + L.xaxis.l2p(xy[2 * i]), py = s.t + L.yaxis.l2p(xy[2 * i + 1]);
-      if (px < s.l || py < s.t || px > s.l + s.w || py > s.t + s.h) continue;
-      ctx.moveTo(px + rad, py);
-      ctx.arc(px, py, rad, 0, 2 * Math.PI);
-    }
-    ctx.stroke();
-  }
-
-  private backgroundTrace(bg: Arr, size: number): object {
-    const [xs, ys] = columns(bg);
-    const marker = { color: BACKGROUND.color, opacity: BACKGROUND.opacity, size: Math.max(2, size - 2) };
-    return { type: this.traceType, mode: "markers", x: xs, y: ys, hoverinfo: "skip", marker,
-      selected: { marker: { opacity: BACKGROUND.opacity } }, unselected: { marker: { opacity: BACKGROUND.opacity } } };
-  }
-
-  async render(d: MapData): Promise<void> {
-    this.data = d;
-    const n = d.region.data.length;
-    const [xs, ys] = columns(d.xy);
-    const size = n > 20000 ? 3 : n > 2000 ? 5 : 7;
-    this.markerSize = size;
-    this.computeHighlight();
-    const bg = d.background && d.background.data.length ? d.background : null;
-    const traces = [
-      ...(bg ? [this.backgroundTrace(bg, size)] : []),
-      { type: this.traceType, mode: "markers", x: xs, y: ys, hoverinfo: "none",
-        marker: { color: this.colorArray(d), opacity: this.opacityArray(d), size } },
-    ];
-    this.errorTrace = traces.length - 1;
-    const nb = bg ? bg.shape[0] : 0;
-    this.note.textContent = nb ? `Faint grey: ${nb.toLocaleString("en-US")} ${d.backgroundLabel}` : "";
+  /** Background note and the `data-*` attributes outside checks rely on, after a draw. */
+  drawn(d: MapData, n: number, nb: number): void {
+    this.setNote(nb, d.backgroundLabel);
     this.root.dataset.background = String(nb);
-    const layout = {
-      width: this.root.clientWidth || undefined, height: this.root.clientHeight || undefined, autosize: true,
-      margin: { l: 20, r: 10, t: 10, b: 20 }, showlegend: false, dragmode: "lasso", hovermode: "closest",
-      xaxis: { showticklabels: false, zeroline: false, showgrid: false },
-      yaxis: { showticklabels: false, zeroline: false, showgrid: false },
-      uirevision: d.layout || "keep",
-    };
-    const config = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["toImage"], scrollZoom: true };
-    if (!this.ready) {
-      await Plotly.newPlot(this.plot, traces, layout, config);
-      this.bind();
-      this.ready = true;
-    } else {
-      await Plotly.react(this.plot, traces, layout, config);
-    }
-    this.drawOverlay();
     this.root.dataset.points = String(n);
     this.root.dataset.layout = d.layout;
     this.root.dataset.rendered = String(Date.now());
   }
 
-  async recolor(d: MapData): Promise<void> {
-    if (!this.ready) return this.render(d);
-    this.data = d;
-    await Plotly.restyle(this.plot, { "marker.color": [this.colorArray(d)], "marker.opacity": [this.opacityArray(d)] }, [this.errorTrace]);
-    await this.setSelectedRegion(this.selectedRegion);
-  }
+  setSelectedCount(n: number): void { this.root.dataset.selected = String(n); }
 
-  async setSelectedRegion(rid: number): Promise<void> {
-    this.selectedRegion = rid;
-    if (!this.ready || !this.data) return;
-    this.computeHighlight();
-    this.drawOverlay();
-  }
+  hideTip(): void { this.hoverToken++; this.tip.style.display = "none"; }
 
-  setSelection(indices: Int32Array | null): void {
-    if (!this.ready) return;
-    // show a Python-made selection; an empty one clears the lasso highlight
-    const sel = indices && indices.length ? Array.from(indices) : null;
-    if (sel) Plotly.restyle(this.plot, { selectedpoints: [sel] }, [this.errorTrace]);
-    else Plotly.update(this.plot, { selectedpoints: [null] }, { selections: [] }, [this.errorTrace]);
-  }
-
-  private bind(): void {
-    const gd: any = this.plot;
-    gd.on("plotly_click", (ev: any) => {
-      const p = ev?.points?.find((q: any) => q.curveNumber === this.errorTrace);
-      if (p) this.h.onClickPoint(p.pointIndex ?? p.pointNumber);
-    });
-    gd.on("plotly_selected", (ev: any) => {
-      if (!ev) { this.h.onSelect(null); return; }
-      const idx = (ev.points || []).filter((q: any) => q.curveNumber === this.errorTrace).map((q: any) => q.pointIndex ?? q.pointNumber);
-      this.h.onSelect(Int32Array.from(idx));
-    });
-    gd.on("plotly_deselect", () => this.h.onSelect(null));
-    gd.on("plotly_hover", (ev: any) => {
-      const p = ev?.points?.find((q: any) => q.curveNumber === this.errorTrace);
-      if (p) this.showTip(p.pointIndex ?? p.pointNumber, ev.event);
-    });
-    gd.on("plotly_afterplot", () => this.drawOverlay());
-    gd.on("plotly_relayout", () => this.drawOverlay());
-    gd.on("plotly_unhover", () => { this.hoverToken++; this.tip.style.display = "none"; });
-  }
-
-  private async showTip(i: number, ev: MouseEvent | undefined): Promise<void> {
-    const d = this.data;
-    if (!d) return;
+  /** The hover tooltip of error i at page position (clientX, clientY): text now, image when it comes. */
+  async showTip(d: MapData, i: number, clientX: number | null, clientY: number | null): Promise<void> {
     const token = ++this.hoverToken;
     const box = this.root.getBoundingClientRect();
-    const x = ev ? ev.clientX - box.left : 10, y = ev ? ev.clientY - box.top : 10;
+    const x = clientX === null ? 10 : clientX - box.left, y = clientY === null ? 10 : clientY - box.top;
     const t = d.labels ? d.labels.data[2 * i] : -1, p = d.labels ? d.labels.data[2 * i + 1] : -1;
     const conf = d.confidence ? d.confidence.data[i] : NaN;
     const rid = d.region.data[i];
@@ -233,8 +145,6 @@ export class ErrorMap {
     img.alt = `Error ${i}: true ${name(t)}, predicted ${name(p)}`;
     img.src = imageURL(arr, arr.shape[0] === 1 ? 0 : i);
     this.tip.prepend(img);
+    this.root.dataset.hovered = String(i);
   }
-
-  resize(): void { if (this.ready && this.root.clientWidth > 0) Plotly.Plots.resize(this.plot); }
-  destroy(): void { this.observer.disconnect(); if (this.ready) Plotly.purge(this.plot); }
 }

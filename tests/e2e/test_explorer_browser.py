@@ -40,16 +40,12 @@ def _setup_cells(paths: dict[str, Path]) -> list[str]:
 
 
 def _point_position(page: Any) -> tuple[float, float]:
-    """Page coordinates of an error point on the map (via plotly's axes; the errors are the last
-    trace, above the faint background of training images)."""
+    """Page coordinates of an error point on the map (the map's own ``screenPosition``, whichever
+    library draws it; the errors lie above the faint background of training images)."""
     pos = page.evaluate(
         """() => {
-          const gd = document.querySelector('[aria-label="Error map"] .js-plotly-plot');
-          const t = gd.data[gd.data.length - 1], L = gd._fullLayout;
-          const box = gd.getBoundingClientRect();
-          const i = Math.floor(t.x.length / 2);
-          return [box.left + L._size.l + L.xaxis.l2p(t.x[i]),
-                  box.top + L._size.t + L.yaxis.l2p(t.y[i])];
+          const el = document.querySelector('[aria-label="Error map"]');
+          return el.dfxMap.screenPosition(Math.floor(+el.dataset.points / 2));
         }"""
     )
     return float(pos[0]), float(pos[1])
@@ -109,7 +105,7 @@ def test_explorer_end_to_end(
     x, y = _point_position(page)  # the notebook may have scrolled
     page.mouse.move(x - 3, y - 3)
     page.mouse.move(x, y)
-    tip.wait_for(state="visible", timeout=15_000)  # plotly clicks the hovered point
+    tip.wait_for(state="visible", timeout=15_000)  # a click opens the hovered point
     page.mouse.click(x, y)
     interp = page.get_by_role("region", name="Selected error")
     slider = interp.get_by_role("slider", name="Interpolation", exact=True)
@@ -283,11 +279,7 @@ def test_explorer_end_to_end(
     last = "[...document.querySelectorAll('[aria-label=\"Error map\"]')].pop()"
     page.wait_for_function(f"() => {last}.dataset.layout === 'pca'", timeout=30_000)
     page.wait_for_function(f"() => {last}.dataset.layout === 'umap'", timeout=150_000)
-    selected = f"""() => {{
-      const gd = {last}.querySelector('.js-plotly-plot'), t = gd.data[gd.data.length - 1];
-      return (t.selectedpoints || []).length === 3;
-    }}"""
-    page.wait_for_function(selected, timeout=15_000)
+    page.wait_for_function(f"() => {last}.dataset.selected === '3'", timeout=15_000)
 
 
 @pytest.fixture(autouse=True)
