@@ -173,9 +173,16 @@ class RoundsMixin(SessionBase):
         """Completed fine-tuning rounds (snapshots besides the original)."""
         return len(self._snapshots) - 1
 
-    def revert(self, round: int | None = None) -> None:
-        """Restore the original weights (``round=None`` or 0) or a round's, bit for bit."""
+    def revert(self, round: int | None = None, relabels: bool = False) -> None:
+        """Restore the original weights (``round=None`` or 0) or a round's, bit for bit.
+
+        Confirmed relabels of training images are kept: they record what a person decided about
+        the data, not the model. ``relabels=True`` also undoes them all, so ``revert(None,
+        relabels=True)`` returns the session to its exact starting point (weights and labels).
+        """
         target = 0 if round is None else round
+        if not isinstance(relabels, bool):
+            raise TypeError(f"relabels: expected True or False, got {relabels!r}")
         with self._lock:
             if (
                 isinstance(target, bool)
@@ -189,4 +196,8 @@ class RoundsMixin(SessionBase):
             with deferred_interrupt():
                 restore(self.classifier, self._snapshots[target])
                 self.active_round = target
+                if relabels:
+                    self._relabels.load([], replace=True)
         self._emit("model")
+        if relabels:
+            self._emit("relabels")

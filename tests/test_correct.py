@@ -348,6 +348,24 @@ def test_a_round_after_revert_starts_from_the_reverted_weights(s: dw.DefuseSessi
     assert state_equal(weights(s.classifier), after_1)
 
 
+def test_revert_keeps_relabels_unless_asked_to_undo_them(s: dw.DefuseSession) -> None:
+    original = weights(s.classifier)
+    s.relabel((s.data.y_train != 3).nonzero().flatten()[:3], 3, who="test")
+    s.correct(**SMALL)
+    events: list[str] = []
+    s.observe(events.append)
+    s.revert()
+    assert len(s.relabels) == 3 and events == ["model"]  # a person's decisions about the data
+    s.correct(**SMALL)
+    with pytest.raises(TypeError, match="relabels: expected True or False"):
+        s.revert(relabels="yes")  # type: ignore[arg-type]
+    assert len(s.relabels) == 3 and s.active_round == 2
+    s.revert(relabels=True)  # the exact starting point: weights and training labels
+    assert s.relabels == {} and torch.equal(s.training_labels(), s.data.y_train)
+    assert state_equal(weights(s.classifier), original)
+    assert events[-2:] == ["model", "relabels"]
+
+
 @pytest.mark.parametrize("bad", [-1, 2, 1.0, "1", True])
 def test_revert_to_an_unknown_round(s: dw.DefuseSession, bad: object) -> None:
     s.correct(**SMALL)

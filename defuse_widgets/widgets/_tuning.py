@@ -100,11 +100,12 @@ class TuningMixin:
         self._token.cancel()
         self._note("Cancelling fine-tuning…")
 
-    def revert(self, round: int | None = None, block: bool = False) -> None:
-        """Restore the original weights (or those after ``round``) and re-evaluate."""
+    def revert(self, round: int | None = None, block: bool = False, relabels: bool = False) -> None:
+        """Restore the original weights (or those after ``round``) and re-evaluate; with
+        ``relabels`` also undo the confirmed relabels (see ``DefuseSession.revert``)."""
         if self._jobs.scheduled("fine-tuning"):
             raise RuntimeError("a fine-tuning round is running: cancel it before reverting")
-        self.session.revert(round)  # raises before any change; its event re-evaluates
+        self.session.revert(round, relabels=relabels)  # raises before any change; re-evaluates
         if block:
             self.wait()
 
