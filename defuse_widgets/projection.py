@@ -60,7 +60,11 @@ def cached(
         hit = _CACHE.get(key)
     if hit is not None:
         return hit[0].copy()
-    return _read_disk(key, len(_as_numpy(codes)))
+    arr = _as_numpy(codes)
+    stored = _read_disk(key, len(arr))
+    if stored is not None:  # kept in memory too: the fit() that follows reads no file again
+        _remember(key, stored, _checked(_neighbour_fit(arr, stored), arr.shape[1]))
+    return None if stored is None else stored.copy()
 
 
 def clear_cache(disk: bool = True) -> None:
@@ -100,14 +104,17 @@ def _write_disk(key: str, xy: np.ndarray) -> None:
 
 
 def _neighbour_fit(codes: np.ndarray, xy: np.ndarray) -> Placer:
-    """Place new codes at the distance-weighted mean map position of their nearest codes."""
+    """Place new codes at the distance-weighted mean map position of their nearest codes (the
+    neighbour index is built on the first call: most maps never place anything)."""
     from sklearn.neighbors import NearestNeighbors
 
     k = max(1, min(NEIGHBOURS, len(codes)))
-    index = NearestNeighbors(n_neighbors=k).fit(codes)
+    index: list[Any] = []
 
     def place(new: np.ndarray) -> np.ndarray:
-        dist, idx = index.kneighbors(new)
+        if not index:
+            index.append(NearestNeighbors(n_neighbors=k).fit(codes))
+        dist, idx = index[0].kneighbors(new)
         w = 1.0 / np.maximum(dist, 1e-6)
         return ((xy[idx] * w[..., None]).sum(1) / w.sum(1, keepdims=True)).astype(np.float32)
 
@@ -202,12 +209,16 @@ def fit(
     if use_cache:
         if stored is None:
             _write_disk(key, out)
-        with _LOCK:
-            _CACHE[key] = (out.copy(), placer)
-            while len(_CACHE) > _CACHE_SIZE:
-                _CACHE.popitem(last=False)
+        _remember(key, out, placer)
     report("projection ready")
     return out.copy(), placer
+
+
+def _remember(key: str, xy: np.ndarray, placer: Placer) -> None:
+    with _LOCK:
+        _CACHE[key] = (xy.copy(), placer)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
 
 
 def _umap_fit(arr: np.ndarray, seed: int | None, n_neighbors: int, min_dist: float,

@@ -9,6 +9,8 @@ digits_vae : a :class:`~defuse_widgets.models.ConvVAE` trained on ``digits`` (se
     mode, on the CPU.
 digits_model_paths : ``{"classifier": Path, "vae": Path}``, the two models as written by
     ``dw.save_model``.
+sessions : (module-scoped) the robustness tests' session, its saved "old" directory and the
+    signatures of its old and new states (``robustness_fixtures.make_sessions``).
 
 The whole test session runs torch on ``$DEFUSE_WIDGETS_TEST_THREADS`` CPU threads (default 1): the
 test models are tiny, and on a shared 2-core machine oversubscribed torch threads made training
@@ -90,3 +92,17 @@ def digits_classifier(digits_model_paths: dict[str, Path]) -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def digits_vae(digits_model_paths: dict[str, Path]) -> torch.nn.Module:
     return dw.load_model(digits_model_paths["vae"])
+
+
+@pytest.fixture(scope="module")
+def sessions(
+    digits_classifier: torch.nn.Module,
+    digits_vae: torch.nn.Module,
+    digits: dw.ImageDataset,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple:
+    """The robustness tests' saved "old" session and its later "new" state (one per module;
+    see ``robustness_fixtures.make_sessions``)."""
+    from robustness_fixtures import make_sessions
+
+    return make_sessions(digits_classifier, digits_vae, digits, tmp_path_factory)

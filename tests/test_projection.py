@@ -71,9 +71,14 @@ def test_a_map_outlives_the_kernel_on_disk(blobs: np.ndarray, tmp_path, monkeypa
     xy, _ = projection.fit(blobs, "umap", seed=0)
     assert len(list(tmp_path.glob("*.npy"))) == 1
     projection.clear_cache(disk=False)  # a restarted kernel: memory gone, files kept
+    reads: list[str] = []
+    real_read = projection._read_disk
+    monkeypatch.setattr(projection, "_read_disk", lambda *a: reads.append(a[0]) or real_read(*a))
     assert np.array_equal(projection.cached(blobs, "umap", seed=0), xy)
     messages: list[str] = []
     again, place = projection.fit(blobs, "umap", seed=0, progress=messages.append)
+    assert len(reads) == 1  # the explorer's cached() then fit(): one file read, not two
+    monkeypatch.setattr(projection, "_read_disk", real_read)
     assert np.array_equal(again, xy) and not any("UMAP" in m for m in messages)
     # read back from disk, new codes land by their nearest mapped codes: on themselves here
     assert np.allclose(place(blobs[:5]), xy[:5], atol=1e-3)

@@ -14,21 +14,11 @@ from typing import Any
 
 import pytest
 import torch
-from robustness_fixtures import Sessions, data_file, load, make_sessions
+from robustness_fixtures import Sessions, data_file, load
 from session_fixtures import state_equal, weights
 from torch import nn
 
 import defuse_widgets as dw
-
-
-@pytest.fixture(scope="module")
-def sessions(
-    digits_classifier: nn.Module,
-    digits_vae: nn.Module,
-    digits: dw.ImageDataset,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Sessions:
-    return make_sessions(digits_classifier, digits_vae, digits, tmp_path_factory)
 
 
 def forge_data_file(path: Path, key: str, change: Callable[[dict[str, torch.Tensor]], Any]) -> None:

@@ -18,23 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from robustness_fixtures import Sessions, make_sessions, outcome
+from robustness_fixtures import Sessions, outcome
 from torch import nn
 
 import defuse_widgets as dw
 
 TRIALS = 16
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="kills a forked saving child")
-
-
-@pytest.fixture(scope="module")
-def sessions(
-    digits_classifier: nn.Module,
-    digits_vae: nn.Module,
-    digits: dw.ImageDataset,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Sessions:
-    return make_sessions(digits_classifier, digits_vae, digits, tmp_path_factory)
 
 
 def save_in_child(
