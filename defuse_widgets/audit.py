@@ -16,7 +16,7 @@ from torch import nn
 
 from .checks import in_range
 from .labels import ReferenceModelLabeler
-from .mixture import robust_cholesky
+from .mixture import chi_square_quantile, mahalanobis_sq
 
 
 @dataclass
@@ -106,14 +106,8 @@ def within_region(
     The mixture's membership probability alone puts a code far from every error in its nearest
     region with probability near 1; this gate keeps the audit to codes the region really covers.
     """
-    from scipy.stats import chi2
-
-    if not 0 < coverage < 1:
-        raise ValueError(f"coverage: expected a number in (0, 1) or None, got {coverage!r}")
-    chol = robust_cholesky(covariance.double())
-    diff = (codes.double() - mean.double()).T
-    d2 = torch.linalg.solve_triangular(chol, diff, upper=False).pow(2).sum(0)
-    return d2 <= float(chi2.ppf(coverage, codes.shape[1]))
+    limit = chi_square_quantile(coverage, codes.shape[1])
+    return mahalanobis_sq(codes, mean, covariance) <= limit
 
 
 def audit_region(

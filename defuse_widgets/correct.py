@@ -6,17 +6,26 @@ import copy
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import one_of, positive_int, positive_number
+from .checks import in_range, one_of, positive_int, positive_number
 from .models import seeded
 
 OPTIMIZERS = ("sgd", "adam")
 StepCallback = Callable[[int, int, float], None]
+TEMPERATURE = 2.0  # softens both distributions of the keep term (Hinton et al.'s distillation)
+
+
+class Checker(Protocol):
+    """Checks the copy every few steps (e.g. :class:`~defuse_widgets.guard.EarlyStopping`)."""
+
+    best_state: dict[str, torch.Tensor] | None
+
+    def check(self, step: int, model: nn.Module) -> bool: ...
 
 
 class CancelToken:
@@ -72,7 +81,12 @@ def restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 class RoundSettings:
     """The knobs of one fine-tuning round, checked when made (see :meth:`DefuseSession.correct`).
 
-    ``scale`` None means :data:`~defuse_widgets.distill.DEFAULT_SCALE`.
+    ``scale`` None: per region, measured on the validation images inside it (else
+    :data:`~defuse_widgets.distill.DEFAULT_SCALE`). ``keep``: weight of the term that keeps the
+    outputs on training images outside the labeled regions close to the round's starting model.
+    ``tolerance``: points a class may lose on validation; ``check_every`` (None: a tenth of
+    ``steps``, at least 10) and ``patience``: early stopping (``early_stopping=False``: run every
+    step and keep the last).
     """
 
     steps: int = 300
@@ -83,6 +97,11 @@ class RoundSettings:
     momentum: float = 0.9
     scale: float | None = None
     seed: int = 0
+    keep: float = 1.0
+    tolerance: float = 1.0
+    early_stopping: bool = True
+    check_every: int | None = None
+    patience: int = 3
 
     def __post_init__(self) -> None:
         self.check()
@@ -96,6 +115,17 @@ class RoundSettings:
         if self.scale is not None:
             positive_number("scale", self.scale)
         one_of("optimizer", self.optimizer, OPTIMIZERS)
+        in_range("keep", self.keep, 0.0, 1e6)
+        in_range("tolerance", self.tolerance, 0.0, 100.0)
+        one_of("early_stopping", self.early_stopping, (True, False))
+        if self.check_every is not None:
+            positive_int("check_every", self.check_every)
+        positive_int("patience", self.patience)
+
+    @property
+    def every(self) -> int:
+        """Steps between two early-stopping checks."""
+        return self.check_every or max(10, self.steps // 10)
 
 
 def fine_tune(
@@ -106,15 +136,22 @@ def fine_tune(
     settings: RoundSettings,
     cancel: CancelToken | None = None,
     callback: StepCallback | None = None,
+    outside: torch.Tensor | None = None,
+    checker: Checker | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """Train a copy of ``model`` for one round and return its final state and per-step losses.
+    """Train a copy of ``model`` for one round and return the state it keeps and per-step losses.
 
-    Loss per step: CE(training batch) + ``lam`` x CE(region batch), where ``region_batch(n)``
-    returns ``n`` freshly decoded region images and their labels on the model's device. The live
-    model is never touched, so a cancelled round (``Cancelled`` is raised) leaves it as it was.
+    Loss per step: CE(training batch) + ``lam`` x CE(region batch) + ``keep`` x KL(start model
+    || copy) at temperature 2 on the batch's images with ``outside`` True (those outside the
+    labeled regions; None: all). ``region_batch(n)`` returns ``n`` freshly decoded region images
+    and their labels on the model's device. ``checker.check(step, copy)`` runs every
+    ``settings.every`` steps; when it says stop, the round ends, and its ``best_state`` (None:
+    the starting weights) is what the round keeps. The live model is never touched, so a
+    cancelled round (``Cancelled`` is raised) leaves it as it was.
     """
     dev = next(model.parameters()).device
     work = copy.deepcopy(model).train()
+    teacher = copy.deepcopy(model).eval() if settings.keep > 0 else None
     params = [p for p in work.parameters() if p.requires_grad]
     opt: torch.optim.Optimizer = (
         torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum)
@@ -129,11 +166,36 @@ def fine_tune(
             idx = torch.randint(len(x_train), (settings.batch_size,), generator=gen)
             xb, yb = x_train[idx].to(dev), y_train[idx].to(dev)
             xr, yr = region_batch(settings.batch_size)
-            loss = F.cross_entropy(work(xb), yb) + settings.lam * F.cross_entropy(work(xr), yr)
+            logits = work(xb)
+            loss = F.cross_entropy(logits, yb) + settings.lam * F.cross_entropy(work(xr), yr)
+            if teacher is not None:
+                mask = None if outside is None else outside[idx].to(dev)
+                loss = loss + settings.keep * keep_loss(logits, teacher, xb, mask)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
             if callback is not None:
                 callback(step + 1, settings.steps, losses[-1])
-    return snapshot(work), losses
+            done = step + 1 == settings.steps
+            if checker is not None and ((step + 1) % settings.every == 0 or done):
+                if checker.check(step + 1, work.eval()):
+                    break
+                work.train()
+    if checker is None:
+        return snapshot(work), losses
+    if checker.best_state is None:
+        return snapshot(model), losses
+    return checker.best_state, losses
+
+
+def keep_loss(
+    logits: torch.Tensor, teacher: nn.Module, x: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Mean KL(teacher || student) at ``TEMPERATURE`` over the rows of ``mask`` (x T^2, so its
+    gradients keep the scale of a cross-entropy); 0 when no row is masked in."""
+    with torch.no_grad():
+        target = F.softmax(teacher(x) / TEMPERATURE, dim=1)
+    kl = F.kl_div(F.log_softmax(logits / TEMPERATURE, dim=1), target, reduction="none").sum(1)
+    weight = torch.ones_like(kl) if mask is None else mask.to(kl.dtype)
+    return (kl * weight).sum() / weight.sum().clamp_min(1.0) * TEMPERATURE**2

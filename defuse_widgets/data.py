@@ -88,10 +88,10 @@ def from_tensors(
         raise ValueError(f"classes: expected at least 2 class names, got {len(classes)}")
     xs = {}
     for arg, x in (("x_train", x_train), ("x_test", x_test)):
-        xs[arg] = _as_images(arg, x)
+        xs[arg] = as_images(arg, x)
     ys = {}
     for arg, y, x_arg in (("y_train", y_train, "x_train"), ("y_test", y_test, "x_test")):
-        ys[arg] = _as_labels(arg, y, len(xs[x_arg]), len(classes))
+        ys[arg] = as_labels(arg, y, len(xs[x_arg]), len(classes))
     if not allow_unused_classes:
         _check_class_count(classes, ys["y_train"], ys["y_test"])
     if xs["x_train"].shape[1:] != xs["x_test"].shape[1:]:
@@ -102,7 +102,7 @@ def from_tensors(
     return ImageDataset(name, xs["x_train"], ys["y_train"], xs["x_test"], ys["y_test"], classes)
 
 
-def _as_images(arg: str, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+def as_images(arg: str, x: torch.Tensor | np.ndarray) -> torch.Tensor:
     t = _as_tensor(arg, x, "images of shape (N, C, H, W)")
     if t.ndim == 3:
         t = t.unsqueeze(1)
@@ -145,7 +145,7 @@ def _as_tensor(arg: str, x: object, what: str) -> torch.Tensor:
         ) from exc
 
 
-def _as_labels(arg: str, y: object, n: int, num_classes: int) -> torch.Tensor:
+def as_labels(arg: str, y: object, n: int, num_classes: int) -> torch.Tensor:
     t = _as_tensor(arg, y, f"{n} integer labels")
     if t.ndim != 1 or len(t) != n:
         raise ValueError(f"{arg}: expected {n} labels of shape ({n},), got shape {tuple(t.shape)}")
@@ -234,7 +234,7 @@ def subsample(
     picks = {}
     for split, limit in (("train", train_limit), ("test", test_limit)):
         y = data.split(split)[1]
-        picks[split] = _stratified(y, limit, seed) if limit and limit < len(y) else None
+        picks[split] = stratified(y, limit, seed) if limit and limit < len(y) else None
     if all(v is None for v in picks.values()):
         return data
     (x_tr, y_tr), (x_te, y_te) = (_pick(data, split, idx) for split, idx in picks.items())
@@ -250,7 +250,7 @@ def _pick(
     return (x, y) if idx is None else (x[idx], y[idx])
 
 
-def _stratified(y: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
+def stratified(y: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
     from sklearn.model_selection import train_test_split
 
     counts = torch.bincount(y)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -10,11 +10,18 @@ import numpy as np
 import torch
 
 from .errors import ErrorSet
-from .mixture import Mixture, fit_mixture, robust_cholesky
+from .mixture import (
+    Mixture,
+    chi_square_quantile,
+    fit_mixture,
+    mahalanobis_sq,
+    robust_cholesky,
+)
 
 DEFAULT_SCALE = (
     1.0  # measured in the README: 0.01 (the reference's) barely carries a fix to real images
 )
+MAX_REDRAWS = 8
 SAMPLE_STREAMS = {"eval": 1, "label": 3}  # stream ids; 2 was a fine-tuning stream, now its own
 
 
@@ -121,6 +128,23 @@ class RegionSet:
 
     region_probability = predict_proba  # the name before the redesign
 
+    def contains(
+        self, codes: torch.Tensor, region_ids: Sequence[int], coverage: float = 0.99
+    ) -> torch.Tensor:
+        """(n, len(region_ids)) bool: the mixture puts the code in the region with probability
+        above 0.5 and it lies inside the ellipsoid holding ``coverage`` of the region's Gaussian.
+
+        Probability alone puts a code far from every error in its nearest region with
+        probability near 1; the ellipsoid keeps "inside" to what the region covers."""
+        prob = self.predict_proba(codes)
+        limit = chi_square_quantile(coverage, codes.shape[1])
+        columns = []
+        for rid in region_ids:
+            region = self.get(rid)
+            near = mahalanobis_sq(codes.cpu(), region.mean, region.covariance) <= limit
+            columns.append((prob[:, self.column(rid)] > 0.5) & near)
+        return torch.stack(columns, 1) if columns else torch.zeros(len(codes), 0, dtype=torch.bool)
+
     def sample_codes(
         self,
         region_id: int,
@@ -168,27 +192,44 @@ class RegionSet:
     def training_sampler(
         self,
         targets: dict[int, int],
-        scale: float | None,
+        scale: float | None | Mapping[int, float],
         seed: int,
         device: torch.device,
+        coverage: float | None = None,
     ) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
         """A function ``n -> (codes (n, d), labels (n,))`` of fine-tuning draws on ``device``.
 
         Each draw picks a region of ``targets`` (region id -> label) uniformly and a code from its
-        N(mean, scale x covariance), from one generator seeded by ``seed``.
+        N(mean, scale x covariance), from one generator seeded by ``seed``; ``scale`` may be one
+        per region (a mapping). With ``coverage``, draws outside the ellipsoid of the region's
+        own N(mean, covariance) that holds that share of its mass are drawn again.
         """
         ids = list(targets)
-        scale = check_scale(scale)
+        scales = torch.tensor(
+            [check_scale(scale.get(r) if isinstance(scale, Mapping) else scale) for r in ids],
+            dtype=torch.float64,
+        )
         means = torch.stack([self.get(r).mean for r in ids]).to(device)
         chols = torch.stack(
-            [robust_cholesky(self.get(r).covariance.double() * scale).float() for r in ids]
-        ).to(device)
+            [robust_cholesky(self.get(r).covariance.double() * s).float()
+             for r, s in zip(ids, scales.tolist())]
+        ).to(device)  # fmt: skip
         labels = torch.tensor([targets[r] for r in ids], device=device)
+        limit = None if coverage is None else chi_square_quantile(coverage, means.shape[1])
+        scales_dev = scales.float().to(device)
         gen = torch.Generator(device=device).manual_seed(seed)
 
         def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
             pick = torch.randint(len(ids), (n,), generator=gen, device=device)
             eps = torch.randn(n, means.shape[1], generator=gen, device=device)
+            if limit is not None:  # squared Mahalanobis distance under the unscaled covariance
+                for _ in range(MAX_REDRAWS):
+                    outside = scales_dev[pick] * eps.pow(2).sum(1) > limit
+                    if not outside.any():
+                        break
+                    eps[outside] = torch.randn(
+                        int(outside.sum()), means.shape[1], generator=gen, device=device
+                    )
             return means[pick] + (chols[pick] @ eps[..., None])[..., 0], labels[pick]
 
         return draw

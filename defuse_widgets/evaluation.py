@@ -129,7 +129,15 @@ class Evaluation(Record):
 class RoundRecord(Record):
     """One fine-tuning round: its settings, losses, outcome and evaluation.
 
-    A cancelled round has ``round=None``, ``cancelled=True`` and no evaluation.
+    A cancelled round has ``round=None``, ``cancelled=True`` and no evaluation. With a
+    validation split: ``stopped`` says why the round ended and which step it kept
+    (``best_step``; 0: the starting weights), ``checks`` holds each validation score on the way
+    (:class:`~defuse_widgets.guard.Score` dicts), ``validation`` the kept weights' score beside
+    the starting one (``{"before", "after"}``). ``scales`` are the sampling scales per region and
+    ``min_validity`` the validity below which samples were dropped. ``harm`` lists what the round
+    broke on the test split against the round it started from (classes down more than the
+    tolerance, overall down more than 0.5 point; see :func:`~defuse_widgets.guard.harm`), and
+    ``grid`` the settings ``correct(auto=True)`` tried.
     """
 
     round: int | None
@@ -141,10 +149,24 @@ class RoundRecord(Record):
     base_round: int | None = None
     labels: dict[int, int] = field(default_factory=dict)
     relabels: int = 0
+    stopped: str = ""
+    best_step: int | None = None
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    validation: dict[str, Any] | None = None
+    scales: dict[int, float] = field(default_factory=dict)
+    min_validity: float | None = None
+    harm: list[dict[str, Any]] = field(default_factory=list)
+    grid: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def harmful(self) -> bool:
+        """Whether the round lowered a class or the overall test accuracy past the tolerance."""
+        return bool(self.harm)
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> RoundRecord:
-        """Read :meth:`to_dict` output back."""
+        """Read :meth:`to_dict` output back (records saved before a field existed get its
+        default)."""
         ev = doc.get("evaluation")
         return cls(
             round=doc["round"],
@@ -156,6 +178,14 @@ class RoundRecord(Record):
             base_round=doc.get("base_round"),
             labels={int(k): int(v) for k, v in (doc.get("labels") or {}).items()},
             relabels=int(doc.get("relabels") or 0),
+            stopped=str(doc.get("stopped") or ""),
+            best_step=doc.get("best_step"),
+            checks=list(doc.get("checks") or []),
+            validation=doc.get("validation"),
+            scales={int(k): float(v) for k, v in (doc.get("scales") or {}).items()},
+            min_validity=doc.get("min_validity"),
+            harm=list(doc.get("harm") or []),
+            grid=list(doc.get("grid") or []),
         )
 
 

@@ -112,3 +112,21 @@ def to_mixture(bgm: Any, d: int) -> Mixture:
     return Mixture(
         torch.from_numpy(bgm.weights_), torch.from_numpy(bgm.means_), torch.from_numpy(cov)
     )
+
+
+def chi_square_quantile(coverage: float, dims: int) -> float:
+    """The squared Mahalanobis radius of the ellipsoid holding ``coverage`` of a d-dim Gaussian."""
+    from scipy.stats import chi2
+
+    if not 0 < coverage < 1:
+        raise ValueError(f"coverage: expected a number in (0, 1) or None, got {coverage!r}")
+    return float(chi2.ppf(coverage, dims))
+
+
+def mahalanobis_sq(
+    codes: torch.Tensor, mean: torch.Tensor, covariance: torch.Tensor
+) -> torch.Tensor:
+    """(N,) float64 squared Mahalanobis distances of codes (N, d) under N(mean, covariance)."""
+    chol = robust_cholesky(covariance.double())
+    diff = (codes.double() - mean.double()).T
+    return torch.linalg.solve_triangular(chol, diff, upper=False).pow(2).sum(0)

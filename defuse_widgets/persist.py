@@ -32,6 +32,7 @@ from .relabels import validate_records
 if TYPE_CHECKING:
     from .session import DefuseSession
 
+SAVED = "saved"  # load with the validation fraction the save recorded
 FORMAT = "defuse-widgets-session"
 VERSION = 2
 READS = (1, 2)
@@ -129,6 +130,7 @@ def encode(session: DefuseSession) -> tuple[dict[str, Any], dict[str, bytes]]:
         "errors": None,
         "regions": None,
         "relabels": [r.to_dict() for _, r in sorted(state["relabels"].items())],
+        "validation": None if session.validation is None else session.validation.fraction,
     }
     errors, regions = state["errors"], state["regions"]
     if errors is not None:
@@ -192,6 +194,7 @@ def load_session(
     generator: Any,
     data: ImageDataset | None,
     device: Any,
+    validation: Any = SAVED,
 ) -> DefuseSession:
     """Validate and load a directory written by :func:`save_session` (any version it wrote).
 
@@ -209,7 +212,7 @@ def load_session(
         ) from exc
     files = file_entries(doc)
     try:
-        session = build(cls, path, doc, files, classifier, generator, data, device)
+        session = build(cls, path, doc, files, classifier, generator, data, device, validation)
     except (KeyError, TypeError, IndexError) as exc:
         raise fail(path, f"session.json is incomplete or inconsistent ({exc!r})") from exc
     stale = leftovers(path, keep={e["name"] for e in files.values()})
@@ -261,6 +264,7 @@ def build(
     generator: Any,
     data: ImageDataset | None,
     device: Any,
+    validation: Any = SAVED,
 ) -> DefuseSession:
     """Read and check every part, then make the session and load the state into it."""
     data = dataset_of(path, doc["dataset"], data)
@@ -287,7 +291,9 @@ def build(
         "active_round": checked_rounds(path, doc, len(snapshots)),
         "history": [RoundRecord.from_dict(r) for r in doc["history"]],
     }
-    session = cls(classifier, generator, data, device=device, seed=doc["seed"], progress=False)
+    validation = doc.get("validation") if validation is SAVED else validation
+    session = cls(classifier, generator, data, device=device, seed=doc["seed"], progress=False,
+                  validation=validation)  # fmt: skip
     try:
         session.load_state_dict(state)
     except (ValueError, KeyError) as exc:

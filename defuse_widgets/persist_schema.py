@@ -63,6 +63,18 @@ ROUND = {
     "seconds": (NUM,),
     "evaluation": (DICT, NULL),
 }
+ROUND_OPTIONAL = {  # fields added after version 1; absent in older saves
+    "base_round": (INT, NULL),
+    "relabels": (INT, NULL),
+    "stopped": (STR, NULL),
+    "best_step": (INT, NULL),
+    "checks": (LIST, NULL),
+    "validation": (DICT, NULL),
+    "scales": (DICT, NULL),
+    "min_validity": (NUM, NULL),
+    "harm": (LIST, NULL),
+    "grid": (LIST, NULL),
+}
 EVALUATION = {
     "round": (INT,),
     "test_accuracy": (NUM, NULL),
@@ -130,6 +142,7 @@ def check_document(doc: Mapping[str, Any], version: int) -> None:
     """Check every field the loader reads; raise :class:`FieldError` naming the first bad one."""
     check_fields("", doc, TOP)
     check_fields("dataset", doc["dataset"], DATASET)
+    expect("validation", doc.get("validation"), (NUM, NULL))
     check_list("labels", list(doc["labels"].values()), (INT,))
     for i, record in enumerate(doc["history"]):
         check_round(f"history[{i}]", record)
@@ -149,7 +162,7 @@ def check_round(where: str, record: Any) -> None:
     """A history entry: a round record with its evaluation."""
     check_fields(where, record, ROUND)
     check_list(f"{where}.losses", record["losses"], (NUM, NULL))
-    for key, kinds in {"base_round": (INT, NULL), "relabels": (INT, NULL)}.items():
+    for key, kinds in ROUND_OPTIONAL.items():
         expect(f"{where}.{key}", record.get(key), kinds)
     expect(f"{where}.labels", record.get("labels", {}), (DICT, NULL))
     check_list(f"{where}.labels", list((record.get("labels") or {}).values()), (INT,))

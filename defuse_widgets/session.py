@@ -53,6 +53,10 @@ class DefuseSession(AuditMixin, RoundsMixin):
         ``predict``/``encode`` on at least ``ray_min_images`` images, 8192 by default; smaller
         calls stay on ``device``) and where ``identify`` searches unless told otherwise. Also
         settable later, ``s.backend = RayBackend(...)``.
+    validation : keyword-only; the split fine-tuning rounds are judged by and never train on: a
+        fraction of the training split (default 0.1; seeded, stratified), the user's own pair
+        ``(images, labels)``, or None (rounds train on every training image, run every step and
+        report no validation figures). See :meth:`correct`.
 
     Examples
     --------
@@ -282,11 +286,16 @@ class DefuseSession(AuditMixin, RoundsMixin):
         generator: Any,
         data: ImageDataset | None = None,
         device: str | torch.device = "auto",
+        validation: Any = "saved",
     ) -> DefuseSession:
-        """Load a saved session; ``data`` defaults to the named bundled dataset (digits)."""
+        """Load a saved session; ``data`` defaults to the named bundled dataset (digits).
+
+        ``validation``: "saved" carves the fraction the save recorded again (the same rows, as
+        it is seeded; a save made with the user's own pair recorded none, so pass it again);
+        anything else as for the session."""
         from .persist import load_session
 
-        return load_session(cls, Path(path), classifier, generator, data, device)
+        return load_session(cls, Path(path), classifier, generator, data, device, validation)
 
     def explorer(self, **options: Any) -> Explorer:
         """The error explorer widget for this session."""

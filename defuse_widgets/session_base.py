@@ -28,6 +28,7 @@ from .generative import (
 from .inference import EncoderMeans, Probabilities, batched
 from .relabels import RelabelStore
 from .search_inputs import check_backend
+from .validation import DEFAULT_FRACTION, ValidationSplit, make_validation
 
 if TYPE_CHECKING:
     from .distributed import RayBackend
@@ -58,6 +59,7 @@ class SessionBase:
         progress: bool = True,
         *,
         backend: str | RayBackend = "local",
+        validation: Any = DEFAULT_FRACTION,
     ):
         if not isinstance(data, ImageDataset):
             raise TypeError(
@@ -72,6 +74,7 @@ class SessionBase:
         self.generator: GeneratorAdapter = generator.to(self.device)
         self.data = data
         self.seed = int(seed)
+        self.validation: ValidationSplit | None = make_validation(data, validation, self.seed)
         self.progress = progress
         check_models(
             self.generator, self.classifier, data.x_test[:2].to(self.device), data.num_classes
@@ -197,13 +200,32 @@ class SessionBase:
                              empty_shape=(0, self.data.num_classes))  # fmt: skip
 
     def split_codes(self, split: str) -> torch.Tensor:
-        """Encoder means of a whole split (cached per generator), (N, d) on the CPU."""
+        """Encoder means of a whole split (cached per generator), (N, d) on the CPU.
+
+        ``split``: "train", "test" or "validation" (see :meth:`validation_data`)."""
         if self._codes_of is not self.generator:  # a new generator: cached codes are stale
             self._codes, self._membership, self._codes_of = {}, {}, self.generator
+        if split == "validation" and self._require_validation().rows is not None:
+            return self.split_codes("train")[self._require_validation().rows]
         if split not in self._codes:
-            x = self.data.split(split)[0]
+            x = self.validation_data()[0] if split == "validation" else self.data.split(split)[0]
             self._codes[split] = self._encode(x, 1024, self.progress, whole=True)
         return self._codes[split]
+
+    def _require_validation(self) -> ValidationSplit:
+        if self.validation is None:
+            raise RuntimeError(
+                "this session has no validation split (it was made with validation=None)"
+            )
+        return self.validation
+
+    def validation_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) of the validation split: carved training images with their training
+        labels (confirmed relabels applied), or the user's own pair."""
+        v = self._require_validation()
+        if v.rows is None:
+            return v.images, v.labels  # type: ignore[return-value]
+        return self.data.x_train[v.rows], self.training_labels()[v.rows]
 
     def _check_idle(self, action: str) -> None:
         """Refuse ``action`` while a fine-tuning round runs (call with ``_lock`` held)."""

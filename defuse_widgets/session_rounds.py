@@ -7,6 +7,8 @@ classifier, its weight snapshots (one per round, 0 the original) and its history
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+from typing import Any
 
 import torch
 
@@ -17,15 +19,31 @@ from .correct import (
     RoundSettings,
     StepCallback,
     check_hooks,
-    fine_tune,
     restore,
 )
 from .critical import deferred_interrupt
 from .evaluation import Evaluation, RoundRecord
+from .guard import DEFAULT_PATIENCE, DEFAULT_TOLERANCE, harm
 from .inference import Classes, evaluating
+from .round_plan import RoundPlan
 from .session_base import SessionBase
 
 EVAL_SAMPLES = 200
+DEFAULT_KEEP = 1.0
+AUTO_GRID: tuple[dict[str, Any], ...] = (
+    {"lam": 0.5, "lr": 0.003},
+    {"lam": 1.0, "lr": 0.003},
+    {"lam": 1.0, "lr": 0.01},
+    {"lam": 2.0, "lr": 0.01},
+)
+"""The settings ``correct(auto=True)`` tries (over the round's other settings)."""
+
+
+def _offset(callback: StepCallback | None, i: int, n: int) -> StepCallback | None:
+    """Report the steps of run ``i`` of ``n`` as part of one progress of n runs."""
+    if callback is None or n == 1:
+        return callback
+    return lambda step, steps, loss: callback(i * steps + step, n * steps, loss)
 
 
 class RoundsMixin(SessionBase):
@@ -41,13 +59,35 @@ class RoundsMixin(SessionBase):
         scale: float | None = None,
         cancel: CancelToken | None = None,
         callback: StepCallback | None = None,
+        *,
+        keep: float = DEFAULT_KEEP,
+        tolerance: float = DEFAULT_TOLERANCE,
+        early_stopping: bool = True,
+        check_every: int | None = None,
+        patience: int = DEFAULT_PATIENCE,
+        auto: bool = False,
     ) -> RoundRecord:
         """Run one fine-tuning round on the class-labeled regions and return its record.
 
-        Loss = CE(training batch) + ``lam`` x CE(batch of fresh samples from the labeled regions,
-        drawn from N(mean, ``scale`` x covariance)). The classifier changes only when the round
-        completes; a cancelled round (``cancel.cancel()``) leaves it exactly as before, and so
-        does a Ctrl-C (KeyboardInterrupt) before the round is added, after which it is added whole.
+        Loss = CE(training batch) + ``lam`` x CE(batch of fresh samples from the labeled regions)
+        + ``keep`` x KL(round's starting model || model) on the batch's training images outside
+        the labeled regions. Samples come from N(mean, scale x covariance), ``scale`` measured per
+        region on the validation split (None) or given; draws outside a region's 99% ellipsoid
+        are drawn again and decodes the generator calls unnatural are dropped (see
+        :mod:`~defuse_widgets.round_samples`).
+
+        With a validation split (see the session's ``validation``) the round trains on the other
+        training images, checks every ``check_every`` steps, and keeps its best step: the one
+        that most lifts the labeled regions' validation accuracy while no class loses more than
+        ``tolerance`` points and the overall accuracy not more than 0.5 point; it stops after
+        ``patience`` checks without a better one (``early_stopping=False``: every step, keep the
+        last). ``auto=True`` runs the round once per setting of a small grid of ``lam`` and
+        ``lr`` (``AUTO_GRID``) and keeps the best by the same rule. The record says why it
+        stopped, and ``record.harm`` what it broke on the test split.
+
+        The classifier changes only when the round completes; a cancelled round
+        (``cancel.cancel()``) leaves it exactly as before, and so does a Ctrl-C
+        (KeyboardInterrupt) before the round is added, after which it is added whole.
         """
         check_hooks(cancel, callback)
         mine = False
@@ -55,61 +95,78 @@ class RoundsMixin(SessionBase):
             with self._lock:
                 self._check_idle("correct")
                 settings = RoundSettings(
-                    steps,
-                    lam,
-                    lr,
-                    batch_size,
-                    optimizer,
-                    momentum=0.9,
-                    scale=scale,
-                    seed=self.seed + len(self.history),
-                )
+                    steps, lam, lr, batch_size, optimizer, momentum=0.9, scale=scale,
+                    seed=self.seed + len(self.history), keep=keep, tolerance=tolerance,
+                    early_stopping=early_stopping, check_every=check_every, patience=patience,
+                )  # fmt: skip
+                if not isinstance(auto, bool):
+                    raise TypeError(f"auto: expected True or False, got {auto!r}")
+                if auto and self.validation is None:
+                    raise ValueError(
+                        "auto: choosing settings needs a validation split; make the session "
+                        "with validation=0.1 (the default) or your own (images, labels)"
+                    )
                 targets = self.correctable()
                 if not targets:
                     raise RuntimeError(
                         "no region is labeled with a class: label at least one region first"
                     )
                 self._running = mine = True
-            return self._run_round(settings, targets, cancel, callback)
+            grid = [replace(settings, **g) for g in AUTO_GRID] if auto else [settings]
+            return self._run_round(grid, targets, cancel, callback)
         finally:
             if mine:
                 self._running = False
 
     def _run_round(
         self,
-        settings: RoundSettings,
+        grid: list[RoundSettings],
         targets: dict[int, int],
         cancel: CancelToken | None,
         callback: StepCallback | None,
     ) -> RoundRecord:
         start, base = time.perf_counter(), self.active_round
-        draw = self._require_regions().training_sampler(
-            targets, settings.scale, settings.seed, self.device
-        )
-
-        def region_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-            codes, labels = draw(n)
-            with torch.no_grad():
-                return self.generator.decode(codes).float(), labels
-
+        plan = RoundPlan.of(self, grid[0], targets)  # type: ignore[arg-type]
+        before = self._test_scores(base)
+        tried: list[tuple[tuple[float, float], Any]] = []
         try:
-            state, losses = fine_tune(
-                self.classifier,
-                self.data.x_train,
-                self.training_labels(),
-                region_batch,
-                settings,
-                cancel,
-                callback,
-            )
+            for i, settings in enumerate(grid):
+                tried.append(plan.train(settings, cancel, _offset(callback, i, len(grid))))
         except Cancelled:
-            return RoundRecord(None, True, vars(settings), [], time.perf_counter() - start)
+            return RoundRecord(None, True, vars(grid[0]), [], time.perf_counter() - start)
+        best = max(range(len(tried)), key=lambda i: tried[i][0])
+        state, losses, checker, scales, floor = tried[best][1]
         record = RoundRecord(
-            None, False, vars(settings), losses, 0.0, None, base, dict(targets),
-            len(self._relabels),
+            None, False, vars(grid[best]), losses, 0.0, None, base, dict(targets),
+            len(self._relabels), scales={int(k): v for k, v in scales.items()},
+            min_validity=floor,
         )  # fmt: skip
+        if checker is not None:
+            record.stopped = checker.finish(len(losses))
+            record.best_step = checker.best.step
+            record.checks = [c.to_dict() for c in checker.checks]
+            record.validation = {"before": checker.start.to_dict(),
+                                 "after": checker.best.to_dict()}  # fmt: skip
+        if len(grid) > 1:
+            record.grid = [
+                {"lam": g.lam, "lr": g.lr, "region": t[0][0], "overall": t[0][1]}
+                for g, t in zip(grid, tried)
+            ]
         self._commit_round(state, record, start)
+        assert record.evaluation is not None
+        counts = torch.bincount(self.data.y_test, minlength=self.data.num_classes).tolist()
+        record.harm = harm(*before, record.evaluation.test_accuracy,
+                           record.evaluation.per_class, grid[best].tolerance,
+                           self.data.classes, counts)  # fmt: skip
         return record
+
+    def _test_scores(self, round: int) -> tuple[float, list[float]]:
+        """Overall and per-class test accuracy of a round's weights (the live ones if needed)."""
+        for r in self.history:
+            if r.round == round and r.evaluation is not None:
+                return r.evaluation.test_accuracy, list(r.evaluation.per_class)
+        ev = self._evaluate(round, 0, regions=False)
+        return ev.test_accuracy, list(ev.per_class)
 
     def _commit_round(
         self, state: dict[str, torch.Tensor], record: RoundRecord, start: float
@@ -146,8 +203,8 @@ class RoundsMixin(SessionBase):
         with self._lock:
             return self._evaluate(self.active_round, samples)
 
-    def _evaluate(self, round: int | None, samples: int) -> Evaluation:
-        targets = self.correctable() if self.regions is not None else {}
+    def _evaluate(self, round: int | None, samples: int, regions: bool = True) -> Evaluation:
+        targets = self.correctable() if self.regions is not None and regions else {}
         codes = self.split_codes("test") if targets else None
         return evaluation.evaluate(
             self.classifier,

@@ -37,10 +37,14 @@ def validity_score(generator: Any, codes: torch.Tensor, chunk_size: int = 4096) 
     gen = as_generator(generator)
     if len(codes) == 0:
         return torch.zeros(0, device=codes.device)
-    tiny = torch.finfo(torch.float32).tiny
 
     def score(z: torch.Tensor) -> torch.Tensor:
-        mu, _ = gen.encode(gen.decode(z))
-        return torch.exp(-(mu.float() - z.float()).pow(2).mean(1) / 2).clamp_min(tiny)
+        return reencoding_validity(gen.encode(gen.decode(z))[0], z)
 
     return batched(score, codes, device=codes.device, batch_size=chunk_size).to(codes.device)
+
+
+def reencoding_validity(reencoded: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """(M,) validity of codes (M, d) whose decodes re-encode to means ``reencoded`` (M, d)."""
+    tiny = torch.finfo(torch.float32).tiny
+    return torch.exp(-(reencoded.float() - codes.float()).pow(2).mean(1) / 2).clamp_min(tiny)

@@ -1,0 +1,333 @@
+"""A suite of planted bugs: does the loop find each one, and does a round fix it without breaking
+anything else?
+
+Three kinds of bug, each in one visual slice (a k-means cluster, in the clean VAE's latent space,
+of one class A's training images; the cluster nearest another class):
+
+1. ``mislabeled``: the slice's training images carry class B (the class nearest the slice);
+2. ``rare``: the slice is kept at 2% of its natural share of the training split;
+3. ``spurious``: a small bright patch in the top-left corner of 95% of class A's training images
+   and of 5% of the others; in the test split it sits on a random half of all images, whatever
+   their class. The slice is A's test images without the patch.
+
+Per dataset, a VAE (on the clean training images) and a reference labeler (a wider ``standard``
+CNN on the clean labels, longer trained; its test accuracy is printed) are trained once. Per bug
+and seed, the classifier (``arch="standard"``) is trained on the buggy training split minus the
+session's validation rows (so the validation split is really held out). The session sees the
+buggy training split (the user's data) and the clean test labels.
+
+The loop: identify (``--strategy``, on the first ``--search-images`` test images) -> distill ->
+auto-label every region with the reference labeler -> for ``mislabeled``: ``confirm_audit`` on
+every class-labeled region (the labeler decides image by image) -> one ``correct()`` round with
+the defaults. Reported per run: found (a region at least 60% of whose errors come from slice test
+images and that holds at least 25% of the slice's errors), audit precision/recall of the
+confirmed relabels against the planted slice, slice accuracy on real test images, overall test
+accuracy, the largest drop of any class (points), and seconds per fine-tuning step.
+
+Targets (issue 15): found >= 80% of runs; slice accuracy after >= 85%; overall test accuracy no
+more than 0.5 point below before; no class more than 2 points below before; audit recall >= 80%
+at precision >= 90%. The last line printed is one JSON object ``{"runs": [...]}``.
+
+Usage::
+
+    .venv/bin/python benchmarks/planted_bugs.py                                # digits, all kinds
+    .venv/bin/python benchmarks/planted_bugs.py --datasets digits fashion-mnist --seeds 0 1 2
+
+Models are cached under ``~/.cache/defuse-widgets/bench/suite/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import defuse_widgets as dw
+from defuse_widgets.generative import as_generator
+from defuse_widgets.validation import DEFAULT_FRACTION, carve
+
+CACHE = Path.home() / ".cache" / "defuse-widgets" / "bench" / "suite"
+FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
+KINDS = ("mislabeled", "rare", "spurious")
+CLASS_A = {  # the class whose slice carries the bug, per kind
+    "digits": {"mislabeled": 7, "rare": 9, "spurious": 8},
+    "fashion-mnist": {"mislabeled": 4, "rare": 0, "spurious": 6},
+}
+EPOCHS = {"digits": None, "fashion-mnist": 5}  # None: the trainer's default (~2,000 steps)
+RARE_SHARE, CUE_IN_A, CUE_ELSEWHERE, CUE_IN_TEST = 0.02, 0.95, 0.05, 0.5
+FOUND_PURITY, FOUND_COVERAGE = 0.6, 0.25
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", nargs="+", default=["digits"], choices=list(CLASS_A))
+    p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--train-images", type=int, default=None, help="seeded training subset")
+    p.add_argument("--search-images", type=int, default=3000, help="test images searched")
+    p.add_argument("--strategy", default="gaussian", choices=["reference", "gaussian", "gradient"])
+    p.add_argument("--radius", type=float, default=0.5, help="gaussian strategy noise radius")
+    p.add_argument("--max-regions", type=int, default=30)
+    p.add_argument("--clusters", type=int, default=3, help="k-means clusters within class A")
+    p.add_argument("--correct", default="{}", help="JSON keyword arguments for correct()")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", type=Path, default=None, help="also write the JSON line here")
+    return p.parse_args(argv)
+
+
+def cached(name: str, key: str, build: Any) -> torch.nn.Module:
+    digest = hashlib.sha256((torch.__version__ + key).encode())
+    digest.update((Path(dw.__file__).parent / "models.py").read_bytes())
+    path = CACHE / f"{name}-{digest.hexdigest()[:12]}.safetensors"
+    if path.is_file():
+        return dw.load_model(path)
+    model = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_suffix(f".{os.getpid()}.part")
+    dw.save_model(model, part)
+    part.replace(path)
+    return model
+
+
+def codes(vae: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    gen = as_generator(vae)
+    with torch.inference_mode():
+        return torch.cat([gen.encode(b)[0] for b in x.split(2048)]).double()
+
+
+def choose_slice(
+    data: dw.ImageDataset, vae: torch.nn.Module, a: int, clusters: int, seed: int
+) -> dict[str, Any]:
+    """The k-means cluster of class A's codes nearest another class (B), among clusters holding
+    at least 15% of A: its training and test indices."""
+    from sklearn.cluster import KMeans
+
+    z_train, z_test = codes(vae, data.x_train), codes(vae, data.x_test)
+    in_a = (data.y_train == a).nonzero().flatten()
+    km = KMeans(n_clusters=clusters, n_init=10, random_state=seed).fit(z_train[in_a].numpy())
+    sizes = np.bincount(km.labels_, minlength=clusters)
+    centroids = torch.from_numpy(km.cluster_centers_)
+    means = torch.stack([z_train[data.y_train == c].mean(0) for c in range(data.num_classes)])
+    dist = torch.cdist(centroids, means)
+    dist[:, a] = float("inf")
+    dist[~torch.from_numpy(sizes >= 0.15 * len(in_a))] = float("inf")
+    cluster = int(dist.min(1).values.argmin())
+    test_a = (data.y_test == a).nonzero().flatten()
+    in_cluster = torch.from_numpy(km.predict(z_test[test_a].numpy()) == cluster)
+    return {
+        "a": a,
+        "b": int(dist[cluster].argmin()),
+        "train": in_a[torch.from_numpy(km.labels_ == cluster)],
+        "test": test_a[in_cluster],
+    }
+
+
+def patch(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """A copy of ``x`` with a bright square (a seventh of the side) in the top-left corner."""
+    out = x.clone()
+    side = max(2, x.shape[-1] // 7)
+    out[rows, :, 1 : 1 + side, 1 : 1 + side] = 1.0
+    return out
+
+
+def plant(data: dw.ImageDataset, kind: str, sl: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The user's (buggy) dataset, the slice's test indices and the mislabeled training rows."""
+    gen = torch.Generator().manual_seed(seed)
+    a, b = sl["a"], sl["b"]
+    bug: dict[str, Any] = {"a": a, "b": b, "slice_test": sl["test"], "slice_train": None}
+    if kind == "mislabeled":
+        y = data.y_train.clone()
+        y[sl["train"]] = b
+        bug["data"] = dataclasses.replace(data, y_train=y)
+        bug["slice_train"] = sl["train"]
+    elif kind == "rare":
+        order = sl["train"][torch.randperm(len(sl["train"]), generator=gen)]
+        drop = order[max(1, round(RARE_SHARE * len(order))) :]
+        keep = torch.ones(len(data.y_train), dtype=torch.bool)
+        keep[drop] = False
+        bug["data"] = dataclasses.replace(
+            data, x_train=data.x_train[keep], y_train=data.y_train[keep]
+        )
+    else:
+        share = torch.where(data.y_train == a, CUE_IN_A, CUE_ELSEWHERE)
+        train_rows = (torch.rand(len(share), generator=gen) < share).nonzero().flatten()
+        test_rows = (torch.rand(len(data.y_test), generator=gen) < CUE_IN_TEST).nonzero()
+        test_rows = test_rows.flatten()
+        x_test = patch(data.x_test, test_rows)
+        bug["data"] = dataclasses.replace(
+            data, x_train=patch(data.x_train, train_rows), x_test=x_test
+        )
+        bug["slice_test"] = (data.y_test == a).nonzero().flatten()
+        bug["slice_test"] = bug["slice_test"][~torch.isin(bug["slice_test"], test_rows)]
+    return bug
+
+
+def found(s: dw.DefuseSession, slice_test: torch.Tensor) -> dict[str, Any]:
+    """The region that best captures the slice's errors, and whether it counts as found."""
+    assert s.errors is not None and s.regions is not None
+    from_slice = torch.isin(s.errors.source_index, slice_test)
+    total = int(from_slice.sum())
+    best = {"id": None, "purity": 0.0, "coverage": 0.0, "label": None}
+    for region in s.regions:
+        members = s.regions.assignments == region.id
+        hits = int((members & from_slice).sum())
+        purity, coverage = hits / max(1, int(members.sum())), hits / max(1, total)
+        if hits and (purity >= FOUND_PURITY, coverage) > (
+            best["purity"] >= FOUND_PURITY,
+            best["coverage"],
+        ):
+            best = {"id": region.id, "purity": purity, "coverage": coverage,
+                    "label": s.labels.get(region.id)}  # fmt: skip
+    best["found"] = best["purity"] >= FOUND_PURITY and best["coverage"] >= FOUND_COVERAGE
+    best["slice_errors"] = total
+    return best
+
+
+def accuracies(s: dw.DefuseSession, bug: dict[str, Any]) -> dict[str, Any]:
+    pred = s.predict(s.data.x_test).argmax(1)
+    y = s.data.y_test
+    per_class = [float((pred[y == c] == c).float().mean()) for c in range(s.data.num_classes)]
+    return {
+        "slice": float((pred[bug["slice_test"]] == bug["a"]).float().mean()),
+        "test": float((pred == y).float().mean()),
+        "per_class": per_class,
+    }
+
+
+def audit_scores(s: dw.DefuseSession, truth: torch.Tensor | None) -> tuple[Any, Any]:
+    if truth is None:
+        return None, None
+    chosen, positives = set(s.relabels), set(truth.tolist())
+    hits = len(chosen & positives)
+    precision = hits / len(chosen) if chosen else 0.0
+    return precision, hits / len(positives) if positives else None
+
+
+def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, seed: int,
+        vae: torch.nn.Module, labeler: dw.ReferenceModelLabeler) -> dict[str, Any]:  # fmt: skip
+    t0 = time.perf_counter()
+    sl = choose_slice(data, vae, CLASS_A[name][kind], args.clusters, seed)
+    bug = plant(data, kind, sl, seed)
+    user = bug["data"]
+    fit_rows = carve(user, DEFAULT_FRACTION, seed).fit_rows
+    key = f"{name}-{kind}-{seed}-{len(user.y_train)}-{args.clusters}-{sl['a']}-{sl['b']}"
+    clf = cached("classifier", key, lambda: dw.train_classifier(
+        user, epochs=EPOCHS[name], arch="standard", rows=fit_rows, seed=seed, device="cpu",
+        progress=False))  # fmt: skip
+    s = dw.DefuseSession(clf, vae, user, device="cpu", seed=seed, progress=False)
+    before = accuracies(s, bug)
+    t1 = time.perf_counter()
+    options = {"radius": args.radius} if args.strategy == "gaussian" else {}
+    s.identify(strategy=args.strategy, limit=args.search_images, **options)
+    s.distill(max_regions=args.max_regions)
+    s.auto_label(labeler)
+    region = found(s, bug["slice_test"])
+    if kind == "mislabeled":
+        for rid in s.correctable():
+            s.confirm_audit(rid, labeler)
+    precision, recall = audit_scores(s, bug["slice_train"])
+    t2 = time.perf_counter()
+    record = s.correct(**json.loads(args.correct)) if s.correctable() else None
+    after = accuracies(s, bug) if record is not None else before
+    drops = [100 * (b - a) for b, a in zip(before["per_class"], after["per_class"])]
+    steps = len(record.losses) if record is not None else 0
+    return {
+        "dataset": name, "kind": kind, "seed": seed, "found": bool(region["found"]),
+        "slice_acc_before": before["slice"], "slice_acc_after": after["slice"],
+        "test_acc_before": before["test"], "test_acc_after": after["test"],
+        "max_class_drop": max(drops), "worst_class": int(np.argmax(drops)),
+        "audit_precision": precision, "audit_recall": recall,
+        "a": bug["a"], "b": bug["b"], "slice_test": len(bug["slice_test"]),
+        "best_region": region, "relabels": len(s.relabels),
+        "labeled_regions": len(s.correctable()), "regions": len(s.regions or []),
+        "stopped": record.stopped if record is not None else "no class-labeled region",
+        "best_step": record.best_step if record is not None else None,
+        "harm": record.harm if record is not None else [],
+        "seconds_per_step": (record.seconds / max(1, steps)) if record is not None else None,
+        "seconds": {"models": round(t1 - t0, 1), "search_audit": round(t2 - t1, 1),
+                    "round": round(time.perf_counter() - t2, 1)},
+    }  # fmt: skip
+
+
+def models_for(name: str, data: dw.ImageDataset) -> tuple[torch.nn.Module, Any, float]:
+    vae = cached("vae", f"{name}-{len(data.y_train)}",
+                 lambda: dw.train_vae(data, seed=0, device="cpu", progress=False))  # fmt: skip
+    epochs = None if EPOCHS[name] is None else 2 * EPOCHS[name]
+    reference = cached("reference", f"{name}-{len(data.y_train)}", lambda: dw.train_classifier(
+        data, epochs=epochs, width=64, arch="standard", seed=100, device="cpu",
+        progress=False))  # fmt: skip
+    pred = dw.inference.predict_labels(reference, data.x_test)
+    return vae, dw.ReferenceModelLabeler(reference), float((pred == data.y_test).float().mean())
+
+
+def load(name: str, args: argparse.Namespace) -> dw.ImageDataset:
+    root = FASHION_ROOT if name == "fashion-mnist" else None
+    return dw.load_dataset(name, root=root, train_limit=args.train_images, seed=0)
+
+
+def summary_line(runs: list[dict[str, Any]]) -> str:
+    found_share = sum(r["found"] for r in runs) / len(runs)
+    slice_ok = sum(r["slice_acc_after"] >= 0.85 for r in runs)
+    test_ok = sum(r["test_acc_after"] >= r["test_acc_before"] - 0.005 for r in runs)
+    class_ok = sum(r["max_class_drop"] <= 2.0 for r in runs)
+    return (
+        f"targets: found {found_share:.0%} of {len(runs)} (>= 80%); slice >= 85% in {slice_ok}; "
+        f"test within 0.5 pt in {test_ok}; no class down > 2 pt in {class_ok} of {len(runs)} runs"
+    )
+
+
+def print_row(r: dict[str, Any]) -> None:
+    audit = "" if r["audit_recall"] is None else (
+        f"  audit P {r['audit_precision']:.0%} R {r['audit_recall']:.0%}")  # fmt: skip
+    print(
+        f"{r['dataset']:<14}{r['kind']:<11}{r['seed']:>4}  {'yes' if r['found'] else 'no':<5}"
+        f"{r['slice_acc_before']:>7.1%} -> {r['slice_acc_after']:<7.1%}"
+        f"{r['test_acc_before']:>7.2%} -> {r['test_acc_after']:<7.2%}"
+        f"{r['max_class_drop']:>+6.1f} (class {r['worst_class']})"
+        f"{1000 * (r['seconds_per_step'] or 0):>7.0f} ms{audit}",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"machine {platform.machine()} ({os.cpu_count()} CPUs), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; strategy {args.strategy}; correct() "
+          f"{args.correct}")  # fmt: skip
+    runs = []
+    for name in args.datasets:
+        data = load(name, args)
+        vae, labeler, ref_acc = models_for(name, data)
+        print(f"\n{name}: {len(data.y_train)} training / {len(data.y_test)} test images, "
+              f"first {min(args.search_images, len(data.y_test))} searched; reference labeler "
+              f"test accuracy {ref_acc:.2%}")  # fmt: skip
+        print(f"{'dataset':<14}{'kind':<11}{'seed':>4}  found  slice acc        test acc"
+              f"          max class drop  per step")  # fmt: skip
+        for kind in args.kinds:
+            for seed in args.seeds:
+                runs.append(run(args, name, data, kind, seed, vae, labeler))
+                print_row(runs[-1])
+                print(f"    stopped: {runs[-1]['stopped']}; {runs[-1]['seconds']}",
+                      file=sys.stderr)  # fmt: skip
+    print(summary_line(runs))
+    line = json.dumps({"runs": runs}, default=float)
+    if args.json:
+        args.json.write_text(line)
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

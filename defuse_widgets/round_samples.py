@@ -1,0 +1,98 @@
+"""The region samples a fine-tuning round trains on: scaled per region by measurement, and
+filtered so that each one means what its region's label says.
+
+- **Scale per region**: the real validation images inside a region lie at some typical
+  Mahalanobis distance from its mean; the scale is chosen so samples lie at that distance too
+  (median squared distance / d, within [``MIN_SCALE``, ``MAX_SCALE``]). With fewer than
+  ``MIN_IMAGES`` such images the default scale is used.
+- **Inside the region**: draws outside the ellipsoid holding ``COVERAGE`` of the region's
+  Gaussian are drawn again.
+- **Natural**: decoded samples whose validity (the generator re-encoding its output) falls below
+  the ``VALIDITY_QUANTILE`` of real training images' validity are dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from .distill import DEFAULT_SCALE, RegionSet
+from .mixture import mahalanobis_sq
+from .validity import reencoding_validity, validity_score
+
+MIN_SCALE, MAX_SCALE = 0.01, 1.0
+MIN_IMAGES = 5
+COVERAGE = 0.99
+VALIDITY_QUANTILE = 0.05
+VALIDITY_PROBE = 512
+MAX_TRIES = 4
+
+
+def measured_scales(
+    regions: RegionSet,
+    targets: Mapping[int, int],
+    codes: torch.Tensor | None,
+    inside: torch.Tensor | None,
+) -> dict[int, float]:
+    """Region id -> sampling scale, from the codes (N, d) of the validation images and which of
+    them lie in each target region ((N, T) bool, see :meth:`RegionSet.contains`); the default
+    scale where too few images are inside."""
+    out = {}
+    for i, rid in enumerate(targets):
+        out[rid] = DEFAULT_SCALE
+        if codes is None or inside is None:
+            continue
+        region = regions.get(rid)
+        if int(inside[:, i].sum()) < MIN_IMAGES:
+            continue
+        d2 = mahalanobis_sq(codes[inside[:, i]], region.mean, region.covariance)
+        value = float(d2.median()) / codes.shape[1]
+        out[rid] = min(MAX_SCALE, max(MIN_SCALE, value))
+    return out
+
+
+def validity_floor(generator: Any, real_codes: torch.Tensor, seed: int) -> float:
+    """The ``VALIDITY_QUANTILE`` of the validity of (at most ``VALIDITY_PROBE``) real codes."""
+    if len(real_codes) == 0:
+        return 0.0
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(real_codes), generator=gen)[:VALIDITY_PROBE]
+    dev = next(iter(generator.modules[0].parameters())).device
+    with torch.inference_mode():
+        scores = validity_score(generator, real_codes[pick].to(dev)).cpu()
+    return float(torch.quantile(scores, VALIDITY_QUANTILE))
+
+
+def region_batches(
+    draw: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    generator: Any,
+    min_validity: float,
+) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+    """``n -> (images, labels)``: decoded draws whose validity is at least ``min_validity``.
+
+    Up to ``MAX_TRIES`` draws of ``n`` are made to fill the batch; if too few pass, the batch is
+    what passed (at least the single most natural sample, so a step always has one).
+    """
+
+    def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        kept_x, kept_y, best = [], [], None
+        for _ in range(MAX_TRIES):
+            codes, labels = draw(n)
+            with torch.no_grad():
+                images = generator.decode(codes).float()
+                mu, _ = generator.encode(images)
+            validity = reencoding_validity(mu, codes)
+            ok = validity >= min_validity
+            kept_x.append(images[ok])
+            kept_y.append(labels[ok])
+            if best is None:
+                top = int(validity.argmax())
+                best = images[top : top + 1], labels[top : top + 1]
+            if sum(len(y) for y in kept_y) >= n:
+                break
+        x, y = torch.cat(kept_x)[:n], torch.cat(kept_y)[:n]
+        return (x, y) if len(y) else best  # type: ignore[return-value]
+
+    return batch
