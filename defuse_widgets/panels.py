@@ -34,6 +34,8 @@ PALETTE = (
 )  # fmt: skip
 UNASSIGNED = "#b8b8b8"
 CHUNK = 4096  # codes decoded per batch for the map-wide passes (thumbnails, fixed points)
+
+
 def _hsl_hex(hue: float, saturation: float, lightness: float) -> str:
     r, g, b = colorsys.hls_to_rgb(hue / 360.0, lightness, saturation)
     return "#" + "".join(f"{round(255 * c):02x}" for c in (r, g, b))
