@@ -108,6 +108,18 @@ def test_region_colors_stay_distinct_for_many_regions() -> None:
     assert region_color(47) != region_color(7) and region_color(-1) == "#b8b8b8"
 
 
+def test_a_failure_without_a_message_still_says_why() -> None:
+    from defuse_widgets.widgets._selection import cell_bound_host, reason
+
+    try:
+        raise AssertionError
+    except AssertionError as exc:
+        text = reason(exc)
+    assert text.startswith("AssertionError (no message) raised at ") and "test_explorer.py:" in text
+    assert reason(ValueError("bad index")) == "ValueError: bad index"
+    assert cell_bound_host() is False  # not inside a running marimo app
+
+
 def test_codec_round_trip() -> None:
     a = np.arange(12, dtype=np.int64).reshape(3, 4)
     wire = array_to_json(a)

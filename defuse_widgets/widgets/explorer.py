@@ -207,6 +207,7 @@ class Explorer(
         self.observe(self._on_selected_error, "selected_error")
         self.observe(self._on_views, "_has_visible_views")
         self._unobserve_session = session.observe(self._on_session_event)
+        self._make_child_now()
         self._start("projecting", self._prepare_map)
         if block:
             self.wait()
