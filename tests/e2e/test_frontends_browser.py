@@ -1,9 +1,10 @@
 """End to end: the explorer in the other front ends it is tested in, Notebook 7 and marimo.
 
-Notebook 7 (``jupyter notebook``, opened at ``/notebooks/NAME.ipynb``): the explorer renders and
-a region click fills the panel. marimo (``marimo run app.py --headless``, the explorer wrapped in
-``mo.ui.anywidget``): the explorer renders, a region click fills the panel, and a click on a map
-point opens the interpolator, whose first frame is decoded by the kernel and painted.
+Notebook 7 (``jupyter notebook``, opened at ``/notebooks/NAME.ipynb``): the explorer renders, a
+region click fills the panel, and a kernel restart disables it with a notice. marimo
+(``marimo run app.py --headless``, the explorer wrapped in ``mo.ui.anywidget``): the explorer
+renders, a region click fills the panel, and a click on a map point opens the interpolator, whose
+first frame is decoded by the kernel and painted.
 """
 
 from __future__ import annotations
@@ -82,6 +83,16 @@ def test_notebook7_shows_the_explorer(
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
     page.locator(f"{MAP}[data-rendered]").wait_for(timeout=150_000)
     _click_a_region(page)
+    # a kernel restart: the widget says so and disables its controls, no uncaught error
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.get_by_role("menuitem", name="Kernel", exact=True).click()
+    page.get_by_role("menuitem", name=re.compile(r"^Restart Kernel(…|\.\.\.)")).click()
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+    page.get_by_role("alert").filter(has_text="Re-run the cell").first.wait_for(timeout=30_000)
+    assert page.get_by_role("button", name="Apply label").is_disabled()
+    page.wait_for_timeout(1000)
+    assert errors == []
 
 
 MARIMO_APP = """
