@@ -9,6 +9,8 @@ its traits.
 
 from __future__ import annotations
 
+import colorsys
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -34,9 +36,40 @@ UNASSIGNED = "#b8b8b8"
 CHUNK = 4096  # codes decoded per batch for the map-wide passes (thumbnails, fixed points)
 
 
+def _hsl_hex(hue: float, saturation: float, lightness: float) -> str:
+    r, g, b = colorsys.hls_to_rgb(hue / 360.0, lightness, saturation)
+    return "#" + "".join(f"{round(255 * c):02x}" for c in (r, g, b))
+
+
+def _rgb(color: str) -> np.ndarray:
+    return np.array([int(color[i : i + 2], 16) for i in (1, 3, 5)], np.float64)
+
+
+@functools.lru_cache(maxsize=1)
+def _extended_palette() -> tuple[str, ...]:
+    """The palette, then candidates (hue x lightness x saturation) picked greedily, each the one
+    farthest (RGB) from every color picked before it: deterministic, and far apart early on."""
+    grid = [_hsl_hex(h, s, lum) for h in range(0, 360, 15) for lum in (0.3, 0.45, 0.6, 0.75)
+            for s in (0.45, 0.85)]  # fmt: skip
+    cand = np.stack([_rgb(c) for c in grid])
+    picked = np.stack([_rgb(c) for c in (*PALETTE, UNASSIGNED)])
+    nearest = np.linalg.norm(cand[:, None] - picked[None], axis=2).min(1)
+    out = list(PALETTE)
+    for _ in grid:
+        k = int(nearest.argmax())
+        out.append(grid[k])
+        nearest = np.minimum(nearest, np.linalg.norm(cand - cand[k], axis=1))
+        nearest[k] = -1.0
+    return tuple(out)
+
+
 def region_color(region_id: int) -> str:
-    """Stable color of a region: the palette entry ``region_id % 20`` (grey for -1)."""
-    return UNASSIGNED if region_id < 0 else PALETTE[region_id % len(PALETTE)]
+    """Stable color of a region (grey for -1): the 20 palette entries first, then colors picked
+    to lie far from all earlier ones (212 distinct colors, then they repeat)."""
+    if region_id < 0:
+        return UNASSIGNED
+    colors = _extended_palette()
+    return colors[region_id % len(colors)]
 
 
 def region_rows(regions: Any, evaluation: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:

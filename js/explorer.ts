@@ -5,6 +5,7 @@
 // through `_has_visible_views` whether one is shown (as jupyter_rfb does).
 import type { AnyModel, Host, RenderProps } from "@anywidget/types";
 import { decode, encode, Wire } from "./common/codec";
+import { freeze, LOST_MESSAGE, watchKernel } from "./common/kernel";
 import { MapData } from "./explorer/map";
 import { createMap } from "./explorer/map_create";
 import { RegionInfo, RegionList, RegionPanel } from "./explorer/regions";
@@ -15,7 +16,9 @@ import { Status } from "./explorer/status";
 import { SuiteExport } from "./explorer/suite";
 import { Thumbs } from "./explorer/thumbs";
 
-function render({ model, el, host, signal, experimental }: RenderProps): () => void {
+type View = { cleanup: () => void; lost: () => boolean };
+
+function render({ model, el, host, signal, experimental }: RenderProps): View {
   const t0 = performance.now();
   const root = document.createElement("div");
   root.className = "dfx";
@@ -51,6 +54,7 @@ function render({ model, el, host, signal, experimental }: RenderProps): () => v
       model.set("selected_error", i); // the kernel opens/retargets the interpolation panel
       model.save_changes();
       interp.set(model.get("interpolator"), i);
+      interp.reveal();
       const r = mapData?.region.data[i];
       if (r !== undefined && r >= 0) selectRegion(r);
       else status.note(`Point ${i} is in no region.`);
@@ -100,6 +104,7 @@ function render({ model, el, host, signal, experimental }: RenderProps): () => v
     const colors = new Map<number, string>();
     for (const r of regions()) colors.set(r.id, r.color);
     return { xy, region, labels: decode(model.get("point_labels")), confidence: decode(model.get("point_confidence")),
+      validity: decode(model.get("point_validity")),
       fixed: decode(model.get("point_fixed")), background: decode(model.get("background_points")),
       backgroundLabel: model.get("background_label") || "", colors, classes: classes(),
       layout: model.get("map_layout") || "" };
@@ -189,12 +194,19 @@ function render({ model, el, host, signal, experimental }: RenderProps): () => v
   panel.setSelectionCount(decode(model.get("selected_indices"))?.data.length ?? 0);
   drawMap(true).then(onSelection).then(onHistory); // the map first, then the small chart
 
-  return () => {
+  const lost = watchKernel(model, signal, () => {
+    status.lose(LOST_MESSAGE);
+    freeze(root, status.root);
+    map.root.removeAttribute("tabindex");
+  });
+
+  const cleanup = () => {
     for (const [ev, cb] of handlers) model.off(ev, cb);
     map.destroy();
     tune.destroy();
     interp.destroy();
   };
+  return { cleanup, lost };
 }
 
 /** Tell the kernel whether a view of this model is shown (it defers work while none is). */
@@ -210,9 +222,9 @@ export default () => {
   let shown = 0;
   return {
     render(props: RenderProps) {
-      const cleanup = render(props);
+      const view = render(props);
       reportViews(props.model, ++shown);
-      return () => { cleanup(); reportViews(props.model, --shown); };
+      return () => { view.cleanup(); --shown; if (!view.lost()) reportViews(props.model, shown); };
     },
   };
 };

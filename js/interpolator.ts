@@ -10,6 +10,7 @@
 // for the paint. Styles come from widgets/interpolator.css (the widget's `_css`).
 import type { RenderProps } from "@anywidget/types";
 import { bytesOf, drawPixels, type Wire } from "./common/codec";
+import { freeze, LOST_MESSAGE, watchKernel } from "./common/kernel";
 import { Stats } from "./interpolator/stats";
 
 interface SliderSpec {
@@ -66,7 +67,7 @@ function el<K extends keyof HTMLElementTagNameMap>(
   return node;
 }
 
-function render({ model, el: host }: RenderProps<Traits>): () => void {
+function render({ model, el: host, signal }: RenderProps<Traits>): () => void {
   const view = Math.random().toString(36).slice(2, 10);
   const root = el("div", "dw-interp", host);
   const title = el("div", "dw-title", root);
@@ -103,7 +104,7 @@ function render({ model, el: host }: RenderProps<Traits>): () => void {
   let ackTimer: number | undefined;
   function flushAck(): void {
     ackTimer = undefined;
-    model.send({ type: "ack", seq: consumed });
+    if (!lost()) model.send({ type: "ack", seq: consumed });
   }
   let barFills: HTMLElement[] = [];
   let barRows: HTMLElement[] = [];
@@ -161,7 +162,7 @@ function render({ model, el: host }: RenderProps<Traits>): () => void {
   const outstanding = new Map<number, number>(); // request id -> time sent
 
   function send(): void {
-    if (!latest) return;
+    if (!latest || lost()) return;
     const now = performance.now();
     for (const [id, at] of outstanding) if (now - at > 1000) outstanding.delete(id); // lost
     if (outstanding.size >= Number(model.get("max_requests"))) return; // sent on the next frame
@@ -286,6 +287,7 @@ function render({ model, el: host }: RenderProps<Traits>): () => void {
   }
 
   function onError(): void {
+    if (lost()) return;
     errorBox.textContent = model.get("error") || "";
   }
 
@@ -301,6 +303,11 @@ function render({ model, el: host }: RenderProps<Traits>): () => void {
     buildSliders();
   }
 
+  const lost = watchKernel(model, signal, () => {
+    errorBox.setAttribute("role", "alert");
+    errorBox.textContent = LOST_MESSAGE;
+    freeze(root, errorBox);
+  });
   rebuild();
   onError();
   model.on("msg:custom", onCustom);

@@ -84,8 +84,12 @@ def test_state_travels_as_binary_buffers(widget: Explorer, session: dw.DefuseSes
         "point_region",
         "point_labels",
         "point_confidence",
+        "point_validity",
         "thumbs",
     } <= sent_as_buffers
+    # what "Colour by" reads: true and predicted class, validity, one row per error
+    assert widget.point_labels[:, 0].tolist() == session.errors.true_label.tolist()
+    assert widget.point_validity.dtype == np.float32 and widget.point_validity.shape == (m,)
     assert sum(b.nbytes for b in buffers) >= m * 2 * 4
     assert widget.baseline is not None and 0 < widget.baseline["test_accuracy"] <= 1
     # regions: sorted by size, stable colors, JSON-ready
@@ -93,6 +97,27 @@ def test_state_travels_as_binary_buffers(widget: Explorer, session: dw.DefuseSes
     assert sizes == sorted(sizes, reverse=True)
     assert all(r["color"] == region_color(r["id"]) for r in widget.regions)
     assert widget.classes == [str(c) for c in session.data.classes]
+
+
+def test_region_colors_stay_distinct_for_many_regions() -> None:
+    colors = [region_color(i) for i in range(200)]
+    assert len(set(colors)) == 200
+    rgb = np.array([[int(c[k : k + 2], 16) for k in (1, 3, 5)] for c in colors[:64]], float)
+    gaps = np.linalg.norm(rgb[:, None] - rgb[None], axis=2) + 1e9 * np.eye(64)
+    assert gaps.min() > 20  # 64 regions: no two colors closer than tab20's closest pair ~ 23
+    assert region_color(47) != region_color(7) and region_color(-1) == "#b8b8b8"
+
+
+def test_a_failure_without_a_message_still_says_why() -> None:
+    from defuse_widgets.widgets._selection import cell_bound_host, reason
+
+    try:
+        raise AssertionError
+    except AssertionError as exc:
+        text = reason(exc)
+    assert text.startswith("AssertionError (no message) raised at ") and "test_explorer.py:" in text
+    assert reason(ValueError("bad index")) == "ValueError: bad index"
+    assert cell_bound_host() is False  # not inside a running marimo app
 
 
 def test_codec_round_trip() -> None:

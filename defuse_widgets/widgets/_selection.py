@@ -9,12 +9,32 @@ holds one :class:`~.interpolator.Interpolator` child (made on the first selectio
 
 from __future__ import annotations
 
+import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from .interpolator import Interpolator
+
+
+def reason(exc: BaseException) -> str:
+    """An exception in words, never empty: its type and message, or, without a message (a bare
+    ``assert``), its type and the file and line that raised it."""
+    if str(exc):
+        return f"{type(exc).__name__}: {exc}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" raised at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__} (no message){where}"
+
+
+def cell_bound_host() -> bool:
+    """Whether the front end registers a widget's code only while a cell runs (marimo): a child
+    widget made later, in a callback from the page, cannot be shown there."""
+    mo = sys.modules.get("marimo")
+    running = getattr(mo, "running_in_notebook", None)
+    return bool(running and running())
 
 
 class SelectionMixin:
@@ -60,6 +80,12 @@ class SelectionMixin:
             )
         self.selected_error = int(index)
 
+    def _make_child_now(self) -> None:
+        """On a cell-bound host, make the interpolation panel's widget while the cell runs (at
+        error 0, shown once an error is selected); elsewhere it is made on the first selection."""
+        if cell_bound_host() and len(self._errors) and self.interpolator is None:
+            self.interpolator = Interpolator(self.session, 0, **self._interp_options)
+
     def _on_selected_indices(self, change: dict[str, Any]) -> None:
         value = change["new"]
         idx = np.zeros(0, np.int32) if value is None else np.asarray(value).astype(np.int32)
@@ -81,7 +107,6 @@ class SelectionMixin:
             else:
                 child.set_error(i)
         except Exception as exc:  # shown in the widget
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
-            self._note("", f"Could not interpolate error {i}: {reason}")
+            self._note("", f"Could not interpolate error {i}: {reason(exc)}")
         else:
             self._note(f"Error {i}: interpolation from its source image.")

@@ -112,6 +112,7 @@ class Explorer(
     point_region = _array()
     point_labels = _array()
     point_confidence = _array()
+    point_validity = _array()
     point_fixed = _array()
     thumbs = _array()
     background_points = _array()
@@ -195,6 +196,7 @@ class Explorer(
         labels = np.stack([errors.true_label.numpy(), errors.pred_label.numpy()], 1)
         self.point_labels = labels.astype(np.int16)
         self.point_confidence = errors.confidence.numpy().astype(np.float32)
+        self.point_validity = errors.validity.numpy().astype(np.float32)
         self.selected_indices = np.zeros(0, np.int32)
         self.audit_selection = np.zeros(0, np.int32)
         self._sync_regions()
@@ -205,6 +207,7 @@ class Explorer(
         self.observe(self._on_selected_error, "selected_error")
         self.observe(self._on_views, "_has_visible_views")
         self._unobserve_session = session.observe(self._on_session_event)
+        self._make_child_now()
         self._start("projecting", self._prepare_map)
         if block:
             self.wait()

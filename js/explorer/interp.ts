@@ -17,11 +17,13 @@ export class InterpPanel {
   private body: HTMLElement;
   private ref: string | null = null;
   private controller: AbortController | null = null;
+  private revealing: ResizeObserver | null = null;
 
   constructor(parent: HTMLElement, private host: Host | undefined, private onError: (msg: string) => void) {
     this.root = document.createElement("section");
     this.root.className = "dfx-interp";
     this.root.setAttribute("aria-label", "Selected error");
+    this.root.tabIndex = -1;
     this.title = document.createElement("h3");
     this.body = document.createElement("div");
     this.root.append(this.title, this.body);
@@ -49,7 +51,26 @@ export class InterpPanel {
       .catch((e) => this.onError(`Could not show the interpolator: ${reason(e)}`));
   }
 
+  /** Bring the panel into view and focus once it shows, following its growth for a moment
+   * (its content is drawn by the kernel's answer): a click on the map opens it where one looks. */
+  reveal(ms = 3000): void {
+    this.revealing?.disconnect();
+    let focused = false;
+    const show = () => {
+      if (this.root.hidden) return;
+      this.root.scrollIntoView({ block: "nearest" });
+      if (!focused) { focused = true; this.root.focus({ preventScroll: true }); }
+    };
+    const watch = new ResizeObserver(show);
+    watch.observe(this.root);
+    if (this.root.parentElement) watch.observe(this.root.parentElement); // the panel above may grow
+    this.revealing = watch;
+    window.setTimeout(() => { watch.disconnect(); if (this.revealing === watch) this.revealing = null; }, ms);
+    show();
+  }
+
   destroy(): void {
     this.controller?.abort();
+    this.revealing?.disconnect();
   }
 }

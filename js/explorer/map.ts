@@ -3,12 +3,14 @@
 // the two engines: regl-scatterplot (WebGL, millions of points; map_regl.ts) by default, plotly
 // scattergl (map_plotly.ts) on request or where WebGL is missing (map_create.ts chooses).
 import { Arr, imageURL } from "../common/codec";
+import { COLOR_BY, ColorBy, coloring } from "./map_colors";
+import { KeyNav } from "./map_keys";
 
 export const GREY = "#b8b8b8";
 export const BACKGROUND = { color: "#7f7f7f", opacity: 0.15 };
 
 export type MapData = {
-  xy: Arr; region: Arr; labels: Arr | null; confidence: Arr | null; fixed: Arr | null;
+  xy: Arr; region: Arr; labels: Arr | null; confidence: Arr | null; fixed: Arr | null; validity: Arr | null;
   background: Arr | null; backgroundLabel: string; colors: Map<number, string>; classes: string[];
   layout: string; // which projection the positions come from: a new one resets pan and zoom
 };
@@ -28,11 +30,15 @@ export interface MapView {
   render(d: MapData): Promise<void>;
   recolor(d: MapData): Promise<void>;
   setSelectedRegion(rid: number): Promise<void>;
+  /** What the errors' colors stand for (map_colors.ts); the selected region stays highlighted. */
+  setColorBy(by: ColorBy): Promise<void>;
   setSelection(indices: Int32Array | null): void;
   setMode(mode: MapMode): void;
   resetView(): void;
   /** Name the background points in the map's note (no redraw). */
   setBackgroundLabel(label: string): void;
+  /** The color and opacity error `i` is drawn with (tests). */
+  styleOf(i: number): { color: string; opacity: number } | null;
   /** Page (client) coordinates of error `i`, or null when it is not drawn (tests, benchmarks). */
   screenPosition(i: number): [number, number] | null;
   destroy(): void;
@@ -58,6 +64,14 @@ function button(label: string, text: string, onClick: () => void): HTMLButtonEle
   return b;
 }
 
+/** Error i in words: true -> predicted (confidence) and its region. */
+export function describe(d: MapData, i: number): string {
+  const t = d.labels ? d.labels.data[2 * i] : -1, p = d.labels ? d.labels.data[2 * i + 1] : -1;
+  const conf = d.confidence ? d.confidence.data[i] : NaN, rid = d.region.data[i];
+  const name = (k: number) => d.classes[k] ?? String(k);
+  return `${name(t)} \u2192 ${name(p)} (${(100 * conf).toFixed(0)}%)` + (rid >= 0 ? ` \u00b7 region ${rid}` : "");
+}
+
 /** The map's element and the parts both engines share. */
 export class MapShell {
   root: HTMLElement;
@@ -68,8 +82,13 @@ export class MapShell {
   private hoverToken = 0;
   private backgroundLabel = "";
   private modeButtons = new Map<MapMode, HTMLButtonElement>();
+  private data: MapData | null = null;
+  head: HTMLElement;
+  private legend: HTMLElement;
+  colorBy: ColorBy = "region";
+  keys: KeyNav;
 
-  constructor(parent: HTMLElement, engine: string, private h: MapHandlers, view: MapView) {
+  constructor(parent: HTMLElement, engine: string, private h: MapHandlers, private view: MapView) {
     this.root = document.createElement("div");
     this.root.className = "dfx-map";
     this.root.setAttribute("role", "figure");
@@ -94,7 +113,55 @@ export class MapShell {
     }
     this.tools.append(button("Reset axes", "Reset", () => view.resetView()));
     this.root.append(this.plot, this.tip, this.note, this.tools);
-    parent.append(this.root);
+    this.legend = document.createElement("span");
+    this.legend.className = "dfx-legend";
+    this.head = this.makeHead();
+    parent.append(this.head, this.root);
+    this.keys = new KeyNav(this.root, {
+      region: () => this.data?.region.data ?? null,
+      selectedRegion: () => this.view.selectedRegion,
+      position: (i) => this.view.screenPosition(i),
+      show: (i, x, y) => { if (this.data) void this.showTip(this.data, i, x, y); },
+      hide: () => this.hideTip(),
+      describe: (i) => (this.data ? describe(this.data, i) : ""),
+      open: (i) => this.h.onClickPoint(i),
+    });
+  }
+
+  /** The header above the map: "Colour by" and the legend of the chosen colors. */
+  private makeHead(): HTMLElement {
+    const head = document.createElement("div");
+    head.className = "dfx-map-head";
+    const label = document.createElement("label");
+    label.textContent = "Colour by ";
+    const select = document.createElement("select");
+    select.setAttribute("aria-label", "Colour by");
+    for (const [value, text] of COLOR_BY) select.append(new Option(text, value, value === this.colorBy, value === this.colorBy));
+    select.addEventListener("change", () => void this.setColorBy(select.value as ColorBy));
+    label.append(select);
+    this.legend.setAttribute("aria-label", "Colour legend");
+    head.append(label, this.legend);
+    return head;
+  }
+
+  async setColorBy(by: ColorBy): Promise<void> {
+    this.colorBy = by;
+    this.root.dataset.colorBy = by;
+    this.showLegend();
+    await this.view.setColorBy(by);
+    this.root.dataset.colored = by;
+  }
+
+  private showLegend(): void {
+    const items = this.data ? coloring(this.data, this.colorBy).legend : [];
+    this.legend.replaceChildren(...items.map(([text, color]) => {
+      const item = document.createElement("span");
+      const sw = document.createElement("span");
+      sw.className = "dfx-swatch";
+      sw.style.background = color;
+      item.append(sw, text);
+      return item;
+    }));
   }
 
   /** Mark the pressed mode button and the root's `data-mode`. */
@@ -111,6 +178,11 @@ export class MapShell {
 
   /** Background note and the `data-*` attributes outside checks rely on, after a draw. */
   drawn(d: MapData, n: number, nb: number): void {
+    const first = !this.data;
+    this.data = d;
+    if (first) this.showLegend();
+    this.root.dataset.colorBy = this.colorBy;
+    this.root.dataset.colored = this.colorBy;
     this.setNote(nb, d.backgroundLabel);
     this.root.dataset.background = String(nb);
     this.root.dataset.points = String(n);
@@ -128,10 +200,8 @@ export class MapShell {
     const box = this.root.getBoundingClientRect();
     const x = clientX === null ? 10 : clientX - box.left, y = clientY === null ? 10 : clientY - box.top;
     const t = d.labels ? d.labels.data[2 * i] : -1, p = d.labels ? d.labels.data[2 * i + 1] : -1;
-    const conf = d.confidence ? d.confidence.data[i] : NaN;
-    const rid = d.region.data[i];
     const name = (k: number) => d.classes[k] ?? String(k);
-    const text = `${name(t)} \u2192 ${name(p)} (${(100 * conf).toFixed(0)}%)` + (rid >= 0 ? ` \u00b7 region ${rid}` : "");
+    const text = describe(d, i);
     this.tip.innerHTML = "";
     const cap = document.createElement("div");
     cap.textContent = text;

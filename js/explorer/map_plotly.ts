@@ -3,7 +3,8 @@
 // selectable). Kept beside the regl map for the benchmark and as the no-WebGL fallback (SVG).
 import Plotly from "plotly.js-gl2d-dist-min";
 import { Arr } from "../common/codec";
-import { BACKGROUND, GREY, MapData, MapHandlers, MapMode, MapShell, MapView, markerSize, webglOK } from "./map";
+import { BACKGROUND, MapData, MapHandlers, MapMode, MapShell, MapView, markerSize, webglOK } from "./map";
+import { ColorBy, coloring } from "./map_colors";
 
 /** x and y columns of an (n, 2) array. */
 function columns(a: Arr): [Float32Array, Float32Array] {
@@ -25,6 +26,7 @@ export class PlotlyMap implements MapView {
   private errorTrace = 0; // index of the error trace (1 when a background trace lies beneath it)
   private traceType = webglOK() ? "scattergl" : "scatter";
   private mode: MapMode = "lasso";
+  private colorBy: ColorBy = "region";
 
   constructor(parent: HTMLElement, private h: MapHandlers) {
     this.shell = new MapShell(parent, "plotly", h, this);
@@ -41,18 +43,25 @@ export class PlotlyMap implements MapView {
   }
 
   private colorArray(d: MapData): string[] {
-    const n = d.region.data.length;
-    const out = new Array<string>(n);
-    for (let i = 0; i < n; i++) out[i] = d.colors.get(d.region.data[i]) ?? GREY;
+    const { keys, colors } = coloring(d, this.colorBy), out = new Array<string>(keys.length);
+    for (let i = 0; i < keys.length; i++) out[i] = colors[keys[i]];
     return out;
   }
 
+  /** Fixed errors faint; with a region selected, the other regions' errors dimmed. */
   private opacityArray(d: MapData): number[] | number {
-    if (!d.fixed) return 0.85;
-    const n = d.fixed.data.length;
-    const out = new Array<number>(n);
-    for (let i = 0; i < n; i++) out[i] = d.fixed.data[i] ? 0.2 : 0.85;
+    const f = d.fixed?.data, r = d.region.data, sel = this.selectedRegion;
+    if (!f && sel < 0) return 0.85;
+    const out = new Array<number>(r.length);
+    for (let i = 0; i < r.length; i++) {
+      const lit = sel < 0 || r[i] === sel;
+      out[i] = (f && f[i] ? 0.2 : lit ? 0.9 : 0.25) * (lit ? 1 : 0.6);
+    }
     return out;
+  }
+
+  private restyle(d: MapData): Promise<unknown> {
+    return Plotly.restyle(this.plot, { "marker.color": [this.colorArray(d)], "marker.opacity": [this.opacityArray(d)] }, [this.errorTrace]);
   }
 
   /** Indices of the selected region's points (outlined on a 2-D canvas over the WebGL plot:
@@ -136,15 +145,29 @@ export class PlotlyMap implements MapView {
   async recolor(d: MapData): Promise<void> {
     if (!this.ready) return this.render(d);
     this.data = d;
-    await Plotly.restyle(this.plot, { "marker.color": [this.colorArray(d)], "marker.opacity": [this.opacityArray(d)] }, [this.errorTrace]);
-    await this.setSelectedRegion(this.selectedRegion);
+    await this.restyle(d);
+    this.computeHighlight();
+    this.drawOverlay();
   }
 
   async setSelectedRegion(rid: number): Promise<void> {
+    const changed = rid !== this.selectedRegion;
     this.selectedRegion = rid;
     if (!this.ready || !this.data) return;
     this.computeHighlight();
     this.drawOverlay();
+    if (changed) await this.restyle(this.data);
+  }
+
+  async setColorBy(by: ColorBy): Promise<void> {
+    this.colorBy = by;
+    if (this.ready && this.data) await this.restyle(this.data);
+  }
+
+  styleOf(i: number): { color: string; opacity: number } | null {
+    const m = (this.plot as any).data?.[this.errorTrace]?.marker;
+    if (!m || !this.data || i < 0 || i >= this.data.region.data.length) return null;
+    return { color: m.color[i], opacity: typeof m.opacity === "number" ? m.opacity : m.opacity[i] };
   }
 
   setSelection(indices: Int32Array | null): void {

@@ -6,7 +6,8 @@
 import createScatterplot, { createRenderer } from "regl-scatterplot";
 import { MapData, MapHandlers, MapMode, MapShell, MapView, markerSize } from "./map";
 import { GridIndex, unproject } from "./map_hover";
-import { categories, flatten, positions, slotsOf, style } from "./map_style";
+import { ColorBy, Coloring, coloring, inRegion } from "./map_colors";
+import { categories, flatten, Highlight, positions, style } from "./map_style";
 
 /** Above this many drawn points, the library's performance mode: square points, no alpha blending
  * (opacities become opaque colors), several times cheaper per frame on software WebGL. */
@@ -27,7 +28,8 @@ export class ReglMap implements MapView {
   private observer: ResizeObserver;
   private nb = 0; // background points drawn beneath the errors
   private cols: { x: Float32Array; y: Float32Array; z: Float32Array } | null = null;
-  private slots = new Map<number, number>();
+  private col: Coloring | null = null;
+  private colorBy: ColorBy = "region";
   private layout: string | null = null;
   private mode: MapMode = "lasso";
   private selected = new Int32Array(0); // error indices, as Python has them
@@ -107,9 +109,8 @@ export class ReglMap implements MapView {
     this.data = d;
     const bg = d.background && d.background.data.length ? d.background : null;
     this.nb = bg ? bg.shape[0] : 0;
-    this.slots = slotsOf(d);
     const { x, y } = positions(d, bg ? bg.data : null);
-    this.cols = { x, y, z: categories(d, this.slots, this.nb) };
+    this.cols = { x, y, z: this.categoriesOf(d) };
     const flat = x.length > ((window as any).dfxFlatAbove ?? FLAT_ABOVE); // overridable by tests
     if (this.sp && this.flat !== flat) this.destroyScatter();
     this.sp ??= this.create(flat);
@@ -136,8 +137,7 @@ export class ReglMap implements MapView {
   private async recolorNow(d: MapData): Promise<void> {
     if (!this.sp || !this.cols || !this.data || d.region.data.length !== this.data.region.data.length) return this.renderNow(d);
     this.data = d;
-    this.slots = slotsOf(d);
-    const z = categories(d, this.slots, this.nb), old = this.cols.z;
+    const z = this.categoriesOf(d), old = this.cols.z;
     let same = z.length === old.length;
     for (let i = 0; same && i < z.length; i++) same = z[i] === old[i];
     if (same) { this.applyStyle(); return; }
@@ -145,15 +145,44 @@ export class ReglMap implements MapView {
     await this.draw(true);
   }
 
+  /** Colors by region carry the highlight in the style tables; other colors in a category bit. */
+  private categoriesOf(d: MapData): Float32Array {
+    this.col = coloring(d, this.colorBy);
+    const bit = this.colorBy === "region" ? null : inRegion(d, this.selectedRegion);
+    return categories(this.col, d.fixed, bit, this.nb);
+  }
+
+  private highlight(): Highlight {
+    if (this.selectedRegion < 0 || !this.col) return null;
+    const key = this.col.regionKey?.get(this.selectedRegion);
+    if (this.col.regionKey) return (k) => k === key;
+    return (_k, bit) => bit === 1;
+  }
+
   private applyStyle(): void {
-    if (!this.sp || !this.data) return;
-    const st = style(this.data, this.slots, this.selectedRegion, markerSize(this.data.region.data.length));
+    if (!this.sp || !this.data || !this.col) return;
+    const st = style(this.col, this.highlight(), markerSize(this.data.region.data.length));
     this.sp.set((this.flat ? flatten(st) : st) as any);
   }
 
   async setSelectedRegion(rid: number): Promise<void> {
     this.selectedRegion = rid;
-    this.applyStyle();
+    if (this.colorBy === "region" || !this.data) { this.applyStyle(); return; }
+    const d = this.data;
+    return this.enqueue(() => this.recolorNow(d));
+  }
+
+  setColorBy(by: ColorBy): Promise<void> {
+    this.colorBy = by;
+    const d = this.data;
+    return d ? this.enqueue(() => this.recolorNow(d)) : Promise.resolve();
+  }
+
+  styleOf(i: number): { color: string; opacity: number } | null {
+    if (!this.col || !this.cols || !this.data || i < 0 || i >= this.data.region.data.length) return null;
+    const st = style(this.col, this.highlight(), markerSize(this.data.region.data.length));
+    const z = this.cols.z[this.nb + i];
+    return { color: st.pointColor[z], opacity: st.opacity[z] };
   }
 
   setSelection(indices: Int32Array | null): void {

@@ -1,24 +1,26 @@
 // Point categories and their styles for the regl map. Every drawn point has one category: 0 for the
-// faint background, 1 + 2 * slot + fixed for an error (slot 0: in no region, slot k: the k-th
-// region id; fixed: 1 when a fine-tuning round fixed it). Colors, opacities and sizes are small
-// per-category tables, so selecting a region restyles the map without re-sending its points.
-import { BACKGROUND, GREY, MapData } from "./map";
+// faint background, 1 + 4 * key + 2 * bit + fixed for an error (key: its "Colour by" color,
+// map_colors.ts; bit: in the selected region, set only when the colors are not the regions';
+// fixed: 1 when a fine-tuning round fixed it). Colors, opacities and sizes are small
+// per-category tables, so selecting a region while colored by region restyles the map without
+// re-sending its points.
+import { Arr } from "../common/codec";
+import { BACKGROUND, MapData } from "./map";
+import { Coloring } from "./map_colors";
 
 export type Style = { pointColor: string[]; opacity: number[]; pointSize: number[] };
 
-/** Region id -> slot (1..), in id order. */
-export function slotsOf(d: MapData): Map<number, number> {
-  const ids = [...d.colors.keys()].sort((a, b) => a - b);
-  return new Map(ids.map((id, k) => [id, k + 1]));
-}
-
-/** Categories of nb background points followed by the errors (Float32, as the library reads them). */
-export function categories(d: MapData, slots: Map<number, number>, nb: number): Float32Array {
-  const r = d.region.data, f = d.fixed?.data, n = r.length;
+/** Category of each point: background 0, error i 1 + 4 * key + 2 * (in the highlighted set) + fixed
+ * (Float32, as the library reads them). */
+export function categories(c: Coloring, fixed: Arr | null, inSel: Uint8Array | null, nb: number): Float32Array {
+  const k = c.keys, f = fixed?.data, n = k.length;
   const out = new Float32Array(nb + n); // background: 0
-  for (let i = 0; i < n; i++) out[nb + i] = 1 + 2 * (slots.get(r[i]) ?? 0) + (f && f[i] ? 1 : 0);
+  for (let i = 0; i < n; i++) out[nb + i] = 1 + 4 * k[i] + (inSel && inSel[i] ? 2 : 0) + (f && f[i] ? 1 : 0);
   return out;
 }
+
+/** Whether the points of `key` (and highlight bit `bit`) are highlighted; null: nothing is. */
+export type Highlight = ((key: number, bit: number) => boolean) | null;
 
 /** `#rrggbb` drawn at opacity `a` over white, as an opaque color (for drawing without blending). */
 export function overWhite(hex: string, a: number): string {
@@ -33,19 +35,17 @@ export function flatten(st: Style): Style {
     opacity: st.opacity.map(() => 1), pointSize: st.pointSize };
 }
 
-/** The per-category tables; `selected`: the highlighted region's id (-1: none, nothing dimmed). */
-export function style(d: MapData, slots: Map<number, number>, selected: number, size: number): Style {
-  const sel = slots.get(selected) ?? -1;
+/** The per-category tables: highlighted points drawn larger and opaque, the others dimmed. */
+export function style(c: Coloring, on: Highlight, size: number): Style {
   const pointColor = [BACKGROUND.color], opacity = [BACKGROUND.opacity], pointSize = [Math.max(1, size - 2)];
-  const colorOfSlot = new Map<number, string>([[0, GREY]]);
-  for (const [id, slot] of slots) colorOfSlot.set(slot, d.colors.get(id) ?? GREY);
-  for (let slot = 0; slot <= slots.size; slot++) {
-    const on = sel < 0 || slot === sel;
-    const color = colorOfSlot.get(slot) ?? GREY;
-    pointColor.push(color, color);
-    opacity.push(on ? (sel < 0 ? 0.85 : 1) : 0.25, on ? 0.35 : 0.08); // normal, fixed
-    const s = sel >= 0 && slot === sel ? size + 2 : size;
-    pointSize.push(s, s);
+  for (let key = 0; key < c.colors.length; key++) {
+    for (const bit of [0, 1]) {
+      const lit = on === null || on(key, bit);
+      pointColor.push(c.colors[key], c.colors[key]);
+      opacity.push(lit ? (on === null ? 0.85 : 1) : 0.25, lit ? 0.35 : 0.08); // normal, fixed
+      const s = on !== null && lit ? size + 2 : size;
+      pointSize.push(s, s);
+    }
   }
   return { pointColor, opacity, pointSize };
 }

@@ -18,6 +18,7 @@ export class Status {
   root: HTMLElement;
   private localError = "";
   private localNote = "";
+  private lostMessage = "";
 
   constructor(parent: HTMLElement, private model: AnyModel, private invoke: Experimental["invoke"],
     private signal: AbortSignal) {
@@ -34,8 +35,14 @@ export class Status {
   /** An error of this view (e.g. a map that could not be drawn). */
   fail(text: string): void { this.localError = text; this.show(); }
 
+  /** The kernel is gone: say so, in place of everything else, from now on. */
+  lose(message: string): void { this.lostMessage = message; this.show(); }
+
+  get lost(): boolean { return this.lostMessage !== ""; }
+
   /** Run command `name` with `msg`, showing `note` until the kernel answers. */
   async act(name: string, msg: Record<string, unknown> = {}, note = ""): Promise<void> {
+    if (this.lost) return;
     this.localError = "";
     this.localNote = note;
     this.show();
@@ -51,6 +58,7 @@ export class Status {
   }
 
   show(): void {
+    if (this.lost) { this.showLost(); return; }
     const busy: string = this.model.get("busy") || "";
     const err: string = this.localError || this.model.get("error") || "";
     this.root.innerHTML = "";
@@ -70,5 +78,13 @@ export class Status {
       e.textContent = ` ${err}`;
       this.root.append(e);
     }
+  }
+
+  private showLost(): void {
+    const e = document.createElement("span");
+    e.className = "dfx-err";
+    e.setAttribute("role", "alert");
+    e.textContent = this.lostMessage;
+    this.root.replaceChildren(e);
   }
 }

@@ -4,6 +4,7 @@ Fixtures
 --------
 lab_server : (base_url, root_dir), a JupyterLab on a free loopback port, one per test session,
     stopped by its own process id at teardown.
+notebook7_server : (base_url, root_dir), a Jupyter Notebook 7 (``jupyter notebook``), the same way.
 browser : a headless system Chromium (``/usr/bin/chromium``), one per test session.
 browser_page : a fresh page (1400 x 1000) per test, closed afterwards.
 notebook : a callable ``notebook(name, cells, timeout=...) -> Page`` that writes a notebook from a
@@ -53,13 +54,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_lab(root_dir: str | Path, timeout: float = 90.0) -> tuple[str, subprocess.Popen]:
-    """Start ``jupyter lab`` on a free loopback port; return its base url and process."""
+def start_lab(
+    root_dir: str | Path, timeout: float = 90.0, app: str = "lab"
+) -> tuple[str, subprocess.Popen]:
+    """Start ``jupyter lab`` (or ``app="notebook"``: Notebook 7) on a free loopback port; return
+    its base url and process."""
     port = _free_port()
     jupyter = Path(sys.executable).with_name("jupyter")
     cmd = [
         str(jupyter) if jupyter.exists() else "jupyter",
-        "lab",
+        app,
         "--no-browser",
         "--ip",
         "127.0.0.1",
@@ -74,7 +78,7 @@ def start_lab(root_dir: str | Path, timeout: float = 90.0) -> tuple[str, subproc
         "--LabApp.news_url=",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]
-    log = open(Path(root_dir) / "jupyter-lab.log", "wb")  # noqa: SIM115 (closed with the process)
+    log = open(Path(root_dir) / f"jupyter-{app}.log", "wb")  # noqa: SIM115 (closed with the process)
     settings = Path(root_dir) / ".lab-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True, exist_ok=True)  # no "Jupyter news?" toast over screenshots
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
@@ -86,18 +90,23 @@ def start_lab(root_dir: str | Path, timeout: float = 90.0) -> tuple[str, subproc
     )
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root_dir)
     url = f"http://127.0.0.1:{port}"
+    return url, wait_for_server(proc, f"{url}/api/status", timeout, log.name)
+
+
+def wait_for_server(proc: subprocess.Popen, url: str, timeout: float, log: str) -> subprocess.Popen:
+    """Wait until ``url`` answers 200 (a server started as ``proc``); stop it on a timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"jupyter lab exited with {proc.returncode}; see {log.name}")
+            raise RuntimeError(f"the server exited with {proc.returncode}; see {log}")
         try:
-            with urllib.request.urlopen(f"{url}/api/status", timeout=2) as resp:
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
-                    return url, proc
+                    return proc
         except OSError:
             time.sleep(0.3)
     stop_lab(proc)
-    raise RuntimeError(f"jupyter lab did not answer on {url} within {timeout} s")
+    raise RuntimeError(f"the server did not answer on {url} within {timeout} s; see {log}")
 
 
 def stop_lab(proc: subprocess.Popen) -> None:
@@ -214,6 +223,18 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     """A JupyterLab on loopback with a fresh root dir: yields (base_url, root_dir)."""
     root = tmp_path_factory.mktemp("lab")
     url, proc = start_lab(root)
+    try:
+        yield url, root
+    finally:
+        stop_lab(proc)
+
+
+@pytest.fixture(scope="session")
+def notebook7_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A Jupyter Notebook 7 on loopback with a fresh root dir: yields (base_url, root_dir)."""
+    pytest.importorskip("notebook", reason="Notebook 7 is in the dev extra (pip install notebook)")
+    root = tmp_path_factory.mktemp("nb7")
+    url, proc = start_lab(root, app="notebook")
     try:
         yield url, root
     finally:
