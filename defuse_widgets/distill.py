@@ -202,7 +202,8 @@ class RegionSet:
         Each draw picks a region of ``targets`` (region id -> label) uniformly and a code from its
         N(mean, scale x covariance), from one generator seeded by ``seed``; ``scale`` may be one
         per region (a mapping). With ``coverage``, draws outside the ellipsoid of the region's
-        own N(mean, covariance) that holds that share of its mass are drawn again.
+        own N(mean, covariance) that holds that share of its mass are drawn again (up to
+        ``MAX_REDRAWS`` times, then pulled onto its boundary).
         """
         ids = list(targets)
         scales = torch.tensor(
@@ -230,6 +231,8 @@ class RegionSet:
                     eps[outside] = torch.randn(
                         int(outside.sum()), means.shape[1], generator=gen, device=device
                     )
+                d2 = scales_dev[pick] * eps.pow(2).sum(1)  # still outside: onto the boundary
+                eps = eps * (0.999 * limit / d2).clamp(max=1.0).sqrt()[:, None]
             return means[pick] + (chols[pick] @ eps[..., None])[..., 0], labels[pick]
 
         return draw

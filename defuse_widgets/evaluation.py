@@ -137,7 +137,8 @@ class RoundRecord(Record):
     ``min_validity`` the validity below which samples were dropped. ``harm`` lists what the round
     broke on the test split against the round it started from (classes down more than the
     tolerance, overall down more than 0.5 point; see :func:`~defuse_widgets.guard.harm`), and
-    ``grid`` the settings ``correct(auto=True)`` tried.
+    ``grid`` the settings ``correct(auto=True)`` tried; ``class_deltas`` the points each class's
+    test accuracy moved (positive: up) against the round it started from.
     """
 
     round: int | None
@@ -157,6 +158,7 @@ class RoundRecord(Record):
     min_validity: float | None = None
     harm: list[dict[str, Any]] = field(default_factory=list)
     grid: list[dict[str, Any]] = field(default_factory=list)
+    class_deltas: list[float] = field(default_factory=list)
 
     @property
     def harmful(self) -> bool:
@@ -186,6 +188,7 @@ class RoundRecord(Record):
             min_validity=doc.get("min_validity"),
             harm=list(doc.get("harm") or []),
             grid=list(doc.get("grid") or []),
+            class_deltas=[_num(v) for v in doc.get("class_deltas") or []],
         )
 
 

@@ -78,8 +78,9 @@ def harm(
 
 
 def _one_image(count: Sequence[int]) -> float:
-    """Points one image is worth among ``count[0]`` images (0 when not known)."""
-    return 100.0 / count[0] if count and count[0] > 0 else 0.0
+    """Points one image (and a half, so rounding never counts it twice) is worth among
+    ``count[0]`` images; 0 when not known."""
+    return 150.0 / count[0] if count and count[0] > 0 else 0.0
 
 
 class EarlyStopping:

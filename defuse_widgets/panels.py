@@ -298,10 +298,12 @@ def current_labels(session: DefuseSession, indices: np.ndarray) -> np.ndarray:
     return labels.numpy().astype(np.int32)
 
 
-def history_entry(session: DefuseSession, event: str, evaluation: Any) -> dict[str, Any]:
+def history_entry(
+    session: DefuseSession, event: str, evaluation: Any, record: Any = None
+) -> dict[str, Any]:
     """One JSON-ready point of the accuracy chart from an evaluation (``session.evaluate()`` or a
     round's ``record["evaluation"]``); ``event`` is ``"start"``, ``"before"``, ``"round"`` or
-    ``"revert"``."""
+    ``"revert"``. A round's ``record`` adds what it did per class, its harm and why it stopped."""
 
     def get(key: str, default: Any = math.nan) -> Any:
         return _field(evaluation, key, default)
@@ -317,8 +319,22 @@ def history_entry(session: DefuseSession, event: str, evaluation: Any) -> dict[s
             "labels": len(session.correctable()),
             "relabels": len(session.relabels),
             "time": time.time(),
+            **({} if record is None else round_summary(session, record)),
         }
     )
+
+
+def round_summary(session: DefuseSession, record: Any) -> dict[str, Any]:
+    """What the explorer says about a finished round: per-class test deltas (points), the
+    classes it harmed, the round it started from and why it stopped."""
+    names = session.data.classes
+    deltas = list(_field(record, "class_deltas", []) or [])
+    return {
+        "base_round": _field(record, "base_round", 0),
+        "stopped": _field(record, "stopped", ""),
+        "class_deltas": [{"name": names[c], "delta": d} for c, d in enumerate(deltas)],
+        "harm": [{"name": h["name"], "drop": h["drop"]} for h in _field(record, "harm", []) or []],
+    }
 
 
 def region_evaluation(evaluation: Any) -> dict[int, Any]:

@@ -74,6 +74,7 @@ ROUND_OPTIONAL = {  # fields added after version 1; absent in older saves
     "min_validity": (NUM, NULL),
     "harm": (LIST, NULL),
     "grid": (LIST, NULL),
+    "class_deltas": (LIST, NULL),
 }
 EVALUATION = {
     "round": (INT,),

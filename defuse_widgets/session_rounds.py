@@ -23,7 +23,7 @@ from .correct import (
 )
 from .critical import deferred_interrupt
 from .evaluation import Evaluation, RoundRecord
-from .guard import DEFAULT_PATIENCE, DEFAULT_TOLERANCE, harm
+from .guard import DEFAULT_PATIENCE, DEFAULT_TOLERANCE, class_drops, harm
 from .inference import Classes, evaluating
 from .round_plan import RoundPlan
 from .session_base import SessionBase
@@ -155,6 +155,8 @@ class RoundsMixin(SessionBase):
         self._commit_round(state, record, start)
         assert record.evaluation is not None
         counts = torch.bincount(self.data.y_test, minlength=self.data.num_classes).tolist()
+        drops = class_drops(before[1], record.evaluation.per_class)
+        record.class_deltas = [-d for d in drops]
         record.harm = harm(*before, record.evaluation.test_accuracy,
                            record.evaluation.per_class, grid[best].tolerance,
                            self.data.classes, counts)  # fmt: skip

@@ -89,7 +89,8 @@ function render({ model, el, host, signal, experimental }: RenderProps): View {
   const tune = new FineTune(root, {
     start: (p) => act("_fine_tune_command", { ...p }, "Starting fine-tuning…"),
     cancel: () => act("_cancel_command", {}, "Cancelling…"),
-    revert: () => act("_revert_command", {}, "Reverting the model…"),
+    revert: (round?: number) => act("_revert_command", round == null ? {} : { round },
+      round == null ? "Reverting the model…" : `Reverting to round ${round}…`),
     params: (p) => { model.set("finetune_params", p); model.save_changes(); },
   });
   const suite = new SuiteExport(root, {

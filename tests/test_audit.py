@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import defuse_widgets as dw
-import defuse_widgets.session_rounds as session_module
+import defuse_widgets.round_plan as round_plan
 from defuse_widgets.audit import select_conflicts, within_region
 from defuse_widgets.relabels import Relabel, apply_relabels, validate_records
 
@@ -412,25 +412,28 @@ def test_correct_trains_on_relabeled_labels_and_leaves_the_data(s, monkeypatch, 
     s.relabel(flip, label, who="ann")
     y_before = digits.y_train.clone()
     seen = {}
-    real = session_module.fine_tune
+    real = round_plan.fine_tune
 
     def spy(model, x_train, y_train, *args, **kwargs):
         seen["x"], seen["y"] = x_train, y_train.clone()
         return real(model, x_train, y_train, *args, **kwargs)
 
-    monkeypatch.setattr(session_module, "fine_tune", spy)
+    monkeypatch.setattr(round_plan, "fine_tune", spy)
     record = s.correct(steps=3, batch_size=16)
     assert record["relabels"] == len(flip)
-    assert seen["x"] is digits.x_train
-    assert torch.equal(seen["y"], s.training_labels())
-    assert (seen["y"][flip] == label).all()
-    changed = (seen["y"] != y_before).nonzero().flatten()
-    assert sorted(changed.tolist()) == sorted(flip.tolist())
+    assert s.validation is not None
+    rows = s.validation.fit_rows  # the round never trains on the validation rows
+    assert torch.equal(seen["x"], digits.x_train[rows])
+    assert torch.equal(seen["y"], s.training_labels()[rows])
+    relabeled = torch.isin(rows, flip)
+    assert (seen["y"][relabeled] == label).all()
+    changed = rows[(seen["y"] != y_before[rows]).nonzero().flatten()]
+    assert sorted(changed.tolist()) == sorted(set(flip.tolist()) & set(rows.tolist()))
     assert torch.equal(digits.y_train, y_before) and s.data is digits
     # without relabels, the dataset's labels as before
     s.unrelabel(flip)
     s.correct(steps=2, batch_size=16)
-    assert torch.equal(seen["y"], digits.y_train)
+    assert torch.equal(seen["y"], digits.y_train[rows])
 
 
 # ----- the headless pipeline's --audit flag -----

@@ -87,7 +87,8 @@ class CommandsMixin:
 
     @_action
     def _revert_command(self, msg: dict[str, Any]) -> None:
-        self.revert()
+        round = msg.get("round")
+        self.revert(None if round is None else int(round))
 
     @_action
     def _audit_command(self, msg: dict[str, Any]) -> None:

@@ -35,7 +35,7 @@ class TuningMixin:
     _errors: Any
     _jobs: Jobs
     _token: CancelToken | None
-    _deferred: tuple[str, Any] | None
+    _deferred: tuple[str, Any, Any] | None
     _panel_cache: dict[tuple[int, int], dict[str, Any]]
     _region_eval: dict[int, Any]
     _evaluated_labels: dict[int, int] | None
@@ -113,21 +113,22 @@ class TuningMixin:
         """The session's model changed (a round or a revert made outside this explorer's jobs)."""
         s = self.session
         last = s.history[-1] if s.history else None
+        record = None
         if s.active_round and last is not None and last["round"] == s.active_round:
-            what, ev = "round", last["evaluation"]  # measured by the round: reuse it
+            what, ev, record = "round", last["evaluation"], last  # measured by the round
         else:
             what, ev = "revert", None
         self._panel_cache.clear()
         if self._has_visible_views is False:  # not shown (its cell re-ran): on next show
-            self._deferred = (what, ev)
+            self._deferred = (what, ev, record)
             return
-        self._start("evaluating", lambda: self._after_model_change(what, ev))
+        self._start("evaluating", lambda: self._after_model_change(what, ev, record))
 
     def _on_views(self, change: dict[str, Any]) -> None:
         """A view was shown again: catch up on a model change made while none was."""
         if change["new"] and self._deferred is not None:
-            (what, ev), self._deferred = self._deferred, None
-            self._start("evaluating", lambda: self._after_model_change(what, ev))
+            (what, ev, record), self._deferred = self._deferred, None
+            self._start("evaluating", lambda: self._after_model_change(what, ev, record))
 
     def _absorb(self, ev: Any) -> None:
         self._region_eval = panels.region_evaluation(ev)
@@ -166,15 +167,15 @@ class TuningMixin:
         losses = record["losses"] or [None]
         self.progress = {"running": False, "step": steps, "total": steps, "loss": losses[-1],
                          "outcome": "Evaluating the new model…"}  # fmt: skip
-        self._after_model_change("round", record["evaluation"])
+        self._after_model_change("round", record["evaluation"], record)
 
-    def _after_model_change(self, event: str, ev: Any = None) -> None:
+    def _after_model_change(self, event: str, ev: Any = None, record: Any = None) -> None:
         if ev is None:
             self._note("Evaluating the model…")
             ev = self.session.evaluate()
         self._panel_cache.clear()
         self._absorb(ev)
-        entry = panels.history_entry(self.session, event, ev)
+        entry = panels.history_entry(self.session, event, ev, record)
         self.history = [*self.history, entry]
         self.point_fixed = panels.fixed_points(self.session, self._errors)
         if self.selected_region >= 0:
@@ -183,6 +184,9 @@ class TuningMixin:
         verb = f"Reverted to round {entry['round']}" if event == "revert" else (
             f"Round {entry['round']} done")  # fmt: skip
         message = f"{verb}: test accuracy {100 * entry['test_accuracy']:.1f}%."
+        if entry.get("harm"):
+            hurt = ", ".join(f"{h['name']} -{h['drop']:.1f} points" for h in entry["harm"])
+            message += f" It hurt: {hurt}; revert is one click away."
         self._note(message)
         if event == "revert":
             self.progress = {"running": False, "step": 0, "total": 0, "loss": None,

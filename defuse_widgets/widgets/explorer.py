@@ -180,7 +180,7 @@ class Explorer(
         self._label_callbacks: list[Callable[[int, int | None], Any]] = []
         self._panel_cache: dict[tuple[int, int], dict[str, Any]] = {}
         self._jobs = Jobs(on_busy=self._set_busy, on_error=self._job_failed, name="explorer")
-        self._deferred: tuple[str, Any] | None = None  # a model change to show once shown
+        self._deferred: tuple[str, Any, Any] | None = None  # a model change to show once shown
         self._token: Any = None
         self._region_eval: dict[int, Any] = {}
         self._evaluated_labels: dict[int, int] | None = None

@@ -2,8 +2,11 @@
 import Plotly from "plotly.js-gl2d-dist-min";
 
 export type Params = { steps: number; lam: number; lr: number };
+export type ClassDelta = { name: string; delta: number };
+export type Harm = { name: string; drop: number };
 export type Round = { round: number; test_accuracy: number | null; labeled_region_accuracy: number | null;
-  labeled_region_real_accuracy?: number | null; labeled_region_real_images?: number; event?: string };
+  labeled_region_real_accuracy?: number | null; labeled_region_real_images?: number; event?: string;
+  base_round?: number; stopped?: string; class_deltas?: ClassDelta[]; harm?: Harm[] };
 
 /** Below this many real test images inside the labeled regions their accuracy is shown greyed. */
 export const MIN_REAL_IMAGES = 20;
@@ -17,7 +20,14 @@ export function eventTick(r: Round): string {
 }
 export type Progress = { running: boolean; step: number; total: number; loss: number | null; outcome?: string };
 
-export type TuneHandlers = { start(p: Params): void; cancel(): void; revert(): void; params(p: Params): void };
+export type TuneHandlers = { start(p: Params): void; cancel(): void; revert(round?: number): void; params(p: Params): void };
+
+const signed = (v: number) => `${v >= 0 ? "+" : "\u2212"}${Math.abs(v).toFixed(1)}`;
+
+/** "Coat −4.1 points, overall −0.8 point": what a harmful round broke. */
+export function harmText(harm: Harm[]): string {
+  return harm.map((h) => `${h.name} \u2212${h.drop.toFixed(1)} point${h.drop === 1 ? "" : "s"}`).join(", ");
+}
 
 export class FineTune {
   root: HTMLElement;
@@ -31,6 +41,8 @@ export class FineTune {
   cancelBtn: HTMLButtonElement;
   revertBtn: HTMLButtonElement;
   relabels: HTMLElement;
+  summary: HTMLElement;
+  harm: HTMLElement;
   private chartReady = false;
 
   constructor(parent: HTMLElement, private h: TuneHandlers) {
@@ -86,7 +98,15 @@ export class FineTune {
     this.chart.className = "dfx-chart";
     this.chart.setAttribute("aria-label", "Accuracy per round");
     trow.append(this.chart, this.numbers);
-    this.root.append(title, this.relabels, row, prow, trow);
+    this.harm = document.createElement("div");
+    this.harm.className = "dfx-harm";
+    this.harm.setAttribute("role", "alert");
+    this.harm.setAttribute("aria-label", "Round harm");
+    this.harm.hidden = true;
+    this.summary = document.createElement("p");
+    this.summary.className = "dfx-round-summary";
+    this.summary.setAttribute("aria-label", "Round summary");
+    this.root.append(title, this.relabels, row, prow, this.harm, this.summary, trow);
     parent.append(this.root);
   }
 
@@ -123,8 +143,31 @@ export class FineTune {
     this.revertBtn.disabled = p.running;
   }
 
+  /** The last round's per-class deltas and why it stopped; a warning with revert when it hurt. */
+  setRoundSummary(last: Round | undefined): void {
+    const round = last?.event === "round" ? last : undefined;
+    const deltas = round?.class_deltas ?? [];
+    this.summary.textContent = round && deltas.length
+      ? `Round ${round.round} per class (test, points): ` +
+        deltas.map((d) => `${d.name} ${signed(d.delta)}`).join(", ") + (round.stopped ? `. ${round.stopped}.` : ".")
+      : "";
+    const harm = round?.harm ?? [];
+    this.harm.hidden = !harm.length;
+    this.harm.innerHTML = "";
+    if (!round || !harm.length) return;
+    const text = document.createElement("span");
+    text.textContent = `Round ${round.round} made things worse: ${harmText(harm)}. `;
+    const back = round.base_round ?? 0;
+    const undo = document.createElement("button");
+    undo.textContent = `Revert to round ${back}`;
+    undo.setAttribute("aria-label", "Revert harmful round");
+    undo.addEventListener("click", () => this.h.revert(back));
+    this.harm.append(text, undo);
+  }
+
   async setHistory(rounds: Round[], baseline: Round | null): Promise<void> {
     const all = baseline ? [baseline, ...rounds] : rounds;
+    this.setRoundSummary(all[all.length - 1]);
     const fmt = (v: number | null | undefined) => (v == null || Number.isNaN(v) ? "–" : `${(100 * v).toFixed(1)}%`);
     const last = all[all.length - 1];
     this.numbers.innerHTML = "";
