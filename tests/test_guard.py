@@ -168,9 +168,12 @@ def test_scales_follow_the_validation_images_inside_a_region(s: dw.DefuseSession
     assert s.regions is not None
     rid = s.regions.ids[0]
     region = s.regions.get(rid)
-    near = region.mean + 0.3 * torch.randn(40, len(region.mean)) @ torch.linalg.cholesky(
-        region.covariance.double()
-    ).float().T  # real images at 0.3 of the region's spread: a scale of about 0.09
+    near = (
+        region.mean
+        + 0.3
+        * torch.randn(40, len(region.mean))
+        @ torch.linalg.cholesky(region.covariance.double()).float().T
+    )  # real images at 0.3 of the region's spread: a scale of about 0.09
     inside = torch.ones(40, 1, dtype=torch.bool)
     scales = measured_scales(s.regions, {rid: 0}, near, inside)
     assert 0.04 < scales[rid] < 0.2
