@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checks import in_range
+from .checks import in_range, positive_int
 from .labels import ReferenceModelLabeler
 from .mixture import chi_square_quantile, mahalanobis_sq
 
@@ -23,11 +23,13 @@ from .mixture import chi_square_quantile, mahalanobis_sq
 class AuditResult:
     """Training images inside one region whose (relabeled) training label differs from its label.
 
-    Rows are sorted so the likeliest mistakes come first (highest membership probability, then
-    index). Attributes: ``indices`` (n,) int64 training indices; ``images`` (n, C, H, W);
-    ``labels`` (n,) training labels with confirmed relabels applied; ``predictions`` (n,) the
-    classifier's current classes; ``probabilities`` (n,) float32 membership probability of the
-    region; ``inside`` the number of training images in the region (any label).
+    Rows are sorted so the likeliest mistakes come first: by ``evidence`` that the stored label
+    is wrong, the membership probability times the classifier's doubt in the stored label
+    (1 - its probability for it), then by membership and index. Attributes: ``indices`` (n,)
+    int64 training indices; ``images`` (n, C, H, W); ``labels`` (n,) training labels with
+    confirmed relabels applied; ``predictions`` (n,) the classifier's current classes;
+    ``probabilities`` (n,) float32 membership probability of the region; ``evidence`` (n,);
+    ``inside`` the number of training images in the region (any label).
     """
 
     region_id: int
@@ -39,6 +41,7 @@ class AuditResult:
     predictions: torch.Tensor
     probabilities: torch.Tensor
     inside: int
+    evidence: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -51,7 +54,8 @@ class AuditResult:
         )
 
     def rows(self) -> list[dict[str, Any]]:
-        """One JSON-friendly dict per image (no pixels): index, label, prediction, probability."""
+        """One JSON-friendly dict per image (no pixels): index, label, prediction, probability
+        (membership)."""
         return [
             {"index": int(i), "label": int(lab), "prediction": int(p), "probability": float(q)}
             for i, lab, p, q in zip(
@@ -123,13 +127,20 @@ def audit_region(
 
     ``probability`` (N,) is the region's membership probability of every training image,
     ``images`` (N, C, H, W) and ``labels`` (N,) the training set (relabels applied), and
-    ``predict(images)`` returns (n,) classes of the classifier being debugged.
+    ``predict(images)`` returns (n, K) class probabilities of the classifier being debugged.
     """
     idx, p, inside = select_conflicts(probability, labels, region_label, min_probability)
-    chosen = images[idx]
-    preds = predict(chosen) if len(idx) else torch.zeros(0, dtype=torch.long)
-    return AuditResult(int(region_id), int(region_label), float(min_probability), idx, chosen,
-                       labels[idx].clone(), preds.cpu().long(), p, inside)  # fmt: skip
+    chosen, stored = images[idx], labels[idx].clone()
+    if len(idx):
+        proba = predict(chosen).cpu().float()
+        preds = proba.argmax(1)
+        evidence = p * (1 - proba.gather(1, stored[:, None]).squeeze(1))
+    else:
+        preds, evidence = torch.zeros(0, dtype=torch.long), torch.zeros(0)
+    order = torch.argsort(-evidence, stable=True)  # ties keep select_conflicts' order
+    return AuditResult(int(region_id), int(region_label), float(min_probability), idx[order],
+                       chosen[order], stored[order], preds[order], p[order], inside,
+                       evidence[order])  # fmt: skip
 
 
 def check_probability(value: float) -> None:
@@ -184,3 +195,24 @@ def ask_labeler(decide: Callable[[torch.Tensor], Any], result: AuditResult) -> t
     if votes.shape != result.indices.shape:
         raise ValueError(f"labeler: returned {tuple(votes.shape)} labels for {len(result)} images")
     return votes
+
+
+def walk_down(confirmed: torch.Tensor, stop_after: int | None) -> torch.Tensor:
+    """(n,) bool: the ``confirmed`` rows met walking down the ranking, stopping after
+    ``stop_after`` unconfirmed rows in a row (None: every row)."""
+    if stop_after is None:
+        return confirmed
+    positive_int("stop_after", stop_after)
+    out = torch.zeros_like(confirmed)
+    out[: looked_at(confirmed, stop_after, len(confirmed))] = True
+    return out & confirmed
+
+
+def looked_at(confirmed: torch.Tensor, stop_after: int, n: int) -> int:
+    """How many rows a walk that stops after ``stop_after`` misses in a row looks at."""
+    misses = 0
+    for i, ok in enumerate(confirmed.tolist()):
+        misses = 0 if ok else misses + 1
+        if misses >= stop_after:
+            return i + 1
+    return n

@@ -94,7 +94,7 @@ class AuditMixin(SessionBase):
             self._audit_probability(region_id, coverage),
             self.data.x_train,
             self.training_labels(),
-            lambda x: self.predict(x).argmax(1),
+            self.predict,
             min_probability,
         )
 
@@ -142,9 +142,14 @@ class AuditMixin(SessionBase):
         min_probability: float = 0.5,
         who: str | None = None,
         coverage: float | None = 0.99,
+        stop_after: int | None = None,
     ) -> dict[str, Any]:
         """Let ``labeler`` decide image by image on the region's :meth:`audit` and relabel the
         images it confirms as the region's label.
+
+        The labeler goes down the audit's ranking (strongest evidence of a wrong label first);
+        ``stop_after`` ends the walk after that many images in a row it does not confirm (None:
+        it looks at every candidate).
 
         ``labeler`` has ``label_images(images) -> (n,)`` classes (``UNRECOGNIZABLE`` to abstain),
         like :class:`~defuse_widgets.labels.ReferenceModelLabeler`, or is such a callable.
@@ -156,16 +161,21 @@ class AuditMixin(SessionBase):
         with self._lock:  # the audit and its relabels see the same regions
             result = self.audit(region_id, min_probability, coverage=coverage)
             votes = audit_step.ask_labeler(decide, result)
-            confirmed = result.indices[votes == result.region_label]
+            yes = audit_step.walk_down(votes == result.region_label, stop_after)
+            confirmed = result.indices[yes]
             self.relabel(confirmed, result.region_label, who=name)
-        abstained = int((votes == UNRECOGNIZABLE).sum())
+        seen = (
+            len(votes) if stop_after is None else audit_step.looked_at(yes, stop_after, len(votes))
+        )
+        abstained = int((votes[:seen] == UNRECOGNIZABLE).sum())
         return {
             "region": int(region_id),
             "label": result.region_label,
             "candidates": len(result),
+            "looked_at": seen,
             "confirmed": confirmed.tolist(),
             "abstained": abstained,
-            "disagreed": len(result) - len(confirmed) - abstained,
+            "disagreed": seen - len(confirmed) - abstained,
         }
 
     def export_relabels(

@@ -108,7 +108,8 @@ def test_audit_selects_conflicting_training_images_inside_the_region(s, digits):
         result.labels, digits.y_train[result.indices]
     )
     assert (result.probabilities >= 0.5).all()
-    assert (result.probabilities[:-1] >= result.probabilities[1:]).all()  # likeliest first
+    assert result.evidence is not None  # likeliest mistakes first
+    assert (result.evidence[:-1] >= result.evidence[1:]).all()
     assert torch.equal(result.images, digits.x_train[result.indices])
     assert torch.equal(result.predictions, s.predict(result.images).argmax(1))
     assert result.inside == int((prob >= 0.5).sum())
@@ -511,3 +512,14 @@ def test_pipeline_audit_reference_reports_relabels(
         cli.run_pipeline("digits", tmp_path, audit="everything")
     with pytest.raises(SystemExit):
         cli.main(["run", "--out", str(tmp_path), "--audit", "everything"])
+
+
+def test_the_labeler_walks_down_the_ranking_and_stops_after_misses_in_a_row() -> None:
+    from defuse_widgets.audit import looked_at, walk_down
+
+    confirmed = torch.tensor([True, False, True, False, False, True])
+    assert walk_down(confirmed, None).tolist() == confirmed.tolist()
+    assert walk_down(confirmed, 2).tolist() == [True, False, True, False, False, False]
+    assert looked_at(confirmed, 2, 6) == 5 and looked_at(confirmed, 3, 6) == 6
+    with pytest.raises(ValueError, match="stop_after: expected a positive integer"):
+        walk_down(confirmed, 0)
