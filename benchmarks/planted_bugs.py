@@ -224,6 +224,7 @@ def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, s
     user = bug["data"]
     fit_rows = carve(user, DEFAULT_FRACTION, seed).fit_rows
     key = f"{name}-{kind}-{seed}-{len(user.y_train)}-{args.clusters}-{sl['a']}-{sl['b']}"
+    key += f"-{ARCH[name]}"
     clf = cached("classifier", key, lambda: dw.train_classifier(
         user, epochs=EPOCHS[name], arch=ARCH[name], rows=fit_rows, seed=seed, device="cpu",
         progress=False))  # fmt: skip
