@@ -4,8 +4,8 @@ Renders the explorer on digits, hovers a point (thumbnail), clicks it (the inter
 opens; its slider changes the decoded frame), opens a region, labels it (the session
 has the label), fine-tunes one round (progress reaches the end, numbers change), reverts (the
 original accuracy returns), audits a class-labeled region (relabel one training image, undo),
-follows a label and a fine-tuning round made on the session directly, reports its views to the
-kernel, and saves a screenshot
+follows a label and a fine-tuning round made on the session directly, flags a harmful round
+(which classes lost; revert in one click), reports its views to the kernel, and saves a screenshot
 (``docs/explorer.png`` with ``DEFUSE_UPDATE_DOCS=1``). A second test clicks "Export as test".
 """
 
@@ -246,6 +246,23 @@ def test_explorer_end_to_end(
     )
     assert _metric(page, "rounds") == "Rounds: 2"
     assert re.search(r"label: ", page.evaluate(region_name, rid2))
+
+    # a reckless round hurts: the explorer says which classes lost, and revert is one click away
+    src = "r = s.correct(steps=60, lr=0.5, keep=0.0, early_stopping=False)\n"
+    src += "print('HARM', r.round, r.harmful)"
+    assert run_new_cell(page, src, expect="HARM", timeout=120).split()[-2:] == ["3", "True"]
+    harm = page.get_by_role("alert", name="Round harm")
+    harm.wait_for(timeout=60_000)
+    assert re.search(r"Round 3 made things worse: .+ \u2212\d+\.\d points?", harm.inner_text())
+    summary = page.locator('[aria-label="Round summary"]').inner_text()
+    assert re.search(r"^Round 3 per class \(test, points\): 0 [+\u2212]\d", summary), summary
+    harm.get_by_role("button", name="Revert harmful round").click()
+    page.wait_for_function(
+        """() => /Reverted to round 2/.test(document.querySelector('.dfx-status').textContent)""",
+        timeout=60_000,
+    )
+    assert "ACTIVE 2" in run_new_cell(page, "print('ACTIVE', s.active_round)", expect="ACTIVE")
+    assert page.get_by_role("alert", name="Round harm").count() == 0
 
     # the page tells the kernel whether a view is shown (_has_visible_views): a second view
     # of w, once removed, leaves the first one shown
