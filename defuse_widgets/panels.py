@@ -326,10 +326,13 @@ def history_entry(
 
 def round_summary(session: DefuseSession, record: Any) -> dict[str, Any]:
     """What the explorer says about a finished round: per-class test deltas (points), the
-    classes it harmed, the round it started from and why it stopped."""
+    classes it harmed, its validation accuracy before and after, the round it started from and
+    why it stopped."""
     names = session.data.classes
     deltas = list(_field(record, "class_deltas", []) or [])
+    validation = _field(record, "validation", None) or {}
     return {
+        "validation": {k: v["overall"] for k, v in validation.items()},
         "base_round": _field(record, "base_round", 0),
         "stopped": _field(record, "stopped", ""),
         "class_deltas": [{"name": names[c], "delta": d} for c, d in enumerate(deltas)],

@@ -195,30 +195,38 @@ class RoundsMixin(SessionBase):
                 self.history.append(record)
                 self._emit("model")
 
-    def evaluate(self, samples: int = EVAL_SAMPLES) -> Evaluation:
-        """Test accuracy (overall, per class) and per labeled region accuracy on held-out decoded
-        samples and on real test images the mixture puts in the region with probability > 0.5.
+    def evaluate(self, samples: int = EVAL_SAMPLES, split: str = "test") -> Evaluation:
+        """Accuracy (overall, per class) and per labeled region accuracy on held-out decoded
+        samples and on real images the mixture puts in the region with probability > 0.5.
 
-        The real-image figure is the honest measure of a fix; the held-out samples come from a
-        stream that fine-tuning never trains on.
+        ``split``: "test" (the final report) or "validation" (what rounds are judged by; its
+        labels are the training labels with confirmed relabels applied). The real-image figure
+        is the honest measure of a fix; the held-out samples come from a stream that fine-tuning
+        never trains on.
         """
+        if split not in ("test", "validation"):
+            raise ValueError(f"split: expected 'test' or 'validation', got {split!r}")
         with self._lock:
-            return self._evaluate(self.active_round, samples)
+            return self._evaluate(self.active_round, samples, split=split)
 
-    def _evaluate(self, round: int | None, samples: int, regions: bool = True) -> Evaluation:
+    def _evaluate(
+        self, round: int | None, samples: int, regions: bool = True, split: str = "test"
+    ) -> Evaluation:
         targets = self.correctable() if self.regions is not None and regions else {}
-        codes = self.split_codes("test") if targets else None
+        codes = self.split_codes(split) if targets else None
+        x, y = self.validation_data() if split == "validation" else self.data.split("test")
+        whole_split = self._ray is not None and split == "test"
         return evaluation.evaluate(
             self.classifier,
-            self.data.x_test,
-            self.data.y_test,
+            x,
+            y,
             self.data.num_classes,
             int(round or 0),
             self.regions,
             targets,
             codes,
             samples,
-            predict=None if self._ray is None else self._test_classes,
+            predict=self._test_classes if whole_split else None,
         )
 
     def _test_classes(self, images: torch.Tensor) -> torch.Tensor:

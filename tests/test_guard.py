@@ -230,3 +230,14 @@ def test_a_saved_session_keeps_its_validation_fraction(
                                  digits, device="cpu")  # fmt: skip
     assert back.validation is not None and back.validation.fraction == 0.2
     assert s.validation is not None and torch.equal(back.validation.rows, s.validation.rows)
+
+
+def test_evaluate_reports_the_validation_split_per_class(s: dw.DefuseSession) -> None:
+    val, test = s.evaluate(split="validation"), s.evaluate()
+    assert len(val.per_class) == len(test.per_class) == s.data.num_classes
+    assert s.validation is not None and val.regions.keys() == test.regions.keys()
+    x, y = s.validation_data()
+    pred = dw.inference.predict_labels(s.classifier, x)
+    assert val.test_accuracy == pytest.approx(float((pred == y).float().mean()))
+    with pytest.raises(ValueError, match="split: expected 'test' or 'validation'"):
+        s.evaluate(split="train")

@@ -6,7 +6,8 @@ export type ClassDelta = { name: string; delta: number };
 export type Harm = { name: string; drop: number };
 export type Round = { round: number; test_accuracy: number | null; labeled_region_accuracy: number | null;
   labeled_region_real_accuracy?: number | null; labeled_region_real_images?: number; event?: string;
-  base_round?: number; stopped?: string; class_deltas?: ClassDelta[]; harm?: Harm[] };
+  base_round?: number; stopped?: string; class_deltas?: ClassDelta[]; harm?: Harm[];
+  validation?: { before?: number; after?: number } };
 
 /** Below this many real test images inside the labeled regions their accuracy is shown greyed. */
 export const MIN_REAL_IMAGES = 20;
@@ -147,9 +148,12 @@ export class FineTune {
   setRoundSummary(last: Round | undefined): void {
     const round = last?.event === "round" ? last : undefined;
     const deltas = round?.class_deltas ?? [];
+    const v = round?.validation;
+    const val = v?.before != null && v?.after != null
+      ? ` Validation accuracy ${(100 * v.before).toFixed(1)}% \u2192 ${(100 * v.after).toFixed(1)}%.` : "";
     this.summary.textContent = round && deltas.length
       ? `Round ${round.round} per class (test, points): ` +
-        deltas.map((d) => `${d.name} ${signed(d.delta)}`).join(", ") + (round.stopped ? `. ${round.stopped}.` : ".")
+        deltas.map((d) => `${d.name} ${signed(d.delta)}`).join(", ") + (round.stopped ? `. ${round.stopped}.` : ".") + val
       : "";
     const harm = round?.harm ?? [];
     this.harm.hidden = !harm.length;
