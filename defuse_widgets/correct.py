@@ -142,8 +142,8 @@ def fine_tune(
     """Train a copy of ``model`` for one round and return the state it keeps and per-step losses.
 
     Loss per step: CE(training batch) + ``lam`` x CE(region batch) + ``keep`` x KL(start model
-    || copy) at temperature 2 on the batch's images with ``outside`` True (those outside the
-    labeled regions; None: all). ``region_batch(n)`` returns ``n`` freshly decoded region images
+    || copy) at temperature 2 on the batch's images with ``outside`` True (all but those inside
+    a labeled region that carry its label; None: all). ``region_batch(n)`` returns ``n`` freshly decoded region images
     and their labels on the model's device. ``checker.check(step, copy)`` runs every
     ``settings.every`` steps; when it says stop, the round ends, and its ``best_state`` (None:
     the starting weights) is what the round keeps. The live model is never touched, so a

@@ -1,5 +1,6 @@
 """What one fine-tuning round works with, gathered once from the session: the training rows it
-may use, which of them lie outside the labeled regions, the validation images and their regions,
+may use, which of them the keep term holds to the starting model (all but those inside a labeled
+region that carry its label), the validation images and their regions,
 the sampling scales and the validity floor; and how it trains and judges one setting."""
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ class RoundPlan:
         rows = torch.arange(len(s.data.y_train)) if v is None else v.fit_rows
         ids = list(targets)
         outside = None
-        if settings.keep > 0:
-            outside = ~regions.contains(s.split_codes("train")[rows], ids).any(1)
+        if settings.keep > 0:  # every image but those a region's label is meant to change
+            inside = regions.contains(s.split_codes("train")[rows], ids)
+            labels = torch.tensor([targets[r] for r in ids])
+            outside = ~(inside & (s.training_labels()[rows, None] == labels)).any(1)
         validation = val_codes = val_inside = None
         if v is not None:
             x_val, y_val = s.validation_data()
