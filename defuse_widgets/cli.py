@@ -19,6 +19,7 @@ from .jsonio import nan_to_none
 from .labels import ReferenceModelLabeler, label_name
 from .models import load_model, save_model, train_classifier, train_vae
 from .session import DefuseSession
+from .validation import DEFAULT_FRACTION, carve
 
 # The demo classifier is deliberately quick (narrow, few epochs) so it has real, unplanted bugs;
 # the reference labeler is a wider model trained longer, standing in for a person.
@@ -35,12 +36,16 @@ def cache_dir() -> Path:
 def demo_models(
     data: ImageDataset, seed: int = 0, device: str = "auto", progress: bool = True
 ) -> dict[str, torch.nn.Module]:
-    """Train (or load cached) the demo classifier, VAE and reference labeler model for ``data``."""
-    folder = cache_dir() / f"{data.name}-seed{seed}"
+    """Train (or load cached) the demo classifier, VAE and reference labeler model for ``data``.
+
+    The classifier never sees the validation rows a session with the same ``seed`` carves
+    (``validation.DEFAULT_FRACTION``), so rounds are judged on images it was not trained on."""
+    folder = cache_dir() / f"{data.name}-seed{seed}-val{DEFAULT_FRACTION:g}"
     folder.mkdir(parents=True, exist_ok=True)
+    fit_rows = carve(data, DEFAULT_FRACTION, seed).fit_rows
     builders = {
         "classifier": lambda: train_classifier(
-            data, seed=seed, device=device, progress=progress, **DEMO_CLASSIFIER
+            data, seed=seed, device=device, progress=progress, rows=fit_rows, **DEMO_CLASSIFIER
         ),
         "vae": lambda: train_vae(data, seed=seed, device=device, progress=progress),
         "reference": lambda: train_classifier(

@@ -71,9 +71,10 @@ class RoundsMixin(SessionBase):
 
         Loss = CE(training batch) + ``lam`` x CE(batch of fresh samples from the labeled regions)
         + ``keep`` x KL(round's starting model || model) on the batch's training images, except
-        those inside a labeled region that carry its label (what the round means to change). Samples come from N(mean, scale x covariance), ``scale`` measured per
-        region on the validation split (None) or given; draws outside a region's 99% ellipsoid
-        are drawn again and decodes the generator calls unnatural are dropped (see
+        those inside a labeled region that carry its label (what the round means to change).
+        Samples come from N(mean, scale x covariance), ``scale`` measured per region on the
+        validation split (None) or given; draws outside a region's 99% ellipsoid are drawn again
+        and decodes the generator calls unnatural are dropped (see
         :mod:`~defuse_widgets.round_samples`).
 
         With a validation split (see the session's ``validation``) the round trains on the other

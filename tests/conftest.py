@@ -35,6 +35,7 @@ import pytest
 import torch
 
 import defuse_widgets as dw
+from defuse_widgets.validation import carve
 
 PACKAGE = Path(dw.__file__).parent
 torch.set_num_threads(int(os.environ.get("DEFUSE_WIDGETS_TEST_THREADS", "1")))
@@ -55,7 +56,10 @@ def _cache_dir(digits: dw.ImageDataset) -> Path:
 
 def _train_and_save(digits: dw.ImageDataset, paths: dict[str, Path]) -> None:
     models = {
-        "classifier": dw.train_classifier(digits, seed=0, device="cpu", progress=False),
+        # like demo_models: never trained on the validation rows a session (seed 0) carves
+        "classifier": dw.train_classifier(
+            digits, seed=0, device="cpu", progress=False, rows=carve(digits, 0.1, 0).fit_rows
+        ),
         "vae": dw.train_vae(digits, seed=0, device="cpu", progress=False),
     }
     for key, model in models.items():
