@@ -144,9 +144,9 @@ def fine_tune(
     Loss per step: CE(training batch) + ``lam`` x CE(region batch) + ``keep`` x KL(start model
     || copy) at temperature 2 on the batch's images with ``outside`` True (all but those inside
     a labeled region that carry its label; None: all). ``region_batch(n)`` returns ``n``
-    freshly decoded region images and their labels on the model's device. ``checker.check(step, copy)`` runs every
-    ``settings.every`` steps; when it says stop, the round ends, and its ``best_state`` (None:
-    the starting weights) is what the round keeps. The live model is never touched, so a
+    freshly decoded region images and their labels on the model's device.
+    ``checker.check(step, copy)`` runs every ``settings.every`` steps; when it says stop, the
+    round ends, and its ``best_state`` (None: the starting weights) is what the round keeps. The live model is never touched, so a
     cancelled round (``Cancelled`` is raised) leaves it as it was.
     """
     dev = next(model.parameters()).device
