@@ -146,8 +146,9 @@ def fine_tune(
     a labeled region that carry its label; None: all). ``region_batch(n)`` returns ``n``
     freshly decoded region images and their labels on the model's device.
     ``checker.check(step, copy)`` runs every ``settings.every`` steps; when it says stop, the
-    round ends, and its ``best_state`` (None: the starting weights) is what the round keeps. The live model is never touched, so a
-    cancelled round (``Cancelled`` is raised) leaves it as it was.
+    round ends, and its ``best_state`` (None: the starting weights) is what the round keeps.
+    The live model is never touched, so a cancelled round (``Cancelled`` is raised) leaves it
+    as it was.
     """
     dev = next(model.parameters()).device
     work = copy.deepcopy(model).train()
