@@ -91,7 +91,7 @@ class RoundSettings:
 
     steps: int = 300
     lam: float = 1.0
-    lr: float = 0.01
+    lr: float = 0.003
     batch_size: int = 64
     optimizer: str = "sgd"
     momentum: float = 0.9

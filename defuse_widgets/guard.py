@@ -22,7 +22,7 @@ DEFAULT_TOLERANCE = 1.0
 """Points of accuracy a class may lose in a round before the round is refused or flagged."""
 OVERALL_TOLERANCE = 0.5
 """Points of overall accuracy a round may lose before it is refused or flagged."""
-DEFAULT_PATIENCE = 3
+DEFAULT_PATIENCE = 5
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,10 @@ from .session_base import SessionBase
 EVAL_SAMPLES = 200
 DEFAULT_KEEP = 1.0
 AUTO_GRID: tuple[dict[str, Any], ...] = (
-    {"lam": 0.5, "lr": 0.003},
+    {"lam": 0.5, "lr": 0.001},
     {"lam": 1.0, "lr": 0.003},
+    {"lam": 2.0, "lr": 0.003},
     {"lam": 1.0, "lr": 0.01},
-    {"lam": 2.0, "lr": 0.01},
 )
 """The settings ``correct(auto=True)`` tries (over the round's other settings)."""
 
@@ -53,7 +53,7 @@ class RoundsMixin(SessionBase):
         self,
         steps: int = 300,
         lam: float = 1.0,
-        lr: float = 0.01,
+        lr: float = 0.003,
         batch_size: int = 64,
         optimizer: str = "sgd",
         scale: float | None = None,

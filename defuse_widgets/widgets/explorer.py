@@ -133,7 +133,7 @@ class Explorer(
     progress = t.Dict(IDLE).tag(sync=True)
     history = t.List(t.Dict()).tag(sync=True)
     baseline = t.Dict(allow_none=True, default_value=None).tag(sync=True)
-    finetune_params = t.Dict({"steps": 100, "lam": 1.0, "lr": 0.01}).tag(sync=True)
+    finetune_params = t.Dict({"steps": 300, "lam": 1.0, "lr": 0.003}).tag(sync=True)
     audit = t.Instance(dict, allow_none=True).tag(sync=True, to_json=_nested_to_json)
     audit_labels = _array()
     audit_selection = _array(echo_update=False)
@@ -152,9 +152,9 @@ class Explorer(
         members: int = 16,
         thumbnail_side: int = 32,
         max_thumbnail_bytes: int = 8_000_000,
-        steps: int = 100,
+        steps: int = 300,
         lam: float = 1.0,
-        lr: float = 0.01,
+        lr: float = 0.003,
         min_probability: float = 0.5,
         audit_limit: int = 100,
         who: str = "user",
