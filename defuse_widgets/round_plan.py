@@ -69,9 +69,9 @@ class RoundPlan:
 
     def train(
         self, settings: RoundSettings, cancel: CancelToken | None, callback: StepCallback | None
-    ) -> tuple[tuple[float, float], tuple[Any, ...]]:
-        """Train one setting; returns its (region, overall) validation score (0, 0 without a
-        validation split) and (state, losses, checker, scales, min_validity)."""
+    ) -> tuple[tuple[float, float], dict[str, torch.Tensor], list[float], EarlyStopping | None]:
+        """Train one setting; returns its (region, overall) validation score ((0, 0) without a
+        validation split), the state it keeps, its losses and its early stopping."""
         s = self.session
         assert s.regions is not None
         draw = s.regions.training_sampler(
@@ -85,7 +85,7 @@ class RoundPlan:
         state, losses = fine_tune(s.classifier, self.x_fit, self.y_fit, batch, settings,
                                   cancel, callback, self.outside, checker)  # fmt: skip
         score = (0.0, 0.0) if checker is None else (checker.best.region, checker.best.overall)
-        return score, (state, losses, checker, self.scales, self.min_validity)
+        return score, state, losses, checker
 
     def _measure(self) -> Any:
         """``(model, step) -> Score`` on the validation split."""

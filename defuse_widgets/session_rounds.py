@@ -129,18 +129,17 @@ class RoundsMixin(SessionBase):
         start, base = time.perf_counter(), self.active_round
         plan = RoundPlan.of(self, grid[0], targets)  # type: ignore[arg-type]
         before = self._test_scores(base)
-        tried: list[tuple[tuple[float, float], Any]] = []
+        tried = []
         try:
             for i, settings in enumerate(grid):
                 tried.append(plan.train(settings, cancel, _offset(callback, i, len(grid))))
         except Cancelled:
             return RoundRecord(None, True, vars(grid[0]), [], time.perf_counter() - start)
         best = max(range(len(tried)), key=lambda i: tried[i][0])
-        state, losses, checker, scales, floor = tried[best][1]
+        _, state, losses, checker = tried[best]
         record = RoundRecord(
             None, False, vars(grid[best]), losses, 0.0, None, base, dict(targets),
-            len(self._relabels), scales={int(k): v for k, v in scales.items()},
-            min_validity=floor,
+            len(self._relabels), scales=dict(plan.scales), min_validity=plan.min_validity,
         )  # fmt: skip
         if checker is not None:
             record.stopped = checker.finish(len(losses))
