@@ -267,7 +267,8 @@ def models_for(name: str, data: dw.ImageDataset) -> tuple[torch.nn.Module, Any, 
     vae = cached("vae", f"{name}-{len(data.y_train)}",
                  lambda: dw.train_vae(data, seed=0, device="cpu", progress=False))  # fmt: skip
     width, epochs = REFERENCE[name]
-    reference = cached("reference", f"{name}-{len(data.y_train)}", lambda: dw.train_classifier(
+    key = f"{name}-{len(data.y_train)}" + ("" if name == "digits" else f"-w{width}-e{epochs}")
+    reference = cached("reference", key, lambda: dw.train_classifier(
         data, epochs=epochs, width=width, arch="standard", seed=100, device="cpu",
         progress=False))  # fmt: skip
     pred = dw.inference.predict_labels(reference, data.x_test)
