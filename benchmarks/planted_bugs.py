@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--train-images", type=int, default=None, help="seeded training subset")
+    p.add_argument("--epochs", type=int, default=None, help="classifier epochs (default: EPOCHS)")
+    p.add_argument("--vae-epochs", type=int, default=None, help="VAE epochs (None: ~3k steps)")
     p.add_argument("--search-images", type=int, default=2000, help="test images searched")
     p.add_argument("--strategy", default="gaussian", choices=["reference", "gaussian", "gradient"])
     p.add_argument("--radius", type=float, default=0.5, help="gaussian strategy noise radius")
@@ -225,8 +227,10 @@ def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, s
     fit_rows = carve(user, DEFAULT_FRACTION, seed).fit_rows
     key = f"{name}-{kind}-{seed}-{len(user.y_train)}-{args.clusters}-{sl['a']}-{sl['b']}"
     key += f"-{ARCH[name]}"
+    epochs = args.epochs or EPOCHS[name]
+    key += f"-e{epochs}"
     clf = cached("classifier", key, lambda: dw.train_classifier(
-        user, epochs=EPOCHS[name], arch=ARCH[name], rows=fit_rows, seed=seed, device="cpu",
+        user, epochs=epochs, arch=ARCH[name], rows=fit_rows, seed=seed, device="cpu",
         progress=False))  # fmt: skip
     s = dw.DefuseSession(clf, vae, user, device="cpu", seed=seed, progress=False)
     before = accuracies(s, bug)
@@ -263,10 +267,15 @@ def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, s
     }  # fmt: skip
 
 
-def models_for(name: str, data: dw.ImageDataset) -> tuple[torch.nn.Module, Any, float]:
-    vae = cached("vae", f"{name}-{len(data.y_train)}",
-                 lambda: dw.train_vae(data, seed=0, device="cpu", progress=False))  # fmt: skip
+def models_for(
+    name: str, data: dw.ImageDataset, args: argparse.Namespace
+) -> tuple[torch.nn.Module, Any, float]:
+    vae_key = f"{name}-{len(data.y_train)}" + (f"-e{args.vae_epochs}" if args.vae_epochs else "")
+    vae = cached("vae", vae_key, lambda: dw.train_vae(
+        data, epochs=args.vae_epochs, seed=0, device="cpu", progress=False))  # fmt: skip
     width, epochs = REFERENCE[name]
+    if args.epochs and epochs:
+        epochs = round(1.5 * args.epochs)
     key = f"{name}-{len(data.y_train)}" + ("" if name == "digits" else f"-w{width}-e{epochs}")
     reference = cached("reference", key, lambda: dw.train_classifier(
         data, epochs=epochs, width=width, arch="standard", seed=100, device="cpu",
@@ -314,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for name in args.datasets:
         data = load(name, args)
-        vae, labeler, ref_acc = models_for(name, data)
+        vae, labeler, ref_acc = models_for(name, data, args)
         print(f"\n{name}: {len(data.y_train)} training / {len(data.y_test)} test images, "
               f"first {min(args.search_images, len(data.y_test))} searched; reference labeler "
               f"test accuracy {ref_acc:.2%}")  # fmt: skip
