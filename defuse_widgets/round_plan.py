@@ -63,7 +63,7 @@ class RoundPlan:
             if settings.scale is not None
             else measured_scales(regions, targets, val_codes, val_inside)
         )
-        floor = validity_floor(s.generator, s.split_codes("train")[rows], s.seed)
+        floor = validity_floor(s.generator, s.split_codes("train")[rows], s.seed, s.device)
         return cls(s, targets, s.data.x_train[rows], s.training_labels()[rows], outside,
                    scales, floor, validation)  # fmt: skip
 

@@ -53,13 +53,16 @@ def measured_scales(
     return out
 
 
-def validity_floor(generator: Any, real_codes: torch.Tensor, seed: int) -> float:
-    """The ``VALIDITY_QUANTILE`` of the validity of (at most ``VALIDITY_PROBE``) real codes."""
+def validity_floor(
+    generator: Any, real_codes: torch.Tensor, seed: int, device: torch.device
+) -> float:
+    """The ``VALIDITY_QUANTILE`` of the validity of (at most ``VALIDITY_PROBE``) real codes,
+    decoded on ``device`` (the generator's)."""
     if len(real_codes) == 0:
         return 0.0
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(real_codes), generator=gen)[:VALIDITY_PROBE]
-    dev = next(iter(generator.modules[0].parameters())).device
+    dev = device
     with torch.inference_mode():
         scores = validity_score(generator, real_codes[pick].to(dev)).cpu()
     return float(torch.quantile(scores, VALIDITY_QUANTILE))

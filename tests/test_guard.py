@@ -241,3 +241,17 @@ def test_evaluate_reports_the_validation_split_per_class(s: dw.DefuseSession) ->
     assert val.test_accuracy == pytest.approx(float((pred == y).float().mean()))
     with pytest.raises(ValueError, match="split: expected 'test' or 'validation'"):
         s.evaluate(split="train")
+
+
+def test_a_round_runs_with_a_generator_made_of_plain_functions(
+    digits_classifier: nn.Module, digits_vae: nn.Module, digits: dw.ImageDataset
+) -> None:
+    vae = copy.deepcopy(digits_vae)
+    gen = dw.generative.as_generator(encode=vae.encode, decode=vae.decode)  # no modules given
+    s = dw.DefuseSession(copy.deepcopy(digits_classifier), gen, digits, device="cpu",
+                         progress=False)  # fmt: skip
+    s.identify(limit=40, samples=20, max_per_image=3)
+    s.distill(max_regions=4)
+    label_true_class(s, s.regions.ids[0])  # type: ignore[union-attr]
+    record = s.correct(steps=10)
+    assert record.round == 1 and record.min_validity is not None
