@@ -8,7 +8,7 @@ Pure functions over tensors plus a small result object; the
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,7 +41,7 @@ class AuditResult:
     predictions: torch.Tensor
     probabilities: torch.Tensor
     inside: int
-    evidence: torch.Tensor | None = None
+    evidence: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -256,19 +256,23 @@ def audit_payload(
     """
     result = session.audit(region_id, min_probability)
     label = result.region_label
-    parts = [(result.indices, result.predictions, result.probabilities)]
+    parts = [(result.indices, result.predictions, result.probabilities, result.evidence)]
     fixed = [i for i, r in session.relabels.items() if r.new_label == label]
     if fixed:
         # audit against another class: rows whose label is now the region's label come back
         other_class = (label + 1) % len(session.data.classes)
         other = session.audit(region_id, min_probability, label=other_class)
         keep = torch.isin(other.indices, torch.tensor(fixed, dtype=torch.long))
-        parts.append((other.indices[keep], other.predictions[keep], other.probabilities[keep]))
+        parts.append((other.indices[keep], other.predictions[keep], other.probabilities[keep],
+                      other.evidence[keep]))  # fmt: skip
     idx = torch.cat([p[0] for p in parts]).long()
     pred = torch.cat([p[1] for p in parts]).long()
     prob = torch.cat([p[2] for p in parts]).float()
+    evidence = torch.cat([p[3] for p in parts]).float()
     total = len(idx)
-    order = sorted(range(total), key=lambda i: (-float(prob[i]), int(idx[i])))[:limit]
+    # the audit's own ranking: strongest evidence of a wrong label first
+    key = [(-float(evidence[i]), -float(prob[i]), int(idx[i])) for i in range(total)]
+    order = sorted(range(total), key=key.__getitem__)[:limit]
     pick = torch.tensor(order, dtype=torch.long)
     idx, pred, prob = idx[pick], pred[pick], prob[pick]
     return {

@@ -108,7 +108,7 @@ def test_audit_selects_conflicting_training_images_inside_the_region(s, digits):
         result.labels, digits.y_train[result.indices]
     )
     assert (result.probabilities >= 0.5).all()
-    assert result.evidence is not None  # likeliest mistakes first
+    assert len(result.evidence) == len(result)  # likeliest mistakes first
     assert (result.evidence[:-1] >= result.evidence[1:]).all()
     assert torch.equal(result.images, digits.x_train[result.indices])
     assert torch.equal(result.predictions, s.predict(result.images).argmax(1))
