@@ -62,7 +62,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_the_command_succeeds_and_caches_its_models(pipeline: dict[str, Any]) -> None:
     assert pipeline["code"] == 0
-    folder = pipeline["cache"] / "digits-seed0"
+    folder = pipeline["cache"] / "digits-seed0-val0.1"  # demo_models: trained without validation
     for name in ("classifier", "vae", "reference"):
         assert (folder / f"{name}.safetensors").is_file(), name
 
@@ -131,7 +131,7 @@ def test_report_html(pipeline: dict[str, Any]) -> None:
 
 def test_the_saved_session_loads_back(pipeline: dict[str, Any]) -> None:
     r = pipeline["report"]
-    folder = pipeline["cache"] / "digits-seed0"
+    folder = pipeline["cache"] / "digits-seed0-val0.1"  # demo_models: trained without validation
     s = dw.DefuseSession.load(
         pipeline["out"] / "session",
         classifier=dw.load_model(folder / "classifier.safetensors"),
