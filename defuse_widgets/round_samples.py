@@ -25,7 +25,7 @@ from .validity import reencoding_validity, validity_score
 MIN_SCALE, MAX_SCALE = 0.01, 1.0
 MIN_IMAGES = 5
 COVERAGE = 0.99
-VALIDITY_QUANTILE = 0.05
+VALIDITY_QUANTILE = 0.01
 VALIDITY_PROBE = 512
 MAX_TRIES = 4
 
