@@ -99,7 +99,7 @@ def test_correction_fixes_the_labeled_region(s: dw.DefuseSession) -> None:
     assert s.regions is not None
     rid, label = next(iter(s.correctable().items()))
     before = s.evaluate()["regions"][rid]["sample_accuracy"]
-    record = s.correct(steps=25, batch_size=32, early_stopping=False)
+    record = s.correct(steps=25, batch_size=32, lr=0.01, early_stopping=False)
     after = record["evaluation"]["regions"][rid]["sample_accuracy"]
     assert after >= max(0.8, before + 0.3), (before, after)
     # the fix is measured on held-out draws: the training stream is another one
