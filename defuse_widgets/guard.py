@@ -130,7 +130,8 @@ class EarlyStopping:
         if self.best_state is None:
             self.reason += (
                 "; no step lifted the regions without costing a class more than "
-                f"{self.tolerance:g} points, so the round keeps its starting weights"
+                f"{self.tolerance:g} point{'' if self.tolerance == 1 else 's'}, so the round "
+                "keeps its starting weights"
             )
         else:
             self.reason += f"; kept step {self.best.step}"

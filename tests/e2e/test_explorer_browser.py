@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from digits_cells import session_source
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 OUTPUT = Path(__file__).resolve().parents[2] / "tests" / "output"  # git-ignored
@@ -24,17 +25,8 @@ OUTPUT = Path(__file__).resolve().parents[2] / "tests" / "output"  # git-ignored
 
 def _setup_cells(paths: dict[str, Path]) -> list[str]:
     return [
-        "import torch\n"
-        "import defuse_widgets as dw\n"
-        "torch.set_num_threads(2)\n"
-        'data = dw.load_dataset("digits")\n'
-        f"clf = dw.load_model({str(paths['classifier'])!r})\n"
-        f"vae = dw.load_model({str(paths['vae'])!r})\n"
-        's = dw.DefuseSession(classifier=clf, generator=vae, data=data, device="cpu", seed=0,\n'
-        "                     progress=False)\n"
-        's.identify(split="test", limit=200)\n'
-        "s.distill(max_regions=20)\n"
-        'w = s.explorer(steps=40, projection="pca", background="train")  # UMAP: test_projection\n'
+        session_source(paths, limit=200, max_regions=20)
+        + 'w = s.explorer(steps=40, projection="pca", background="train")  # UMAP: elsewhere\n'
         "w",
     ]
 

@@ -18,23 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from digits_cells import session_source
 
 MAP = '[aria-label="Error map"]'
 
 
 def _setup(paths: dict[str, Path]) -> str:
     return (
-        "import torch\n"
-        "import defuse_widgets as dw\n"
-        "torch.set_num_threads(2)\n"
-        'data = dw.load_dataset("digits")\n'
-        f"clf = dw.load_model({str(paths['classifier'])!r})\n"
-        f"vae = dw.load_model({str(paths['vae'])!r})\n"
-        's = dw.DefuseSession(classifier=clf, generator=vae, data=data, device="cpu", seed=0,\n'
-        "                     progress=False)\n"
-        's.identify(split="test", limit=60)\n'
-        "s.distill(max_regions=8)\n"
-        'w = s.explorer(steps=20, projection="pca")\n'
+        session_source(paths, limit=60, max_regions=8)
+        + 'w = s.explorer(steps=20, projection="pca")\n'
     )
 
 
