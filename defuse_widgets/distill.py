@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,7 +14,7 @@ from .mixture import (
     Mixture,
     chi_square_quantile,
     fit_mixture,
-    mahalanobis_sq,
+    inside_ellipsoid,
     robust_cholesky,
 )
 
@@ -128,23 +128,6 @@ class RegionSet:
 
     region_probability = predict_proba  # the name before the redesign
 
-    def contains(
-        self, codes: torch.Tensor, region_ids: Sequence[int], coverage: float = 0.99
-    ) -> torch.Tensor:
-        """(n, len(region_ids)) bool: the mixture puts the code in the region with probability
-        above 0.5 and it lies inside the ellipsoid holding ``coverage`` of the region's Gaussian.
-
-        Probability alone puts a code far from every error in its nearest region with
-        probability near 1; the ellipsoid keeps "inside" to what the region covers."""
-        prob = self.predict_proba(codes)
-        limit = chi_square_quantile(coverage, codes.shape[1])
-        columns = []
-        for rid in region_ids:
-            region = self.get(rid)
-            near = mahalanobis_sq(codes.cpu(), region.mean, region.covariance) <= limit
-            columns.append((prob[:, self.column(rid)] > 0.5) & near)
-        return torch.stack(columns, 1) if columns else torch.zeros(len(codes), 0, dtype=torch.bool)
-
     def sample_codes(
         self,
         region_id: int,
@@ -223,16 +206,8 @@ class RegionSet:
         def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
             pick = torch.randint(len(ids), (n,), generator=gen, device=device)
             eps = torch.randn(n, means.shape[1], generator=gen, device=device)
-            if limit is not None:  # squared Mahalanobis distance under the unscaled covariance
-                for _ in range(MAX_REDRAWS):
-                    outside = scales_dev[pick] * eps.pow(2).sum(1) > limit
-                    if not outside.any():
-                        break
-                    eps[outside] = torch.randn(
-                        int(outside.sum()), means.shape[1], generator=gen, device=device
-                    )
-                d2 = scales_dev[pick] * eps.pow(2).sum(1)  # still outside: onto the boundary
-                eps = eps * (0.999 * limit / d2).clamp(max=1.0).sqrt()[:, None]
+            if limit is not None:
+                eps = inside_ellipsoid(eps, scales_dev[pick], limit, gen, MAX_REDRAWS)
             return means[pick] + (chols[pick] @ eps[..., None])[..., 0], labels[pick]
 
         return draw

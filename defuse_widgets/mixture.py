@@ -130,3 +130,20 @@ def mahalanobis_sq(
     chol = robust_cholesky(covariance.double())
     diff = (codes.double() - mean.double()).T
     return torch.linalg.solve_triangular(chol, diff, upper=False).pow(2).sum(0)
+
+
+def inside_ellipsoid(
+    eps: torch.Tensor, scale: torch.Tensor, limit: float, gen: torch.Generator, redraws: int
+) -> torch.Tensor:
+    """Standard normal draws eps (n, d) for codes mean + sqrt(scale) L eps, redrawn (up to
+    ``redraws`` times, then pulled onto the boundary) where the code's squared Mahalanobis
+    distance under the unscaled covariance, scale x |eps|^2, exceeds ``limit``."""
+    for _ in range(redraws):
+        outside = scale * eps.pow(2).sum(1) > limit
+        if not outside.any():
+            break
+        eps[outside] = torch.randn(
+            int(outside.sum()), eps.shape[1], generator=gen, device=eps.device
+        )
+    d2 = scale * eps.pow(2).sum(1)
+    return eps * (0.999 * limit / d2).clamp(max=1.0).sqrt()[:, None]

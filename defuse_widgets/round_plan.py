@@ -15,7 +15,13 @@ from .correct import CancelToken, RoundSettings, StepCallback, fine_tune
 from .evaluation import accuracy_by_class
 from .guard import EarlyStopping, Score
 from .inference import predict_labels
-from .round_samples import COVERAGE, measured_scales, region_batches, validity_floor
+from .round_samples import (
+    COVERAGE,
+    inside_regions,
+    measured_scales,
+    region_batches,
+    validity_floor,
+)
 
 if TYPE_CHECKING:
     from .session import DefuseSession
@@ -49,14 +55,14 @@ class RoundPlan:
         ids = list(targets)
         outside = None
         if settings.keep > 0:  # every image but those a region's label is meant to change
-            inside = regions.contains(s.split_codes("train")[rows], ids)
+            inside = inside_regions(regions, s.split_codes("train")[rows], ids)
             labels = torch.tensor([targets[r] for r in ids])
             outside = ~(inside & (s.training_labels()[rows, None] == labels)).any(1)
         validation = val_codes = val_inside = None
         if v is not None:
             x_val, y_val = s.validation_data()
             val_codes = s.split_codes("validation")
-            val_inside = regions.contains(val_codes, ids)
+            val_inside = inside_regions(regions, val_codes, ids)
             validation = (x_val, y_val, val_inside)
         scales = (
             {r: settings.scale for r in targets}

@@ -13,11 +13,12 @@ filtered so that each one means what its region's label says.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from .audit import within_region
 from .distill import DEFAULT_SCALE, RegionSet
 from .mixture import mahalanobis_sq
 from .validity import reencoding_validity, validity_score
@@ -30,6 +31,23 @@ VALIDITY_PROBE = 512
 MAX_TRIES = 4
 
 
+def inside_regions(
+    regions: RegionSet, codes: torch.Tensor, region_ids: Sequence[int], coverage: float = COVERAGE
+) -> torch.Tensor:
+    """(n, len(region_ids)) bool: the mixture puts the code in the region with probability
+    above 0.5 and it lies inside the ellipsoid holding ``coverage`` of the region's Gaussian.
+
+    Probability alone puts a code far from every error in its nearest region with probability
+    near 1; the ellipsoid keeps "inside" to what the region covers."""
+    prob = regions.predict_proba(codes)
+    columns: list[torch.Tensor] = []
+    for rid in region_ids:
+        region = regions.get(rid)
+        near = within_region(codes.cpu(), region.mean, region.covariance, coverage)
+        columns.append((prob[:, regions.column(rid)] > 0.5) & near)
+    return torch.stack(columns, 1) if columns else torch.zeros(len(codes), 0, dtype=torch.bool)
+
+
 def measured_scales(
     regions: RegionSet,
     targets: Mapping[int, int],
@@ -37,7 +55,7 @@ def measured_scales(
     inside: torch.Tensor | None,
 ) -> dict[int, float]:
     """Region id -> sampling scale, from the codes (N, d) of the validation images and which of
-    them lie in each target region ((N, T) bool, see :meth:`RegionSet.contains`); the default
+    them lie in each target region ((N, T) bool, see :func:`inside_regions`); the default
     scale where too few images are inside."""
     out = {}
     for i, rid in enumerate(targets):

@@ -13,7 +13,7 @@ from torch import nn
 import defuse_widgets as dw
 from defuse_widgets.correct import keep_loss
 from defuse_widgets.guard import EarlyStopping, Score, harm
-from defuse_widgets.round_samples import measured_scales
+from defuse_widgets.round_samples import inside_regions, measured_scales
 from defuse_widgets.validation import carve, make_validation
 
 
@@ -156,7 +156,7 @@ def test_training_draws_stay_inside_the_region_ellipsoid(s: dw.DefuseSession) ->
     region = s.regions.get(rid)
     draw = s.regions.training_sampler({rid: 0}, 4.0, 0, torch.device("cpu"), coverage=0.9)
     codes = draw(400)[0]
-    inside = s.regions.contains(codes, [rid], coverage=0.9)
+    inside = inside_regions(s.regions, codes, [rid], coverage=0.9)
     from defuse_widgets.mixture import chi_square_quantile, mahalanobis_sq
 
     limit = chi_square_quantile(0.9, codes.shape[1])
