@@ -53,11 +53,12 @@ class RoundPlan:
         v = s.validation
         rows = torch.arange(len(s.data.y_train)) if v is None else v.fit_rows
         ids = list(targets)
+        y_fit = s.training_labels()[rows]
         outside = None
         if settings.keep > 0:  # every image but those a region's label is meant to change
             inside = inside_regions(regions, s.split_codes("train")[rows], ids)
             labels = torch.tensor([targets[r] for r in ids])
-            outside = ~(inside & (s.training_labels()[rows, None] == labels)).any(1)
+            outside = ~(inside & (y_fit[:, None] == labels)).any(1)
         validation = val_codes = val_inside = None
         if v is not None:
             x_val, y_val = s.validation_data()
@@ -70,7 +71,7 @@ class RoundPlan:
             else measured_scales(regions, targets, val_codes, val_inside)
         )
         floor = validity_floor(s.generator, s.split_codes("train")[rows], s.seed, s.device)
-        return cls(s, targets, s.data.x_train[rows], s.training_labels()[rows], outside,
+        return cls(s, targets, s.data.x_train[rows], y_fit, outside,
                    scales, floor, validation)  # fmt: skip
 
     def train(
