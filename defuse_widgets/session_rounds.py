@@ -7,6 +7,7 @@ classifier, its weight snapshots (one per round, 0 the original) and its history
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -152,15 +153,20 @@ class RoundsMixin(SessionBase):
                 {"lam": g.lam, "lr": g.lr, "region": t[0][0], "overall": t[0][1]}
                 for g, t in zip(grid, tried)
             ]
-        self._commit_round(state, record, start)
+        tolerance = grid[best].tolerance
+        self._commit_round(state, record, start, lambda: self._judge(record, before, tolerance))
+        return record
+
+    def _judge(
+        self, record: RoundRecord, before: tuple[float, list[float]], tolerance: float
+    ) -> None:
+        """Fill in the evaluated round's per-class test deltas and what it harmed."""
         assert record.evaluation is not None
         counts = torch.bincount(self.data.y_test, minlength=self.data.num_classes).tolist()
-        drops = class_drops(before[1], record.evaluation.per_class)
-        record.class_deltas = [-d for d in drops]
+        record.class_deltas = [-d for d in class_drops(before[1], record.evaluation.per_class)]
         record.harm = harm(*before, record.evaluation.test_accuracy,
-                           record.evaluation.per_class, grid[best].tolerance,
+                           record.evaluation.per_class, tolerance,
                            self.data.classes, counts)  # fmt: skip
-        return record
 
     def _test_scores(self, round: int) -> tuple[float, list[float]]:
         """Overall and per-class test accuracy of a round's weights (the live ones if needed)."""
@@ -171,9 +177,14 @@ class RoundsMixin(SessionBase):
         return ev.test_accuracy, list(ev.per_class)
 
     def _commit_round(
-        self, state: dict[str, torch.Tensor], record: RoundRecord, start: float
+        self,
+        state: dict[str, torch.Tensor],
+        record: RoundRecord,
+        start: float,
+        complete: Callable[[], None],
     ) -> None:
-        """Evaluate the new weights, then add the round whole (weights, snapshot, history).
+        """Evaluate the new weights, ``complete()`` the record, then add the round whole
+        (weights, snapshot, history) and tell the listeners, who so see a finished record.
 
         An interrupt while evaluating puts the previous weights back; the bookkeeping itself
         runs with Ctrl-C held back, so the session never has a snapshot without its record.
@@ -184,6 +195,7 @@ class RoundsMixin(SessionBase):
                 restore(self.classifier, state)
             try:
                 record.evaluation = self._evaluate(record.round, EVAL_SAMPLES)
+                complete()
             except BaseException:
                 with deferred_interrupt():
                     restore(self.classifier, self._snapshots[self.active_round])

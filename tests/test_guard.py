@@ -205,8 +205,11 @@ def test_a_round_records_why_it_stopped_and_what_it_did_per_class(s: dw.DefuseSe
 
 def test_a_harmful_round_is_flagged_with_the_classes_it_hurt(s: dw.DefuseSession) -> None:
     # a reckless round: large steps, no keep term, every step kept
+    seen: list[tuple[list, list]] = []  # what a listener (the explorer) finds when told
+    s.observe(lambda event: seen.append((s.history[-1].harm, s.history[-1].class_deltas)))
     record = s.correct(steps=60, lr=0.5, keep=0.0, early_stopping=False)
     assert record.harmful and record.harm
+    assert seen == [(record.harm, record.class_deltas)]  # the record was whole when told
     assert all(h["drop"] > 1.0 for h in record.harm)
     assert any(h["class"] is None or h["name"] in s.data.classes for h in record.harm)
 
