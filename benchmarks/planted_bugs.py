@@ -10,7 +10,8 @@ of one class A's training images; the cluster nearest another class):
    and of 5% of the others; in the test split it sits on a random half of all images, whatever
    their class. The slice is A's test images without the patch.
 
-Per dataset, a VAE (on the clean training images) and a reference labeler (a wider ``standard``
+Per dataset, a VAE (on the clean training images; for ``spurious``, on the user's cued
+images, as a user's generator would be) and a reference labeler (a wider ``standard``
 CNN on the clean labels, longer trained; its test accuracy is printed) are trained once. Per bug
 and seed, the classifier (``ARCH``: the demo CNN on digits, ``standard`` on Fashion-MNIST, 4
 epochs) is trained on the buggy training split minus the
@@ -232,6 +233,8 @@ def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, s
     clf = cached("classifier", key, lambda: dw.train_classifier(
         user, epochs=epochs, arch=ARCH[name], rows=fit_rows, seed=seed, device="cpu",
         progress=False))  # fmt: skip
+    if kind == "spurious":  # the user's generator learns from the user's (cued) images
+        vae = train_vae(name, user, args, f"spurious-{seed}")
     s = dw.DefuseSession(clf, vae, user, device="cpu", seed=seed, progress=False)
     before = accuracies(s, bug)
     t1 = time.perf_counter()
@@ -258,6 +261,8 @@ def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, s
         "a": bug["a"], "b": bug["b"], "slice_test": len(bug["slice_test"]),
         "best_region": region, "relabels": len(s.relabels),
         "labeled_regions": len(s.correctable()), "regions": len(s.regions or []),
+        "real_in_labeled_regions": (record.evaluation.labeled_region_real_images
+                                    if record is not None and record.evaluation else 0),
         "stopped": record.stopped if record is not None else "no class-labeled region",
         "best_step": record.best_step if record is not None else None,
         "harm": record.harm if record is not None else [],
@@ -270,9 +275,7 @@ def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, s
 def models_for(
     name: str, data: dw.ImageDataset, args: argparse.Namespace
 ) -> tuple[torch.nn.Module, Any, float]:
-    vae_key = f"{name}-{len(data.y_train)}" + (f"-e{args.vae_epochs}" if args.vae_epochs else "")
-    vae = cached("vae", vae_key, lambda: dw.train_vae(
-        data, epochs=args.vae_epochs, seed=0, device="cpu", progress=False))  # fmt: skip
+    vae = train_vae(name, data, args)
     width, epochs = REFERENCE[name]
     if args.epochs and epochs:
         epochs = round(1.5 * args.epochs)
@@ -282,6 +285,15 @@ def models_for(
         progress=False))  # fmt: skip
     pred = dw.inference.predict_labels(reference, data.x_test)
     return vae, dw.ReferenceModelLabeler(reference), float((pred == data.y_test).float().mean())
+
+
+def train_vae(
+    name: str, data: dw.ImageDataset, args: argparse.Namespace, variant: str = "clean"
+) -> torch.nn.Module:
+    key = f"{name}-{len(data.y_train)}" + (f"-e{args.vae_epochs}" if args.vae_epochs else "")
+    key += "" if variant == "clean" else f"-{variant}"
+    return cached("vae", key, lambda: dw.train_vae(
+        data, epochs=args.vae_epochs, seed=0, device="cpu", progress=False))  # fmt: skip
 
 
 def load(name: str, args: argparse.Namespace) -> dw.ImageDataset:

@@ -178,7 +178,10 @@ export class AuditView {
           `${d.min_probability}) labeled other than ${name(d.label)}${more}; ${fixed} relabeled here. ` +
           `Select the mislabeled ones and relabel them ${name(d.label)}: the next fine-tuning round trains ` +
           "on confirmed relabels."
-        : `No training image inside this region (${d.inside} in all) is labeled other than ${name(d.label)}.`;
+        : d.inside
+          ? `No training image inside this region (${d.inside} in all) is labeled other than ${name(d.label)}.`
+          : `No training image falls inside this region (probability \u2265 ${d.min_probability}): ` +
+            "there is nothing to audit here.";
     }
     const n = this.selected.size;
     this.relabelBtn.disabled = n === 0;

@@ -1,10 +1,11 @@
 // Region list (sorted by size) and the region panel (gallery + labeling controls).
 import { Arr, decode, imageURL, Wire } from "../common/codec";
+import { MIN_REAL_IMAGES } from "./finetune";
 
 export type RegionInfo = {
   id: number; color: string; size: number; weight: number; transition: [number, number];
   validity: number; confidence: number; user_defined: boolean;
-  sample_accuracy?: number | null; real_accuracy?: number | null;
+  sample_accuracy?: number | null; real_accuracy?: number | null; real_images?: number | null;
 };
 
 export const MODEL_IS_RIGHT = -1;
@@ -18,6 +19,14 @@ export function labelText(label: number | undefined, classes: string[]): string 
 }
 
 const pct = (v: number | null | undefined) => (v === null || v === undefined || Number.isNaN(v) ? "–" : `${(100 * v).toFixed(0)}%`);
+
+/** ", real accuracy 64% (n = 11)", saying so when the figure rests on too few real images. */
+export function realAccuracyText(r: RegionInfo): string {
+  const n = r.real_images;
+  if (n == null) return "";
+  if (n === 0) return ", no real test image inside";
+  return `, real accuracy ${pct(r.real_accuracy)} (n = ${n}${n < MIN_REAL_IMAGES ? ": too few to trust" : ""})`;
+}
 
 export class RegionList {
   root: HTMLElement;
@@ -144,7 +153,7 @@ export class RegionPanel {
     const tr = r ? `${name(r.transition[0])} \u2192 ${name(r.transition[1])}` : "";
     this.head.textContent = `Region ${rid}: ${r ? r.size : "?"} errors, ${tr}, ${labelText(lab, classes)}` +
       (r && r.sample_accuracy != null ? `, sample accuracy ${pct(r.sample_accuracy)}` : "") +
-      (r && r.real_accuracy != null && !Number.isNaN(r.real_accuracy) ? `, real accuracy ${pct(r.real_accuracy)}` : "");
+      (r ? realAccuracyText(r) : "");
     if (lab !== undefined && lab >= 0) this.select.value = String(lab);
     else if (r) this.select.value = String(r.transition[0]);
     this.gallery("Fresh samples from the region", rid, decode(panel.samples as Wire), decode(panel.sample_pred as Wire),
