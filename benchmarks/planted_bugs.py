@@ -56,6 +56,7 @@ import torch
 
 import defuse_widgets as dw
 from defuse_widgets.generative import as_generator
+from defuse_widgets.strategies import DEFAULT_STRATEGY, STRATEGIES
 from defuse_widgets.validation import DEFAULT_FRACTION, carve
 
 CACHE = Path.home() / ".cache" / "defuse-widgets" / "bench" / "suite"
@@ -81,10 +82,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="classifier epochs (default: EPOCHS)")
     p.add_argument("--vae-epochs", type=int, default=None, help="VAE epochs (None: ~3k steps)")
     p.add_argument("--search-images", type=int, default=2000, help="test images searched")
-    p.add_argument("--strategy", default="gaussian", choices=["reference", "gaussian", "gradient"])
-    p.add_argument("--radius", type=float, default=0.5, help="gaussian strategy noise radius")
+    p.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=list(STRATEGIES))
+    p.add_argument("--radius", type=float, default=None, help="gaussian noise radius (its default)")
     p.add_argument("--max-regions", type=int, default=30)
     p.add_argument("--clusters", type=int, default=3, help="k-means clusters within class A")
+    p.add_argument("--spurious-validation", default="train", choices=["train", "deployment"],
+                   help="spurious: validation carved from the cued training split, or the same "
+                   "rows cued as in deployment (a random half, any class)")  # fmt: skip
     p.add_argument("--correct", default="{}", help="JSON keyword arguments for correct()")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON line here")
@@ -178,6 +182,16 @@ def plant(data: dw.ImageDataset, kind: str, sl: dict[str, Any], seed: int) -> di
     return bug
 
 
+def deployment_validation(
+    data: dw.ImageDataset, rows: torch.Tensor, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation rows as they would look when deployed: the cue on a random half of them,
+    whatever their class (as in the test split)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    cued = (torch.rand(len(rows), generator=gen) < CUE_IN_TEST).nonzero().flatten()
+    return patch(data.x_train[rows], cued), data.y_train[rows]
+
+
 def found(s: dw.DefuseSession, slice_test: torch.Tensor) -> dict[str, Any]:
     """The region that best captures the slice's errors, and whether it counts as found."""
     assert s.errors is not None and s.regions is not None
@@ -225,7 +239,8 @@ def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, s
     sl = choose_slice(data, vae, CLASS_A[name][kind], args.clusters, seed)
     bug = plant(data, kind, sl, seed)
     user = bug["data"]
-    fit_rows = carve(user, DEFAULT_FRACTION, seed).fit_rows
+    split = carve(user, DEFAULT_FRACTION, seed)
+    fit_rows = split.fit_rows
     key = f"{name}-{kind}-{seed}-{len(user.y_train)}-{args.clusters}-{sl['a']}-{sl['b']}"
     key += f"-{ARCH[name]}"
     epochs = args.epochs or EPOCHS[name]
@@ -235,10 +250,16 @@ def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, s
         progress=False))  # fmt: skip
     if kind == "spurious":  # the user's generator learns from the user's (cued) images
         vae = train_vae(name, user, args, f"spurious-{seed}")
-    s = dw.DefuseSession(clf, vae, user, device="cpu", seed=seed, progress=False)
+    validation: Any = DEFAULT_FRACTION
+    if kind == "spurious" and args.spurious_validation == "deployment":
+        validation = deployment_validation(data, split.rows, seed)
+        user = dataclasses.replace(user, x_train=user.x_train[fit_rows],
+                                   y_train=user.y_train[fit_rows])  # fmt: skip
+    s = dw.DefuseSession(clf, vae, user, device="cpu", seed=seed, progress=False,
+                         validation=validation)  # fmt: skip
     before = accuracies(s, bug)
     t1 = time.perf_counter()
-    options = {"radius": args.radius} if args.strategy == "gaussian" else {}
+    options = {"radius": args.radius} if args.radius is not None else {}
     s.identify(strategy=args.strategy, limit=args.search_images, **options)
     s.distill(max_regions=args.max_regions)
     s.auto_label(labeler)

@@ -19,6 +19,7 @@ from .jsonio import nan_to_none
 from .labels import ReferenceModelLabeler, label_name
 from .models import load_model, save_model, train_classifier, train_vae
 from .session import DefuseSession
+from .strategies import DEFAULT_STRATEGY, STRATEGIES
 from .validation import DEFAULT_FRACTION, carve
 
 # The demo classifier is deliberately quick (narrow, few epochs) so it has real, unplanted bugs;
@@ -66,7 +67,7 @@ def demo_models(
 def run_pipeline(
     dataset: str,
     out: Path,
-    strategy: str = "reference",
+    strategy: str = DEFAULT_STRATEGY,
     labeler: str = "reference",
     device: str = "auto",
     seed: int = 0,
@@ -75,11 +76,13 @@ def run_pipeline(
     max_regions: int = 100,
     progress: bool = True,
     audit: str = "none",
+    auto: bool = True,
 ) -> dict[str, Any]:
     """identify -> distill -> auto-label -> [audit] -> correct; save the session and the report in
     ``out``. ``audit="reference"`` lets the reference labeler confirm, image by image, the training
     images inside each class-labeled region whose label conflicts with the region's; correction then
-    trains on those relabels too."""
+    trains on those relabels too. ``auto``: the round tries ``correct(auto=True)``'s small grid of
+    settings and keeps the best on validation (a headless run has no person to retry it)."""
     if labeler != "reference":
         raise ValueError(f"labeler: only 'reference' is available headless, got {labeler!r}")
     if audit not in AUDITS:
@@ -113,7 +116,7 @@ def run_pipeline(
         lap("audit")
     before = s.evaluate()
     lap("evaluate_before")
-    after = s.correct(steps=steps)["evaluation"] if s.correctable() else before
+    after = s.correct(steps=steps, auto=auto)["evaluation"] if s.correctable() else before
     lap("correct")
     s.save(out / "session")
     report = build_report(s, dataset, strategy, before, after, timings)
@@ -265,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.max_regions,
         not args.quiet,
         audit=args.audit,
+        auto=not args.no_auto,
     )
     keys = (
         "test_accuracy_before",
@@ -291,9 +295,7 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--dataset", default="digits")
     run.add_argument("--root", default=None, help="dataset folder (torchvision sets)")
     run.add_argument("--out", required=True, type=Path)
-    run.add_argument(
-        "--strategy", default="reference", choices=["reference", "gaussian", "gradient"]
-    )
+    run.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=list(STRATEGIES))
     run.add_argument("--labeler", default="reference", choices=["reference"])
     run.add_argument(
         "--audit",
@@ -304,6 +306,10 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--device", default="auto")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--steps", type=int, default=300)
+    run.add_argument(
+        "--no-auto", action="store_true",
+        help="one round with correct()'s defaults instead of its small settings grid (auto=True)",
+    )  # fmt: skip
     run.add_argument("--max-regions", type=int, default=100)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 

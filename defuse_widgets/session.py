@@ -29,6 +29,7 @@ from .search import identify
 from .session_audit import AuditMixin
 from .session_base import EVENTS  # noqa: F401  (the event names, public here too)
 from .session_rounds import RoundsMixin
+from .strategies import DEFAULT_STRATEGY
 
 if TYPE_CHECKING:
     from .widgets.explorer import Explorer
@@ -61,7 +62,7 @@ class DefuseSession(AuditMixin, RoundsMixin):
     Examples
     --------
     >>> s = DefuseSession(classifier=clf, generator=vae, data=data, seed=0)  # doctest: +SKIP
-    >>> errors = s.identify(strategy="reference", split="test")  # doctest: +SKIP
+    >>> errors = s.identify(split="test")  # the default strategy, "gaussian"  # doctest: +SKIP
     >>> regions = s.distill()  # doctest: +SKIP
     """
 
@@ -69,7 +70,7 @@ class DefuseSession(AuditMixin, RoundsMixin):
 
     def identify(
         self,
-        strategy: Any = "reference",
+        strategy: Any = DEFAULT_STRATEGY,
         split: str = "test",
         limit: int | None = None,
         **options: Any,

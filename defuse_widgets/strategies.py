@@ -150,7 +150,8 @@ class GaussianSearch(_SamplingSearch):
     Parameters
     ----------
     radius : float
-        Scale of the noise, in posterior standard deviations.
+        Scale of the noise, in posterior standard deviations (0.5: chosen on the planted-bug
+        suite).
     samples : int
         Q, draws per image.
     max_per_image : int
@@ -158,7 +159,7 @@ class GaussianSearch(_SamplingSearch):
     """
 
     name: ClassVar[str] = "gaussian"
-    radius: float = 1.0
+    radius: float = 0.5  # measured: on the planted-bug suite 1.0 found 1 of 9 bugs, 0.5 found 7
     samples: int = 100
     max_per_image: int = 5
 
@@ -258,6 +259,10 @@ class GradientSearch(SearchStrategy):
 STRATEGIES: dict[str, type[SearchStrategy]] = {
     cls.name: cls for cls in (ReferenceSearch, GaussianSearch, GradientSearch)
 }
+# Chosen on the planted-bug suite (benchmarks/planted_bugs.py, README): its errors sit around the
+# real codes, so real images fall inside the regions and the audit and the round can use them.
+# "reference" stays the paper's preset.
+DEFAULT_STRATEGY = "gaussian"
 
 
 def as_strategy(strategy: str | SearchStrategy, knobs: dict[str, Any]) -> SearchStrategy:

@@ -463,12 +463,14 @@ def test_audit_of_the_selected_region_travels_as_buffers(
     assert widget.selected_region == rid
     audit, expected = widget.audit, session.audit(rid)
     assert audit["region"] == rid and audit["label"] == label
-    assert audit["indices"].tolist() == expected.indices.tolist()[:100]
-    assert audit["images"].dtype == np.uint8 and audit["images"].shape[0] == len(expected)
-    assert audit["predictions"].tolist() == expected.predictions.tolist()
-    assert np.allclose(audit["probabilities"], expected.probabilities.numpy())
-    assert audit["original"].tolist() == expected.labels.tolist()
-    assert widget.audit_labels.tolist() == expected.labels.tolist()
+    shown = len(audit["indices"])  # the likeliest, at most the widget's limit
+    assert shown == min(len(expected), 100) and audit["total"] == len(expected)
+    assert audit["indices"].tolist() == expected.indices.tolist()[:shown]
+    assert audit["images"].dtype == np.uint8 and audit["images"].shape[0] == shown
+    assert audit["predictions"].tolist() == expected.predictions.tolist()[:shown]
+    assert np.allclose(audit["probabilities"], expected.probabilities.numpy()[:shown])
+    assert audit["original"].tolist() == expected.labels.tolist()[:shown]
+    assert widget.audit_labels.tolist() == expected.labels.tolist()[:shown]
     _, paths, _ = _remove_buffers(widget.get_state("audit"))
     assert {p[1] for p in paths} >= {"images", "indices", "original", "predictions",
                                      "probabilities"}  # fmt: skip

@@ -443,7 +443,12 @@ def _bad_cases(data: dw.ImageDataset, clf: nn.Module, vae: dw.ConvVAE) -> dict:
             ValueError,
             "step_size: expected a positive",
         ),  # fmt: skip
-        "beta 0": ((clf, vae, x, y), {"beta": 0.0}, ValueError, "beta: expected a positive"),
+        "beta 0": (
+            (clf, vae, x, y, "reference"),
+            {"beta": 0.0},
+            ValueError,
+            "beta: expected a positive",
+        ),
         "radius 0": (
             (clf, vae, x, y, "gaussian"),
             {"radius": 0.0},
@@ -527,7 +532,8 @@ def test_package_exports_the_identify_function_and_no_module_of_that_name() -> N
 
 def test_strategy_defaults_are_the_documented_knobs() -> None:
     assert dataclasses.asdict(ReferenceSearch()) == {"samples": 100, "max_per_image": 5, "beta": 50}
-    assert dataclasses.asdict(GaussianSearch()) == {"radius": 1, "samples": 100, "max_per_image": 5}
+    gaussian = {"radius": 0.5, "samples": 100, "max_per_image": 5}
+    assert dataclasses.asdict(GaussianSearch()) == gaussian
     assert dataclasses.asdict(GradientSearch()) == {
         "restarts": 8, "steps": 10, "step_size": None, "max_distance": None, "max_per_image": 5,
     }  # fmt: skip
