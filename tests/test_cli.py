@@ -16,6 +16,7 @@ import pytest
 
 import defuse_widgets as dw
 from defuse_widgets.cli import main, run_pipeline
+from defuse_widgets.session_rounds import AUTO_GRID
 
 pytestmark = pytest.mark.slow
 
@@ -142,6 +143,9 @@ def test_the_saved_session_loads_back(pipeline: dict[str, Any]) -> None:
     assert s.regions is not None and len(s.regions) == len(r["regions"])
     assert s.labels == {row["id"]: row["label"] for row in r["regions"] if row["label"] is not None}
     assert s.rounds == 1 and s.active_round == 1
+    # the CLI's round tried correct(auto=True)'s grid and kept the best setting
+    grid = s.history[-1].grid
+    assert [(g["lam"], g["lr"]) for g in grid] == [(g["lam"], g["lr"]) for g in AUTO_GRID]
     ev = s.evaluate()
     assert ev["test_accuracy"] == pytest.approx(r["test_accuracy_after"], abs=1e-6)
     assert ev["labeled_region_accuracy"] == pytest.approx(r["labeled_region_accuracy_after"])
