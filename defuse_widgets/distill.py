@@ -128,6 +128,12 @@ class RegionSet:
 
     region_probability = predict_proba  # the name before the redesign
 
+    def contains(self, codes: torch.Tensor, region_ids: Any, coverage: float = 0.99) -> Any:
+        """The earlier name of :func:`~defuse_widgets.round_samples.inside_regions` (kept)."""
+        from .round_samples import inside_regions  # imports this module
+
+        return inside_regions(self, codes, region_ids, coverage)
+
     def sample_codes(
         self,
         region_id: int,

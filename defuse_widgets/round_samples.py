@@ -80,9 +80,8 @@ def validity_floor(
         return 0.0
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(real_codes), generator=gen)[:VALIDITY_PROBE]
-    dev = device
     with torch.inference_mode():
-        scores = validity_score(generator, real_codes[pick].to(dev)).cpu()
+        scores = validity_score(generator, real_codes[pick].to(device)).cpu()
     return float(torch.quantile(scores, VALIDITY_QUANTILE))
 
 

@@ -162,6 +162,8 @@ def test_training_draws_stay_inside_the_region_ellipsoid(s: dw.DefuseSession) ->
     limit = chi_square_quantile(0.9, codes.shape[1])
     assert (mahalanobis_sq(codes, region.mean, region.covariance) <= limit + 1e-6).all()
     assert inside.shape == (400, 1)
+    # the earlier name, RegionSet.contains, gives the same answer
+    assert torch.equal(s.regions.contains(codes, [rid], coverage=0.9), inside)
 
 
 def test_scales_follow_the_validation_images_inside_a_region(s: dw.DefuseSession) -> None:
