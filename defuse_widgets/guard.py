@@ -5,13 +5,17 @@ A round may only keep weights that lift the labeled regions without costing any 
 weights it started from. Among those it keeps the best step; when no step qualifies it keeps the
 starting weights and says so. A loss of a single image never counts: on a split of 18 images
 per class one image is 5.6 points, which says nothing about the model.
+
+Besides the steps, the round's last weights blended with its starting weights (``BLENDS``) are
+candidates too: a smaller move along the same path that often keeps the fix at a fraction of the
+side effects (weight-space ensembling, as in Wortsman et al.'s WiSE-FT).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
@@ -23,6 +27,8 @@ DEFAULT_TOLERANCE = 1.0
 OVERALL_TOLERANCE = 0.5
 """Points of overall accuracy a round may lose before it is refused or flagged."""
 DEFAULT_PATIENCE = 5
+BLENDS = (0.5, 0.25)
+"""Shares of the round's last weights (the rest: its starting weights) also judged."""
 
 
 @dataclass(frozen=True)
@@ -34,10 +40,12 @@ class Score:
     per_class: list[float]
     region: float
     counts: list[int]
+    blend: float = 1.0  # the share of the step's weights, the rest the starting weights'
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step, "overall": self.overall, "per_class": list(self.per_class),
-                "region": self.region, "counts": list(self.counts)}  # fmt: skip
+                "region": self.region, "counts": list(self.counts),
+                "blend": self.blend}  # fmt: skip
 
 
 def class_drops(before: Sequence[float], after: Sequence[float]) -> list[float]:
@@ -109,16 +117,17 @@ class EarlyStopping:
         return not harm(self.start.overall, self.start.per_class, score.overall,
                         score.per_class, self.tolerance, counts=score.counts)  # fmt: skip
 
-    def check(self, step: int, model: nn.Module) -> bool:
-        """Score ``model`` after ``step`` steps; True when the round should stop."""
-        score = self.measure(model, step)
+    def check(self, step: int, model: nn.Module, blend: float = 1.0) -> bool:
+        """Score ``model`` after ``step`` steps (``blend``: its share in a blend with the
+        starting weights); True when the round should stop."""
+        score = replace(self.measure(model, step), blend=blend)
         self.checks.append(score)
         better = (score.region, score.overall) > (self.best.region, self.best.overall)
         if self.acceptable(score) and better:
             self.best, self.best_state, self.stale = score, snapshot(model), 0
-        else:
+        elif blend == 1.0:  # a blend is a last look after the steps, not one more step
             self.stale += 1
-        if self.stale >= self.patience:
+        if self.stale >= self.patience and not self.reason:
             self.reason = f"no better acceptable step in the last {self.patience} checks"
             return True
         return False
@@ -135,4 +144,6 @@ class EarlyStopping:
             )
         else:
             self.reason += f"; kept step {self.best.step}"
+            if self.best.blend != 1.0:
+                self.reason += f" blended {self.best.blend:.0%} with the starting weights"
         return self.reason

@@ -13,7 +13,7 @@ from torch import nn
 
 from .correct import CancelToken, RoundSettings, StepCallback, fine_tune
 from .evaluation import accuracy_by_class
-from .guard import EarlyStopping, Score
+from .guard import BLENDS, EarlyStopping, Score
 from .inference import predict_labels
 from .round_samples import (
     COVERAGE,
@@ -90,7 +90,7 @@ class RoundPlan:
             checker = EarlyStopping(self._measure(), s.classifier, settings.tolerance,
                                     settings.patience)  # fmt: skip
         state, losses = fine_tune(s.classifier, self.x_fit, self.y_fit, batch, settings,
-                                  cancel, callback, self.outside, checker)  # fmt: skip
+                                  cancel, callback, self.outside, checker, BLENDS)  # fmt: skip
         score = (0.0, 0.0) if checker is None else (checker.best.region, checker.best.overall)
         return score, state, losses, checker
 

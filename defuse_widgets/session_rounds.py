@@ -15,6 +15,7 @@ import torch
 
 from . import evaluation
 from .correct import (
+    DEFAULT_EMA,
     Cancelled,
     CancelToken,
     RoundSettings,
@@ -66,6 +67,7 @@ class RoundsMixin(SessionBase):
         early_stopping: bool = True,
         check_every: int | None = None,
         patience: int = DEFAULT_PATIENCE,
+        ema: float = DEFAULT_EMA,
         auto: bool = False,
     ) -> RoundRecord:
         """Run one fine-tuning round on the class-labeled regions and return its record.
@@ -83,9 +85,13 @@ class RoundsMixin(SessionBase):
         that most lifts the labeled regions' validation accuracy while no class loses more than
         ``tolerance`` points and the overall accuracy not more than 0.5 point; it stops after
         ``patience`` checks without a better one (``early_stopping=False``: every step, keep the
-        last). ``auto=True`` runs the round once per setting of a small grid of ``lam`` and
-        ``lr`` (``AUTO_GRID``) and keeps the best by the same rule. The record says why it
-        stopped, and ``record.harm`` what it broke on the test split.
+        last). What is checked and kept is the moving average of the trained weights (decay
+        ``ema``; 0: each step's own weights), which damps SGD's step-to-step jitter between
+        similar classes; the round's last weights blended with its starting weights
+        (:data:`~defuse_widgets.guard.BLENDS`) are judged too. ``auto=True`` runs the round once
+        per setting of a small grid of ``lam`` and ``lr`` (``AUTO_GRID``) and keeps the best by
+        the same rule. The record says why it stopped, and ``record.harm`` what it broke on the
+        test split.
 
         The classifier changes only when the round completes; a cancelled round
         (``cancel.cancel()``) leaves it exactly as before, and so does a Ctrl-C
@@ -100,6 +106,7 @@ class RoundsMixin(SessionBase):
                     steps, lam, lr, batch_size, optimizer, momentum=0.9, scale=scale,
                     seed=self.seed + len(self.history), keep=keep, tolerance=tolerance,
                     early_stopping=early_stopping, check_every=check_every, patience=patience,
+                    ema=ema,
                 )  # fmt: skip
                 if not isinstance(auto, bool):
                     raise TypeError(f"auto: expected True or False, got {auto!r}")

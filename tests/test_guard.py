@@ -11,7 +11,7 @@ from session_fixtures import label_true_class, ready_session, state_equal, weigh
 from torch import nn
 
 import defuse_widgets as dw
-from defuse_widgets.correct import keep_loss
+from defuse_widgets.correct import WeightAverage, blended, keep_loss
 from defuse_widgets.guard import EarlyStopping, Score, harm
 from defuse_widgets.round_samples import inside_regions, measured_scales
 from defuse_widgets.validation import carve, make_validation
@@ -134,6 +134,40 @@ def test_early_stopping_keeps_the_start_when_every_step_hurts() -> None:
     stop = EarlyStopping(Scripted(scores), nn.Linear(2, 2), patience=3)
     assert [stop.check(10 * i, nn.Linear(2, 2)) for i in (1, 2, 3)] == [False, False, True]
     assert stop.best_state is None and "keeps its starting weights" in stop.finish(30)
+
+
+def test_a_blend_that_passes_is_kept_and_named_without_counting_as_a_step() -> None:
+    scores = [score(0, 0.2, [0.9, 0.9]), score(10, 0.9, [0.5, 0.9]), score(10, 0.7, [0.9, 0.9])]
+    stop = EarlyStopping(Scripted(scores), nn.Linear(2, 2), patience=1)
+    assert stop.check(10, nn.Linear(2, 2))  # the step hurt a class: patience spent
+    reason = stop.reason
+    assert not stop.check(10, nn.Linear(2, 2), blend=0.5)  # half way back to the start passes
+    assert stop.best.blend == 0.5 and stop.best_state is not None
+    assert stop.reason == reason and "kept step 10 blended 50%" in stop.finish(10)
+
+
+def test_the_weight_average_warms_up_then_follows_the_decay() -> None:
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average = WeightAverage(model, decay=0.5)
+    expected = 0.0
+    for t, w in enumerate((1.0, 2.0, 3.0)):
+        with torch.no_grad():
+            model.weight.fill_(w)
+        average.update(model)
+        decay = min(0.5, (1 + t) / (10 + t))
+        expected = decay * expected + (1 - decay) * w
+        assert float(average.model.weight) == pytest.approx(expected)
+    assert not average.model.weight.requires_grad
+
+
+def test_a_blend_is_the_share_of_the_end_and_the_rest_of_the_start() -> None:
+    start, end = nn.Linear(3, 2), nn.Linear(3, 2)
+    mid = blended(start, end, 0.25)
+    assert torch.allclose(mid.weight, 0.75 * start.weight + 0.25 * end.weight)
+    assert torch.allclose(mid.bias, 0.75 * start.bias + 0.25 * end.bias)
+    assert torch.equal(blended(start, end, 1.0).weight, end.weight)
 
 
 # ----- the keep term and the region samples -----
