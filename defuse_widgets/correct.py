@@ -241,8 +241,8 @@ class WeightAverage:
         self.updates += 1
         for mine, theirs in zip(self.model.parameters(), trained.parameters()):
             mine.lerp_(theirs.detach(), 1.0 - decay)
-        for mine, theirs in zip(self.model.buffers(), trained.buffers()):
-            mine.copy_(theirs)
+        for buffer, trained_buffer in zip(self.model.buffers(), trained.buffers()):
+            buffer.copy_(trained_buffer)
 
 
 def keep_loss(
