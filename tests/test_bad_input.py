@@ -204,6 +204,8 @@ def test_correct_refuses_a_bool_for_cancel_before_training(
         s.correct(steps=2, cancel=True)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"callback: expected a callable"):
         s.correct(steps=2, callback="print")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"ema: expected a number in \[0, 1\), got 1\.0"):
+        s.correct(steps=2, ema=1.0)
     assert s.rounds == 0 and s.history == []
     assert all(torch.equal(v, weights[k]) for k, v in s.classifier.state_dict().items())
 
