@@ -150,13 +150,13 @@ def test_the_weight_average_warms_up_then_follows_the_decay() -> None:
     model = nn.Linear(1, 1, bias=False)
     with torch.no_grad():
         model.weight.fill_(0.0)
-    average = WeightAverage(model, decay=0.5)
+    average = WeightAverage(model, decay=0.15)
     expected = 0.0
-    for t, w in enumerate((1.0, 2.0, 3.0)):
+    for t, (w, decay) in enumerate(zip((1.0, 2.0, 3.0), (0.1, 0.15, 0.15))):
         with torch.no_grad():
             model.weight.fill_(w)
         average.update(model)
-        decay = min(0.5, (1 + t) / (10 + t))
+        assert decay == pytest.approx(min(0.15, (1 + t) / (10 + t)))  # warm-up, then the cap
         expected = decay * expected + (1 - decay) * w
         assert float(average.model.weight) == pytest.approx(expected)
     assert not average.model.weight.requires_grad
