@@ -90,6 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="spurious: validation carved from the cued training split, or the same "
                    "rows cued as in deployment (a random half, any class)")  # fmt: skip
     p.add_argument("--correct", default="{}", help="JSON keyword arguments for correct()")
+    p.add_argument("--no-vet", dest="vet", action="store_false", help="no vetting by the labeler")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON line here")
     return p.parse_args(argv)
@@ -269,7 +270,8 @@ def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, s
             s.confirm_audit(rid, labeler)
     precision, recall = audit_scores(s, bug["slice_train"])
     t2 = time.perf_counter()
-    record = s.correct(**json.loads(args.correct)) if s.correctable() else None
+    vetting = {"labeler": labeler} if args.vet else {}
+    record = s.correct(**json.loads(args.correct), **vetting) if s.correctable() else None
     after = accuracies(s, bug) if record is not None else before
     drops = [100 * (b - a) for b, a in zip(before["per_class"], after["per_class"])]
     steps = len(record.losses) if record is not None else 0

@@ -116,7 +116,8 @@ def run_pipeline(
         lap("audit")
     before = s.evaluate()
     lap("evaluate_before")
-    after = s.correct(steps=steps, auto=auto)["evaluation"] if s.correctable() else before
+    after = (s.correct(steps=steps, auto=auto, labeler=reference)["evaluation"]
+             if s.correctable() else before)  # fmt: skip
     lap("correct")
     s.save(out / "session")
     report = build_report(s, dataset, strategy, before, after, timings)

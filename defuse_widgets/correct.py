@@ -149,8 +149,9 @@ def fine_tune(
 
     Loss per step: CE(training batch) + ``lam`` x CE(region batch) + ``keep`` x KL(start model
     || copy) at temperature 2 on the batch's images with ``outside`` True (all but those inside
-    a labeled region that carry its label; None: all). ``region_batch(n)`` returns ``n``
-    freshly decoded region images and their labels on the model's device.
+    a labeled region that carry its label; None: all). ``region_batch(n)`` returns up to
+    ``n`` freshly decoded region images and their labels on the model's device (none: the step
+    has no region term).
     With ``settings.ema`` > 0 the copy that is checked and kept is the moving average of the
     trained weights (:class:`WeightAverage`).
     ``checker.check(step, copy)`` runs every ``settings.every`` steps; when it says stop, the
@@ -178,7 +179,9 @@ def fine_tune(
             xb, yb = x_train[idx].to(dev), y_train[idx].to(dev)
             xr, yr = region_batch(settings.batch_size)
             logits = work(xb)
-            loss = F.cross_entropy(logits, yb) + settings.lam * F.cross_entropy(work(xr), yr)
+            loss = F.cross_entropy(logits, yb)
+            if len(yr):  # a labeler vetting the samples may have kept none
+                loss = loss + settings.lam * F.cross_entropy(work(xr), yr)
             if teacher is not None:
                 mask = None if outside is None else outside[idx].to(dev)
                 loss = loss + settings.keep * keep_loss(logits, teacher, xb, mask)

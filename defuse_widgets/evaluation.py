@@ -134,8 +134,9 @@ class RoundRecord(Record):
     (``best_step``; 0: the starting weights), ``checks`` holds each validation score on the way
     (:class:`~defuse_widgets.guard.Score` dicts), ``validation`` the kept weights' score beside
     the starting one (``{"before", "after"}``). ``scales`` are the sampling scales per region and
-    ``min_validity`` the validity below which samples were dropped. ``harm`` lists what the round
-    broke on the test split against the round it started from (classes down more than the
+    ``min_validity`` the validity below which samples were dropped; ``vetted`` whether a labeler
+    vetted them too, ``samples_kept`` the share of drawn samples trained on. ``harm`` lists what
+    the round broke on the test split against the round it started from (classes down more than the
     tolerance, overall down more than 0.5 point; see :func:`~defuse_widgets.guard.harm`), and
     ``grid`` the settings ``correct(auto=True)`` tried; ``class_deltas`` the points each class's
     test accuracy moved (positive: up) against the round it started from.
@@ -156,6 +157,8 @@ class RoundRecord(Record):
     validation: dict[str, Any] | None = None
     scales: dict[int, float] = field(default_factory=dict)
     min_validity: float | None = None
+    vetted: bool = False
+    samples_kept: float | None = None
     harm: list[dict[str, Any]] = field(default_factory=list)
     grid: list[dict[str, Any]] = field(default_factory=list)
     class_deltas: list[float] = field(default_factory=list)
@@ -186,6 +189,8 @@ class RoundRecord(Record):
             validation=doc.get("validation"),
             scales={int(k): float(v) for k, v in (doc.get("scales") or {}).items()},
             min_validity=doc.get("min_validity"),
+            vetted=bool(doc.get("vetted")),
+            samples_kept=doc.get("samples_kept"),
             harm=list(doc.get("harm") or []),
             grid=list(doc.get("grid") or []),
             class_deltas=[_num(v) for v in doc.get("class_deltas") or []],

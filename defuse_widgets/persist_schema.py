@@ -72,6 +72,8 @@ ROUND_OPTIONAL = {  # fields added after version 1; absent in older saves
     "validation": (DICT, NULL),
     "scales": (DICT, NULL),
     "min_validity": (NUM, NULL),
+    "vetted": (BOOL, NULL),
+    "samples_kept": (NUM, NULL),
     "harm": (LIST, NULL),
     "grid": (LIST, NULL),
     "class_deltas": (LIST, NULL),

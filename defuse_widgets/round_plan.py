@@ -1,11 +1,13 @@
 """What one fine-tuning round works with, gathered once from the session: the training rows it
 may use, which of them the keep term holds to the starting model (all but those inside a labeled
 region that carry its label), the validation images and their regions,
-the sampling scales and the validity floor; and how it trains and judges one setting."""
+the sampling scales, the validity floor and the labeler vetting samples (if any); and how it
+trains and judges one setting."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -44,9 +46,18 @@ class RoundPlan:
     scales: dict[int, float]
     min_validity: float
     validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+    vet: Callable[[torch.Tensor], torch.Tensor] | None = None
+    tally: dict[str, int] = field(default_factory=dict)
+    """Region samples ``"drawn"`` and ``"kept"`` (natural and, with ``vet``, vetted)."""
 
     @classmethod
-    def of(cls, s: DefuseSession, settings: RoundSettings, targets: dict[int, int]) -> RoundPlan:
+    def of(
+        cls,
+        s: DefuseSession,
+        settings: RoundSettings,
+        targets: dict[int, int],
+        vet: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> RoundPlan:
         """Gather the round's inputs from session ``s`` (encodes the training split once)."""
         regions = s.regions
         assert regions is not None  # correct() checked there are labeled regions
@@ -72,7 +83,7 @@ class RoundPlan:
         )
         floor = validity_floor(s.generator, s.split_codes("train")[rows], s.seed, s.device)
         return cls(s, targets, s.data.x_train[rows], y_fit, outside,
-                   scales, floor, validation)  # fmt: skip
+                   scales, floor, validation, vet)  # fmt: skip
 
     def train(
         self, settings: RoundSettings, cancel: CancelToken | None, callback: StepCallback | None
@@ -84,7 +95,7 @@ class RoundPlan:
         draw = s.regions.training_sampler(
             self.targets, self.scales, settings.seed, s.device, coverage=COVERAGE
         )
-        batch = region_batches(draw, s.generator, self.min_validity)
+        batch = region_batches(draw, s.generator, self.min_validity, self.vet, self.tally)
         checker = None
         if self.validation is not None and settings.early_stopping:
             checker = EarlyStopping(self._measure(), s.classifier, settings.tolerance,

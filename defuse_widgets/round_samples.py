@@ -9,6 +9,9 @@ filtered so that each one means what its region's label says.
   Gaussian are drawn again.
 - **Natural**: decoded samples whose validity (the generator re-encoding its output) falls below
   the ``VALIDITY_QUANTILE`` of real training images' validity are dropped.
+- **Vetted** (optional): with a labeler, decoded samples it does not confidently call the
+  region's label are dropped too. A region's draws reach past what its label describes (a region
+  of 3s mistaken for 7s also decodes 7s and 8s), and training those as 3s teaches real 8s to be 3s.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 
 from .audit import within_region
 from .distill import DEFAULT_SCALE, RegionSet
+from .labels import as_labeler
 from .mixture import mahalanobis_sq
 from .validity import reencoding_validity, validity_score
 
@@ -85,15 +89,32 @@ def validity_floor(
     return float(torch.quantile(scores, VALIDITY_QUANTILE))
 
 
+def sample_vetter(labeler: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``images -> (n,) class per image`` from a labeler's per-image mode (``label_images``;
+    a classifier module is wrapped in a ReferenceModelLabeler); TypeError for anything else."""
+    judge = as_labeler(labeler)
+    if not callable(getattr(judge, "label_images", None)):
+        raise TypeError(
+            "labeler: vetting region samples needs a labeler with label_images(images), such as "
+            f"a ReferenceModelLabeler or a classifier module; got {type(labeler).__name__}"
+        )
+    return judge.label_images
+
+
 def region_batches(
     draw: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
     generator: Any,
     min_validity: float,
+    vet: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    tally: dict[str, int] | None = None,
 ) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
-    """``n -> (images, labels)``: decoded draws whose validity is at least ``min_validity``.
+    """``n -> (images, labels)``: decoded draws whose validity is at least ``min_validity``
+    (and, with ``vet``, that it labels with their region's label; see :func:`sample_vetter`).
 
     Up to ``MAX_TRIES`` draws of ``n`` are made to fill the batch; if too few pass, the batch is
-    what passed (at least the single most natural sample, so a step always has one).
+    what passed; if none is natural, the single most natural sample, so a step always has one
+    (of those the labeler vets: none at all when it vets none). ``tally`` counts the
+    ``"drawn"`` and ``"kept"`` samples.
     """
 
     def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,15 +125,21 @@ def region_batches(
                 images = generator.decode(codes).float()
                 mu, _ = generator.encode(images)
             validity = reencoding_validity(mu, codes)
-            ok = validity >= min_validity
+            vetted = torch.ones_like(labels, dtype=torch.bool)
+            if vet is not None:
+                vetted = vet(images).to(labels.device) == labels
+            ok = vetted & (validity >= min_validity)
+            if tally is not None:
+                tally["drawn"] = tally.get("drawn", 0) + n
+                tally["kept"] = tally.get("kept", 0) + int(ok.sum())
             kept_x.append(images[ok])
             kept_y.append(labels[ok])
-            if best is None:
-                top = int(validity.argmax())
+            if best is None and vetted.any():
+                top = int(torch.where(vetted, validity, -torch.inf).argmax())
                 best = images[top : top + 1], labels[top : top + 1]
             if sum(len(y) for y in kept_y) >= n:
                 break
         x, y = torch.cat(kept_x)[:n], torch.cat(kept_y)[:n]
-        return (x, y) if len(y) else best  # type: ignore[return-value]
+        return (x, y) if len(y) or best is None else best
 
     return batch

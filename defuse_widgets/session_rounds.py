@@ -28,6 +28,7 @@ from .evaluation import Evaluation, RoundRecord
 from .guard import DEFAULT_PATIENCE, DEFAULT_TOLERANCE, class_drops, harm
 from .inference import Classes, evaluating
 from .round_plan import RoundPlan
+from .round_samples import sample_vetter
 from .session_base import SessionBase
 
 EVAL_SAMPLES = 200
@@ -39,6 +40,11 @@ AUTO_GRID: tuple[dict[str, Any], ...] = (
     {"lam": 1.0, "lr": 0.01},
 )
 """The settings ``correct(auto=True)`` tries (over the round's other settings)."""
+
+
+def _share(tally: dict[str, int]) -> float | None:
+    """The share of drawn region samples kept (None when none was drawn)."""
+    return tally["kept"] / tally["drawn"] if tally.get("drawn") else None
 
 
 def _offset(callback: StepCallback | None, i: int, n: int) -> StepCallback | None:
@@ -69,6 +75,7 @@ class RoundsMixin(SessionBase):
         patience: int = DEFAULT_PATIENCE,
         ema: float = DEFAULT_EMA,
         auto: bool = False,
+        labeler: Any = None,
     ) -> RoundRecord:
         """Run one fine-tuning round on the class-labeled regions and return its record.
 
@@ -77,8 +84,10 @@ class RoundsMixin(SessionBase):
         those inside a labeled region that carry its label (what the round means to change).
         Samples come from N(mean, scale x covariance), ``scale`` measured per region on the
         validation split (None) or given; draws outside a region's 99% ellipsoid are drawn again
-        and decodes the generator calls unnatural are dropped (see
-        :mod:`~defuse_widgets.round_samples`).
+        and decodes the generator calls unnatural are dropped; with a ``labeler`` (a
+        :class:`~defuse_widgets.labels.ReferenceModelLabeler` or a classifier module, such as the
+        one given to :meth:`auto_label`) so are decodes it does not confidently call their
+        region's label (see :mod:`~defuse_widgets.round_samples`).
 
         With a validation split (see the session's ``validation``) the round trains on the other
         training images, checks every ``check_every`` steps, and keeps its best step: the one
@@ -108,6 +117,7 @@ class RoundsMixin(SessionBase):
                     early_stopping=early_stopping, check_every=check_every, patience=patience,
                     ema=ema,
                 )  # fmt: skip
+                vet = None if labeler is None else sample_vetter(labeler)
                 if not isinstance(auto, bool):
                     raise TypeError(f"auto: expected True or False, got {auto!r}")
                 if auto and self.validation is None:
@@ -122,7 +132,7 @@ class RoundsMixin(SessionBase):
                     )
                 self._running = mine = True
             grid = [replace(settings, **g) for g in AUTO_GRID] if auto else [settings]
-            return self._run_round(grid, targets, cancel, callback)
+            return self._run_round(grid, targets, cancel, callback, vet)
         finally:
             if mine:
                 self._running = False
@@ -133,9 +143,10 @@ class RoundsMixin(SessionBase):
         targets: dict[int, int],
         cancel: CancelToken | None,
         callback: StepCallback | None,
+        vet: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> RoundRecord:
         start, base = time.perf_counter(), self.active_round
-        plan = RoundPlan.of(self, grid[0], targets)  # type: ignore[arg-type]
+        plan = RoundPlan.of(self, grid[0], targets, vet)  # type: ignore[arg-type]
         before = self._test_scores(base)
         tried = []
         try:
@@ -148,6 +159,7 @@ class RoundsMixin(SessionBase):
         record = RoundRecord(
             None, False, vars(grid[best]), losses, 0.0, None, base, dict(targets),
             len(self._relabels), scales=dict(plan.scales), min_validity=plan.min_validity,
+            vetted=vet is not None, samples_kept=_share(plan.tally),
         )  # fmt: skip
         if checker is not None:
             record.stopped = checker.finish(len(losses))

@@ -344,6 +344,9 @@ def test_bad_fine_tune_settings_are_refused_before_any_job(
     assert not widget.running and widget.finetune_params["steps"] == 10
     with pytest.raises(ValueError, match="lam: expected a positive"):
         Explorer(session, projection="pca", lam=0)
+    with pytest.raises(TypeError, match="labeler: expected a ReferenceModelLabeler"):
+        widget.fine_tune(labeler="reference")
+    assert not widget.running and session.rounds == rounds
 
 
 def test_wait_raises_the_error_of_a_failed_job(

@@ -13,7 +13,11 @@ from torch import nn
 import defuse_widgets as dw
 from defuse_widgets.correct import WeightAverage, blended, keep_loss
 from defuse_widgets.guard import EarlyStopping, Score, harm
-from defuse_widgets.round_samples import inside_regions, measured_scales
+from defuse_widgets.round_samples import (
+    inside_regions,
+    measured_scales,
+    region_batches,
+)
 from defuse_widgets.validation import carve, make_validation
 
 
@@ -216,6 +220,31 @@ def test_scales_follow_the_validation_images_inside_a_region(s: dw.DefuseSession
     assert measured_scales(s.regions, {rid: 0}, near[:3], inside[:3])[rid] == 1.0  # too few
 
 
+def test_vetted_batches_hold_only_samples_the_labeler_calls_their_label(
+    s: dw.DefuseSession,
+) -> None:
+    assert s.regions is not None
+    rid = s.regions.ids[0]
+    label = s.correctable()[rid]
+
+    def batches(vet: object = None, tally: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+        draw = s.regions.training_sampler({rid: label}, 1.0, 0, torch.device("cpu"))  # type: ignore[union-attr]
+        return region_batches(draw, s.generator, 0.0, vet, tally)(200)  # type: ignore[arg-type]
+
+    plain_x, _ = batches()
+    cut = float(plain_x.mean((1, 2, 3)).median())
+
+    def vet(x: torch.Tensor) -> torch.Tensor:  # "the label" for the brighter half, else unsure
+        return torch.where(x.mean((1, 2, 3)) > cut, label, dw.UNRECOGNIZABLE)
+
+    tally: dict[str, int] = {}
+    x, y = batches(vet, tally)
+    assert len(y) == 200 and (y == label).all() and (x.mean((1, 2, 3)) > cut).all()
+    assert tally["drawn"] >= 400 and tally["kept"] >= 200
+    never = batches(lambda x: torch.full((len(x),), dw.UNRECOGNIZABLE))
+    assert len(never[1]) == 0  # nothing vetted: no region term, rather than a wrong sample
+
+
 # ----- a whole round -----
 
 
@@ -237,6 +266,40 @@ def test_a_round_records_why_it_stopped_and_what_it_did_per_class(s: dw.DefuseSe
         assert state_equal(weights(s.classifier), s._snapshots[0])
     back = dw.evaluation.RoundRecord.from_dict(record.to_dict())
     assert back.stopped == record.stopped and back.class_deltas == record.class_deltas
+
+
+def test_a_vetted_round_says_so_and_a_labeler_that_cannot_vet_is_refused_first(
+    s: dw.DefuseSession, digits_classifier: nn.Module
+) -> None:
+    class RegionsOnly:  # labels regions, but has no per-image mode
+        samples = 4
+
+        def label_region(self, images: torch.Tensor, predictions: torch.Tensor) -> int:
+            return 0
+
+    class BrightHalf(RegionsOnly):  # per image: the region's label for bright samples
+        def label_images(self, images: torch.Tensor) -> torch.Tensor:
+            bright = images.mean((1, 2, 3)) > images.mean((1, 2, 3)).median()
+            return torch.where(bright, label, dw.UNRECOGNIZABLE)
+
+    label = next(iter(s.correctable().values()))
+    plain = s.correct(steps=10)
+    assert not plain.vetted and plain.samples_kept is not None
+    record = s.correct(steps=10, labeler=BrightHalf())
+    assert record.vetted and record.samples_kept is not None
+    assert 0 < record.samples_kept < plain.samples_kept
+    back = dw.evaluation.RoundRecord.from_dict(record.to_dict())
+    assert back.vetted and back.samples_kept == record.samples_kept
+    assert s.correct(steps=5, labeler=digits_classifier).vetted  # a module: wrapped, per image
+
+    rounds, before = s.rounds, weights(s.classifier)
+    for bad, match in (
+        ("model", "expected a ReferenceModelLabeler"),
+        (RegionsOnly(), "label_images"),
+    ):
+        with pytest.raises(TypeError, match=match):
+            s.correct(steps=10, labeler=bad)
+    assert s.rounds == rounds and state_equal(weights(s.classifier), before)
 
 
 def test_a_harmful_round_is_flagged_with_the_classes_it_hurt(s: dw.DefuseSession) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import panels
 from ..correct import CancelToken, RoundSettings
+from ..round_samples import sample_vetter
 
 if TYPE_CHECKING:
     from ..session import DefuseSession
@@ -52,6 +53,7 @@ class TuningMixin:
         lam: float | None = None,
         lr: float | None = None,
         block: bool = False,
+        labeler: Any = None,
     ) -> dict[str, Any] | None:
         """Start one fine-tuning round in the background (after work already running).
 
@@ -63,6 +65,8 @@ class TuningMixin:
         block : bool
             Wait for the round (re-raising its error) and return its entry of ``history``
             (None when it was cancelled).
+        labeler : optional
+            Vets the round's region samples (see ``DefuseSession.correct``).
 
         Raises
         ------
@@ -74,6 +78,8 @@ class TuningMixin:
         p.update({k: v for k, v in (("steps", steps), ("lam", lam), ("lr", lr)) if v is not None})
         settings = RoundSettings(steps=p["steps"], lam=p["lam"], lr=p["lr"])
         settings.check()  # the round's own check, before any job starts
+        if labeler is not None:
+            sample_vetter(labeler)  # TypeError now rather than in the job
         if not self.session.correctable():
             raise RuntimeError("no region is labeled with a class: label at least one region first")
         if self._jobs.scheduled("fine-tuning"):
@@ -85,7 +91,7 @@ class TuningMixin:
         # at once, so the page never shows the previous round's "300/300" as if it were this one
         self.progress = {"running": True, "step": 0, "total": steps_, "loss": None,
                          "outcome": "Waiting to start…"}  # fmt: skip
-        self._start("fine-tuning", lambda: self._run_round(steps_, lam_, lr_))
+        self._start("fine-tuning", lambda: self._run_round(steps_, lam_, lr_, labeler))
         if not block:
             return None
         self.wait()
@@ -135,7 +141,7 @@ class TuningMixin:
         self._evaluated_labels = self.session.correctable()
         self._sync_regions()
 
-    def _run_round(self, steps: int, lam: float, lr: float) -> None:
+    def _run_round(self, steps: int, lam: float, lr: float, labeler: Any = None) -> None:
         s = self.session
         if self._evaluated_labels != s.correctable():
             # "before" numbers for the labels in use, so the chart compares like with like
@@ -155,7 +161,8 @@ class TuningMixin:
         self.progress = {"running": True, "step": 0, "total": steps, "loss": None,
                          "outcome": "Fine-tuning…"}  # fmt: skip
         self._note(f"Fine-tuning for {steps} steps…")
-        record = s.correct(steps=steps, lam=lam, lr=lr, cancel=self._token, callback=callback)
+        record = s.correct(steps=steps, lam=lam, lr=lr, cancel=self._token, callback=callback,
+                           labeler=labeler)  # fmt: skip
         if record["cancelled"]:
             done = self.progress.get("step", 0)
             message = (
