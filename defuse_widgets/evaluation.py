@@ -135,9 +135,10 @@ class RoundRecord(Record):
     (:class:`~defuse_widgets.guard.Score` dicts), ``validation`` the kept weights' score beside
     the starting one (``{"before", "after"}``). ``scales`` are the sampling scales per region and
     ``min_validity`` the validity below which samples were dropped; ``vetted`` whether a labeler
-    vetted them too, ``samples_kept`` the share of drawn samples trained on. ``harm`` lists what
-    the round broke on the test split against the round it started from (classes down more than the
-    tolerance, overall down more than 0.5 point; see :func:`~defuse_widgets.guard.harm`), and
+    vetted them too, ``samples_kept`` the share of drawn samples trained on (over every setting
+    the round trained, all of ``auto``'s grid). ``harm`` lists what the round broke on the test
+    split against the round it started from (classes down more than the tolerance, overall down
+    more than 0.5 point; see :func:`~defuse_widgets.guard.harm`), and
     ``grid`` the settings ``correct(auto=True)`` tried; ``class_deltas`` the points each class's
     test accuracy moved (positive: up) against the round it started from.
     """
