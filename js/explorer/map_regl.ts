@@ -76,7 +76,9 @@ export class ReglMap implements MapView {
       canvas: this.canvas, renderer: this.renderer, width, height, aspectRatio: width / height,
       syncEvents: true, // handlers run in the input event, before the next (blocking) frame
       performanceMode: flat,
-      ...(flat ? { pointSizeMouseDetection: 0.01 } : {}), // hover and click found by `grid`
+      // hover and click found by `grid`: a negative detection size makes the library's own search
+      // find nothing, so a hover neither redraws every point nor reports a background point
+      ...(flat ? { pointSizeMouseDetection: -1e9 } : {}),
       backgroundColor: "#ffffff", pointColorHover: "#000000", pointColorActive: "#1a1a1a",
       opacityInactiveScale: 0.5, pointSizeSelected: 1, pointOutlineWidth: 1,
       colorBy: "valueA", opacityBy: "valueA", sizeBy: "valueA",
@@ -87,8 +89,10 @@ export class ReglMap implements MapView {
     sp.subscribe("lassoEnd", () => { this.lassoing = false; });
     sp.subscribe("select", ({ points }: { points: number[] }) => this.onSelect(points));
     sp.subscribe("deselect", () => this.onDeselect());
-    sp.subscribe("pointOver", (i: number) => this.onHover(i));
-    sp.subscribe("pointOut", () => this.shell.hideTip());
+    if (!flat) {
+      sp.subscribe("pointOver", (i: number) => this.onHover(i));
+      sp.subscribe("pointOut", () => this.shell.hideTip());
+    }
     return sp;
   }
 

@@ -4,7 +4,10 @@ Synthetic errors (Gaussian blobs, laid out by their first two coordinates) on a 
 untrained digits models. Hovering an error shows its thumbnail (asked of the kernel, one point at
 a time at this size); the Pan tool and a drag move the points by the drag; the wheel zooms in
 around the mouse; Reset puts the view back; a lasso selects exactly the errors inside it and the
-selection reaches Python as an int32 array; a selection made in Python shows in the page.
+selection reaches Python as an int32 array; a selection made in Python shows in the page. In the
+library's performance mode (above ``FLAT_ABOVE`` drawn points, lowered here) the map's own grid
+finds the hovered and the clicked error, and a background point beside it does not hide its
+thumbnail.
 """
 
 from __future__ import annotations
@@ -128,6 +131,59 @@ def test_map_at_100k_points(notebook: Any, lab_helpers: Any) -> None:
     run_new_cell(page, "w.select(range(10)); print('TEN')", expect="TEN")
     page.wait_for_function(f"() => document.querySelector('{MAP}').dataset.selected === '10'",
                            timeout=15_000)  # fmt: skip
+
+
+FLAT_N = 5_000
+FLAT_SETUP = SETUP.replace(f"m = {N}", f"m = {FLAT_N}").rsplit("w = Explorer", 1)[0]
+FLAT_MAP = f'[aria-label="Error map"][data-points="{FLAT_N}"][data-engine="regl"]'
+FLAT_SHOW = (
+    "w = Explorer(s, projection=codes[:, :2].astype(np.float32), max_thumbnail_bytes=0,"
+    " block=True)\nw"
+)
+
+
+def test_flat_map_finds_the_error_beside_background(notebook: Any, lab_helpers: Any) -> None:
+    """Above ``FLAT_ABOVE`` drawn points the map finds hovered and clicked errors itself: a
+    background point right under the mouse, beside the error, must not take the hover from it."""
+    run_new_cell = lab_helpers.run_new_cell
+    page = notebook("map_flat", [FLAT_SETUP + "print('READY')"], timeout=180)
+    page.get_by_text("READY").wait_for(timeout=120_000)
+    page.evaluate("() => { window.dfxFlatAbove = 1000; }")  # performance mode at 10,000 points
+    run_new_cell(page, FLAT_SHOW)
+    page.locator(f"{FLAT_MAP}[data-rendered]").wait_for(timeout=120_000)
+    emap = page.locator(FLAT_MAP)
+    emap.scroll_into_view_if_needed()
+    box = emap.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    view = f"document.querySelector('{FLAT_MAP}').dfxMap"
+    js = f"(ix) => ix.map(i => [i, ...{view}.screenPosition(i)])"
+    i, x, y = next(p for p in page.evaluate(js, list(range(0, 500, 5)))
+                   if abs(p[1] - cx) < 150 and abs(p[2] - cy) < 120)  # fmt: skip
+    far = max(page.evaluate(js, list(range(500, 1000, 5))), key=lambda p: abs(p[1] - x))
+    out = run_new_cell(page, f"print('X', *w.points[[{i}, {far[0]}], 0])", expect="X")
+    px_per_unit = (far[1] - x) / (float(out.split()[-1]) - float(out.split()[-2]))
+    # every error gets a background point 3 px to its right
+    run_new_cell(page, f"w.background_points = w.points + np.float32([3 / {px_per_unit}, 0])\n"
+                       "print('BG')", expect="BG")  # fmt: skip
+    page.locator(f'{FLAT_MAP}[data-background="{FLAT_N}"]').wait_for(timeout=60_000)
+    lab_helpers.wait_kernel_idle(page, 120)
+    # the background widens the drawn extent: the error and its background point moved closer
+    emap.scroll_into_view_if_needed()
+    page.wait_for_timeout(200)
+    (_, x1, y), (_, far_x1, _) = page.evaluate(js, [i, far[0]])
+    dx = 3 * (far_x1 - x1) / (far[1] - x)
+    x = x1
+    page.mouse.move(x + dx / 2, y - 2)
+    page.mouse.move(x + dx, y)
+    tip = page.locator(f"{FLAT_MAP} .dfx-tip img")
+    tip.wait_for(state="visible", timeout=20_000)
+    page.wait_for_timeout(500)
+    assert tip.is_visible()
+    hovered = int(emap.get_attribute("data-hovered") or -1)
+    assert hovered >= 0 and (tip.get_attribute("alt") or "").startswith(f"Error {hovered}:")
+    page.mouse.click(x + dx, y)
+    out = run_new_cell(page, "print('SE', w.selected_error)", expect="SE")
+    assert int(out.split()[-1]) == hovered
 
 
 @pytest.fixture(autouse=True)
