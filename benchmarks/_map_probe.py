@@ -140,9 +140,15 @@ def pan_zoom_fps(page: Any, m: int, engine: str, seconds: float = 2.0) -> dict[s
     return {k: round(v, 1) for k, v in out.items()}
 
 
+# the map view's (private) selection handler, wrapped once: when the page sent the selection
+MARK_SENT = """window.__sent = 0; const h = view.h, send = h.onSelect;
+  h.onSelect = (idx) => { send(idx); window.__sent = Date.now(); h.onSelect = send; };"""
+
+
 def lasso(page: Any, m: int, engine: str, share: float = 0.25) -> tuple[float, int]:
     """Lasso a rectangle holding about ``share`` of the errors (left of their ``share`` quantile
-    in x); returns the page time of the mouse release (epoch ms) and the expected count."""
+    in x); returns the page time of the mouse release (epoch ms) and the expected count. The
+    time the page sends the selection is read afterwards with :func:`lasso_sent_ms`."""
     plot_box(page, m, engine)
     pts = positions(page, m, engine, 20000)
     xs = sorted(p[1] for p in pts)
@@ -153,6 +159,7 @@ def lasso(page: Any, m: int, engine: str, share: float = 0.25) -> tuple[float, i
         "() => { window.__up = 0; window.addEventListener('mouseup', "
         "() => { window.__up = Date.now(); }, { capture: true, once: true }); }"
     )
+    _eval(page, m, engine, MARK_SENT)
     page.mouse.move(x0, y0)
     page.mouse.down()
     for px, py in ((cut, y0), (cut, y1), (x0, y1), (x0, y0 + 1)):
@@ -160,6 +167,11 @@ def lasso(page: Any, m: int, engine: str, share: float = 0.25) -> tuple[float, i
     page.mouse.up()
     expected = sum(1 for x in xs if x <= cut) * m // max(1, len(xs))
     return float(page.evaluate("() => window.__up")), expected
+
+
+def lasso_sent_ms(page: Any, t_up: float) -> float:
+    """After :func:`lasso`: mouse release -> the page sending the selection (ms)."""
+    return round(float(page.evaluate("() => window.__sent")) - t_up, 1)
 
 
 CLICK_JS = """async ([sel, rid]) => {

@@ -12,7 +12,8 @@ scattergl), in the same run and page:
   for ~1 s, then 12 wheel zooms over ~1 s,
 - ``hover_ms``: the mouse reaching an error -> its thumbnail in the tooltip (median of 5),
 - ``lasso_ms``: mouse release of a lasso over about a quarter of the errors -> the selection in
-  Python (``on_select`` callback; page and kernel clocks on one machine), ``lasso_points`` its size,
+  Python (``on_select`` callback; page and kernel clocks on one machine), ``lasso_sent_ms`` the
+  part until the page sends it, ``lasso_points`` its size,
 - ``click_ms``: a region button click -> that region's gallery in the panel (median of 3),
 - ``page_mb``: the page's JS heap (CDP) after the map is drawn,
 - ``label_bytes``: bytes the page receives for one label change,
@@ -196,6 +197,7 @@ def measure_engine(page: Any, frames: Frames, m: int, engine: str) -> dict[str, 
     out = lab.run_new_cell(page, f"print('SEL', *T[{n_before}], len(T))", "SEL", 120)
     t_py, count = float(out.split()[1]), int(out.split()[2])
     row["lasso_ms"], row["lasso_points"] = round(t_py * 1000 - t_up, 1), count
+    row["lasso_sent_ms"] = probe.lasso_sent_ms(page, t_up)
     lab.run_new_cell(page, "w.select(None); print('CLEARED')", "CLEARED")
     clicks = probe.click_ms(page, m, engine, [0, 1, 2])
     row["click_ms"], row["click_ms_max"] = statistics.median(clicks), max(clicks)
@@ -271,7 +273,8 @@ def bench(sizes: list[int], engines: list[str], method: str, background: bool,
 
 COLS = [
     ("points", 8), ("engine", 7), ("background", 11), ("render_s", 9), ("fps", 6),
-    ("frame_ms_p90", 13), ("hover_ms", 9), ("lasso_ms", 9), ("lasso_points", 13),
+    ("frame_ms_p90", 13), ("hover_ms", 9), ("lasso_ms", 9), ("lasso_sent_ms", 14),
+    ("lasso_points", 13),
     ("click_ms", 9), ("click_ms_max", 13), ("page_mb", 8), ("label_bytes", 12),
 ]  # fmt: skip
 KEYS = ("render_s", "click_ms", "hover_ms", "lasso_ms", "fps", "page_mb")

@@ -341,7 +341,20 @@ def round_summary(session: DefuseSession, record: Any) -> dict[str, Any]:
         "stopped": _field(record, "stopped", ""),
         "class_deltas": [{"name": names[c], "delta": d} for c, d in enumerate(deltas)],
         "harm": [{"name": h["name"], "drop": h["drop"]} for h in _field(record, "harm", []) or []],
+        "samples_note": samples_note(record),
     }
+
+
+def samples_note(record: Any) -> str:
+    """What a vetted round trained on: the share of region samples the labeler kept, and, when it
+    kept none, that the round was plain extra training (no region term). Empty when not vetted."""
+    kept = _field(record, "samples_kept", None)
+    if not _field(record, "vetted", False) or kept is None:
+        return ""
+    if kept == 0:
+        return ("The labeler rejected every region sample, so this round trained without the "
+                "region term (extra training only).")  # fmt: skip
+    return f"The labeler kept {100 * kept:.0f}% of the region samples drawn."
 
 
 def region_evaluation(evaluation: Any) -> dict[int, Any]:

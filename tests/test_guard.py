@@ -11,6 +11,7 @@ from session_fixtures import label_true_class, ready_session, state_equal, weigh
 from torch import nn
 
 import defuse_widgets as dw
+from defuse_widgets import panels
 from defuse_widgets.correct import WeightAverage, blended, keep_loss
 from defuse_widgets.guard import EarlyStopping, Score, harm
 from defuse_widgets.round_samples import (
@@ -291,6 +292,18 @@ def test_a_vetted_round_says_so_and_a_labeler_that_cannot_vet_is_refused_first(
     back = dw.evaluation.RoundRecord.from_dict(record.to_dict())
     assert back.vetted and back.samples_kept == record.samples_kept
     assert s.correct(steps=5, labeler=digits_classifier).vetted  # a module: wrapped, per image
+    assert panels.samples_note(plain) == ""
+    assert panels.samples_note(record) == (
+        f"The labeler kept {100 * record.samples_kept:.0f}% of the region samples drawn."
+    )
+
+    class Nothing(RegionsOnly):  # rejects every sample: the round is plain extra training
+        def label_images(self, images: torch.Tensor) -> torch.Tensor:
+            return torch.full((len(images),), dw.UNRECOGNIZABLE)
+
+    rejected = s.correct(steps=5, labeler=Nothing())
+    assert rejected.samples_kept == 0
+    assert "rejected every region sample" in panels.samples_note(rejected)
 
     rounds, before = s.rounds, weights(s.classifier)
     for bad, match in (

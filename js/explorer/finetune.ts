@@ -7,7 +7,7 @@ export type Harm = { name: string; drop: number };
 export type Round = { round: number; test_accuracy: number | null; labeled_region_accuracy: number | null;
   labeled_region_real_accuracy?: number | null; labeled_region_real_images?: number; event?: string;
   base_round?: number; stopped?: string; class_deltas?: ClassDelta[]; harm?: Harm[];
-  validation?: { before?: number; after?: number } };
+  validation?: { before?: number; after?: number }; samples_note?: string };
 
 /** Below this many real test images inside the labeled regions their accuracy is shown greyed. */
 export const MIN_REAL_IMAGES = 20;
@@ -153,7 +153,8 @@ export class FineTune {
       ? ` Validation accuracy ${(100 * v.before).toFixed(1)}% \u2192 ${(100 * v.after).toFixed(1)}%.` : "";
     this.summary.textContent = round && deltas.length
       ? `Round ${round.round} per class (test, points): ` +
-        deltas.map((d) => `${d.name} ${signed(d.delta)}`).join(", ") + (round.stopped ? `. ${round.stopped}.` : ".") + val
+        deltas.map((d) => `${d.name} ${signed(d.delta)}`).join(", ") + (round.stopped ? `. ${round.stopped}.` : ".") + val +
+        (round.samples_note ? ` ${round.samples_note}` : "")
       : "";
     const harm = round?.harm ?? [];
     this.harm.hidden = !harm.length;

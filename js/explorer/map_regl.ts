@@ -217,9 +217,11 @@ export class ReglMap implements MapView {
     let k = 0;
     for (const p of points) if (p >= nb) errs[k++] = p - nb;
     this.selected = errs.slice(0, k);
-    if (k !== points.length) this.reselect(); // background points are not selectable
     this.shell.setSelectedCount(k);
     this.h.onSelect(this.selected);
+    // background points are not selectable; reselecting is another pass over every selected
+    // point, so it runs after Python has been sent the selection
+    if (k !== points.length) this.reselect();
   }
 
   private onDeselect(): void {
