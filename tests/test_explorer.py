@@ -349,6 +349,21 @@ def test_bad_fine_tune_settings_are_refused_before_any_job(
     assert not widget.running and session.rounds == rounds
 
 
+def test_the_fine_tune_button_vets_with_the_explorers_labeler(
+    widget: Explorer, session: dw.DefuseSession, digits_classifier: torch.nn.Module
+) -> None:
+    with pytest.raises(TypeError, match="labeler: expected a ReferenceModelLabeler"):
+        widget.labeler = "reference"
+    assert widget.labeler is None
+    rid = widget.regions[0]["id"]
+    widget.label(rid, widget.regions[0]["transition"][0])
+    widget.labeler = dw.ReferenceModelLabeler(digits_classifier)
+    assert act(widget, "_fine_tune_command", steps=5, lam=1.0, lr=0.01)["ok"] is True
+    widget.wait()
+    assert session.history[-1].vetted
+    assert widget.history[-1]["samples_note"].startswith("The labeler")
+
+
 def test_wait_raises_the_error_of_a_failed_job(
     widget: Explorer, session: dw.DefuseSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:

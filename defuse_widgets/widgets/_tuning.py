@@ -46,6 +46,20 @@ class TuningMixin:
     _sync_regions: Callable[[], None]
     _refresh_audit: Callable[..., None]
     wait: Callable[..., None]
+    _labeler: Any = None
+
+    @property
+    def labeler(self) -> Any:
+        """Vets the region samples of every round started here, the Fine-tune button's too (see
+        ``DefuseSession.correct``); None (the default): not vetted. A labeler that cannot vet
+        is refused with a TypeError when set."""
+        return self._labeler
+
+    @labeler.setter
+    def labeler(self, value: Any) -> None:
+        if value is not None:
+            sample_vetter(value)
+        self._labeler = value
 
     def fine_tune(
         self,
@@ -66,7 +80,8 @@ class TuningMixin:
             Wait for the round (re-raising its error) and return its entry of ``history``
             (None when it was cancelled).
         labeler : optional
-            Vets the round's region samples (see ``DefuseSession.correct``).
+            Vets the round's region samples (see ``DefuseSession.correct``); default:
+            :attr:`labeler`.
 
         Raises
         ------
@@ -78,7 +93,9 @@ class TuningMixin:
         p.update({k: v for k, v in (("steps", steps), ("lam", lam), ("lr", lr)) if v is not None})
         settings = RoundSettings(steps=p["steps"], lam=p["lam"], lr=p["lr"])
         settings.check()  # the round's own check, before any job starts
-        if labeler is not None:
+        if labeler is None:
+            labeler = self.labeler
+        else:
             sample_vetter(labeler)  # TypeError now rather than in the job
         if not self.session.correctable():
             raise RuntimeError("no region is labeled with a class: label at least one region first")
