@@ -310,6 +310,19 @@ def models_for(
     return vae, dw.ReferenceModelLabeler(reference), float((pred == data.y_test).float().mean())
 
 
+def clean_accuracy(name: str, data: dw.ImageDataset, args: argparse.Namespace) -> float:
+    """Test accuracy of the users' classifier (same architecture, epochs and held-out validation
+    rows) trained on the clean labels: what the planted bug takes away from a well-trained model."""
+    epochs = args.epochs or EPOCHS[name]
+    rows = carve(data, DEFAULT_FRACTION, 0).fit_rows
+    key = f"{name}-clean-{len(data.y_train)}-{ARCH[name]}-e{epochs}"
+    clf = cached("classifier", key, lambda: dw.train_classifier(
+        data, epochs=epochs, arch=ARCH[name], rows=rows, seed=0, device="cpu",
+        progress=False))  # fmt: skip
+    pred = dw.inference.predict_labels(clf, data.x_test)
+    return float((pred == data.y_test).float().mean())
+
+
 def train_vae(
     name: str, data: dw.ImageDataset, args: argparse.Namespace, variant: str = "clean"
 ) -> torch.nn.Module:
@@ -361,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         vae, labeler, ref_acc = models_for(name, data, args)
         print(f"\n{name}: {len(data.y_train)} training / {len(data.y_test)} test images, "
               f"first {min(args.search_images, len(data.y_test))} searched; reference labeler "
-              f"test accuracy {ref_acc:.2%}")  # fmt: skip
+              f"test accuracy {ref_acc:.2%}; the users' classifier ({ARCH[name]}) on clean "
+              f"labels {clean_accuracy(name, data, args):.2%}")  # fmt: skip
         print(f"{'dataset':<14}{'kind':<11}{'seed':>4}  found  slice acc        test acc"
               f"          max class drop  per step")  # fmt: skip
         for seed in args.seeds:  # seed by seed, so a stopped run still covers every kind
