@@ -91,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "rows cued as in deployment (a random half, any class)")  # fmt: skip
     p.add_argument("--correct", default="{}", help="JSON keyword arguments for correct()")
     p.add_argument("--no-vet", dest="vet", action="store_false", help="no vetting by the labeler")
+    p.add_argument("--labeler-samples", type=int, default=16, help="samples per region labeled")
+    p.add_argument("--labeler-agreement", type=float, default=0.7,
+                   help="the labeler's min_agreement for a region label")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON line here")
     return p.parse_args(argv)
@@ -307,7 +310,9 @@ def models_for(
         data, epochs=epochs, width=width, arch="standard", seed=100, device="cpu",
         progress=False))  # fmt: skip
     pred = dw.inference.predict_labels(reference, data.x_test)
-    return vae, dw.ReferenceModelLabeler(reference), float((pred == data.y_test).float().mean())
+    labeler = dw.ReferenceModelLabeler(reference, samples=args.labeler_samples,
+                                       min_agreement=args.labeler_agreement)  # fmt: skip
+    return vae, labeler, float((pred == data.y_test).float().mean())
 
 
 def clean_accuracy(name: str, data: dw.ImageDataset, args: argparse.Namespace) -> float:
