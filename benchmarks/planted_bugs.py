@@ -91,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "rows cued as in deployment (a random half, any class)")  # fmt: skip
     p.add_argument("--correct", default="{}", help="JSON keyword arguments for correct()")
     p.add_argument("--no-vet", dest="vet", action="store_false", help="no vetting by the labeler")
+    p.add_argument("--reference-width", type=int, default=None,
+                   help="the reference labeler's CNN width (default: REFERENCE)")  # fmt: skip
     p.add_argument("--labeler-samples", type=int, default=16, help="samples per region labeled")
     p.add_argument("--labeler-agreement", type=float, default=0.7,
                    help="the labeler's min_agreement for a region label")  # fmt: skip
@@ -303,9 +305,11 @@ def models_for(
 ) -> tuple[torch.nn.Module, Any, float]:
     vae = train_vae(name, data, args)
     width, epochs = REFERENCE[name]
+    width = args.reference_width or width
     if args.epochs and epochs:
         epochs = round(1.5 * args.epochs)
     key = f"{name}-{len(data.y_train)}" + ("" if name == "digits" else f"-w{width}-e{epochs}")
+    key += f"-w{width}" if name == "digits" and args.reference_width else ""
     reference = cached("reference", key, lambda: dw.train_classifier(
         data, epochs=epochs, width=width, arch="standard", seed=100, device="cpu",
         progress=False))  # fmt: skip
