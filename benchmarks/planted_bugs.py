@@ -20,7 +20,8 @@ buggy training split (the user's data) and the clean test labels.
 
 The loop: identify (``--strategy``, on the first ``--search-images`` test images) -> distill ->
 auto-label every region with the reference labeler -> for ``mislabeled``: ``confirm_audit`` on
-every class-labeled region (the labeler decides image by image) -> one ``correct()`` round with
+every class-labeled region (the labeler decides image by image, on every training image the
+mixture puts in the region: ``--audit-coverage``) -> one ``correct()`` round with
 the defaults. Reported per run: found (a region at least 60% of whose errors come from slice test
 images and that holds at least 25% of the slice's errors), audit precision/recall of the
 confirmed relabels against the planted slice, slice accuracy on real test images, overall test
@@ -86,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--radius", type=float, default=None, help="gaussian noise radius (its default)")
     p.add_argument("--max-regions", type=int, default=30)
     p.add_argument("--clusters", type=int, default=3, help="k-means clusters within class A")
+    p.add_argument("--class-a", nargs="+", default=[], metavar="KIND=CLASS", type=kind_class,
+                   help="the class carrying a kind's bug (default: CLASS_A)")  # fmt: skip
     p.add_argument("--spurious-validation", default="train", choices=["train", "deployment"],
                    help="spurious: validation carved from the cued training split, or the same "
                    "rows cued as in deployment (a random half, any class)")  # fmt: skip
@@ -93,12 +96,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-vet", dest="vet", action="store_false", help="no vetting by the labeler")
     p.add_argument("--reference-width", type=int, default=None,
                    help="the reference labeler's CNN width (default: REFERENCE)")  # fmt: skip
+    p.add_argument("--audit-coverage", type=float, default=None,
+                   help="confirm_audit's ellipsoid gate (default: none, membership only: the "
+                   "labeler decides every image, so the gate only costs recall)")  # fmt: skip
     p.add_argument("--labeler-samples", type=int, default=16, help="samples per region labeled")
     p.add_argument("--labeler-agreement", type=float, default=0.7,
                    help="the labeler's min_agreement for a region label")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON line here")
     return p.parse_args(argv)
+
+
+def kind_class(text: str) -> tuple[str, int]:
+    kind, _, cls = text.partition("=")
+    if kind not in KINDS or not cls.isdigit():
+        raise argparse.ArgumentTypeError(f"expected KIND=CLASS with KIND in {KINDS}, got {text!r}")
+    return kind, int(cls)
 
 
 def cached(name: str, key: str, build: Any) -> torch.nn.Module:
@@ -146,6 +159,12 @@ def choose_slice(
         "train": in_a[torch.from_numpy(km.labels_ == cluster)],
         "test": test_a[in_cluster],
     }
+
+
+def slice_digest(rows: torch.Tensor) -> str:
+    """A short digest of the slice's training rows: the slice depends on the VAE it was chosen
+    in, and a classifier trained on another slice must not be taken from the cache."""
+    return hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:8]
 
 
 def patch(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -242,13 +261,14 @@ def audit_scores(s: dw.DefuseSession, truth: torch.Tensor | None) -> tuple[Any, 
 def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, seed: int,
         vae: torch.nn.Module, labeler: dw.ReferenceModelLabeler) -> dict[str, Any]:  # fmt: skip
     t0 = time.perf_counter()
-    sl = choose_slice(data, vae, CLASS_A[name][kind], args.clusters, seed)
+    a = dict(args.class_a).get(kind, CLASS_A[name][kind])
+    sl = choose_slice(data, vae, a, args.clusters, seed)
     bug = plant(data, kind, sl, seed)
     user = bug["data"]
     split = carve(user, DEFAULT_FRACTION, seed)
     fit_rows = split.fit_rows
     key = f"{name}-{kind}-{seed}-{len(user.y_train)}-{args.clusters}-{sl['a']}-{sl['b']}"
-    key += f"-{ARCH[name]}"
+    key += f"-{ARCH[name]}-{slice_digest(sl['train'])}"
     epochs = args.epochs or EPOCHS[name]
     key += f"-e{epochs}"
     clf = cached("classifier", key, lambda: dw.train_classifier(
@@ -272,7 +292,7 @@ def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, s
     region = found(s, bug["slice_test"])
     if kind == "mislabeled":
         for rid in s.correctable():
-            s.confirm_audit(rid, labeler)
+            s.confirm_audit(rid, labeler, coverage=args.audit_coverage)
     precision, recall = audit_scores(s, bug["slice_train"])
     t2 = time.perf_counter()
     vetting = {"labeler": labeler} if args.vet else {}
