@@ -88,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-regions", type=int, default=30)
     p.add_argument("--clusters", type=int, default=3, help="k-means clusters within class A")
     p.add_argument("--class-a", nargs="+", default=[], metavar="KIND=CLASS", type=kind_class,
-                   help="the class carrying a kind's bug (default: CLASS_A)")  # fmt: skip
+                   help="the class carrying a kind's bug, in every dataset (default: "
+                   "CLASS_A)")  # fmt: skip
     p.add_argument("--spurious-validation", default="train", choices=["train", "deployment"],
                    help="spurious: validation carved from the cued training split, or the same "
                    "rows cued as in deployment (a random half, any class)")  # fmt: skip
