@@ -401,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for name in args.datasets:
         data = load(name, args)
+        for kind, a in args.class_a:
+            if a >= data.num_classes:
+                raise SystemExit(f"--class-a {kind}={a}: expected a class of {name}, "
+                                 f"0-{data.num_classes - 1}")  # fmt: skip
         vae, labeler, ref_acc = models_for(name, data, args)
         print(f"\n{name}: {len(data.y_train)} training / {len(data.y_test)} test images, "
               f"first {min(args.search_images, len(data.y_test))} searched; reference labeler "
