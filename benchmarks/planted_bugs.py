@@ -100,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--audit-coverage", type=float, default=None,
                    help="confirm_audit's ellipsoid gate (default: none, membership only: the "
                    "labeler decides every image, so the gate only costs recall)")  # fmt: skip
+    p.add_argument("--audit-confidence", type=float, default=None,
+                   help="the labeler's min_confidence in the audit (default: its own, 0.9; "
+                   "the vetting of samples keeps it)")  # fmt: skip
     p.add_argument("--labeler-samples", type=int, default=16, help="samples per region labeled")
     p.add_argument("--labeler-agreement", type=float, default=0.7,
                    help="the labeler's min_agreement for a region label")  # fmt: skip
@@ -250,6 +253,18 @@ def accuracies(s: dw.DefuseSession, bug: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def audit_labeler(
+    labeler: dw.ReferenceModelLabeler, min_confidence: float | None
+) -> dw.ReferenceModelLabeler:
+    """The labeler that decides the audit, image by image: the suite's, or the same model with
+    another ``min_confidence``."""
+    if min_confidence is None:
+        return labeler
+    return dw.ReferenceModelLabeler(labeler.model, samples=labeler.samples,
+                                    min_agreement=labeler.min_agreement,
+                                    min_confidence=min_confidence)  # fmt: skip
+
+
 def audit_scores(s: dw.DefuseSession, truth: torch.Tensor | None) -> tuple[Any, Any]:
     if truth is None:
         return None, None
@@ -292,8 +307,9 @@ def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, s
     s.auto_label(labeler)
     region = found(s, bug["slice_test"])
     if kind == "mislabeled":
+        auditor = audit_labeler(labeler, args.audit_confidence)
         for rid in s.correctable():
-            s.confirm_audit(rid, labeler, coverage=args.audit_coverage)
+            s.confirm_audit(rid, auditor, coverage=args.audit_coverage)
     precision, recall = audit_scores(s, bug["slice_train"])
     t2 = time.perf_counter()
     vetting = {"labeler": labeler} if args.vet else {}

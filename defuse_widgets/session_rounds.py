@@ -16,6 +16,7 @@ import torch
 from . import evaluation
 from .correct import (
     DEFAULT_EMA,
+    DEFAULT_KEEP,
     Cancelled,
     CancelToken,
     RoundSettings,
@@ -32,7 +33,6 @@ from .round_samples import sample_vetter
 from .session_base import SessionBase
 
 EVAL_SAMPLES = 200
-DEFAULT_KEEP = 1.0
 AUTO_GRID: tuple[dict[str, Any], ...] = (
     {"lam": 0.5, "lr": 0.001},
     {"lam": 1.0, "lr": 0.003},
