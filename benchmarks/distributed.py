@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 import defuse_widgets as dw
-from defuse_widgets.distributed import RayBackend
+from defuse_widgets.distributed.backend import RayBackend
 
 sys.path.insert(0, str(Path(__file__).parent))
 from identify import describe_machine, load_data, load_models  # noqa: E402

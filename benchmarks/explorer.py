@@ -50,8 +50,8 @@ import conftest as lab  # noqa: E402  (the e2e fixtures' plain helpers)
 SETUP = r'''
 import time, math, numpy as np, torch
 import defuse_widgets as dw
-from defuse_widgets import projection
-from defuse_widgets.distill import Mixture, Region, RegionSet
+from defuse_widgets.widgets import projection
+from defuse_widgets.regions.distill import Mixture, Region, RegionSet
 from defuse_widgets import ErrorSet
 from defuse_widgets.widgets.explorer import Explorer
 torch.manual_seed(0)

@@ -40,8 +40,8 @@ import torch
 from torch import nn
 
 import defuse_widgets as dw
-from defuse_widgets.device import resolve_device
-from defuse_widgets.rng import beta_noise, image_generator
+from defuse_widgets.search.rng import beta_noise, image_generator
+from defuse_widgets.utils.device import resolve_device
 
 CACHE = Path.home() / ".cache" / "defuse-widgets" / "bench"
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"

@@ -56,9 +56,10 @@ import numpy as np
 import torch
 
 import defuse_widgets as dw
-from defuse_widgets.generative import as_generator
-from defuse_widgets.strategies import DEFAULT_STRATEGY, STRATEGIES
-from defuse_widgets.validation import DEFAULT_FRACTION, carve
+from defuse_widgets.correction.validation import DEFAULT_FRACTION, carve
+from defuse_widgets.models.generative import as_generator
+from defuse_widgets.models.inference import predict_labels
+from defuse_widgets.search.strategies import DEFAULT_STRATEGY, STRATEGIES
 
 CACHE = Path.home() / ".cache" / "defuse-widgets" / "bench" / "suite"
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -350,7 +351,7 @@ def models_for(
     reference = cached("reference", key, lambda: dw.train_classifier(
         data, epochs=epochs, width=width, arch="standard", seed=100, device="cpu",
         progress=False))  # fmt: skip
-    pred = dw.inference.predict_labels(reference, data.x_test)
+    pred = predict_labels(reference, data.x_test)
     labeler = dw.ReferenceModelLabeler(reference, samples=args.labeler_samples,
                                        min_agreement=args.labeler_agreement)  # fmt: skip
     return vae, labeler, float((pred == data.y_test).float().mean())
@@ -365,7 +366,7 @@ def clean_accuracy(name: str, data: dw.ImageDataset, args: argparse.Namespace) -
     clf = cached("classifier", key, lambda: dw.train_classifier(
         data, epochs=epochs, arch=ARCH[name], rows=rows, seed=0, device="cpu",
         progress=False))  # fmt: skip
-    pred = dw.inference.predict_labels(clf, data.x_test)
+    pred = predict_labels(clf, data.x_test)
     return float((pred == data.y_test).float().mean())
 
 

@@ -37,8 +37,8 @@ TARGETS = {"p50_ms": 30.0, "p95_ms": 60.0, "final_ms": 100.0, "p95_finetune_ms":
 
 SETUP = """\
 import threading, time, torch, defuse_widgets as dw
-from defuse_widgets.session import DefuseSession
-from defuse_widgets.correct import CancelToken
+from defuse_widgets.session.session import DefuseSession
+from defuse_widgets.correction.training import CancelToken
 torch.set_num_threads(1)
 t0 = time.perf_counter()
 data = {load}

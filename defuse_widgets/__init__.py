@@ -1,17 +1,12 @@
 """defuse-widgets: debug image classifiers beyond test accuracy, live in JupyterLab."""
 
-from . import testing
-from .correct import CancelToken
-from .data import ImageDataset, from_tensors, load_dataset
-from .device import resolve_device
-from .distill import Region, RegionSample, RegionSet, fit_regions
-from .distributed import RayBackend
-from .errors import ErrorSet
-from .evaluation import Evaluation, RegionAccuracy, RoundRecord
-from .generative import Generator, GeneratorAdapter, as_generator
-from .labels import MODEL_IS_RIGHT, UNRECOGNIZABLE, ReferenceModelLabeler
-from .loaders import from_image_folder
-from .models import (
+from defuse_widgets import testing
+from defuse_widgets.correction import validation  # dw.validation.carve, as the notebooks use it
+from defuse_widgets.correction.evaluation import Evaluation, RegionAccuracy, RoundRecord
+from defuse_widgets.correction.training import CancelToken
+from defuse_widgets.data import ImageDataset, from_image_folder, from_tensors, load_dataset
+from defuse_widgets.distributed.backend import RayBackend
+from defuse_widgets.models.demo import (
     ConvVAE,
     SmallCNN,
     load_model,
@@ -21,11 +16,21 @@ from .models import (
     train_classifier,
     train_vae,
 )
-from .search import identify
-from .session import DefuseSession
-from .strategies import GaussianSearch, GradientSearch, ReferenceSearch, SearchStrategy
-from .suite_check import RegionResult, SuiteResult, check_suite
-from .validity import validity_score
+from defuse_widgets.models.generative import Generator, GeneratorAdapter, as_generator
+from defuse_widgets.models.validity import validity_score
+from defuse_widgets.regions.distill import Region, RegionSample, RegionSet, fit_regions
+from defuse_widgets.regions.labels import MODEL_IS_RIGHT, UNRECOGNIZABLE, ReferenceModelLabeler
+from defuse_widgets.search.errors import ErrorSet
+from defuse_widgets.search.identify import identify
+from defuse_widgets.search.strategies import (
+    GaussianSearch,
+    GradientSearch,
+    ReferenceSearch,
+    SearchStrategy,
+)
+from defuse_widgets.session.session import DefuseSession
+from defuse_widgets.suite.check import RegionResult, SuiteResult, check_suite
+from defuse_widgets.utils.device import resolve_device
 
 __version__ = "0.1.0"
 
@@ -67,6 +72,7 @@ __all__ = [
     "save_model",
     "save_weights",
     "testing",
+    "validation",
     "train_classifier",
     "train_vae",
     "validity_score",

@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
-from .data import ImageDataset, load_dataset
-from .jsonio import nan_to_none
-from .labels import ReferenceModelLabeler, label_name
-from .models import load_model, save_model, train_classifier, train_vae
-from .session import DefuseSession
-from .strategies import DEFAULT_STRATEGY, STRATEGIES
-from .validation import DEFAULT_FRACTION, carve
+from defuse_widgets.correction.validation import DEFAULT_FRACTION, carve
+from defuse_widgets.data import ImageDataset, load_dataset
+from defuse_widgets.models.demo import load_model, save_model, train_classifier, train_vae
+from defuse_widgets.regions.labels import ReferenceModelLabeler, label_name
+from defuse_widgets.search.strategies import DEFAULT_STRATEGY, STRATEGIES
+from defuse_widgets.session.session import DefuseSession
+from defuse_widgets.utils.jsonio import nan_to_none
 
 # The demo classifier is deliberately quick (narrow, few epochs) so it has real, unplanted bugs;
 # the reference labeler is a wider model trained longer, standing in for a person.
@@ -341,8 +341,8 @@ def _add_check(sub: Any) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     """The ``check`` command: 0 when every region passes, 1 when one fails, 2 for bad input."""
-    from .model_files import load_classifier
-    from .suite_check import check_suite
+    from defuse_widgets.models.files import load_classifier
+    from defuse_widgets.suite.check import check_suite
 
     try:
         model = load_classifier(args.model, args.weights, args.model_file)

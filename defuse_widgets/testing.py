@@ -8,8 +8,8 @@ import os
 import torch
 from torch import nn
 
-from .data import ImageDataset
-from .suite_check import SuiteResult, check_suite, failure_line
+from defuse_widgets.data.dataset import ImageDataset
+from defuse_widgets.suite.check import SuiteResult, check_suite, failure_line
 
 __all__ = ["assert_suite"]
 
@@ -23,8 +23,8 @@ def assert_suite(
     """Check ``model`` against the suite at ``path``; AssertionError unless every region passes.
 
     The message names each failing region with its accuracy against its threshold, then the
-    whole table. Arguments are those of :func:`~defuse_widgets.suite_check.check_suite`;
-    returns its :class:`~defuse_widgets.suite_check.SuiteResult` when all regions pass.
+    whole table. Arguments are those of :func:`~defuse_widgets.suite.check.check_suite`;
+    returns its :class:`~defuse_widgets.suite.check.SuiteResult` when all regions pass.
 
     Examples
     --------

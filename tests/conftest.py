@@ -3,9 +3,9 @@
 Fixtures (all session-scoped)
 -----------------------------
 digits : the bundled 8x8 digits dataset, ``dw.load_dataset("digits")``.
-digits_classifier : a :class:`~defuse_widgets.models.SmallCNN` trained on ``digits`` (seed 0),
+digits_classifier : a :class:`~defuse_widgets.models.demo.SmallCNN` trained on ``digits`` (seed 0),
     in eval mode, on the CPU.
-digits_vae : a :class:`~defuse_widgets.models.ConvVAE` trained on ``digits`` (seed 0), in eval
+digits_vae : a :class:`~defuse_widgets.models.demo.ConvVAE` trained on ``digits`` (seed 0), in eval
     mode, on the CPU.
 digits_model_paths : ``{"classifier": Path, "vae": Path}``, the two models as written by
     ``dw.save_model``.
@@ -35,7 +35,7 @@ import pytest
 import torch
 
 import defuse_widgets as dw
-from defuse_widgets.validation import carve
+from defuse_widgets.correction.validation import carve
 
 PACKAGE = Path(dw.__file__).parent
 torch.set_num_threads(int(os.environ.get("DEFUSE_WIDGETS_TEST_THREADS", "1")))

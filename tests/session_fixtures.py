@@ -7,7 +7,7 @@ Building blocks, kept small so the tests stay fast on a 2-core CPU:
 - :func:`new_session`: a session on the CPU over a *copy* of the shared classifier (the shared
   fixture must never be fine-tuned), optionally with the shared errors already in it.
 - :func:`ready_session`: the same, distilled into at most ``MAX_REGIONS`` regions.
-- :func:`make_errors`: a synthetic :class:`~defuse_widgets.errors.ErrorSet` from codes alone.
+- :func:`make_errors`: a synthetic :class:`~defuse_widgets.search.errors.ErrorSet` from codes alone.
 - :func:`state_equal`: bit-exact comparison of two state dicts.
 """
 

@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 import defuse_widgets as dw
-import defuse_widgets.round_plan as round_plan
-from defuse_widgets.audit import select_conflicts, within_region
-from defuse_widgets.relabels import Relabel, apply_relabels, validate_records
+import defuse_widgets.correction.round as round_plan
+from defuse_widgets.regions.audit import select_conflicts
+from defuse_widgets.regions.membership import within_ellipsoid as within_region
+from defuse_widgets.regions.relabels import Relabel, apply_relabels, validate_records
 
 
 @pytest.fixture(scope="module")
@@ -515,7 +516,7 @@ def test_pipeline_audit_reference_reports_relabels(
 
 
 def test_the_labeler_walks_down_the_ranking_and_stops_after_misses_in_a_row() -> None:
-    from defuse_widgets.audit import looked_at, walk_down
+    from defuse_widgets.regions.audit import looked_at, walk_down
 
     confirmed = torch.tensor([True, False, True, False, False, True])
     assert walk_down(confirmed, None).tolist() == confirmed.tolist()

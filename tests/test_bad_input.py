@@ -14,7 +14,7 @@ from session_fixtures import ready_session
 from torch import nn
 
 import defuse_widgets as dw
-from defuse_widgets.generative import as_generator
+from defuse_widgets.models.generative import as_generator
 
 
 def small_set(x: torch.Tensor, classes: list[str] | None = None) -> dw.ImageDataset:

@@ -11,7 +11,8 @@ from session_fixtures import label_true_class, ready_session, state_equal, weigh
 from torch import nn
 
 import defuse_widgets as dw
-from defuse_widgets.correct import (
+from defuse_widgets.correction.evaluation import accuracy_by_class
+from defuse_widgets.correction.training import (
     Cancelled,
     CancelToken,
     RoundSettings,
@@ -19,8 +20,7 @@ from defuse_widgets.correct import (
     restore,
     snapshot,
 )
-from defuse_widgets.evaluation import accuracy_by_class
-from defuse_widgets.inference import predict_labels
+from defuse_widgets.models.inference import predict_labels
 
 STEPS = 4
 SMALL = {"steps": STEPS, "batch_size": 16, "early_stopping": False}  # every step, keep the last
@@ -413,7 +413,7 @@ def test_evaluate_figures(s: dw.DefuseSession) -> None:
     assert set(ev["regions"]) == {0, 1}
     with torch.no_grad():
         codes = s.generator.encode(x)[0]
-    prob = s.regions.region_probability(codes)
+    prob = s.regions.predict_proba(codes)
     hits_total = n_total = 0
     for rid, row in ev["regions"].items():
         label = s.labels[rid]

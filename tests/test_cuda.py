@@ -13,8 +13,8 @@ from test_identify import SETTINGS, assert_same_errors
 from torch import nn
 
 import defuse_widgets as dw
-from defuse_widgets.inference import predict_proba
-from defuse_widgets.strategies import STRATEGIES
+from defuse_widgets.models.inference import predict_proba
+from defuse_widgets.search.strategies import STRATEGIES
 
 pytestmark = [
     pytest.mark.cuda,

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import defuse_widgets as dw
-from defuse_widgets import loaders as data_mod
+from defuse_widgets.data import loaders as data_mod
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 IDX = data_mod.IDX_FILES

@@ -11,7 +11,7 @@ from torch import nn
 
 import defuse_widgets as dw
 from defuse_widgets import ErrorSet
-from defuse_widgets.distill import DEFAULT_SCALE, RegionSet, fit_regions, robust_cholesky
+from defuse_widgets.regions.distill import DEFAULT_SCALE, RegionSet, fit_regions, robust_cholesky
 
 D = 4
 PER_CLUSTER = 40
@@ -378,7 +378,7 @@ def test_region_probability_matches_scipy(clusters: tuple[ErrorSet, torch.Tensor
         1,
     )
     resp = dens / dens.sum(1, keepdims=True)
-    ours = regions.region_probability(points)
+    ours = regions.predict_proba(points)
     assert ours.shape == (len(points), len(regions))
     expected = resp[:, [r.component for r in regions]]
     ok = np.isfinite(expected).all(1)  # far-away points underflow in scipy
@@ -486,7 +486,7 @@ def test_user_region(
     assert torch.allclose(r.mean.double(), s.errors.codes[picked].double().mean(0), atol=1e-5)
     assert sum(x.size for x in s.regions) == int((s.regions.assignments >= 0).sum())
     assert len(s.regions.mixture.weights) == len(s.regions.mixture.means)
-    assert s.regions.region_probability(s.errors.codes).shape == (len(s.errors), n + 1)
+    assert s.regions.predict_proba(s.errors.codes).shape == (len(s.errors), n + 1)
     assert s.regions.sample(rid, 4).images.shape[0] == 4
     for bad in ([0], [0, 10_000], [-1, 2]):
         with pytest.raises(ValueError, match="indices"):

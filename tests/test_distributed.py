@@ -22,11 +22,12 @@ from test_identify import SETTINGS, assert_same_errors
 from torch import nn
 
 import defuse_widgets as dw
-import defuse_widgets.session as session_module
-from defuse_widgets import distributed, ray_map
-from defuse_widgets.distributed import RayBackend
-from defuse_widgets.inference import Probabilities
-from defuse_widgets.ray_address import check_reachable
+import defuse_widgets.session.session as session_module
+from defuse_widgets.distributed import backend as distributed
+from defuse_widgets.distributed import map_model as ray_map
+from defuse_widgets.distributed.address import check_reachable
+from defuse_widgets.distributed.backend import RayBackend
+from defuse_widgets.models.inference import Probabilities
 
 ray = pytest.importorskip("ray")
 N = 60
@@ -247,12 +248,12 @@ def test_without_ray_the_backend_says_how_to_install_it(
 def test_only_the_ray_modules_import_ray() -> None:
     package = Path(dw.__file__).parent
     importers = sorted(
-        p.name
+        p.relative_to(package).as_posix()
         for p in package.rglob("*.py")
         if any(line.strip().startswith(("import ray", "from ray"))
                for line in p.read_text().splitlines())
     )  # fmt: skip
-    assert importers == ["distributed.py", "ray_map.py"]
+    assert importers == ["distributed/backend.py", "distributed/map_model.py"]
     # and importing the package (RayBackend included) does not import ray
     code = "import sys, defuse_widgets as dw; dw.RayBackend(); assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

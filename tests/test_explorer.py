@@ -308,7 +308,7 @@ def test_an_explorer_without_views_catches_up_when_shown(
 def test_fine_tune_waits_for_work_already_running(
     session: dw.DefuseSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from defuse_widgets import projection
+    from defuse_widgets.widgets import projection
 
     fit = projection.fit
 
@@ -429,7 +429,7 @@ def test_bad_arguments(session: dw.DefuseSession, digits, digits_classifier, dig
 
 
 def test_background_of_training_images_on_the_same_map(session: dw.DefuseSession) -> None:
-    from defuse_widgets import projection
+    from defuse_widgets.widgets import projection
 
     x, _ = session.data.split("train")
     w = Explorer(session, projection="pca", background="train", background_limit=300, block=True)
@@ -624,7 +624,7 @@ def test_interpolator_options_and_a_closed_child_is_replaced(
 
 
 def test_first_look_is_pca_then_umap_in_place(session: dw.DefuseSession) -> None:
-    from defuse_widgets import projection
+    from defuse_widgets.widgets import projection
 
     projection.clear_cache()
     shown: list[tuple[str, np.ndarray]] = []

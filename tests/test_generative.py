@@ -10,7 +10,7 @@ from torch import nn
 
 import defuse_widgets as dw
 from defuse_widgets import identify
-from defuse_widgets.generative import (
+from defuse_widgets.models.generative import (
     Generator,
     GeneratorAdapter,
     as_classifier,

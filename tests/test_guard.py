@@ -11,15 +11,13 @@ from session_fixtures import label_true_class, ready_session, state_equal, weigh
 from torch import nn
 
 import defuse_widgets as dw
-from defuse_widgets import panels
-from defuse_widgets.correct import WeightAverage, blended, keep_loss
-from defuse_widgets.guard import EarlyStopping, Score, harm
-from defuse_widgets.round_samples import (
-    inside_regions,
-    measured_scales,
-    region_batches,
-)
-from defuse_widgets.validation import carve, make_validation
+from defuse_widgets.correction.guard import EarlyStopping, Score, harm
+from defuse_widgets.correction.samples import measured_scales, region_batches
+from defuse_widgets.correction.training import WeightAverage, blended, keep_loss
+from defuse_widgets.correction.validation import carve, make_validation
+from defuse_widgets.models.inference import predict_labels
+from defuse_widgets.regions.membership import inside_regions
+from defuse_widgets.widgets import panels
 
 
 def score(step: int, region: float, per_class: list[float], counts: int = 100) -> Score:
@@ -196,13 +194,11 @@ def test_training_draws_stay_inside_the_region_ellipsoid(s: dw.DefuseSession) ->
     draw = s.regions.training_sampler({rid: 0}, 4.0, 0, torch.device("cpu"), coverage=0.9)
     codes = draw(400)[0]
     inside = inside_regions(s.regions, codes, [rid], coverage=0.9)
-    from defuse_widgets.mixture import chi_square_quantile, mahalanobis_sq
+    from defuse_widgets.regions.mixture import chi_square_quantile, mahalanobis_sq
 
     limit = chi_square_quantile(0.9, codes.shape[1])
     assert (mahalanobis_sq(codes, region.mean, region.covariance) <= limit + 1e-6).all()
     assert inside.shape == (400, 1)
-    # the earlier name, RegionSet.contains, gives the same answer
-    assert torch.equal(s.regions.contains(codes, [rid], coverage=0.9), inside)
 
 
 def test_scales_follow_the_validation_images_inside_a_region(s: dw.DefuseSession) -> None:
@@ -265,7 +261,7 @@ def test_a_round_records_why_it_stopped_and_what_it_did_per_class(s: dw.DefuseSe
     assert set(record.scales) == set(s.correctable()) and record.min_validity is not None
     if record.best_step == 0:  # the round kept its starting weights
         assert state_equal(weights(s.classifier), s._snapshots[0])
-    back = dw.evaluation.RoundRecord.from_dict(record.to_dict())
+    back = dw.RoundRecord.from_dict(record.to_dict())
     assert back.stopped == record.stopped and back.class_deltas == record.class_deltas
 
 
@@ -289,7 +285,7 @@ def test_a_vetted_round_says_so_and_a_labeler_that_cannot_vet_is_refused_first(
     record = s.correct(steps=10, labeler=BrightHalf())
     assert record.vetted and record.samples_kept is not None
     assert 0 < record.samples_kept < plain.samples_kept
-    back = dw.evaluation.RoundRecord.from_dict(record.to_dict())
+    back = dw.RoundRecord.from_dict(record.to_dict())
     assert back.vetted and back.samples_kept == record.samples_kept
     assert s.correct(steps=5, labeler=digits_classifier).vetted  # a module: wrapped, per image
     assert panels.samples_note(plain) == ""
@@ -352,7 +348,7 @@ def test_evaluate_reports_the_validation_split_per_class(s: dw.DefuseSession) ->
     assert len(val.per_class) == len(test.per_class) == s.data.num_classes
     assert s.validation is not None and val.regions.keys() == test.regions.keys()
     x, y = s.validation_data()
-    pred = dw.inference.predict_labels(s.classifier, x)
+    pred = predict_labels(s.classifier, x)
     assert val.test_accuracy == pytest.approx(float((pred == y).float().mean()))
     with pytest.raises(ValueError, match="split: expected 'test' or 'validation'"):
         s.evaluate(split="train")
@@ -362,7 +358,7 @@ def test_a_round_runs_with_a_generator_made_of_plain_functions(
     digits_classifier: nn.Module, digits_vae: nn.Module, digits: dw.ImageDataset
 ) -> None:
     vae = copy.deepcopy(digits_vae)
-    gen = dw.generative.as_generator(encode=vae.encode, decode=vae.decode)  # no modules given
+    gen = dw.as_generator(encode=vae.encode, decode=vae.decode)  # no modules given
     s = dw.DefuseSession(copy.deepcopy(digits_classifier), gen, digits, device="cpu",
                          progress=False)  # fmt: skip
     s.identify(limit=40, samples=20, max_per_image=3)

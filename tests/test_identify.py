@@ -22,8 +22,8 @@ from defuse_widgets import (
     identify,
     validity_score,
 )
-from defuse_widgets.rng import beta_noise, image_generator, image_seed
-from defuse_widgets.strategies import STRATEGIES
+from defuse_widgets.search.rng import beta_noise, image_generator, image_seed
+from defuse_widgets.search.strategies import STRATEGIES
 
 N_IMAGES, Q, K = 60, 30, 3
 SETTINGS = {
@@ -490,10 +490,10 @@ def _bad_cases(data: dw.ImageDataset, clf: nn.Module, vae: dw.ConvVAE) -> dict:
     }
 
 
-def as_plain(vae: dw.ConvVAE, side: int) -> dw.generative.GeneratorAdapter:
+def as_plain(vae: dw.ConvVAE, side: int) -> dw.GeneratorAdapter:
     """A user's generator (no image_shape attribute) built for ``side`` x ``side`` images."""
     other = dw.ConvVAE((1, side, side), latent_dim=vae.latent_dim)
-    return dw.generative.as_generator(encode=lambda x: other.encode(x), decode=other.decoder)
+    return dw.as_generator(encode=lambda x: other.encode(x), decode=other.decoder)
 
 
 CASES = [
@@ -521,10 +521,10 @@ def test_bad_input_gets_a_clear_error(
 
 
 def test_package_exports_the_identify_function_and_no_module_of_that_name() -> None:
-    import defuse_widgets.session  # noqa: F401  (imports the search module too)
+    import defuse_widgets.session.session  # noqa: F401  (imports the search module too)
 
     assert callable(dw.identify) and dw.identify.__name__ == "identify"
-    assert importlib.util.find_spec("defuse_widgets.identify") is None
+    assert importlib.util.find_spec("defuse_widgets.search") is None
 
 
 # ---------------------------------------------------------------- strategy objects

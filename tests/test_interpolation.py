@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from defuse_widgets import interpolation as interp
+from defuse_widgets.models import interpolation as interp
 
 
 def test_lerp_endpoints_midpoint_and_batches() -> None:

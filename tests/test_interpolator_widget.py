@@ -13,7 +13,7 @@ import torch
 
 import defuse_widgets as dw
 from defuse_widgets.imaging import to_uint8
-from defuse_widgets.session import DefuseSession
+from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.widgets.interpolator import Interpolator
 
 

@@ -12,7 +12,7 @@ from session_fixtures import ready_session
 from torch import nn
 
 import defuse_widgets as dw
-from defuse_widgets.labels import SPECIAL_LABELS, check_label, label_name
+from defuse_widgets.regions.labels import SPECIAL_LABELS, check_label, label_name
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import defuse_widgets as dw
-from defuse_widgets.inference import predict_labels
-from defuse_widgets.models import seeded
+from defuse_widgets.models.inference import predict_labels
+from defuse_widgets.utils.seeding import seeded
 
 
 def test_trained_classifier_is_well_above_chance(

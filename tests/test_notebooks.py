@@ -31,7 +31,7 @@ from nbclient import NotebookClient
 
 import defuse_widgets as dw
 from defuse_widgets import cli
-from defuse_widgets.loaders import DEBIAN_FASHION_DIR, IDX_FILES
+from defuse_widgets.data.loaders import DEBIAN_FASHION_DIR, IDX_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"

@@ -19,7 +19,7 @@ from session_fixtures import label_true_class, ready_session, state_equal, weigh
 from torch import nn
 
 import defuse_widgets as dw
-from defuse_widgets.errors import ERROR_FIELDS
+from defuse_widgets.search.errors import ERROR_FIELDS
 
 STEPS = {"steps": 3, "batch_size": 16}
 

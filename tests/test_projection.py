@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from defuse_widgets import imaging, projection
+from defuse_widgets import imaging
+from defuse_widgets.widgets import projection
 
 
 @pytest.fixture

@@ -228,7 +228,7 @@ def test_a_write_the_os_refuses_is_reported_and_the_old_save_kept(
 ) -> None:
     """Simulated: the OS refuses the save's second file (as a permission or a read-only mount
     would, for any user); checks the message, the earlier save and that nothing is left over."""
-    from defuse_widgets import atomic
+    from defuse_widgets.utils import atomic
 
     s, pristine, old, _ = sessions
     path = Path(shutil.copytree(pristine, tmp_path / "refusing"))
@@ -241,7 +241,7 @@ def test_a_write_the_os_refuses_is_reported_and_the_old_save_kept(
         written.append(file)
         return real(file, data)
 
-    monkeypatch.setattr("defuse_widgets.persist.write_durable", refusing)
+    monkeypatch.setattr("defuse_widgets.persist.write.write_durable", refusing)
     with pytest.raises(raised, match=f"path: expected a writable directory, got .*{why}"):
         s.save(path)
     assert sorted(os.listdir(path)) == before, "the refused save left files behind"
@@ -258,8 +258,10 @@ def test_a_directory_without_write_access_is_refused_before_any_work(
     s, pristine, _, _ = sessions
     path = Path(shutil.copytree(pristine, tmp_path / "noaccess"))
     before = sorted(os.listdir(path))
-    monkeypatch.setattr("defuse_widgets.persist.os.access", lambda *a, **k: False)
-    monkeypatch.setattr("defuse_widgets.persist.encode", lambda *a: pytest.fail("work started"))
+    monkeypatch.setattr("defuse_widgets.persist.write.os.access", lambda *a, **k: False)
+    monkeypatch.setattr(
+        "defuse_widgets.persist.write.encode", lambda *a: pytest.fail("work started")
+    )
     with pytest.raises(PermissionError, match="writable directory, got .*Permission denied"):
         s.save(path)
     assert sorted(os.listdir(path)) == before

@@ -119,7 +119,7 @@ def test_ctrl_c_during_correct_leaves_the_weights_before_or_after_the_round(
 
 
 def test_ctrl_c_inside_a_deferred_block_arrives_after_it() -> None:
-    from defuse_widgets.critical import deferred_interrupt
+    from defuse_widgets.utils.critical import deferred_interrupt
 
     done = []
     with pytest.raises(KeyboardInterrupt), deferred_interrupt():
@@ -131,7 +131,7 @@ def test_ctrl_c_inside_a_deferred_block_arrives_after_it() -> None:
 
 
 def test_ctrl_c_outside_the_main_thread_is_not_deferred() -> None:
-    from defuse_widgets.critical import deferred_interrupt
+    from defuse_widgets.utils.critical import deferred_interrupt
 
     seen: list[Any] = []
 

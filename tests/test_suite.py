@@ -19,9 +19,9 @@ from session_fixtures import new_session, ready_session
 from torch import nn
 
 import defuse_widgets as dw
-from defuse_widgets.persist import dataset_fingerprint
-from defuse_widgets.suite import real_members
-from defuse_widgets.suite_files import FORMAT, VERSION, load_suite
+from defuse_widgets.persist.write import dataset_fingerprint
+from defuse_widgets.suite.export import real_members
+from defuse_widgets.suite.files import FORMAT, VERSION, load_suite
 
 SAMPLES = 40
 

@@ -12,7 +12,7 @@ from session_fixtures import ready_session
 
 import defuse_widgets as dw
 from defuse_widgets.cli import main
-from defuse_widgets.model_files import ExportedModel, load_classifier, weights_only_loads
+from defuse_widgets.models.files import ExportedModel, load_classifier, weights_only_loads
 
 FACTORY = """
 import defuse_widgets as dw

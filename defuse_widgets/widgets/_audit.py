@@ -3,7 +3,7 @@ another label, and the relabels a person confirms there.
 
 :class:`AuditMixin` is the audit half of :class:`~.explorer.Explorer` (its public methods are
 the explorer's). Only the selected region's audit travels (trait ``audit``, arrays as buffers,
-built by :func:`defuse_widgets.panels.audit_payload`); a relabel or undo resends only
+built by :func:`defuse_widgets.widgets.panels.audit_payload`); a relabel or undo resends only
 ``audit_labels`` and ``relabel_count``. After the first :meth:`~AuditMixin.open_audit`, selecting
 a class-labeled region audits it (in the background: the first audit encodes the training set).
 """
@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..panels import audit_payload, current_labels
-from ._options import ExplorerOptions
+from defuse_widgets.widgets._options import ExplorerOptions
+from defuse_widgets.widgets.panels import audit_payload, current_labels
 
 if TYPE_CHECKING:
-    from ..session import DefuseSession
-    from ._jobs import Jobs
+    from defuse_widgets.session.session import DefuseSession
+    from defuse_widgets.widgets._jobs import Jobs
 
 
 class AuditMixin:

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from anywidget.experimental import command
 
-from .. import panels
+from defuse_widgets.widgets import panels
 
 if TYPE_CHECKING:
-    from ._options import ExplorerOptions
+    from defuse_widgets.widgets._options import ExplorerOptions
 
 
 def _action(fn: Callable[[Any, dict[str, Any]], Any]) -> Any:

@@ -13,10 +13,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..suite import DEFAULT_MIN_ACCURACY, DEFAULT_SAMPLES, check_export, export_suite
+from defuse_widgets.suite.export import (
+    DEFAULT_MIN_ACCURACY,
+    DEFAULT_SAMPLES,
+    check_export,
+    export_suite,
+)
 
 if TYPE_CHECKING:
-    from ..session import DefuseSession
+    from defuse_widgets.session.session import DefuseSession
 
 
 class ExportMixin:
@@ -43,7 +48,7 @@ class ExportMixin:
         path : the suite directory, relative to the kernel's working directory; an earlier
             suite there is replaced (a directory holding other files is refused).
         regions, samples, min_accuracy, include_real : as for
-            :meth:`~defuse_widgets.session.DefuseSession.export_tests`.
+            :meth:`~defuse_widgets.session.session.DefuseSession.export_tests`.
         block : wait for the export (re-raising its error).
 
         Returns

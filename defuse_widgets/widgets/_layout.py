@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import panels
-from .. import projection as proj
+from defuse_widgets.widgets import panels
+from defuse_widgets.widgets import projection as proj
 
 
 class LayoutMixin:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import projection as proj
+from defuse_widgets.widgets import projection as proj
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .interpolator import Interpolator
+from defuse_widgets.widgets.interpolator import Interpolator
 
 
 def reason(exc: BaseException) -> str:

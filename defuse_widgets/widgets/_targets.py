@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .. import interpolation as interp
-from ..imaging import to_uint8
-from ._codec import array_to_json
+from defuse_widgets.imaging import to_uint8
+from defuse_widgets.models import interpolation as interp
+from defuse_widgets.widgets._codec import array_to_json
 
 if TYPE_CHECKING:
-    from ..session import DefuseSession as Session
+    from defuse_widgets.session.session import DefuseSession as Session
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import panels
-from ..correct import CancelToken, RoundSettings
-from ..round_samples import sample_vetter
+from defuse_widgets.correction.samples import sample_vetter
+from defuse_widgets.correction.training import CancelToken, RoundSettings
+from defuse_widgets.widgets import panels
 
 if TYPE_CHECKING:
-    from ..session import DefuseSession
-    from ._jobs import Jobs
+    from defuse_widgets.session.session import DefuseSession
+    from defuse_widgets.widgets._jobs import Jobs
 
 PROGRESS_INTERVAL_S = 0.1  # at most ~10 progress updates per second reach the browser
 

@@ -1,8 +1,8 @@
 """The error explorer: map of the errors, region list and panel, labeling and live fine-tuning.
 
-A thin trait-and-command layer over a :class:`~defuse_widgets.session.DefuseSession`: every UI
+A thin trait-and-command layer over a :class:`~defuse_widgets.session.session.DefuseSession`: every UI
 action is a public method (scriptable without a browser); what the UI shows lives in traits
-(arrays as binary buffers, built by :mod:`defuse_widgets.panels`); long work runs on one
+(arrays as binary buffers, built by :mod:`defuse_widgets.widgets.panels`); long work runs on one
 background worker (:mod:`._jobs`); the explorer follows the session's change events.
 
 Browser -> kernel: traits ``selected_region``, ``selected_indices``, ``selected_error``,
@@ -22,19 +22,19 @@ import numpy as np
 import torch
 import traitlets as t
 
-from .. import panels
-from ..correct import RoundSettings
-from ..labels import label_name
-from ..panels import region_color
-from ._audit import AuditMixin
-from ._codec import array_serialization, array_to_json
-from ._commands import CommandsMixin
-from ._export import ExportMixin
-from ._jobs import Jobs
-from ._layout import LayoutMixin
-from ._options import ExplorerOptions, check_known_options
-from ._selection import SelectionMixin
-from ._tuning import TuningMixin
+from defuse_widgets.correction.training import RoundSettings
+from defuse_widgets.regions.labels import label_name
+from defuse_widgets.widgets import panels
+from defuse_widgets.widgets._audit import AuditMixin
+from defuse_widgets.widgets._codec import array_serialization, array_to_json
+from defuse_widgets.widgets._commands import CommandsMixin
+from defuse_widgets.widgets._export import ExportMixin
+from defuse_widgets.widgets._jobs import Jobs
+from defuse_widgets.widgets._layout import LayoutMixin
+from defuse_widgets.widgets._options import ExplorerOptions, check_known_options
+from defuse_widgets.widgets._selection import SelectionMixin
+from defuse_widgets.widgets._tuning import TuningMixin
+from defuse_widgets.widgets.panels import region_color
 
 __all__ = ["Explorer", "region_color"]
 IDLE: dict[str, Any] = {"running": False, "step": 0, "total": 0, "loss": None, "outcome": ""}

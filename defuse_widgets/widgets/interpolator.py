@@ -28,15 +28,15 @@ import numpy as np
 import torch
 import traitlets
 
-from ..checks import in_range, one_of, positive_int
-from . import _targets
-from ._codec import array_to_json
-from ._frames import FrameQueue
-from ._options import check_known_options
-from ._targets import Frame
+from defuse_widgets.utils.checks import in_range, one_of, positive_int
+from defuse_widgets.widgets import _targets
+from defuse_widgets.widgets._codec import array_to_json
+from defuse_widgets.widgets._frames import FrameQueue
+from defuse_widgets.widgets._options import check_known_options
+from defuse_widgets.widgets._targets import Frame
 
 if TYPE_CHECKING:
-    from ..session import DefuseSession
+    from defuse_widgets.session.session import DefuseSession
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE.parent / "static"

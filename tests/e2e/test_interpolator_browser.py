@@ -16,7 +16,7 @@ OUTPUT = REPO / "tests" / "output"  # git-ignored
 
 SETUP = """\
 import torch, defuse_widgets as dw
-from defuse_widgets.session import DefuseSession
+from defuse_widgets.session.session import DefuseSession
 torch.set_num_threads(1)
 data = dw.load_dataset("digits")
 clf, vae = dw.load_model(r"{classifier}"), dw.load_model(r"{vae}")

@@ -1,0 +1,149 @@
+"""Judging a fine-tuning round by validation: early stopping on the best step, and harm flags.
+
+A round may only keep weights that lift the labeled regions without costing any class more than
+``tolerance`` points, or the overall accuracy more than ``OVERALL_TOLERANCE``, against the
+weights it started from. Among those it keeps the best step; when no step qualifies it keeps the
+starting weights and says so. A loss of a single image never counts: on a split of 18 images
+per class one image is 5.6 points, which says nothing about the model.
+
+Besides the steps, the round's last weights blended with its starting weights (``BLENDS``) are
+candidates too: a smaller move along the same path that often keeps the fix at a fraction of the
+side effects (weight-space ensembling, as in Wortsman et al.'s WiSE-FT).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from torch import nn
+
+from defuse_widgets.correction.training import snapshot
+
+DEFAULT_TOLERANCE = 1.0
+"""Points of accuracy a class may lose in a round before the round is refused or flagged."""
+OVERALL_TOLERANCE = 0.5
+"""Points of overall accuracy a round may lose before it is refused or flagged."""
+DEFAULT_PATIENCE = 5
+BLENDS = (0.5, 0.25)
+"""Shares of the round's last weights (the rest: its starting weights) also judged."""
+
+
+@dataclass(frozen=True)
+class Score:
+    """One look at a model on the validation split (accuracies as fractions)."""
+
+    step: int
+    overall: float
+    per_class: list[float]
+    region: float
+    counts: list[int]
+    blend: float = 1.0  # the share of the step's weights, the rest the starting weights'
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "overall": self.overall, "per_class": list(self.per_class),
+                "region": self.region, "counts": list(self.counts),
+                "blend": self.blend}  # fmt: skip
+
+
+def class_drops(before: Sequence[float], after: Sequence[float]) -> list[float]:
+    """Points each class lost from ``before`` to ``after`` (negative: gained; NaN classes: 0)."""
+    return [
+        0.0 if math.isnan(b) or math.isnan(a) else 100.0 * (b - a) for b, a in zip(before, after)
+    ]
+
+
+def harm(
+    before_overall: float,
+    before_per_class: Sequence[float],
+    after_overall: float,
+    after_per_class: Sequence[float],
+    tolerance: float = DEFAULT_TOLERANCE,
+    classes: Sequence[str] = (),
+    counts: Sequence[int] = (),
+) -> list[dict[str, Any]]:
+    """What a round broke: one entry per class that lost more than ``tolerance`` points, and one
+    for the overall accuracy if it lost more than ``OVERALL_TOLERANCE``; empty when nothing did.
+    With ``counts`` (images per class), a loss of at most one image is not counted.
+
+    Each entry: ``{"class": index or None (overall), "name", "before", "after", "drop"}`` with
+    accuracies as fractions and ``drop`` in points, largest drop first.
+    """
+    out: list[dict[str, Any]] = []
+    for c, drop in enumerate(class_drops(before_per_class, after_per_class)):
+        if drop > tolerance and drop > _one_image(counts[c : c + 1]):
+            name = classes[c] if c < len(classes) else str(c)
+            out.append({"class": c, "name": name, "before": before_per_class[c],
+                        "after": after_per_class[c], "drop": drop})  # fmt: skip
+    out.sort(key=lambda e: -float(e["drop"]))
+    overall = 100.0 * (before_overall - after_overall)
+    if overall > OVERALL_TOLERANCE and overall > _one_image([sum(counts)] if counts else []):
+        out.append({"class": None, "name": "overall", "before": before_overall,
+                    "after": after_overall, "drop": overall})  # fmt: skip
+    return out
+
+
+def _one_image(count: Sequence[int]) -> float:
+    """Points one image (and a half, so rounding never counts it twice) is worth among
+    ``count[0]`` images; 0 when not known."""
+    return 150.0 / count[0] if count and count[0] > 0 else 0.0
+
+
+class EarlyStopping:
+    """Checks a round's working copy every few steps and keeps the best acceptable weights.
+
+    ``measure(model) -> Score`` scores a model on validation (the step is filled in here).
+    After ``patience`` checks without a better acceptable step the round stops.
+    """
+
+    def __init__(
+        self,
+        measure: Callable[[nn.Module, int], Score],
+        start_model: nn.Module,
+        tolerance: float = DEFAULT_TOLERANCE,
+        patience: int = DEFAULT_PATIENCE,
+    ):
+        self.measure, self.tolerance, self.patience = measure, float(tolerance), int(patience)
+        self.start = self.best = measure(start_model, 0)
+        self.best_state: dict[str, Any] | None = None
+        self.checks: list[Score] = [self.start]
+        self.stale = 0
+        self.reason = ""
+
+    def acceptable(self, score: Score) -> bool:
+        """No class lost more than the tolerance, the overall accuracy not more than 0.5 point."""
+        return not harm(self.start.overall, self.start.per_class, score.overall,
+                        score.per_class, self.tolerance, counts=score.counts)  # fmt: skip
+
+    def check(self, step: int, model: nn.Module, blend: float = 1.0) -> bool:
+        """Score ``model`` after ``step`` steps (``blend``: its share in a blend with the
+        starting weights); True when the round should stop."""
+        score = replace(self.measure(model, step), blend=blend)
+        self.checks.append(score)
+        better = (score.region, score.overall) > (self.best.region, self.best.overall)
+        if self.acceptable(score) and better:
+            self.best, self.best_state, self.stale = score, snapshot(model), 0
+        elif blend == 1.0:  # a blend is a last look after the steps, not one more step
+            self.stale += 1
+        if self.stale >= self.patience and not self.reason:
+            self.reason = f"no better acceptable step in the last {self.patience} checks"
+            return True
+        return False
+
+    def finish(self, steps: int) -> str:
+        """Why the round stopped, for its record (call once, after the last step)."""
+        if not self.reason:
+            self.reason = f"ran all {steps} steps"
+        if self.best_state is None:
+            self.reason += (
+                "; no step lifted the regions without costing a class more than "
+                f"{self.tolerance:g} point{'' if self.tolerance == 1 else 's'}, so the round "
+                "keeps its starting weights"
+            )
+        else:
+            self.reason += f"; kept step {self.best.step}"
+            if self.best.blend != 1.0:
+                self.reason += f" blended {self.best.blend:.0%} with the starting weights"
+        return self.reason

@@ -1,0 +1,262 @@
+"""Correct: fine-tuning rounds on labeled regions, and exact weight snapshots."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from defuse_widgets.utils.checks import in_range, one_of, positive_int, positive_number
+from defuse_widgets.utils.seeding import seeded
+
+OPTIMIZERS = ("sgd", "adam")
+StepCallback = Callable[[int, int, float], None]
+TEMPERATURE = 2.0  # softens both distributions of the keep term (Hinton et al.'s distillation)
+DEFAULT_EMA = 0.99
+"""Decay of the moving average of the weights that a round checks and keeps."""
+DEFAULT_KEEP = 4.0
+"""Weight of the keep term, chosen on the planted-bug suite (0, 1, 2, 4, 8 measured; README)."""
+
+
+class Checker(Protocol):
+    """Checks the copy every few steps (e.g. :class:`~defuse_widgets.correction.guard.EarlyStopping`)."""
+
+    best_state: dict[str, torch.Tensor] | None
+
+    def check(self, step: int, model: nn.Module, blend: float = 1.0) -> bool: ...
+
+
+class CancelToken:
+    """Set from any thread to stop a fine-tuning round between steps.
+
+    Examples
+    --------
+    >>> token = CancelToken(); token.cancel(); token.cancelled
+    True
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the round to stop before its next step."""
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._event.is_set()
+
+
+def check_hooks(cancel: Any, callback: Any) -> None:
+    """Refuse a ``cancel`` that is not a CancelToken-like object and a non-callable ``callback``."""
+    if cancel is not None and not isinstance(getattr(cancel, "cancelled", None), bool):
+        raise TypeError(
+            "cancel: expected a CancelToken (make one with CancelToken() and call its cancel() "
+            f"from another thread to stop the round), got {cancel!r}"
+        )
+    if callback is not None and not callable(callback):
+        raise TypeError(
+            f"callback: expected a callable(step, steps, loss) or None, got {callback!r}"
+        )
+
+
+class Cancelled(Exception):
+    """Raised inside a round when its token is cancelled."""
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """An exact copy of the model's state (parameters and buffers) on the CPU."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a :func:`snapshot` back, bit for bit."""
+    model.load_state_dict(state, strict=True)
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    """The knobs of one fine-tuning round, checked when made (see :meth:`DefuseSession.correct`).
+
+    ``scale`` None: per region, measured on the validation images inside it (else
+    :data:`~defuse_widgets.regions.distill.DEFAULT_SCALE`). ``keep``: weight of the term that keeps the
+    outputs on training images outside the labeled regions close to the round's starting model.
+    ``tolerance``: points a class may lose on validation; ``check_every`` (None: a tenth of
+    ``steps``, at least 10) and ``patience``: early stopping (``early_stopping=False``: run every
+    step and keep the last). ``ema``: decay of the exponential moving average of the weights that
+    the round checks and keeps (0: the raw weights of the step; see :class:`WeightAverage`).
+    """
+
+    steps: int = 300
+    lam: float = 1.0
+    lr: float = 0.003
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    scale: float | None = None
+    seed: int = 0
+    keep: float = DEFAULT_KEEP
+    tolerance: float = 1.0
+    early_stopping: bool = True
+    check_every: int | None = None
+    patience: int = 3
+    ema: float = DEFAULT_EMA
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ValueError naming the first knob out of range."""
+        positive_int("steps", self.steps)
+        positive_int("batch_size", self.batch_size)
+        positive_number("lam", self.lam)
+        positive_number("lr", self.lr)
+        if self.scale is not None:
+            positive_number("scale", self.scale)
+        one_of("optimizer", self.optimizer, OPTIMIZERS)
+        in_range("keep", self.keep, 0.0, 1e6)
+        in_range("tolerance", self.tolerance, 0.0, 100.0)
+        one_of("early_stopping", self.early_stopping, (True, False))
+        if self.check_every is not None:
+            positive_int("check_every", self.check_every)
+        positive_int("patience", self.patience)
+        in_range("ema", self.ema, 0.0, 1.0, high_open=True)
+
+    @property
+    def every(self) -> int:
+        """Steps between two early-stopping checks."""
+        return self.check_every or max(10, self.steps // 10)
+
+
+def fine_tune(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    region_batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    settings: RoundSettings,
+    cancel: CancelToken | None = None,
+    callback: StepCallback | None = None,
+    outside: torch.Tensor | None = None,
+    checker: Checker | None = None,
+    blends: tuple[float, ...] = (),
+) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """Train a copy of ``model`` for one round and return the state it keeps and per-step losses.
+
+    Loss per step: CE(training batch) + ``lam`` x CE(region batch) + ``keep`` x KL(start model
+    || copy) at temperature 2 on the batch's images with ``outside`` True (all but those inside
+    a labeled region that carry its label; None: all). ``region_batch(n)`` returns up to
+    ``n`` freshly decoded region images and their labels on the model's device (none: the step
+    has no region term).
+    With ``settings.ema`` > 0 the copy that is checked and kept is the moving average of the
+    trained weights (:class:`WeightAverage`).
+    ``checker.check(step, copy)`` runs every ``settings.every`` steps; when it says stop, the
+    round ends, and its ``best_state`` (None: the starting weights) is what the round keeps.
+    Then the last weights blended with the starting ones (``blends``: their shares) are checked.
+    The live model is never touched, so a cancelled round (``Cancelled`` is raised) leaves it
+    as it was.
+    """
+    dev = next(model.parameters()).device
+    work = copy.deepcopy(model).train()
+    average = WeightAverage(work, settings.ema) if settings.ema > 0 else None
+    teacher = copy.deepcopy(model).eval() if settings.keep > 0 else None
+    params = [p for p in work.parameters() if p.requires_grad]
+    opt: torch.optim.Optimizer = (
+        torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum)
+        if settings.optimizer == "sgd"
+        else torch.optim.Adam(params, lr=settings.lr)
+    )
+    losses: list[float] = []
+    with seeded(settings.seed) as gen:
+        for step in range(settings.steps):
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled(f"cancelled after {step} of {settings.steps} steps")
+            idx = torch.randint(len(x_train), (settings.batch_size,), generator=gen)
+            xb, yb = x_train[idx].to(dev), y_train[idx].to(dev)
+            xr, yr = region_batch(settings.batch_size)
+            logits = work(xb)
+            loss = F.cross_entropy(logits, yb)
+            if len(yr):  # a labeler vetting the samples may have kept none
+                loss = loss + settings.lam * F.cross_entropy(work(xr), yr)
+            if teacher is not None:
+                mask = None if outside is None else outside[idx].to(dev)
+                loss = loss + settings.keep * keep_loss(logits, teacher, xb, mask)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if average is not None:
+                average.update(work)
+            losses.append(float(loss.detach()))
+            if callback is not None:
+                callback(step + 1, settings.steps, losses[-1])
+            done = step + 1 == settings.steps
+            if checker is not None and ((step + 1) % settings.every == 0 or done):
+                judged = work.eval() if average is None else average.model
+                if checker.check(step + 1, judged):
+                    break
+                work.train()
+    last = work.eval() if average is None else average.model
+    if checker is not None:
+        for share in blends:
+            checker.check(len(losses), blended(model, last, share), share)
+    if checker is None:
+        return snapshot(last), losses
+    if checker.best_state is None:
+        return snapshot(model), losses
+    return checker.best_state, losses
+
+
+def blended(start: nn.Module, end: nn.Module, share: float) -> nn.Module:
+    """A copy of ``end`` whose parameters are ``share`` of its own and the rest ``start``'s."""
+    out = copy.deepcopy(end).eval()
+    with torch.no_grad():
+        for mine, first in zip(out.parameters(), start.parameters()):
+            mine.lerp_(first.detach(), 1.0 - share)
+    return out
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights as it trains, with the usual warm-up
+    (the decay after ``t`` updates is ``min(decay, (1 + t) / (10 + t))``, as in TensorFlow's
+    ``ExponentialMovingAverage``).
+
+    Why: a few SGD steps on a classifier move the boundaries between similar classes back and
+    forth by several points from one step to the next (measured on Fashion-MNIST: +-5 to 10
+    points per class on validation, step to step), so any single step judged on validation is
+    mostly noise; the average keeps the drift the steps share and damps the jitter.
+    Buffers (e.g. batch-norm statistics) are copied from the trained model, not averaged.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model = copy.deepcopy(model).eval()
+        self.decay, self.updates = float(decay), 0
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, trained: nn.Module) -> None:
+        """Fold the trained model's current weights into the average."""
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
+        for mine, theirs in zip(self.model.parameters(), trained.parameters()):
+            mine.lerp_(theirs.detach(), 1.0 - decay)
+        for buffer, trained_buffer in zip(self.model.buffers(), trained.buffers()):
+            buffer.copy_(trained_buffer)
+
+
+def keep_loss(
+    logits: torch.Tensor, teacher: nn.Module, x: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Mean KL(teacher || student) at ``TEMPERATURE`` over the rows of ``mask`` (x T^2, so its
+    gradients keep the scale of a cross-entropy); 0 when no row is masked in."""
+    with torch.no_grad():
+        target = F.softmax(teacher(x) / TEMPERATURE, dim=1)
+    kl = F.kl_div(F.log_softmax(logits / TEMPERATURE, dim=1), target, reduction="none").sum(1)
+    weight = torch.ones_like(kl) if mask is None else mask.to(kl.dtype)
+    return (kl * weight).sum() / weight.sum().clamp_min(1.0) * TEMPERATURE**2

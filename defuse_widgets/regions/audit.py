@@ -1,0 +1,204 @@
+"""Audit: the training images inside a failure region that carry another label.
+
+Pure functions over tensors plus a small result object; the
+:class:`~defuse_widgets.session.session.DefuseSession` holds the confirmed relabels
+(:class:`~defuse_widgets.regions.relabels.RelabelStore`) and calls them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from defuse_widgets.regions.labels import ReferenceModelLabeler
+from defuse_widgets.utils.checks import in_range, positive_int
+
+
+@dataclass
+class AuditResult:
+    """Training images inside one region whose (relabeled) training label differs from its label.
+
+    Rows are sorted so the likeliest mistakes come first: by ``evidence`` that the stored label
+    is wrong, the membership probability times the classifier's doubt in the stored label
+    (1 - its probability for it), then by membership and index. Attributes: ``indices`` (n,)
+    int64 training indices; ``images`` (n, C, H, W); ``labels`` (n,) training labels with
+    confirmed relabels applied; ``predictions`` (n,) the classifier's current classes;
+    ``probabilities`` (n,) float32 membership probability of the region; ``evidence`` (n,);
+    ``inside`` the number of training images in the region (any label).
+    """
+
+    region_id: int
+    region_label: int
+    min_probability: float
+    indices: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor
+    predictions: torch.Tensor
+    probabilities: torch.Tensor
+    inside: int
+    evidence: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __repr__(self) -> str:
+        return (
+            f"AuditResult(region {self.region_id} labeled {self.region_label}: {len(self)} "
+            f"conflicting of {self.inside} training images with probability "
+            f">= {self.min_probability})"
+        )
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One JSON-friendly dict per image (no pixels): index, label, prediction, probability
+        (membership)."""
+        return [
+            {"index": int(i), "label": int(lab), "prediction": int(p), "probability": float(q)}
+            for i, lab, p, q in zip(
+                self.indices.tolist(), self.labels.tolist(), self.predictions.tolist(),
+                self.probabilities.tolist(),
+            )
+        ]  # fmt: skip
+
+
+def select_conflicts(
+    probability: torch.Tensor, labels: torch.Tensor, region_label: int, min_probability: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Indices of the rows inside a region whose label differs from the region's label.
+
+    Parameters
+    ----------
+    probability : (N,) membership probability of the region for each training image.
+    labels : (N,) training labels (relabels applied).
+    region_label : the region's class.
+    min_probability : a row is inside when its probability is at least this.
+
+    Returns
+    -------
+    indices (n,) int64 sorted by decreasing probability (ties by index), their probabilities (n,),
+    and the number of rows inside the region.
+    """
+    check_probability(min_probability)
+    if probability.shape != labels.shape:
+        raise ValueError(
+            f"probability: expected shape {tuple(labels.shape)} like labels, "
+            f"got {tuple(probability.shape)}"
+        )
+    inside = probability >= min_probability
+    idx = (inside & (labels != region_label)).nonzero().flatten()
+    p = probability[idx].float()
+    order = _sort_desc(p, idx)
+    return idx[order], p[order], int(inside.sum())
+
+
+def _sort_desc(p: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Order by decreasing ``p``, exact ties by increasing ``idx``."""
+    by_index = torch.argsort(idx, stable=True)
+    return by_index[torch.argsort(-p[by_index], stable=True)]
+
+
+def audit_region(
+    region_id: int,
+    region_label: int,
+    probability: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    min_probability: float = 0.5,
+) -> AuditResult:
+    """Build the :class:`AuditResult` of one region.
+
+    ``probability`` (N,) is the region's membership probability of every training image,
+    ``images`` (N, C, H, W) and ``labels`` (N,) the training set (relabels applied), and
+    ``predict(images)`` returns (n, K) class probabilities of the classifier being debugged.
+    """
+    idx, p, inside = select_conflicts(probability, labels, region_label, min_probability)
+    chosen, stored = images[idx], labels[idx].clone()
+    if len(idx):
+        proba = predict(chosen).cpu().float()
+        preds = proba.argmax(1)
+        evidence = p * (1 - proba.gather(1, stored[:, None]).squeeze(1))
+    else:
+        preds, evidence = torch.zeros(0, dtype=torch.long), torch.zeros(0)
+    order = torch.argsort(-evidence, stable=True)  # ties keep select_conflicts' order
+    return AuditResult(int(region_id), int(region_label), float(min_probability), idx[order],
+                       chosen[order], stored[order], preds[order], p[order], inside,
+                       evidence[order])  # fmt: skip
+
+
+def check_probability(value: float) -> None:
+    """ValueError unless ``min_probability`` is a number in [0, 1]."""
+    in_range("min_probability", value, 0, 1)
+
+
+def gate(probability: torch.Tensor, inside: torch.Tensor | None) -> torch.Tensor:
+    """The membership probability, zero outside the region's ellipsoid (``inside`` (N,) bool)."""
+    return probability if inside is None else torch.where(inside, probability, 0.0)
+
+
+def count_inside(
+    probability: torch.Tensor,
+    labels: torch.Tensor,
+    relabeled: torch.Tensor,
+    region_label: int,
+    min_probability: float,
+) -> dict[str, int]:
+    """The training images inside a region: all of them, those whose label conflicts with the
+    region's, and those relabeled (``relabeled`` (N,) bool)."""
+    inside = probability >= min_probability
+    return {
+        "label": region_label,
+        "inside": int(inside.sum()),
+        "conflicts": int((inside & (labels != region_label)).sum()),
+        "relabeled": int((inside & relabeled).sum()),
+    }
+
+
+def labeler_function(labeler: Any) -> Callable[[torch.Tensor], Any]:
+    """``labeler.label_images``, or ``labeler`` itself if it is a callable; TypeError otherwise.
+
+    A classifier module is wrapped in a :class:`~defuse_widgets.regions.labels.ReferenceModelLabeler`
+    (calling it would give logits, not labels).
+    """
+    if isinstance(labeler, nn.Module):
+        labeler = ReferenceModelLabeler(labeler)
+    decide = getattr(labeler, "label_images", labeler)
+    if not callable(decide):
+        raise TypeError(
+            f"labeler: expected an object with label_images(images) or a callable, got {labeler!r}"
+        )
+    return decide
+
+
+def ask_labeler(decide: Callable[[torch.Tensor], Any], result: AuditResult) -> torch.Tensor:
+    """(n,) the classes ``decide(images)`` gives the audit's images (``UNRECOGNIZABLE``: none)."""
+    if not len(result):
+        return torch.zeros(0, dtype=torch.long)
+    votes = torch.as_tensor(decide(result.images)).cpu().long().flatten()
+    if votes.shape != result.indices.shape:
+        raise ValueError(f"labeler: returned {tuple(votes.shape)} labels for {len(result)} images")
+    return votes
+
+
+def walk_down(confirmed: torch.Tensor, stop_after: int | None) -> torch.Tensor:
+    """(n,) bool: the ``confirmed`` rows met walking down the ranking, stopping after
+    ``stop_after`` unconfirmed rows in a row (None: every row)."""
+    if stop_after is None:
+        return confirmed
+    positive_int("stop_after", stop_after)
+    out = torch.zeros_like(confirmed)
+    out[: looked_at(confirmed, stop_after, len(confirmed))] = True
+    return out & confirmed
+
+
+def looked_at(confirmed: torch.Tensor, stop_after: int, n: int) -> int:
+    """How many rows a walk that stops after ``stop_after`` misses in a row looks at."""
+    misses = 0
+    for i, ok in enumerate(confirmed.tolist()):
+        misses = 0 if ok else misses + 1
+        if misses >= stop_after:
+            return i + 1
+    return n

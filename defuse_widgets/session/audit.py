@@ -1,0 +1,205 @@
+"""The session's audit of the training data through the regions, and its relabels.
+
+A mixin of :class:`~defuse_widgets.session.session.DefuseSession`: the methods run on the session's
+state (its regions, labels, :class:`~defuse_widgets.regions.relabels.RelabelStore` and membership cache).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from defuse_widgets.models.inference import batched
+from defuse_widgets.regions import audit as audit_step
+from defuse_widgets.regions.labels import UNRECOGNIZABLE, check_label, label_name
+from defuse_widgets.regions.membership import within_ellipsoid
+from defuse_widgets.regions.relabels import Relabel, read_relabel_source
+from defuse_widgets.session.base import SessionBase
+
+
+class AuditMixin(SessionBase):
+    """Audit, relabel, confirm, export and import relabels (see :class:`DefuseSession`)."""
+
+    def region_probability(self, split: str = "train", batch_size: int = 4096) -> torch.Tensor:
+        """(N, R) probability that the mixture puts each image of ``split`` in each region
+        (columns in ``regions.regions`` order); batched and cached until the regions change."""
+        regions = self._require_regions()
+        if split not in self._membership:
+            self._membership[split] = batched(
+                regions.predict_proba,
+                self.split_codes(split),
+                device="cpu",
+                batch_size=batch_size,
+                empty_shape=(0, len(regions)),
+                progress=self.progress,
+                desc=f"regions of {split} images",
+            )
+        return self._membership[split]
+
+    def _audit_label(self, region_id: int, label: int | None) -> int:
+        if label is not None:
+            value = check_label(label, self.data.num_classes)
+            if value < 0:
+                raise ValueError(f"label: expected a class index to audit against, got {value}")
+            return value
+        given = self._labels.get(int(region_id))
+        if given is None or given < 0:
+            what = (
+                "no label"
+                if given is None
+                else f"the label {label_name(given, self.data.classes)!r}"
+            )
+            raise ValueError(
+                f"region_id: region {region_id} has {what}; auditing needs a region labeled "
+                "with a class (label it first, or pass label=)"
+            )
+        return given
+
+    def _audit_probability(self, region_id: int, coverage: float | None) -> torch.Tensor:
+        regions = self._require_regions()
+        region = regions.get(region_id)
+        prob = self.region_probability("train")[:, regions.column(region_id)]
+        inside = (
+            None
+            if coverage is None
+            else within_ellipsoid(
+                self.split_codes("train"), region.mean, region.covariance, coverage
+            )
+        )
+        return audit_step.gate(prob, inside)
+
+    def audit(
+        self,
+        region_id: int,
+        min_probability: float = 0.5,
+        label: int | None = None,
+        coverage: float | None = 0.99,
+    ) -> audit_step.AuditResult:
+        """The training images the mixture puts in the region with probability at least
+        ``min_probability`` whose training label (relabels applied) differs from the region's label.
+
+        ``label`` audits against another class than the region's label (needed for a region
+        without a class label). ``coverage`` also requires a code to lie inside the ellipsoid
+        holding that share of the region's Gaussian (None: membership probability only).
+        Returns an :class:`~defuse_widgets.regions.audit.AuditResult`, the likeliest mistakes first.
+        """
+        self._require_regions().get(region_id)
+        audit_step.check_probability(min_probability)
+        target = self._audit_label(region_id, label)
+        return audit_step.audit_region(
+            region_id,
+            target,
+            self._audit_probability(region_id, coverage),
+            self.data.x_train,
+            self.training_labels(),
+            self.predict,
+            min_probability,
+        )
+
+    def audit_summary(
+        self, min_probability: float = 0.5, coverage: float | None = 0.99
+    ) -> dict[int, dict[str, Any]]:
+        """Per class-labeled region: its label, the training images inside it (``inside``), those
+        whose label conflicts with the region's (``conflicts``) and the relabels inside it."""
+        audit_step.check_probability(min_probability)
+        labels, relabeled = self.training_labels(), self._relabels.mask()
+        return {
+            rid: audit_step.count_inside(
+                self._audit_probability(rid, coverage), labels, relabeled, lab, min_probability
+            )
+            for rid, lab in sorted(self.correctable().items())
+        }
+
+    @property
+    def relabels(self) -> dict[int, Relabel]:
+        """Training index -> confirmed :class:`~defuse_widgets.regions.relabels.Relabel`; a copy."""
+        return dict(self._relabels.records)
+
+    def relabel(self, indices: Sequence[int] | torch.Tensor, label: int, who: str = "user") -> int:
+        """Confirm that the training images ``indices`` are class ``label``; returns how many
+        records changed. Relabeling an image to its dataset label removes its relabel."""
+        value = check_label(label, self.data.num_classes)
+        with self._lock:
+            changed = self._relabels.set(indices, value, who)
+        if changed:
+            self._emit("relabels")
+        return changed
+
+    def unrelabel(self, indices: Sequence[int] | torch.Tensor) -> int:
+        """Undo the relabels of the training images ``indices``; returns how many went."""
+        with self._lock:
+            undone = self._relabels.remove(indices)
+        if undone:
+            self._emit("relabels")
+        return undone
+
+    def confirm_audit(
+        self,
+        region_id: int,
+        labeler: Any,
+        min_probability: float = 0.5,
+        who: str | None = None,
+        coverage: float | None = 0.99,
+        stop_after: int | None = None,
+    ) -> dict[str, Any]:
+        """Let ``labeler`` decide image by image on the region's :meth:`audit` and relabel the
+        images it confirms as the region's label.
+
+        The labeler goes down the audit's ranking (strongest evidence of a wrong label first);
+        ``stop_after`` ends the walk after that many images in a row it does not confirm (None:
+        it looks at every candidate).
+
+        ``labeler`` has ``label_images(images) -> (n,)`` classes (``UNRECOGNIZABLE`` to abstain),
+        like :class:`~defuse_widgets.regions.labels.ReferenceModelLabeler`, or is such a callable.
+        Returns ``{"region", "label", "candidates", "confirmed" (indices), "abstained",
+        "disagreed"}``.
+        """
+        decide = audit_step.labeler_function(labeler)
+        name = who if who is not None else str(getattr(labeler, "name", type(labeler).__name__))
+        with self._lock:  # the audit and its relabels see the same regions
+            result = self.audit(region_id, min_probability, coverage=coverage)
+            votes = audit_step.ask_labeler(decide, result)
+            yes = audit_step.walk_down(votes == result.region_label, stop_after)
+            confirmed = result.indices[yes]
+            self.relabel(confirmed, result.region_label, who=name)
+        seen = (
+            len(votes) if stop_after is None else audit_step.looked_at(yes, stop_after, len(votes))
+        )
+        abstained = int((votes[:seen] == UNRECOGNIZABLE).sum())
+        return {
+            "region": int(region_id),
+            "label": result.region_label,
+            "candidates": len(result),
+            "looked_at": seen,
+            "confirmed": confirmed.tolist(),
+            "abstained": abstained,
+            "disagreed": seen - len(confirmed) - abstained,
+        }
+
+    def export_relabels(
+        self, path: str | os.PathLike | None = None, format: str | None = None
+    ) -> dict[str, Any]:
+        """The relabels as a JSON-ready dict; written to ``path`` when given, as CSV when ``format``
+        is "csv" or the path ends in ``.csv`` (columns index, old_label, new_label, who, when),
+        else as JSON."""
+        if format not in (None, "json", "csv"):
+            raise ValueError(f"format: expected 'json', 'csv' or None, got {format!r}")
+        doc = self._relabels.document(self.data.name, self.data.classes)
+        if path is not None:
+            self._relabels.write(path, doc, format)
+        return doc
+
+    def import_relabels(
+        self, source: str | os.PathLike | Mapping[str, Any], replace: bool = True
+    ) -> int:
+        """Load relabels from :meth:`export_relabels` output (a dict, a JSON or a CSV file),
+        replacing the current ones (or merging over them when ``replace=False``); every record is
+        checked first. Returns the number of relabels afterwards."""
+        records = read_relabel_source(source)
+        with self._lock:
+            count = self._relabels.load(records, replace)
+        self._emit("relabels")
+        return count

@@ -1,0 +1,301 @@
+"""The session's fine-tuning rounds: correct, evaluate, revert.
+
+A mixin of :class:`~defuse_widgets.session.session.DefuseSession`: the methods run on the session's
+classifier, its weight snapshots (one per round, 0 the original) and its history.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from defuse_widgets.correction import evaluation
+from defuse_widgets.correction.evaluation import Evaluation, RoundRecord
+from defuse_widgets.correction.guard import DEFAULT_PATIENCE, DEFAULT_TOLERANCE, class_drops, harm
+from defuse_widgets.correction.round import RoundPlan
+from defuse_widgets.correction.samples import sample_vetter
+from defuse_widgets.correction.training import (
+    DEFAULT_EMA,
+    DEFAULT_KEEP,
+    Cancelled,
+    CancelToken,
+    RoundSettings,
+    StepCallback,
+    check_hooks,
+    restore,
+)
+from defuse_widgets.models.inference import Classes, evaluating
+from defuse_widgets.session.base import SessionBase
+from defuse_widgets.utils.critical import deferred_interrupt
+
+EVAL_SAMPLES = 200
+AUTO_GRID: tuple[dict[str, Any], ...] = (
+    {"lam": 0.5, "lr": 0.001},
+    {"lam": 1.0, "lr": 0.003},
+    {"lam": 2.0, "lr": 0.003},
+    {"lam": 1.0, "lr": 0.01},
+)
+"""The settings ``correct(auto=True)`` tries (over the round's other settings)."""
+
+
+def _share(tally: dict[str, int]) -> float | None:
+    """The share of drawn region samples kept (None when none was drawn)."""
+    return tally["kept"] / tally["drawn"] if tally.get("drawn") else None
+
+
+def _offset(callback: StepCallback | None, i: int, n: int) -> StepCallback | None:
+    """Report the steps of run ``i`` of ``n`` as part of one progress of n runs."""
+    if callback is None or n == 1:
+        return callback
+    return lambda step, steps, loss: callback(i * steps + step, n * steps, loss)
+
+
+class RoundsMixin(SessionBase):
+    """Fine-tuning rounds with exact revert (see :class:`DefuseSession`)."""
+
+    def correct(
+        self,
+        steps: int = 300,
+        lam: float = 1.0,
+        lr: float = 0.003,
+        batch_size: int = 64,
+        optimizer: str = "sgd",
+        scale: float | None = None,
+        cancel: CancelToken | None = None,
+        callback: StepCallback | None = None,
+        *,
+        keep: float = DEFAULT_KEEP,
+        tolerance: float = DEFAULT_TOLERANCE,
+        early_stopping: bool = True,
+        check_every: int | None = None,
+        patience: int = DEFAULT_PATIENCE,
+        ema: float = DEFAULT_EMA,
+        auto: bool = False,
+        labeler: Any = None,
+    ) -> RoundRecord:
+        """Run one fine-tuning round on the class-labeled regions and return its record.
+
+        Loss = CE(training batch) + ``lam`` x CE(batch of fresh samples from the labeled regions)
+        + ``keep`` x KL(round's starting model || model) on the batch's training images, except
+        those inside a labeled region that carry its label (what the round means to change).
+        Samples come from N(mean, scale x covariance), ``scale`` measured per region on the
+        validation split (None) or given; draws outside a region's 99% ellipsoid are drawn again
+        and decodes the generator calls unnatural are dropped; with a ``labeler`` (a
+        :class:`~defuse_widgets.regions.labels.ReferenceModelLabeler` or a classifier module, such as the
+        one given to :meth:`auto_label`) so are decodes it does not confidently call their
+        region's label (see :mod:`~defuse_widgets.correction.samples`).
+
+        With a validation split (see the session's ``validation``) the round trains on the other
+        training images, checks every ``check_every`` steps, and keeps its best step: the one
+        that most lifts the labeled regions' validation accuracy while no class loses more than
+        ``tolerance`` points and the overall accuracy not more than 0.5 point; it stops after
+        ``patience`` checks without a better one (``early_stopping=False``: every step, keep the
+        last). What is checked and kept is the moving average of the trained weights (decay
+        ``ema``; 0: each step's own weights), which damps SGD's step-to-step jitter between
+        similar classes; the round's last weights blended with its starting weights
+        (:data:`~defuse_widgets.correction.guard.BLENDS`) are judged too. ``auto=True`` runs the round once
+        per setting of a small grid of ``lam`` and ``lr`` (``AUTO_GRID``) and keeps the best by
+        the same rule. The record says why it stopped, and ``record.harm`` what it broke on the
+        test split.
+
+        The classifier changes only when the round completes; a cancelled round
+        (``cancel.cancel()``) leaves it exactly as before, and so does a Ctrl-C
+        (KeyboardInterrupt) before the round is added, after which it is added whole.
+        """
+        check_hooks(cancel, callback)
+        mine = False
+        try:
+            with self._lock:
+                self._check_idle("correct")
+                settings = RoundSettings(
+                    steps, lam, lr, batch_size, optimizer, momentum=0.9, scale=scale,
+                    seed=self.seed + len(self.history), keep=keep, tolerance=tolerance,
+                    early_stopping=early_stopping, check_every=check_every, patience=patience,
+                    ema=ema,
+                )  # fmt: skip
+                vet = None if labeler is None else sample_vetter(labeler)
+                if not isinstance(auto, bool):
+                    raise TypeError(f"auto: expected True or False, got {auto!r}")
+                if auto and self.validation is None:
+                    raise ValueError(
+                        "auto: choosing settings needs a validation split; make the session "
+                        "with validation=0.1 (the default) or your own (images, labels)"
+                    )
+                targets = self.correctable()
+                if not targets:
+                    raise RuntimeError(
+                        "no region is labeled with a class: label at least one region first"
+                    )
+                self._running = mine = True
+            grid = [replace(settings, **g) for g in AUTO_GRID] if auto else [settings]
+            return self._run_round(grid, targets, cancel, callback, vet)
+        finally:
+            if mine:
+                self._running = False
+
+    def _run_round(
+        self,
+        grid: list[RoundSettings],
+        targets: dict[int, int],
+        cancel: CancelToken | None,
+        callback: StepCallback | None,
+        vet: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> RoundRecord:
+        start, base = time.perf_counter(), self.active_round
+        plan = RoundPlan.of(self, grid[0], targets, vet)  # type: ignore[arg-type]
+        before = self._test_scores(base)
+        tried = []
+        try:
+            for i, settings in enumerate(grid):
+                tried.append(plan.train(settings, cancel, _offset(callback, i, len(grid))))
+        except Cancelled:
+            return RoundRecord(None, True, vars(grid[0]), [], time.perf_counter() - start)
+        best = max(range(len(tried)), key=lambda i: tried[i][0])
+        _, state, losses, checker = tried[best]
+        record = RoundRecord(
+            None, False, vars(grid[best]), losses, 0.0, None, base, dict(targets),
+            len(self._relabels), scales=dict(plan.scales), min_validity=plan.min_validity,
+            vetted=vet is not None, samples_kept=_share(plan.tally),
+        )  # fmt: skip
+        if checker is not None:
+            record.stopped = checker.finish(len(losses))
+            record.best_step = checker.best.step
+            record.checks = [c.to_dict() for c in checker.checks]
+            record.validation = {"before": checker.start.to_dict(),
+                                 "after": checker.best.to_dict()}  # fmt: skip
+        if len(grid) > 1:
+            record.grid = [
+                {"lam": g.lam, "lr": g.lr, "region": t[0][0], "overall": t[0][1]}
+                for g, t in zip(grid, tried)
+            ]
+        tolerance = grid[best].tolerance
+        self._commit_round(state, record, start, lambda: self._judge(record, before, tolerance))
+        return record
+
+    def _judge(
+        self, record: RoundRecord, before: tuple[float, list[float]], tolerance: float
+    ) -> None:
+        """Fill in the evaluated round's per-class test deltas and what it harmed."""
+        assert record.evaluation is not None
+        counts = torch.bincount(self.data.y_test, minlength=self.data.num_classes).tolist()
+        record.class_deltas = [-d for d in class_drops(before[1], record.evaluation.per_class)]
+        record.harm = harm(*before, record.evaluation.test_accuracy,
+                           record.evaluation.per_class, tolerance,
+                           self.data.classes, counts)  # fmt: skip
+
+    def _test_scores(self, round: int) -> tuple[float, list[float]]:
+        """Overall and per-class test accuracy of a round's weights (the live ones if needed)."""
+        for r in self.history:
+            if r.round == round and r.evaluation is not None:
+                return r.evaluation.test_accuracy, list(r.evaluation.per_class)
+        ev = self._evaluate(round, 0, regions=False)
+        return ev.test_accuracy, list(ev.per_class)
+
+    def _commit_round(
+        self,
+        state: dict[str, torch.Tensor],
+        record: RoundRecord,
+        start: float,
+        complete: Callable[[], None],
+    ) -> None:
+        """Evaluate the new weights, ``complete()`` the record, then add the round whole
+        (weights, snapshot, history) and tell the listeners, who so see a finished record.
+
+        An interrupt while evaluating puts the previous weights back; the bookkeeping itself
+        runs with Ctrl-C held back, so the session never has a snapshot without its record.
+        """
+        with self._lock:
+            record.round = self.rounds + 1
+            with deferred_interrupt():
+                restore(self.classifier, state)
+            try:
+                record.evaluation = self._evaluate(record.round, EVAL_SAMPLES)
+                complete()
+            except BaseException:
+                with deferred_interrupt():
+                    restore(self.classifier, self._snapshots[self.active_round])
+                raise
+            record.seconds = time.perf_counter() - start
+            with deferred_interrupt():
+                self._snapshots.append(state)
+                self.active_round = self.rounds
+                self.history.append(record)
+                self._emit("model")
+
+    def evaluate(self, samples: int = EVAL_SAMPLES, split: str = "test") -> Evaluation:
+        """Accuracy (overall, per class) and per labeled region accuracy on held-out decoded
+        samples and on real images the mixture puts in the region with probability > 0.5.
+
+        ``split``: "test" (the final report) or "validation" (what rounds are judged by; its
+        labels are the training labels with confirmed relabels applied). The real-image figure
+        is the honest measure of a fix; the held-out samples come from a stream that fine-tuning
+        never trains on.
+        """
+        if split not in ("test", "validation"):
+            raise ValueError(f"split: expected 'test' or 'validation', got {split!r}")
+        with self._lock:
+            return self._evaluate(self.active_round, samples, split=split)
+
+    def _evaluate(
+        self, round: int | None, samples: int, regions: bool = True, split: str = "test"
+    ) -> Evaluation:
+        targets = self.correctable() if self.regions is not None and regions else {}
+        codes = self.split_codes(split) if targets else None
+        x, y = self.validation_data() if split == "validation" else self.data.split("test")
+        whole_split = self._ray is not None and split == "test"
+        return evaluation.evaluate(
+            self.classifier,
+            x,
+            y,
+            self.data.num_classes,
+            int(round or 0),
+            self.regions,
+            targets,
+            codes,
+            samples,
+            predict=self._test_classes if whole_split else None,
+        )
+
+    def _test_classes(self, images: torch.Tensor) -> torch.Tensor:
+        """(N,) classes of a whole split on the Ray backend, as ``predict_labels`` gives here."""
+        with evaluating(self.classifier):
+            return self._run(Classes(self.classifier), images, 1024, whole=True,
+                             empty_dtype=torch.long)  # fmt: skip
+
+    @property
+    def rounds(self) -> int:
+        """Completed fine-tuning rounds (snapshots besides the original)."""
+        return len(self._snapshots) - 1
+
+    def revert(self, round: int | None = None, relabels: bool = False) -> None:
+        """Restore the original weights (``round=None`` or 0) or a round's, bit for bit.
+
+        Confirmed relabels of training images are kept: they record what a person decided about
+        the data, not the model. ``relabels=True`` also undoes them all, so ``revert(None,
+        relabels=True)`` returns the session to its exact starting point (weights and labels).
+        """
+        target = 0 if round is None else round
+        if not isinstance(relabels, bool):
+            raise TypeError(f"relabels: expected True or False, got {relabels!r}")
+        with self._lock:
+            if (
+                isinstance(target, bool)
+                or not isinstance(target, int)
+                or not 0 <= target <= self.rounds
+            ):
+                raise ValueError(
+                    f"round: expected None or an integer in [0, {self.rounds}], got {round!r}"
+                )
+            self._check_idle("revert")
+            with deferred_interrupt():
+                restore(self.classifier, self._snapshots[target])
+                self.active_round = target
+                if relabels:
+                    self._relabels.load([], replace=True)
+        self._emit("model")
+        if relabels:
+            self._emit("relabels")

@@ -1,0 +1,311 @@
+"""DefuseSession: the facade that holds one debugging session's state and runs its steps."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from defuse_widgets.correction.training import restore
+from defuse_widgets.data.dataset import ImageDataset
+from defuse_widgets.regions.distill import RegionSet, fit_regions, user_region
+from defuse_widgets.regions.labels import (
+    ReferenceModelLabeler,
+    as_labeler,
+    check_label,
+    check_labels,
+    labels_document,
+    read_labels,
+)
+from defuse_widgets.regions.relabels import RelabelStore
+from defuse_widgets.search.errors import ErrorSet
+from defuse_widgets.search.identify import identify
+from defuse_widgets.search.strategies import DEFAULT_STRATEGY
+from defuse_widgets.session.audit import AuditMixin
+from defuse_widgets.session.base import EVENTS  # noqa: F401  (the event names, public here too)
+from defuse_widgets.session.rounds import RoundsMixin
+from defuse_widgets.utils.critical import deferred_interrupt
+
+if TYPE_CHECKING:
+    from defuse_widgets.widgets.explorer import Explorer
+    from defuse_widgets.widgets.interpolator import Interpolator
+
+
+class DefuseSession(AuditMixin, RoundsMixin):
+    """One Defuse debugging session: identify -> distill -> label -> correct, with revert and save.
+
+    Parameters
+    ----------
+    classifier : torch module returning logits (N, K); it is fine-tuned in place, and
+        :meth:`revert` restores its original weights bit for bit.
+    generator : a VAE (see :func:`~defuse_widgets.models.generative.as_generator`).
+    data : the :class:`~defuse_widgets.data.dataset.ImageDataset` the classifier was trained on.
+    device : "auto" (CUDA, MPS, CPU) or a device; both models are moved there.
+    seed : seeds every random step, so a session repeats exactly on the CPU.
+    progress : show progress bars for long steps.
+    backend : keyword-only; "local" (default), "ray" or a
+        :class:`~defuse_widgets.distributed.backend.RayBackend`: where whole-split inference runs
+        (``split_codes``, the audit's training codes, ``evaluate()``'s test predictions, and
+        ``predict``/``encode`` on at least ``ray_min_images`` images, 8192 by default; smaller
+        calls stay on ``device``) and where ``identify`` searches unless told otherwise. Also
+        settable later, ``s.backend = RayBackend(...)``.
+    validation : keyword-only; the split fine-tuning rounds are judged by and never train on: a
+        fraction of the training split (default 0.1; seeded, stratified), the user's own pair
+        ``(images, labels)``, or None (rounds train on every training image, run every step and
+        report no validation figures). See :meth:`correct`.
+
+    Examples
+    --------
+    >>> s = DefuseSession(classifier=clf, generator=vae, data=data, seed=0)  # doctest: +SKIP
+    >>> errors = s.identify(split="test")  # the default strategy, "gaussian"  # doctest: +SKIP
+    >>> regions = s.distill()  # doctest: +SKIP
+    """
+
+    # ----- identify and distill -----
+
+    def identify(
+        self,
+        strategy: Any = DEFAULT_STRATEGY,
+        split: str = "test",
+        limit: int | None = None,
+        **options: Any,
+    ) -> ErrorSet:
+        """Search the latent space around the ``split``'s images (the first ``limit`` of them).
+
+        ``strategy`` and ``options`` are those of :func:`~defuse_widgets.search.identify.identify`,
+        e.g. ``backend="ray"`` (with ``ray_options``) to shard the search over a Ray cluster;
+        ``backend`` defaults to the session's :attr:`backend`, and ``ray_options`` alone then
+        override its fields. Replaces earlier errors, regions and labels (only once the search
+        has succeeded).
+        """
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise ValueError(f"limit: expected None or a positive integer, got {limit!r}")
+        x, y = self.data.split(split)
+        options.setdefault("seed", self.seed)
+        options.setdefault("progress", self.progress)
+        if "backend" not in options:
+            options["backend"] = self.backend
+            if self._ray is not None and options.get("ray_options"):
+                options["backend"] = "ray"
+                options["ray_options"] = {**vars(self._ray), **options["ray_options"]}
+        with self._lock:
+            self._check_idle("identify")
+            errors = identify(
+                self.classifier,
+                self.generator,
+                x[:limit],
+                y[:limit],
+                strategy,
+                device=self.device,
+                split=split,
+                **options,
+            )
+            self.errors, self.regions, self._labels = errors, None, {}
+        self._emit("errors", "regions", "labels")
+        return errors
+
+    def distill(
+        self,
+        max_regions: int = 100,
+        min_weight: float = 0.01,
+        covariance_type: str = "full",
+        max_fit: int = 10_000,
+        **options: Any,
+    ) -> RegionSet:
+        """Fit the Dirichlet-process mixture to the errors' codes; see
+        :func:`~defuse_widgets.regions.distill.fit_regions`. Replaces earlier regions and labels."""
+        options.setdefault("seed", self.seed)
+        with self._lock:
+            self._check_idle("distill")
+            if self.errors is None:
+                raise RuntimeError("no errors yet: call identify() before distill()")
+            regions = fit_regions(
+                self.errors,
+                max_regions,
+                min_weight,
+                covariance_type,
+                max_fit,
+                decode=self.decode,
+                predict=self.predict,
+                **options,
+            )
+            self.regions, self._labels = regions, {}
+        self._emit("regions", "labels")
+        return regions
+
+    def add_region(self, error_indices: Sequence[int] | torch.Tensor) -> int:
+        """Make a user-defined region of the errors ``error_indices``; returns its id."""
+        with self._lock:
+            regions = self._require_regions()
+            assert self.errors is not None
+            region_id = user_region(regions, self.errors, torch.as_tensor(error_indices)).id
+        self._emit("regions")
+        return region_id
+
+    # ----- labels -----
+
+    def label(self, region_id: int, label: int) -> None:
+        """Give a region one label: a class index, ``MODEL_IS_RIGHT`` or ``UNRECOGNIZABLE``."""
+        with self._lock:
+            self._require_regions().get(region_id)
+            self._labels[int(region_id)] = check_label(label, self.data.num_classes)
+        self._emit("labels")
+
+    def unlabel(self, region_id: int) -> None:
+        """Remove a region's label (no error if it had none)."""
+        with self._lock:
+            self._require_regions().get(region_id)
+            removed = self._labels.pop(int(region_id), None) is not None
+        if removed:
+            self._emit("labels")
+
+    def export_labels(self, path: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Labels as a JSON-ready dict (also written to ``path`` when given)."""
+        doc = labels_document(self._labels, self.data.classes)
+        if path is not None:
+            Path(path).write_text(json.dumps(doc, indent=2))
+        return doc
+
+    def import_labels(self, source: str | os.PathLike | Mapping[str, Any]) -> None:
+        """Replace the labels with those of :meth:`export_labels` output (a dict or a JSON file)."""
+        with self._lock:
+            self._labels = read_labels(source, self.data.classes, self._require_regions().ids)
+        self._emit("labels")
+
+    def auto_label(
+        self, labeler: ReferenceModelLabeler | nn.Module, overwrite: bool = False
+    ) -> dict[int, int]:
+        """Label every region (unlabeled ones unless ``overwrite``) with an automatic labeler.
+
+        A classifier module is wrapped in a :class:`ReferenceModelLabeler` with its defaults.
+        """
+        judge = as_labeler(labeler)
+        with self._lock:
+            regions, new = self._require_regions(), dict(self._labels)
+            for region in regions:
+                if region.id not in new or overwrite:
+                    sample = regions.sample(region.id, judge.samples, purpose="label")
+                    new[region.id] = judge.label_region(sample.images, sample.predictions)
+            self._labels = new
+        self._emit("labels")
+        return self.labels
+
+    def export_tests(
+        self,
+        path: str | os.PathLike,
+        regions: Sequence[int] | None = None,
+        samples: int = 200,
+        min_accuracy: float | Mapping[int, float] = 0.8,
+        include_real: bool = True,
+        **options: Any,
+    ) -> Path:
+        """Write the class-labeled regions as a regression suite for :func:`check_suite`; see
+        :func:`~defuse_widgets.suite.export.export_suite` (``min_real_accuracy``, ``scale``,
+        ``overwrite``). Returns the suite directory."""
+        from defuse_widgets.suite.export import export_suite
+
+        return export_suite(self, path, regions, samples, min_accuracy, include_real, **options)
+
+    # ----- state, persistence and widgets -----
+
+    def state_dict(self) -> dict[str, Any]:
+        """The session's state: everything :meth:`save` writes (the models' weights per round).
+
+        Keys: ``seed``, ``errors``, ``regions``, ``labels``, ``relabels`` (index -> Relabel),
+        ``snapshots`` (one classifier state dict per round, 0 the original), ``active_round``
+        and ``history`` (RoundRecord per round).
+        """
+        with self._lock:
+            return self._state()
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "errors": self.errors,
+            "regions": self.regions,
+            "labels": self.labels,
+            "relabels": self.relabels,
+            "snapshots": list(self._snapshots),
+            "active_round": self.active_round,
+            "history": list(self.history),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace the session's state with a :meth:`state_dict`; all of it is checked first."""
+        errors, regions = state["errors"], state["regions"]
+        if regions is not None and errors is None:
+            raise ValueError("state: it has regions but no errors")
+        if regions is not None and len(regions.assignments) != len(errors):
+            raise ValueError(
+                f"state: {len(regions.assignments)} region assignments for {len(errors)} errors"
+            )
+        ids = regions.ids if regions is not None else []
+        labels = check_labels(state["labels"], self.data.num_classes, ids)
+        relabels = RelabelStore(self.data.y_train, self.data.num_classes)
+        relabels.load([r.to_dict() for r in state["relabels"].values()])
+        snapshots = list(state["snapshots"])
+        expected = {k: v.shape for k, v in self.classifier.state_dict().items()}
+        for i, snap in enumerate(snapshots):
+            if {k: v.shape for k, v in snap.items()} != expected:
+                raise ValueError(f"state: snapshot {i} does not match the classifier's parameters")
+        active = state["active_round"]
+        if not snapshots or not 0 <= active < len(snapshots):
+            raise ValueError(f"state: active round {active!r} out of range for {len(snapshots)}")
+        if regions is not None:
+            regions.decode, regions.predict = self.decode, self.predict
+        with self._lock:
+            self._check_idle("load_state_dict")
+            with deferred_interrupt():
+                self.seed, self.errors, self.regions = int(state["seed"]), errors, regions
+                self._labels, self._relabels, self._snapshots = labels, relabels, snapshots
+                self.history = list(state["history"])
+                restore(self.classifier, snapshots[active])
+                self.active_round = active
+        self._emit("errors", "regions", "labels", "relabels", "model")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the session to a directory (safetensors + JSON); see ``persist``.
+
+        The save is kill-safe: until it completes, the directory still holds the earlier save.
+        """
+        from defuse_widgets.persist.write import save_session
+
+        return save_session(self, Path(path))
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        classifier: nn.Module,
+        generator: Any,
+        data: ImageDataset | None = None,
+        device: str | torch.device = "auto",
+        validation: Any = "saved",
+    ) -> DefuseSession:
+        """Load a saved session; ``data`` defaults to the named bundled dataset (digits).
+
+        ``validation``: "saved" carves the fraction the save recorded again (the same rows, as
+        it is seeded; a save made with the user's own pair recorded none, so pass it again);
+        anything else as for the session."""
+        from defuse_widgets.persist.write import load_session
+
+        return load_session(cls, Path(path), classifier, generator, data, device, validation)
+
+    def explorer(self, **options: Any) -> Explorer:
+        """The error explorer widget for this session."""
+        from defuse_widgets.widgets.explorer import Explorer
+
+        return Explorer(self, **options)
+
+    def interpolator(self, *args: Any, **options: Any) -> Interpolator:
+        """The live latent interpolation widget (see ``widgets.interpolator.Interpolator``)."""
+        from defuse_widgets.widgets.interpolator import Interpolator
+
+        return Interpolator(self, *args, **options)

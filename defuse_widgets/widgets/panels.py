@@ -1,0 +1,374 @@
+"""What the explorer shows, as plain arrays: region panels, region rows, fixed errors, thumbnails,
+audits and history entries.
+
+Engine code: every function takes a :class:`~defuse_widgets.session.session.DefuseSession` (and its
+``errors`` / ``regions``) through their public API and returns numpy arrays and dicts ready for
+the widgets' binary codec. No widget is imported here; the explorer only moves the results into
+its traits.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import functools
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from defuse_widgets.imaging import downsample, to_uint8
+from defuse_widgets.models.inference import batched
+from defuse_widgets.utils.jsonio import nan_to_none
+
+if TYPE_CHECKING:
+    from defuse_widgets.search.errors import ErrorSet
+    from defuse_widgets.session.session import DefuseSession
+
+PALETTE = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+    "#17becf", "#393b79", "#e6550d", "#31a354", "#843c39", "#7b4173", "#3182bd", "#fd8d3c",
+    "#74c476", "#ad494a", "#a55194", "#637939",
+)  # fmt: skip
+UNASSIGNED = "#b8b8b8"
+CHUNK = 4096  # codes decoded per batch for the map-wide passes (thumbnails, fixed points)
+
+
+def _hsl_hex(hue: float, saturation: float, lightness: float) -> str:
+    r, g, b = colorsys.hls_to_rgb(hue / 360.0, lightness, saturation)
+    return "#" + "".join(f"{round(255 * c):02x}" for c in (r, g, b))
+
+
+def _rgb(color: str) -> np.ndarray:
+    return np.array([int(color[i : i + 2], 16) for i in (1, 3, 5)], np.float64)
+
+
+@functools.lru_cache(maxsize=1)
+def _extended_palette() -> tuple[str, ...]:
+    """The palette, then candidates (hue x lightness x saturation) picked greedily, each the one
+    farthest (RGB) from every color picked before it: deterministic, and far apart early on."""
+    grid = [_hsl_hex(h, s, lum) for h in range(0, 360, 15) for lum in (0.3, 0.45, 0.6, 0.75)
+            for s in (0.45, 0.85)]  # fmt: skip
+    cand = np.stack([_rgb(c) for c in grid])
+    picked = np.stack([_rgb(c) for c in (*PALETTE, UNASSIGNED)])
+    nearest = np.linalg.norm(cand[:, None] - picked[None], axis=2).min(1)
+    out = list(PALETTE)
+    for _ in grid:
+        k = int(nearest.argmax())
+        out.append(grid[k])
+        nearest = np.minimum(nearest, np.linalg.norm(cand - cand[k], axis=1))
+        nearest[k] = -1.0
+    return tuple(out)
+
+
+def region_color(region_id: int) -> str:
+    """Stable color of a region (grey for -1): the 20 palette entries first, then colors picked
+    to lie far from all earlier ones (212 distinct colors, then they repeat)."""
+    if region_id < 0:
+        return UNASSIGNED
+    colors = _extended_palette()
+    return colors[region_id % len(colors)]
+
+
+def region_rows(regions: Any, evaluation: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One JSON-ready row per region of a ``RegionSet``, largest first.
+
+    Parameters
+    ----------
+    regions : RegionSet
+        The session's regions.
+    evaluation : dict
+        Region id -> that region's entry of ``session.evaluate()["regions"]`` (may be empty).
+
+    Returns
+    -------
+    list of dict
+        ``id``, ``color``, ``size``, ``weight``, ``transition``, ``transition_share``,
+        ``validity``, ``confidence``, ``user_defined`` and, once evaluated, ``sample_accuracy``,
+        ``real_accuracy``, ``real_images`` (NaN as None).
+    """
+    rows = []
+    for r in regions.regions:
+        ev = evaluation.get(int(r.id), {})
+        sample_acc, real_acc, real_n = (
+            _field(ev, k, None) for k in ("sample_accuracy", "real_accuracy", "real_images")
+        )
+        rows.append(
+            nan_to_none(
+                {
+                    "id": int(r.id),
+                    "color": region_color(int(r.id)),
+                    "size": int(r.size),
+                    "weight": float(r.weight),
+                    "transition": [int(r.transition[0]), int(r.transition[1])],
+                    "transition_share": float(r.transition_share),
+                    "validity": float(r.mean_validity),
+                    "confidence": float(r.mean_confidence),
+                    "user_defined": bool(r.user_defined),
+                    "sample_accuracy": sample_acc,
+                    "real_accuracy": real_acc,
+                    "real_images": real_n,
+                }
+            )
+        )
+    rows.sort(key=lambda row: (-row["size"], row["id"]))
+    return rows
+
+
+def region_panel(
+    session: DefuseSession, errors: ErrorSet, region_id: int, samples: int = 16, members: int = 16
+) -> dict[str, Any]:
+    """The region panel's arrays: fresh samples, the most confident member errors, their sources.
+
+    Parameters
+    ----------
+    session : DefuseSession
+        A session with regions.
+    errors : ErrorSet
+        The errors the regions were fitted on (``session.errors`` when the explorer was made).
+    region_id : int
+        The region (``KeyError`` when the session has no such region).
+    samples, members : int
+        How many fresh samples and member errors (0: none).
+
+    Returns
+    -------
+    dict
+        ``region``; with ``samples``: ``samples`` uint8 (n, H, W, C), ``sample_pred`` int32 (n,),
+        ``sample_conf`` float32 (n,); with ``members`` (and the region has some): ``members``,
+        ``member_index``, ``member_pred``, ``member_conf``, ``member_true`` and ``sources`` (the
+        members' source images, uint8 like ``members``).
+    """
+    regions = session.regions
+    if regions is None:
+        raise RuntimeError("no regions yet: call session.distill() first")
+    regions.get(region_id)
+    out: dict[str, Any] = {"region": int(region_id)}
+    if samples:
+        smp = regions.sample(region_id, samples, purpose="label")
+        out["samples"] = to_uint8(smp.images)
+        out["sample_pred"] = smp.predictions.numpy().astype(np.int32)
+        out["sample_conf"] = smp.confidence.numpy().astype(np.float32)
+    idx = regions.members(region_id)
+    if members and len(idx):
+        # most confident errors first: the clearest examples of the bug
+        idx = idx[errors.confidence[idx].argsort(descending=True)][:members]
+        images = session.decode(errors.codes[idx])
+        conf, pred = session.predict(images).max(1)
+        x, _ = session.data.split(errors.split)
+        out["members"] = to_uint8(images)
+        out["member_index"] = idx.numpy().astype(np.int32)
+        out["member_pred"] = pred.numpy().astype(np.int32)
+        out["member_conf"] = conf.numpy().astype(np.float32)
+        out["member_true"] = errors.true_label[idx].numpy().astype(np.int32)
+        out["sources"] = to_uint8(x[errors.source_index[idx]])
+    return out
+
+
+def fixed_points(session: DefuseSession, errors: ErrorSet) -> np.ndarray | None:
+    """uint8 (M,): 1 where the current model no longer makes error ``i``, None before any round.
+
+    The target of an error is its region's class label when the region has one, else the
+    error's true label; the error is fixed when the model now predicts that target.
+    """
+    if int(session.active_round) == 0:
+        return None
+    target = errors.true_label.clone()
+    regions = session.regions
+    if regions is not None:
+        for rid, label in session.labels.items():
+            if label >= 0:
+                target[regions.assignments == rid] = label
+    pred = batched(
+        lambda z: session.predict(session.decode(z)).argmax(1),
+        errors.codes,
+        device="cpu",
+        batch_size=CHUNK,
+        empty_dtype=torch.long,
+    )
+    return (pred == target).numpy().astype(np.uint8)
+
+
+def thumbnail_side(image_shape: tuple[int, ...], side: int) -> tuple[int, int, int]:
+    """(h, w, c) of a thumbnail of images ``image_shape`` (C, H, W) shrunk to at most ``side``."""
+    c, h, w = image_shape
+    f = max(1, -(-max(h, w) // side))
+    return h // f, w // f, min(c, 3)
+
+
+def thumbnails(
+    session: DefuseSession, codes: torch.Tensor, side: int, max_bytes: int | None = None
+) -> np.ndarray | None:
+    """uint8 (n, h, w, c) decoded thumbnails of ``codes`` (n, d), at most ``side`` pixels a side.
+
+    Returns None when they would take more than ``max_bytes`` (then a view asks for one
+    hovered point at a time).
+    """
+    shape = thumbnail_side(tuple(session.data.image_shape), side)
+    if max_bytes is not None and int(np.prod(shape)) * len(codes) > max_bytes:
+        return None
+    out = batched(
+        lambda z: torch.from_numpy(downsample(to_uint8(session.decode(z)), side)),
+        codes,
+        device="cpu",
+        batch_size=CHUNK,
+        empty_shape=(0, *shape),
+        empty_dtype=torch.uint8,
+    )
+    return out.numpy()
+
+
+def background_size(session: DefuseSession, split: str, limit: int) -> tuple[int, str]:
+    """How many of ``split``'s images make the map's background (at most ``limit``), and how the
+    map names them (``"training images"``, ``"of 1,347 training images"``...)."""
+    x, _ = session.data.split(split)
+    n = min(len(x), limit)
+    name = "training images" if split == "train" else f"{split} images"
+    return n, name if n == len(x) else f"of {len(x):,} {name}"
+
+
+def background_points(
+    session: DefuseSession, split: str, n: int, place: Callable[[Any], np.ndarray]
+) -> np.ndarray:
+    """float32 (n, 2): a seeded random subset of ``n`` images of ``split``, encoded and placed on
+    the errors' map by ``place`` (the fitted projection's transform)."""
+    x, _ = session.data.split(split)
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n].sort().values
+    return np.ascontiguousarray(place(session.encode(x[idx])), dtype=np.float32)
+
+
+def audit_payload(
+    session: DefuseSession, region_id: int, min_probability: float, limit: int
+) -> dict[str, Any]:
+    """The region's conflicting training images, likeliest first, plus those already relabeled to
+    the region's label (the session's audit leaves them out, since their label now agrees; the
+    person must still see them to undo a relabel).
+
+    Returns
+    -------
+    dict
+        ``region``, ``label``, ``min_probability``, ``inside`` (training images in the region),
+        ``conflicts`` (those whose label differs), ``total`` (rows before ``limit``), ``round``,
+        and arrays ``indices`` (training indices), ``images`` uint8 (n, H, W, C), ``original``
+        (dataset labels), ``predictions``, ``probabilities``.
+    """
+    result = session.audit(region_id, min_probability)
+    label = result.region_label
+    parts = [(result.indices, result.predictions, result.probabilities, result.evidence)]
+    fixed = [i for i, r in session.relabels.items() if r.new_label == label]
+    if fixed:
+        # audit against another class: rows whose label is now the region's label come back
+        other_class = (label + 1) % len(session.data.classes)
+        other = session.audit(region_id, min_probability, label=other_class)
+        keep = torch.isin(other.indices, torch.tensor(fixed, dtype=torch.long))
+        parts.append((other.indices[keep], other.predictions[keep], other.probabilities[keep],
+                      other.evidence[keep]))  # fmt: skip
+    idx = torch.cat([p[0] for p in parts]).long()
+    pred = torch.cat([p[1] for p in parts]).long()
+    prob = torch.cat([p[2] for p in parts]).float()
+    evidence = torch.cat([p[3] for p in parts]).float()
+    total = len(idx)
+    # the audit's own ranking: strongest evidence of a wrong label first
+    key = [(-float(evidence[i]), -float(prob[i]), int(idx[i])) for i in range(total)]
+    order = sorted(range(total), key=key.__getitem__)[:limit]
+    pick = torch.tensor(order, dtype=torch.long)
+    idx, pred, prob = idx[pick], pred[pick], prob[pick]
+    return {
+        "region": int(region_id),
+        "label": int(label),
+        "min_probability": float(min_probability),
+        "inside": int(result.inside),
+        "conflicts": len(result),
+        "total": total,
+        "round": int(session.active_round),
+        "indices": idx.numpy().astype(np.int32),
+        "images": to_uint8(session.data.x_train[idx]),
+        "original": session.data.y_train[idx].numpy().astype(np.int32),
+        "predictions": pred.numpy().astype(np.int32),
+        "probabilities": prob.numpy().astype(np.float32),
+    }
+
+
+def current_labels(session: DefuseSession, indices: np.ndarray) -> np.ndarray:
+    """int32 (n,): the training labels of ``indices`` with the confirmed relabels applied."""
+    labels = session.data.y_train[torch.as_tensor(indices, dtype=torch.long)].clone()
+    relabels = session.relabels
+    for k, i in enumerate(np.asarray(indices).tolist()):
+        record = relabels.get(int(i))
+        if record is not None:
+            labels[k] = record.new_label
+    return labels.numpy().astype(np.int32)
+
+
+def history_entry(
+    session: DefuseSession, event: str, evaluation: Any, record: Any = None
+) -> dict[str, Any]:
+    """One JSON-ready point of the accuracy chart from an evaluation (``session.evaluate()`` or a
+    round's ``record["evaluation"]``); ``event`` is ``"start"``, ``"before"``, ``"round"`` or
+    ``"revert"``. A round's ``record`` adds what it did per class, its harm and why it stopped."""
+
+    def get(key: str, default: Any = math.nan) -> Any:
+        return _field(evaluation, key, default)
+
+    return nan_to_none(
+        {
+            "event": event,
+            "round": int(get("round", session.active_round)),
+            "test_accuracy": float(evaluation["test_accuracy"]),
+            "labeled_region_accuracy": float(get("labeled_region_accuracy")),
+            "labeled_region_real_accuracy": float(get("labeled_region_real_accuracy")),
+            "labeled_region_real_images": int(get("labeled_region_real_images", 0)),
+            "labels": len(session.correctable()),
+            "relabels": len(session.relabels),
+            "time": time.time(),
+            **({} if record is None else round_summary(session, record)),
+        }
+    )
+
+
+def round_summary(session: DefuseSession, record: Any) -> dict[str, Any]:
+    """What the explorer says about a finished round: per-class test deltas (points), the
+    classes it harmed, its validation accuracy before and after, the round it started from and
+    why it stopped."""
+    names = session.data.classes
+    deltas = list(_field(record, "class_deltas", []) or [])
+    validation = _field(record, "validation", None) or {}
+    return {
+        "validation": {k: v["overall"] for k, v in validation.items()},
+        "base_round": _field(record, "base_round", 0),
+        "stopped": _field(record, "stopped", ""),
+        "class_deltas": [{"name": names[c], "delta": d} for c, d in enumerate(deltas)],
+        "harm": [{"name": h["name"], "drop": h["drop"]} for h in _field(record, "harm", []) or []],
+        "samples_note": samples_note(record),
+    }
+
+
+def samples_note(record: Any) -> str:
+    """What a vetted round trained on: the share of region samples the labeler kept, and, when it
+    kept none, that the round was plain extra training (no region term). Empty when not vetted."""
+    kept = _field(record, "samples_kept", None)
+    if not _field(record, "vetted", False) or kept is None:
+        return ""
+    if kept == 0:
+        return ("The labeler rejected every region sample, so this round trained without the "
+                "region term (extra training only).")  # fmt: skip
+    return f"The labeler kept {100 * kept:.0f}% of the region samples drawn."
+
+
+def region_evaluation(evaluation: Any) -> dict[int, Any]:
+    """Region id -> its entry of an evaluation's ``"regions"`` (empty when there is none)."""
+    regions = _field(evaluation, "regions", None)
+    return {int(k): v for k, v in (regions or {}).items()}
+
+
+def _field(record: Any, key: str, default: Any) -> Any:
+    """``record[key]``, or ``default`` when the record (a dict or a small dataclass) lacks it."""
+    if record is None:
+        return default
+    try:
+        value = record[key]
+    except (KeyError, TypeError):
+        value = getattr(record, key, default)
+    return default if value is None and default is not None else value
