@@ -1,6 +1,7 @@
 """defuse-widgets: debug image classifiers beyond test accuracy, live in JupyterLab."""
 
 from defuse_widgets import testing
+from defuse_widgets._version import __version__ as __version__
 from defuse_widgets.correction import validation  # dw.validation.carve, as the notebooks use it
 from defuse_widgets.correction.evaluation import Evaluation, RegionAccuracy, RoundRecord
 from defuse_widgets.correction.training import CancelToken
@@ -31,8 +32,6 @@ from defuse_widgets.search.strategies import (
 from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.suite.check import RegionResult, SuiteResult, check_suite
 from defuse_widgets.utils.device import resolve_device
-
-__version__ = "0.1.0"
 
 __all__ = [
     "MODEL_IS_RIGHT",
