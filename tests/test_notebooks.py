@@ -126,7 +126,10 @@ def test_notebook_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if path.stem == "fashion_mnist" and not _fashion_files():
-        pytest.skip(f"Fashion-MNIST files not in {DEBIAN_FASHION_DIR} (make data installs them)")
+        pytest.skip(
+            f"Fashion-MNIST files not in {DEBIAN_FASHION_DIR} "
+            "(install them: sudo apt-get install -y dataset-fashion-mnist)"
+        )
     for key, value in kernel_env.items():
         monkeypatch.setenv(key, value)  # the kernel process inherits this environment
     nb = nbformat.read(path, as_version=4)
