@@ -34,7 +34,10 @@ STAGES: dict[str, str] = {
     "session": "The session",
     "suite": "Regression suites",
     "testing": "Regression suites",
+    "persist": "The session",
+    "widgets": "Widgets",
     "distributed": "Scaling out",
+    "imaging": "Images",
     "utils": "Utilities",
 }
 OTHER = "Other"

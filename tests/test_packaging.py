@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -145,3 +146,28 @@ def test_one_version_everywhere(installed: dict) -> None:
     assert probe["version"] == probe["dist_version"] == dw.__version__
     assert installed["wheel"].name.startswith(f"defuse_widgets-{dw.__version__}-")
     assert probe["license"] == "MIT"
+
+
+@pytest.mark.parametrize("apt", ["no", "yes"])
+def test_make_names_missing_system_packages(apt: str, tmp_path: Path) -> None:
+    """`make test`'s browser and data steps: with both present nothing happens; with both
+    missing and no way to install them (not root, or no apt-get: APT=no) make names each package
+    and goes on. With APT=yes it would install them: checked with a dry run only."""
+    if shutil.which("make") is None:
+        pytest.skip("no make on this machine")
+    missing = [f"DEFUSE_CHROMIUM={tmp_path / 'no-chromium'}", f"FASHION_DIR={tmp_path / 'no-data'}"]
+    dry = ["-n"] if apt == "yes" else []
+    cmd = ["make", "--no-print-directory", "-C", str(ROOT), *dry, "browser", "data", f"APT={apt}"]
+    result = subprocess.run([*cmd, *missing], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    if apt == "no":
+        for package in ("chromium", "dataset-fashion-mnist"):
+            assert f"MISSING: Debian package '{package}'" in result.stdout
+            assert f"sudo apt-get install -y {package}" in result.stdout
+    else:  # the recipe that would run: apt-get for each package
+        assert result.stdout.count("apt-get install -y -qq") == 2
+    present = [f"DEFUSE_CHROMIUM={sys.executable}", f"FASHION_DIR={tmp_path}"]
+    (tmp_path / "train-images-idx3-ubyte.gz").touch()
+    result = subprocess.run([*cmd[:4], "browser", "data", f"APT={apt}", *present],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
