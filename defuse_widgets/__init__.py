@@ -6,7 +6,9 @@ from defuse_widgets.correction import validation  # dw.validation.carve, as the 
 from defuse_widgets.correction.evaluation import Evaluation, RegionAccuracy, RoundRecord
 from defuse_widgets.correction.training import CancelToken
 from defuse_widgets.data import ImageDataset, from_image_folder, from_tensors, load_dataset
+from defuse_widgets.data.torch_dataset import from_torch_dataset
 from defuse_widgets.distributed.backend import RayBackend
+from defuse_widgets.imaging import ImageGrid, image_grid
 from defuse_widgets.models.demo import (
     ConvVAE,
     SmallCNN,
@@ -18,6 +20,7 @@ from defuse_widgets.models.demo import (
     train_vae,
 )
 from defuse_widgets.models.generative import Generator, GeneratorAdapter, as_generator
+from defuse_widgets.models.normalized import Normalized
 from defuse_widgets.models.validity import validity_score
 from defuse_widgets.regions.distill import Region, RegionSample, RegionSet, fit_regions
 from defuse_widgets.regions.labels import MODEL_IS_RIGHT, UNRECOGNIZABLE, ReferenceModelLabeler
@@ -32,9 +35,11 @@ from defuse_widgets.search.strategies import (
 from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.suite.check import RegionResult, SuiteResult, check_suite
 from defuse_widgets.utils.device import resolve_device
+from defuse_widgets.utils.tables import Table, Tables
 
 __all__ = [
     "MODEL_IS_RIGHT",
+    "Normalized",
     "UNRECOGNIZABLE",
     "CancelToken",
     "ConvVAE",
@@ -46,6 +51,7 @@ __all__ = [
     "GeneratorAdapter",
     "GradientSearch",
     "ImageDataset",
+    "ImageGrid",
     "RayBackend",
     "ReferenceModelLabeler",
     "ReferenceSearch",
@@ -58,12 +64,16 @@ __all__ = [
     "SearchStrategy",
     "SmallCNN",
     "SuiteResult",
+    "Table",
+    "Tables",
     "as_generator",
     "check_suite",
     "fit_regions",
     "from_image_folder",
     "from_tensors",
+    "from_torch_dataset",
     "identify",
+    "image_grid",
     "load_dataset",
     "load_model",
     "load_weights",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,3 +69,54 @@ def sprite_sheet(images: Any, columns: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(
         sheet.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
     )
+
+
+class ImageGrid:
+    """Images shown as one grid in a notebook (a PNG), e.g. ``dw.image_grid(sample.images)``.
+
+    Parameters
+    ----------
+    images : (N, C, H, W) float in [0, 1] or uint8 (N, H, W, C)
+        At most ``limit`` are shown, in order, row by row.
+    columns : int
+        Images per row.
+    scale : int
+        Each pixel becomes ``scale`` x ``scale`` pixels (nearest neighbour).
+    limit : int
+        The most images shown.
+    """
+
+    def __init__(self, images: Any, columns: int = 8, scale: int = 4, limit: int = 64):
+        for name, value in (("columns", columns), ("scale", scale), ("limit", limit)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        self.images = to_uint8(images)[:limit]
+        self.columns = min(columns, max(1, len(self.images)))
+        self.scale = scale
+
+    def png(self) -> bytes:
+        """The grid as PNG bytes."""
+        return png_bytes(sprite_sheet(self.images, self.columns), scale=self.scale)
+
+    def save(self, path: Any) -> Any:
+        """Write the grid to ``path`` as a PNG file and return the path."""
+        out = Path(path)
+        out.write_bytes(self.png())
+        return out
+
+    def _repr_png_(self) -> bytes:
+        return self.png()
+
+    def __repr__(self) -> str:
+        n, h, w, c = self.images.shape
+        return f"ImageGrid({n} images of {h}x{w}x{c}, {self.columns} per row)"
+
+
+def image_grid(images: Any, columns: int = 8, scale: int = 4, limit: int = 64) -> ImageGrid:
+    """Images (N, C, H, W) in [0, 1] as an :class:`ImageGrid` that a notebook shows as a picture.
+
+    Examples
+    --------
+    >>> image_grid(torch.rand(16, 1, 8, 8), columns=8)  # doctest: +SKIP
+    """
+    return ImageGrid(images, columns, scale, limit)

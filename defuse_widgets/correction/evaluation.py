@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,8 @@ from torch import nn
 from defuse_widgets.models.inference import predict_labels
 from defuse_widgets.regions.distill import RegionSet
 from defuse_widgets.regions.membership import inside_regions
+from defuse_widgets.utils.checks import one_of
+from defuse_widgets.utils.tables import Table, Tables, class_label, percent, points
 
 
 class Record(Mapping[str, Any]):
@@ -125,6 +127,41 @@ class Evaluation(Record):
             {int(k): RegionAccuracy.from_dict(v) for k, v in doc["regions"].items()},
         )
 
+    def to_table(self, classes: Sequence[str] | None = None, by: str = "class") -> Table:
+        """The figures as a :class:`~defuse_widgets.utils.tables.Table`.
+
+        Parameters
+        ----------
+        classes : sequence of str or None
+            Class names (e.g. ``data.classes``); None shows class indices.
+        by : {"class", "region"}
+            ``"class"``: test accuracy per class; ``"region"``: per labeled region, its label,
+            held-out sample accuracy, real test images inside it and the accuracy on them.
+        """
+        one_of("by", by, ("class", "region"))
+        return evaluation_table(self, classes, by)
+
+    def to_pandas(self, classes: Sequence[str] | None = None, by: str = "class") -> Any:
+        """:meth:`to_table` as a ``pandas.DataFrame`` (needs pandas)."""
+        return self.to_table(classes, by).to_pandas()
+
+    def compare(self, after: Evaluation, classes: Sequence[str] | None = None) -> Table:
+        """This evaluation (before) beside ``after``: test accuracy, each class, each labeled
+        region and the labeled regions together, with the change in points.
+
+        Examples
+        --------
+        >>> before = s.evaluate(); s.correct(); before.compare(s.evaluate())  # doctest: +SKIP
+        """
+        if not isinstance(after, Evaluation):
+            raise TypeError(f"after: expected an Evaluation, got {type(after).__name__}")
+        return comparison_table(self, after, classes)
+
+    def _repr_html_(self) -> str:
+        views = ("class", "region") if self.regions else ("class",)
+        title = f"Round {self.round}: test accuracy {percent(self.test_accuracy)}"
+        return Tables([self.to_table(by=v) for v in views], title).to_html()
+
 
 @dataclass(eq=False)
 class RoundRecord(Record):
@@ -198,6 +235,39 @@ class RoundRecord(Record):
             class_deltas=[_num(v) for v in doc.get("class_deltas") or []],
         )
 
+    def to_tables(self, classes: Sequence[str] | None = None) -> Tables:
+        """The round for a person: what it did and why it stopped, then its :meth:`to_table`
+        views (settings, validation before/after, test accuracy per class before/after, the
+        labeled regions after, and what it harmed), those that have rows."""
+        views = [
+            by for by in ROUND_VIEWS if by == "settings" or len(round_table(self, classes, by))
+        ]
+        tables = [round_table(self, classes, by) for by in views]
+        return Tables(tables, round_title(self), round_notes(self))
+
+    def to_table(self, classes: Sequence[str] | None = None, by: str = "class") -> Table:
+        """One view of the round as a :class:`~defuse_widgets.utils.tables.Table`.
+
+        Parameters
+        ----------
+        classes : sequence of str or None
+            Class names (e.g. ``data.classes``); None shows class indices.
+        by : {"class", "region", "settings", "validation", "harm"}
+            ``"class"``: test accuracy per class before (the round it started from) and after,
+            and the change in points; ``"region"``: the labeled regions after the round;
+            ``"settings"``: the round's settings and outcome, one per row; ``"validation"``:
+            the validation split's figures before and after; ``"harm"``: what it broke.
+        """
+        one_of("by", by, ROUND_VIEWS)
+        return round_table(self, classes, by)
+
+    def to_pandas(self, classes: Sequence[str] | None = None, by: str = "class") -> Any:
+        """:meth:`to_table` as a ``pandas.DataFrame`` (needs pandas)."""
+        return self.to_table(classes, by).to_pandas()
+
+    def _repr_html_(self) -> str:
+        return self.to_tables().to_html()
+
 
 def accuracy_by_class(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float]:
     """Per-class accuracy of ``pred`` (N,) against ``y`` (N,); NaN for a class without examples."""
@@ -255,3 +325,152 @@ def evaluate(
             hits / n if n else float("nan"),
         )
     return out
+
+
+ROUND_VIEWS = ("settings", "validation", "class", "region", "harm")
+_PCT = {k: percent for k in ("accuracy", "before", "after", "sample accuracy", "real accuracy")}
+
+
+def evaluation_table(ev: Evaluation, classes: Sequence[str] | None, by: str) -> Table:
+    """The rows of :meth:`Evaluation.to_table`."""
+    if by == "class":
+        rows = [[class_label(k, classes), acc] for k, acc in enumerate(ev.per_class)]
+        return Table(["class", "accuracy"], rows, "test accuracy per class", _PCT)
+    rows = [
+        [rid, class_label(r.label, classes), r.sample_accuracy, r.real_images, r.real_accuracy]
+        for rid, r in sorted(ev.regions.items())
+    ]
+    columns = ["region", "label", "sample accuracy", "real images", "real accuracy"]
+    return Table(columns, rows, "labeled regions", _PCT)
+
+
+def comparison_table(before: Evaluation, after: Evaluation, classes: Sequence[str] | None) -> Table:
+    """The rows of :meth:`Evaluation.compare`."""
+    rows: list[list[Any]] = [["test accuracy", before.test_accuracy, after.test_accuracy]]
+    rows += [
+        [f"class {class_label(k, classes)}", b, a]
+        for k, (b, a) in enumerate(zip(before.per_class, after.per_class))
+    ]
+    for rid in sorted(set(before.regions) | set(after.regions)):
+        b, a = before.regions.get(rid), after.regions.get(rid)
+        rows.append(
+            [f"region {rid}, held-out samples", b and b.sample_accuracy, a and a.sample_accuracy]
+        )
+    if after.regions:
+        rows.append(
+            [
+                "labeled regions, held-out samples",
+                before.labeled_region_accuracy,
+                after.labeled_region_accuracy,
+            ]
+        )
+        rows.append(
+            [
+                f"labeled regions, {after.labeled_region_real_images} real test images",
+                before.labeled_region_real_accuracy,
+                after.labeled_region_real_accuracy,
+            ]
+        )
+    for row in rows:
+        b, a = row[1], row[2]
+        known = b is not None and a is not None and not (math.isnan(b) or math.isnan(a))
+        row.append(100.0 * (a - b) if known else None)
+    title = f"round {before.round} → round {after.round}"
+    return Table(
+        ["", "before", "after", "change (points)"], rows, title, {**_PCT, "change (points)": points}
+    )
+
+
+def round_title(rec: RoundRecord) -> str:
+    """One line: which round, from which, cancelled or how many steps it kept."""
+    if rec.cancelled:
+        return "Cancelled round (nothing kept)"
+    kept = (
+        ""
+        if rec.best_step is None
+        else (
+            ", kept the starting weights" if rec.best_step == 0 else f", kept step {rec.best_step}"
+        )
+    )
+    base = "" if rec.base_round is None else f" (from round {rec.base_round})"
+    return f"Round {rec.round}{base}: {len(rec.losses)} steps in {rec.seconds:.1f} s{kept}"
+
+
+def round_notes(rec: RoundRecord) -> list[str]:
+    """Why the round stopped and whether it harmed anything, as sentences."""
+    notes = [f"stopped: {rec.stopped or 'ran every step'}"]
+    if rec.harm:
+        lost = ", ".join(
+            f"{h['name']} {percent(h['before'])} → {percent(h['after'])}" for h in rec.harm
+        )
+        notes.append(f"harm on the test split: {lost} (s.revert() undoes the round)")
+    elif not rec.cancelled:
+        notes.append("harm: none (no class lost more than the tolerance on the test split)")
+    return notes
+
+
+def round_table(rec: RoundRecord, classes: Sequence[str] | None, by: str) -> Table:
+    """The rows of :meth:`RoundRecord.to_table`."""
+    if by == "settings":
+        rows = [[k, _setting_text(v)] for k, v in rec.settings.items()]
+        rows += [
+            [
+                "labels",
+                ", ".join(
+                    f"region {r}: {class_label(c, classes)}" for r, c in sorted(rec.labels.items())
+                ),
+            ]
+        ]
+        rows += [
+            [k, _setting_text(getattr(rec, k))]
+            for k in ("relabels", "scales", "min_validity", "vetted", "samples_kept", "best_step")
+        ]
+        return Table(["setting", "value"], rows, "settings")
+    if by == "validation":
+        v = rec.validation or {}
+        rows = [
+            [name, v["before"][key], v["after"][key]]
+            for name, key in (("overall", "overall"), ("labeled regions", "region"))
+            if v
+        ]
+        return Table(["validation split", "before", "after"], rows, "validation split", _PCT)
+    if by == "harm":
+        rows = [[h["name"], h["before"], h["after"], -float(h["drop"])] for h in rec.harm]
+        return Table(
+            ["what", "before", "after", "change (points)"],
+            rows,
+            "harm",
+            {**_PCT, "change (points)": points},
+        )
+    if rec.evaluation is None:
+        return Table(
+            ["class", "before", "after", "change (points)"]
+            if by == "class"
+            else ["region", "label", "sample accuracy", "real images", "real accuracy"],
+            [],
+            f"test accuracy per {by}",
+        )
+    if by == "region":
+        return evaluation_table(rec.evaluation, classes, "region")
+    after = rec.evaluation.per_class
+    deltas = rec.class_deltas or [math.nan] * len(after)
+    rows = [
+        [class_label(k, classes), a - d / 100.0, a, d]
+        for k, (a, d) in enumerate(zip(after, deltas))
+    ]
+    return Table(
+        ["class", "before", "after", "change (points)"],
+        rows,
+        "test accuracy per class",
+        {**_PCT, "change (points)": points},
+    )
+
+
+def _setting_text(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}: {_setting_text(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(_setting_text(v)) for v in value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return value

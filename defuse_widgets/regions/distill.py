@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from defuse_widgets.imaging import ImageGrid
+from defuse_widgets.regions.labels import label_name
 from defuse_widgets.regions.mixture import (
     Mixture,
     chi_square_quantile,
@@ -17,6 +21,8 @@ from defuse_widgets.regions.mixture import (
     robust_cholesky,
 )
 from defuse_widgets.search.errors import ErrorSet
+from defuse_widgets.utils.checks import positive_int
+from defuse_widgets.utils.tables import Table, class_label, percent
 
 DEFAULT_SCALE = (
     1.0  # measured in the README: 0.01 (the reference's) barely carries a fix to real images
@@ -210,6 +216,76 @@ class RegionSet:
 
         return draw
 
+    def to_table(
+        self,
+        classes: Sequence[str] | None = None,
+        labels: Mapping[int, int] | None = None,
+        evaluation: Any = None,
+    ) -> Table:
+        """One row per region: size, weight, main mistake and its share, mean confidence and
+        validity; with ``labels`` (region id -> label, e.g. ``s.labels``) each region's label,
+        with ``evaluation`` (an :class:`~defuse_widgets.correction.evaluation.Evaluation`, e.g.
+        ``s.evaluate()``) its accuracy on held-out samples and on the real test images inside it.
+
+        Parameters
+        ----------
+        classes : sequence of str or None
+            Class names (e.g. ``data.classes``); None shows class indices.
+        labels : mapping of int to int or None
+            Region id -> class index, ``MODEL_IS_RIGHT`` or ``UNRECOGNIZABLE``.
+        evaluation : Evaluation or None
+            Its ``regions`` (region id -> accuracy figures) fill the accuracy columns.
+        """
+        return region_table(self, classes, labels, evaluation)
+
+    def to_pandas(
+        self,
+        classes: Sequence[str] | None = None,
+        labels: Mapping[int, int] | None = None,
+        evaluation: Any = None,
+    ) -> Any:
+        """:meth:`to_table` as a ``pandas.DataFrame``, one row per region (needs pandas)."""
+        return self.to_table(classes, labels, evaluation).to_pandas()
+
+    def _repr_html_(self) -> str:
+        return self.to_table().to_html()
+
+    def save_images(
+        self,
+        folder: str | os.PathLike,
+        n: int = 32,
+        columns: int = 8,
+        scale: int = 4,
+        regions: Sequence[int] | None = None,
+    ) -> list[Path]:
+        """Write ``n`` decoded samples of each region as one PNG per region,
+        ``folder/region-<id>.png`` (the ``purpose="label"`` samples a labeler sees).
+
+        Parameters
+        ----------
+        folder : str or path
+            Created if missing; existing files of the same names are replaced.
+        n : int
+            Samples per region.
+        columns, scale : int
+            Images per row and the pixel upscale of each PNG.
+        regions : sequence of int or None
+            The region ids to write; None: every region.
+
+        Returns
+        -------
+        list of Path
+            The files written, in ``regions`` order.
+        """
+        positive_int("n", n)
+        ids = self.ids if regions is None else [self.get(int(r)).id for r in regions]
+        grids = [
+            ImageGrid(self.sample(rid, n, purpose="label").images, columns, scale, n) for rid in ids
+        ]
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        return [grid.save(out / f"region-{rid}.png") for rid, grid in zip(ids, grids)]
+
 
 def check_scale(scale: float | None) -> float:
     """The sampling scale (``DEFAULT_SCALE`` for None); ValueError unless positive."""
@@ -386,3 +462,63 @@ def user_region(regions: RegionSet, errors: ErrorSet, indices: torch.Tensor) -> 
     for r in regions.regions:
         r.size = int((regions.assignments == r.id).sum())
     return region
+
+
+def region_table(
+    regions: RegionSet,
+    classes: Sequence[str] | None = None,
+    labels: Mapping[int, int] | None = None,
+    evaluation: Any = None,
+) -> Table:
+    """The rows of :meth:`RegionSet.to_table`."""
+    columns = [
+        "region",
+        "size",
+        "weight",
+        "main mistake",
+        "share",
+        "mean confidence",
+        "mean validity",
+        "user-defined",
+    ]
+    if labels is not None:
+        columns.append("label")
+    if evaluation is not None:
+        columns += ["sample accuracy", "real images", "real accuracy"]
+    rows = []
+    for r in regions:
+        t, p = r.transition
+        mistake = "-" if t < 0 else f"{class_label(t, classes)} → {class_label(p, classes)}"
+        row = [
+            r.id,
+            r.size,
+            r.weight,
+            mistake,
+            r.transition_share,
+            r.mean_confidence,
+            r.mean_validity,
+            r.user_defined,
+        ]
+        if labels is not None:
+            label = labels.get(r.id)
+            row.append(None if label is None else _label_text(label, classes))
+        if evaluation is not None:
+            acc = evaluation.regions.get(r.id)
+            row += (
+                [None, None, None]
+                if acc is None
+                else [acc.sample_accuracy, acc.real_images, acc.real_accuracy]
+            )
+        rows.append(row)
+    pct = {"share": percent, "sample accuracy": percent, "real accuracy": percent}
+    fitted = regions.settings.get("fitted_on", len(regions.assignments))
+    title = (
+        f"{len(regions)} regions over {len(regions.assignments)} errors "
+        f"(mixture fitted on {fitted})"
+    )
+    return Table(columns, rows, title=title, formats={**pct, "weight": lambda w: f"{w:.3f}"})
+
+
+def _label_text(label: int, classes: Sequence[str] | None) -> str | int:
+    """A region label's name: "model is right" / "unrecognizable", or the class."""
+    return label_name(label, ()) if label < 0 else class_label(label, classes)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from defuse_widgets.utils.checks import one_of
+from defuse_widgets.utils.tables import Table, class_label
 
 ERROR_FIELDS = (
     "codes",
@@ -108,3 +112,82 @@ class ErrorSet:
             f"ErrorSet({len(self)} errors from {self.images_searched} {self.split} images, "
             f"strategy={self.settings.get('strategy')!r}, decodes={self.decodes})"
         )
+
+    def to_table(self, classes: Sequence[str] | None = None, by: str = "class") -> Table:
+        """The errors as a :class:`~defuse_widgets.utils.tables.Table`.
+
+        Parameters
+        ----------
+        classes : sequence of str or None
+            Class names (e.g. ``data.classes``); None shows class indices.
+        by : {"class", "error"}
+            ``"class"``: one row per true class (errors, source images with an error, the most
+            common predicted class and its count, mean confidence and validity); ``"error"``:
+            one row per error (``error``, ``source_index``, ``true``, ``predicted``,
+            ``confidence``, ``validity``).
+        """
+        one_of("by", by, ("class", "error"))
+        return error_table(self, classes) if by == "error" else class_table(self, classes)
+
+    def to_pandas(self, classes: Sequence[str] | None = None, by: str = "error") -> Any:
+        """:meth:`to_table` as a ``pandas.DataFrame`` (default one row per error; needs pandas)."""
+        return self.to_table(classes, by).to_pandas()
+
+    def _repr_html_(self) -> str:
+        return self.to_table().to_html()
+
+
+def _title(errors: ErrorSet) -> str:
+    return (
+        f"{len(errors)} errors from {errors.images_searched} {errors.split} images "
+        f"(strategy {errors.settings.get('strategy')!r}, {errors.decodes} decodes)"
+    )
+
+
+def class_table(errors: ErrorSet, classes: Sequence[str] | None = None) -> Table:
+    """One row per true class that has an error: counts, the commonest mistake, mean scores."""
+    rows = []
+    for c in errors.true_label.unique().tolist():
+        mask = errors.true_label == c
+        preds, counts = errors.pred_label[mask].unique(return_counts=True)
+        top = int(counts.argmax())
+        rows.append(
+            [
+                class_label(c, classes),
+                int(mask.sum()),
+                len(errors.source_index[mask].unique()),
+                class_label(int(preds[top]), classes),
+                int(counts[top]),
+                float(errors.confidence[mask].mean()),
+                float(errors.validity[mask].mean()),
+            ]
+        )
+    rows.sort(key=lambda r: -r[1])
+    columns = [
+        "true class",
+        "errors",
+        "images with an error",
+        "most common prediction",
+        "its errors",
+        "mean confidence",
+        "mean validity",
+    ]
+    return Table(columns, rows, title=_title(errors))
+
+
+def error_table(errors: ErrorSet, classes: Sequence[str] | None = None) -> Table:
+    """One row per error: its index, source image, true and predicted class, scores."""
+    columns = ["error", "source_index", "true", "predicted", "confidence", "validity"]
+    rows = [
+        [i, s, class_label(t, classes), class_label(p, classes), c, v]
+        for i, (s, t, p, c, v) in enumerate(
+            zip(
+                errors.source_index.tolist(),
+                errors.true_label.tolist(),
+                errors.pred_label.tolist(),
+                errors.confidence.tolist(),
+                errors.validity.tolist(),
+            )
+        )
+    ]
+    return Table(columns, rows, title=_title(errors))

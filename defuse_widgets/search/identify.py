@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from defuse_widgets.data.dataset import stratified
 from defuse_widgets.distributed.backend import RayBackend, ready
 from defuse_widgets.models.generative import as_generator
 from defuse_widgets.models.inference import evaluating
@@ -32,6 +33,8 @@ from defuse_widgets.utils.checks import in_range, one_of, positive_int
 from defuse_widgets.utils.device import resolve_device
 from defuse_widgets.utils.seeding import seeded
 
+LIMIT_ORDERS = ("stratified", "first")
+
 
 def identify(
     classifier: nn.Module | Classifier,
@@ -41,6 +44,8 @@ def identify(
     strategy: str | SearchStrategy = DEFAULT_STRATEGY,
     *,
     indices: Sequence[int] | torch.Tensor | None = None,
+    limit: int | None = None,
+    limit_order: str = "stratified",
     min_validity: float | None = None,
     chunk_size: int | None = None,
     autocast: str | None = None,
@@ -75,6 +80,12 @@ def identify(
         The positions in ``images`` of the images to search, in any order (distinct); None: all.
         An image's position is its index in the split: it keys the image's random draws and is
         its errors' ``source_index``, so a subset or a permutation finds the same errors per image.
+    limit : int or None
+        Search at most this many of the images (of ``indices`` when given); None: all of them.
+    limit_order : {"stratified", "first"}
+        How ``limit`` picks: ``"stratified"`` (default) a sample seeded by ``seed`` with every
+        class in its share, so a split sorted by class (a folder of images per class) still
+        gives every class; ``"first"`` the first ``limit`` in order.
     min_validity : float or None
         Drop errors whose :func:`~defuse_widgets.validity_score` is below this, in [0, 1].
     chunk_size : int or None
@@ -129,9 +140,12 @@ def identify(
     if min_validity is not None:
         in_range("min_validity", min_validity, 0, 1)
     one_of("autocast", autocast, (None, *AUTOCAST))
+    one_of("limit_order", limit_order, LIMIT_ORDERS)
+    if limit is not None:
+        positive_int("limit", limit)
     ray_backend = check_backend(backend, ray_options)
     x, y = check_images(images, labels)
-    rows = check_indices(indices, len(x))
+    rows = limit_rows(check_indices(indices, len(x)), y, limit, limit_order, seed)
     if ray_backend is not None:
         ready(ray_backend)
     modules = tuple(m for m in (classifier, *gen.modules) if isinstance(m, nn.Module))
@@ -162,6 +176,18 @@ def identify(
     if min_validity is not None:
         errors = errors.subset(errors.validity >= min_validity)
     return errors
+
+
+def limit_rows(
+    rows: torch.Tensor, y: torch.Tensor, limit: int | None, order: str, seed: int
+) -> torch.Tensor:
+    """At most ``limit`` of the positions ``rows`` (B,): a seeded sample stratified by the labels
+    ``y`` (N,) (``order="stratified"``), or the first ``limit`` (``"first"``); in ``rows`` order."""
+    if limit is None or limit >= len(rows):
+        return rows
+    if order == "first":
+        return rows[:limit]
+    return rows[stratified(y[rows].cpu(), limit, seed)]
 
 
 def _default_chunk(images: Any, dev: torch.device) -> int:

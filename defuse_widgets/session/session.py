@@ -75,8 +75,11 @@ class DefuseSession(AuditMixin, RoundsMixin):
         limit: int | None = None,
         **options: Any,
     ) -> ErrorSet:
-        """Search the latent space around the ``split``'s images (the first ``limit`` of them).
+        """Search the latent space around the ``split``'s images (at most ``limit`` of them).
 
+        ``limit`` picks a seeded sample stratified by class (every class in its share), or with
+        ``limit_order="first"`` the split's first ``limit`` images; the errors' ``source_index``
+        is the image's position in the whole split either way.
         ``strategy`` and ``options`` are those of :func:`~defuse_widgets.search.identify.identify`,
         e.g. ``backend="ray"`` (with ``ray_options``) to shard the search over a Ray cluster;
         ``backend`` defaults to the session's :attr:`backend`, and ``ray_options`` alone then
@@ -100,9 +103,10 @@ class DefuseSession(AuditMixin, RoundsMixin):
             errors = identify(
                 self.classifier,
                 self.generator,
-                x[:limit],
-                y[:limit],
+                x,
+                y,
                 strategy,
+                limit=limit,
                 device=self.device,
                 split=split,
                 **options,

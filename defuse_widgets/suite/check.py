@@ -18,6 +18,7 @@ from defuse_widgets.models.inference import batched, evaluating
 from defuse_widgets.suite.files import Suite, SuiteRegion, load_suite
 from defuse_widgets.utils.checks import positive_int
 from defuse_widgets.utils.device import module_device, resolve_device
+from defuse_widgets.utils.tables import Table, percent
 
 WORST = 16
 
@@ -142,6 +143,19 @@ class SuiteResult(Record):
         if path is not None:
             Path(path).write_text(text)
         return text
+
+    def to_table(self) -> Table:
+        """One row per region (label, samples, accuracy against its threshold, real images and
+        their accuracy against theirs, pass/fail) as a
+        :class:`~defuse_widgets.utils.tables.Table`; the verdict is in its title."""
+        return suite_table(self)
+
+    def to_pandas(self) -> Any:
+        """:meth:`to_table` as a ``pandas.DataFrame``, one row per region (needs pandas)."""
+        return self.to_table().to_pandas()
+
+    def _repr_html_(self) -> str:
+        return self.to_table().to_html()
 
 
 def _stem(result: SuiteResult) -> str:
@@ -303,3 +317,44 @@ def _worst(
     order = torch.cat(scores).argsort()[:n]
     picked = torch.cat(images)[order]
     return [rows[i] for i in order.tolist()], picked
+
+
+def suite_table(result: SuiteResult) -> Table:
+    """The rows of :meth:`SuiteResult.to_table`."""
+    columns = [
+        "region",
+        "label",
+        "samples",
+        "accuracy",
+        "min accuracy",
+        "real images",
+        "real accuracy",
+        "min real accuracy",
+        "result",
+    ]
+    rows = [
+        [
+            r.id,
+            r.label_name,
+            r.samples,
+            r.accuracy,
+            r.min_accuracy,
+            r.real_images,
+            r.real_accuracy if r.real_images else None,
+            r.min_real_accuracy,
+            "pass" if r.passed else "FAIL",
+        ]
+        for r in result.regions
+    ]
+    n = len(result.failed)
+    verdict = "passed" if result.passed else f"FAILED ({n} of {len(result.regions)} regions)"
+    formats = {
+        k: percent for k in ("accuracy", "min accuracy", "real accuracy", "min real accuracy")
+    }
+    return Table(
+        columns,
+        rows,
+        f"Suite {result.path}: {verdict}",
+        formats,
+        [failure_line(r) for r in result.failed],
+    )
