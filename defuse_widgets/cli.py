@@ -107,6 +107,7 @@ def run_pipeline(
     s.distill(max_regions=max_regions)
     lap("distill")
     reference = ReferenceModelLabeler(models["reference"])
+    print_generator_report(s, reference, out)
     s.auto_label(reference)
     lap("label")
     per_region: dict[str, int] = {}
@@ -127,6 +128,15 @@ def run_pipeline(
     timings["total"] = round(sum(timings.values()), 3)  # report["timings"] is this dict
     (out / "report.json").write_text(json.dumps(nan_to_none(report), indent=2))
     return report
+
+
+def print_generator_report(s: DefuseSession, labeler: ReferenceModelLabeler, out: Path) -> None:
+    """Print whether the generator can draw each class (the reference labeler judging its
+    reconstructions of the validation images) and write the figures to ``out/generator.json``."""
+    report = s.generator_report(labeler)
+    print(report.table())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "generator.json").write_text(json.dumps(nan_to_none(report.to_dict()), indent=2))
 
 
 def build_report(

@@ -53,6 +53,9 @@ class GeneratorAdapter:
         self._decode = decode
         self._latent_dim = latent_dim
         self.modules = tuple(m for m in modules if isinstance(m, nn.Module))
+        self.latent_shape: tuple[int, ...] | None = None
+        """The shape of one code as the decoder takes it, (C, h, w) for spatial latents (set by
+        the first encoding); None for flat (d,) codes."""
 
     @property
     def latent_dim(self) -> int:
@@ -65,15 +68,25 @@ class GeneratorAdapter:
 
     def encode(self, x: torch.Tensor) -> EncodeOutput:
         mu, logvar = _split_encoding(self._encode(x))
-        if mu.ndim != 2 or len(mu) != len(x):
+        if mu.ndim < 2 or len(mu) != len(x):
             raise ValueError(
-                f"generator.encode: expected codes of shape ({len(x)}, d), got {tuple(mu.shape)}"
+                f"generator.encode: expected codes of shape ({len(x)}, d) or ({len(x)}, C, h, w), "
+                f"got {tuple(mu.shape)}"
             )
         if logvar is not None and logvar.shape != mu.shape:
             raise ValueError(
                 f"generator.encode: logvar shape {tuple(logvar.shape)} differs from mu "
                 f"{tuple(mu.shape)}"
             )
+        if mu.ndim > 2:  # spatial latents: flat (N, C*h*w) codes for the search and the mixture
+            shape = tuple(int(v) for v in mu.shape[1:])
+            if self.latent_shape is not None and shape != self.latent_shape:
+                raise ValueError(
+                    f"generator.encode: expected spatial codes of shape {self.latent_shape}, got "
+                    f"{shape} (images of another size?)"
+                )
+            self.latent_shape = shape
+            mu, logvar = mu.flatten(1), None if logvar is None else logvar.flatten(1)
         if self._latent_dim is None:
             self._latent_dim = int(mu.shape[1])
         elif mu.shape[1] != self._latent_dim:
@@ -83,6 +96,8 @@ class GeneratorAdapter:
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.latent_shape is not None and z.ndim == 2:
+            z = z.reshape(len(z), *self.latent_shape)
         return self._decode(z)
 
     def to(self, device: torch.device) -> GeneratorAdapter:
@@ -108,6 +123,58 @@ def _split_encoding(out: Any) -> EncodeOutput:
     )
 
 
+NEEDS = (
+    "Defuse needs encode(images) for images (N, C, H, W) in [0, 1] returning codes (N, d) or "
+    "(N, C, h, w), or (mu, logvar) of that shape, and decode(codes) returning images "
+    "(N, C, H, W) in [0, 1]; wrap a model that works in another range, e.g. "
+    "as_generator(encode=lambda x: vae.encode(2 * x - 1), "
+    "decode=lambda z: (vae.decode(z) + 1) / 2, modules=[vae])"
+)
+
+
+def is_diffusers_vae(model: Any) -> bool:
+    """True for a diffusers ``AutoencoderKL``-like model: a module whose ``config`` names its
+    ``latent_channels`` and that has ``encode``/``decode`` methods."""
+    config = getattr(model, "config", None)
+    return (
+        isinstance(model, nn.Module)
+        and hasattr(config, "latent_channels")
+        and callable(getattr(model, "encode", None))
+        and callable(getattr(model, "decode", None))
+    )
+
+
+def _diffusers_functions(
+    vae: nn.Module,
+) -> tuple[Callable[[torch.Tensor], EncodeOutput], Callable[[torch.Tensor], torch.Tensor]]:
+    """encode/decode for a diffusers ``AutoencoderKL``: pixels [0, 1] <-> its [-1, 1], its output
+    objects (``.latent_dist`` with ``mean``/``logvar``, ``.sample``) <-> tensors. Codes are the
+    raw latent means (not multiplied by ``config.scaling_factor``), (N, C, h, w)."""
+
+    def encode(x: torch.Tensor) -> EncodeOutput:
+        out = vae.encode(x * 2 - 1)  # type: ignore[operator]
+        dist = getattr(out, "latent_dist", out)
+        if not isinstance(getattr(dist, "mean", None), torch.Tensor):
+            raise TypeError(
+                "generator.encode: expected the diffusers VAE to return an output with "
+                f"latent_dist.mean, got {type(out).__name__}"
+            )
+        logvar = getattr(dist, "logvar", None)
+        return dist.mean, logvar if isinstance(logvar, torch.Tensor) else None
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        if z.ndim != 4:
+            raise ValueError(
+                f"generator.decode: the diffusers VAE decodes codes (N, C, h, w), got "
+                f"{tuple(z.shape)}; encode an image first so the adapter knows (C, h, w)"
+            )
+        out = vae.decode(z)  # type: ignore[operator]
+        images = getattr(out, "sample", out)
+        return ((images + 1) / 2).clamp(0, 1)
+
+    return encode, decode
+
+
 def as_generator(
     model: Any = None,
     *,
@@ -121,8 +188,10 @@ def as_generator(
     Parameters
     ----------
     model : a module with ``encode``/``decode`` methods, or with ``encoder``/``decoder`` submodules
-        (the encoder returning ``mu``, ``(mu, logvar)`` or ``[mu, logvar]``). An existing adapter is
-        returned as is.
+        (the encoder returning ``mu``, ``(mu, logvar)`` or ``[mu, logvar]``), or a diffusers
+        ``AutoencoderKL`` (its images in [-1, 1] and output objects handled here). Spatial codes
+        (N, C, h, w) are flattened to (N, C*h*w) for the search and the mixture and reshaped for
+        decoding. An existing adapter is returned as is.
     encode, decode : two callables, instead of ``model``.
     latent_dim : the code size; read from ``model.latent_dim`` when present, else from the first
         encoding.
@@ -140,7 +209,9 @@ def as_generator(
     modules = tuple(modules)
     if model is not None:
         latent_dim = latent_dim or getattr(model, "latent_dim", None)
-        if callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None)):
+        if is_diffusers_vae(model):
+            (encode, decode), modules = _diffusers_functions(model), (model,)
+        elif callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None)):
             encode, decode, modules = model.encode, model.decode, (model,)
         elif callable(getattr(model, "encoder", None)) and callable(
             getattr(model, "decoder", None)
@@ -148,8 +219,9 @@ def as_generator(
             encode, decode, modules = model.encoder, model.decoder, (model,)
         else:
             raise TypeError(
-                f"generator: expected a module with encode()/decode() methods or encoder/decoder "
-                f"submodules, or encode= and decode= callables; got {type(model).__name__}"
+                "generator: expected a module with encode()/decode() methods (a diffusers "
+                "AutoencoderKL works as it is) or encoder/decoder submodules, or encode= and "
+                f"decode= callables; got {type(model).__name__}. {NEEDS}"
             )
     if encode is None or decode is None:
         raise TypeError("as_generator: both encode and decode are needed")

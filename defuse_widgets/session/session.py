@@ -13,6 +13,16 @@ from torch import nn
 
 from defuse_widgets.correction.training import restore
 from defuse_widgets.data.dataset import ImageDataset
+from defuse_widgets.data.fingerprint import dataset_fingerprint
+from defuse_widgets.models.generative import as_generator
+from defuse_widgets.models.generator_report import (
+    MIN_RATIO,
+    GeneratorReport,
+    generator_report,
+    recognition,
+)
+from defuse_widgets.persist.read import fail, read_session
+from defuse_widgets.persist.write import save_state
 from defuse_widgets.regions.distill import RegionSet, fit_regions, user_region
 from defuse_widgets.regions.labels import (
     ReferenceModelLabeler,
@@ -29,6 +39,8 @@ from defuse_widgets.search.strategies import DEFAULT_STRATEGY
 from defuse_widgets.session.audit import AuditMixin
 from defuse_widgets.session.base import EVENTS  # noqa: F401  (the event names, public here too)
 from defuse_widgets.session.rounds import RoundsMixin
+from defuse_widgets.suite.export import SuiteSource, check_export, export_suite
+from defuse_widgets.utils.checks import positive_int
 from defuse_widgets.utils.critical import deferred_interrupt
 
 if TYPE_CHECKING:
@@ -213,9 +225,19 @@ class DefuseSession(AuditMixin, RoundsMixin):
         """Write the class-labeled regions as a regression suite for :func:`check_suite`; see
         :func:`~defuse_widgets.suite.export.export_suite` (``min_real_accuracy``, ``scale``,
         ``overwrite``). Returns the suite directory."""
-        from defuse_widgets.suite.export import export_suite
-
-        return export_suite(self, path, regions, samples, min_accuracy, include_real, **options)
+        check_export(self.regions, self._labels, path, regions, samples, min_accuracy,
+                     options.get("min_real_accuracy"), options.get("overwrite", False))  # fmt: skip
+        source = SuiteSource(
+            regions=self._require_regions(),
+            labels=self.correctable(),
+            decode=self.decode,
+            predict=self.predict,
+            data=self.data,
+            test_codes=self.split_codes("test") if include_real else None,
+            test_probability=self.region_probability("test") if include_real else None,
+            round=self.active_round,
+        )
+        return export_suite(source, path, regions, samples, min_accuracy, include_real, **options)
 
     # ----- state, persistence and widgets -----
 
@@ -275,13 +297,20 @@ class DefuseSession(AuditMixin, RoundsMixin):
         self._emit("errors", "regions", "labels", "relabels", "model")
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the session to a directory (safetensors + JSON); see ``persist``.
+        """Write :meth:`state_dict` to a directory (safetensors + JSON); see
+        :func:`~defuse_widgets.persist.write.save_state`.
 
         The save is kill-safe: until it completes, the directory still holds the earlier save.
+        The session's lock is held throughout, so a save never sees a half-made change.
         """
-        from defuse_widgets.persist.write import save_session
-
-        return save_session(self, Path(path))
+        with self._lock:
+            return save_state(
+                path,
+                self._state(),
+                dataset=dataset_fingerprint(self.data),
+                latent_dim=self.generator.latent_dim,
+                validation=None if self.validation is None else self.validation.fraction,
+            )
 
     @classmethod
     def load(
@@ -297,10 +326,20 @@ class DefuseSession(AuditMixin, RoundsMixin):
 
         ``validation``: "saved" carves the fraction the save recorded again (the same rows, as
         it is seeded; a save made with the user's own pair recorded none, so pass it again);
-        anything else as for the session."""
-        from defuse_widgets.persist.write import load_session
-
-        return load_session(cls, Path(path), classifier, generator, data, device, validation)
+        anything else as for the session. Everything is read and checked (see
+        :func:`~defuse_widgets.persist.read.read_session`) before the session is made, so a
+        refused directory leaves ``classifier`` as it was."""
+        saved = read_session(path, classifier, as_generator(generator).latent_dim, data)
+        if isinstance(validation, str) and validation == "saved":
+            validation = saved.validation
+        session = cls(classifier, generator, saved.data, device=device,
+                      seed=saved.state["seed"], progress=False, validation=validation)  # fmt: skip
+        try:
+            session.load_state_dict(saved.state)
+        except (ValueError, KeyError) as exc:
+            raise fail(saved.path, f"session.json is incomplete or inconsistent ({exc})") from exc
+        saved.warn_stale()
+        return session
 
     def explorer(self, **options: Any) -> Explorer:
         """The error explorer widget for this session."""
@@ -313,3 +352,66 @@ class DefuseSession(AuditMixin, RoundsMixin):
         from defuse_widgets.widgets.interpolator import Interpolator
 
         return Interpolator(self, *args, **options)
+
+    # ----- the generator: can it draw each class? -----
+
+    def generator_report(
+        self,
+        labeler: ReferenceModelLabeler | nn.Module | None = None,
+        limit: int | None = 2000,
+        min_ratio: float = MIN_RATIO,
+    ) -> GeneratorReport:
+        """How well the generator draws each class, before any search: see
+        :func:`~defuse_widgets.models.generator_report.generator_report`.
+
+        Measured on the validation split (the test split when the session has none), its first
+        ``limit`` images (None: all). ``labeler``: a labeler or a classifier module to judge with;
+        None judges with the session's classifier, on the images it classifies right. A class
+        whose reconstructions are recognised at less than ``min_ratio`` of its real images' rate
+        is flagged (``report.flagged``, ``report.messages``): its regions will look like another
+        class, so fix the generator first.
+        """
+        if limit is not None:
+            positive_int("limit", limit)
+        judge, is_classifier = self._judge(labeler)
+        x, y = self.validation_data() if self.validation is not None else self.data.split("test")
+        with self._lock:
+            return generator_report(self.generator, judge, x[:limit], y[:limit],
+                                    self.data.classes, judge_is_classifier=is_classifier,
+                                    min_ratio=min_ratio, device=self.device)  # fmt: skip
+
+    def sample_recognition(
+        self, labeler: ReferenceModelLabeler | nn.Module | None = None, samples: int = 32
+    ) -> dict[int, float]:
+        """Region id -> the share of the region's decoded samples that ``labeler`` (None: the
+        session's classifier) calls the region's class: its label when it has a class label,
+        else its majority true class. A low share means the generator does not draw that class
+        there: a person (or labeler) will not recognise the region.
+
+        The samples are the ``purpose="label"`` draws (those a labeler looks at), ``samples``
+        per region. Without a labeler the classifier judges its own errors' neighbourhood, so
+        the share is the region's sample accuracy; pass a labeler to judge the generator.
+        """
+        positive_int("samples", samples)
+        judge, _ = self._judge(labeler)
+        with self._lock:
+            regions, labels = self._require_regions(), dict(self._labels)
+            out = {}
+            for region in regions:
+                label = labels.get(region.id)
+                expected = label if label is not None and label >= 0 else region.transition[0]
+                codes = regions.sample_codes(region.id, samples, purpose="label")
+                out[region.id] = recognition(judge, self.decode(codes), expected)
+        return out
+
+    def _judge(self, labeler: Any) -> tuple[nn.Module, bool]:
+        """The model that judges the generator, and whether it is the session's classifier."""
+        if labeler is None:
+            return self.classifier, True
+        model = labeler if isinstance(labeler, nn.Module) else getattr(labeler, "model", None)
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                "labeler: expected None, a classifier module or a ReferenceModelLabeler (a "
+                f"labeler with a .model module), got {type(labeler).__name__}"
+            )
+        return model, False
