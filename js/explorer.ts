@@ -6,7 +6,7 @@
 import type { AnyModel, Host, RenderProps } from "@anywidget/types";
 import { decode, encode, Wire } from "./common/codec";
 import { freeze, LOST_MESSAGE, watchKernel } from "./common/kernel";
-import { MapData } from "./explorer/map";
+import { MapData } from "./explorer/map_data";
 import { createMap } from "./explorer/map_create";
 import { RegionInfo, RegionList, RegionPanel } from "./explorer/regions";
 import { FineTune, Params, Progress, Round } from "./explorer/finetune";

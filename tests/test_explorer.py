@@ -18,6 +18,7 @@ from ipywidgets.widgets.widget import _remove_buffers
 
 import defuse_widgets as dw
 from defuse_widgets.widgets._codec import array_from_json, array_to_json
+from defuse_widgets.widgets._selection import cell_bound_host, reason
 from defuse_widgets.widgets.explorer import Explorer, region_color
 from defuse_widgets.widgets.interpolator import Interpolator
 
@@ -109,8 +110,6 @@ def test_region_colors_stay_distinct_for_many_regions() -> None:
 
 
 def test_a_failure_without_a_message_still_says_why() -> None:
-    from defuse_widgets.widgets._selection import cell_bound_host, reason
-
     try:
         raise AssertionError
     except AssertionError as exc:

@@ -1,4 +1,4 @@
-"""anywidgets over a :class:`~defuse_widgets.session.session.DefuseSession` (one module per widget)."""
+"""anywidgets over a :class:`~defuse_widgets.session.session.DefuseSession`, one module each."""
 
 from __future__ import annotations
 

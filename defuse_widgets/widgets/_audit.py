@@ -1,83 +1,94 @@
 """The explorer's audit: the training images inside the selected class-labeled region that carry
 another label, and the relabels a person confirms there.
 
-:class:`AuditMixin` is the audit half of :class:`~.explorer.Explorer` (its public methods are
-the explorer's). Only the selected region's audit travels (trait ``audit``, arrays as buffers,
-built by :func:`defuse_widgets.widgets.panels.audit_payload`); a relabel or undo resends only
-``audit_labels`` and ``relabel_count``. After the first :meth:`~AuditMixin.open_audit`, selecting
-a class-labeled region audits it (in the background: the first audit encodes the training set).
+:class:`AuditPane` holds the audit's logic for :class:`~.explorer.Explorer`, whose public audit
+methods delegate here. Only the selected region's audit travels (trait ``audit``, arrays as
+buffers, built by :func:`defuse_widgets.widgets.panels.audit_payload`); a relabel or undo resends
+only ``audit_labels`` and ``relabel_count``. After the first :meth:`AuditPane.open`, selecting a
+class-labeled region audits it (in the background: the first audit encodes the training set).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from defuse_widgets.regions.labels import label_name
+from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.widgets._options import ExplorerOptions
-from defuse_widgets.widgets.panels import audit_payload, current_labels
-
-if TYPE_CHECKING:
-    from defuse_widgets.session.session import DefuseSession
-    from defuse_widgets.widgets._jobs import Jobs
+from defuse_widgets.widgets.panels import audit_payload, current_labels, require_regions
 
 
-class AuditMixin:
-    """Audit traits' logic and public methods; mixed into the explorer (its traits live there)."""
+class AuditTraits(Protocol):
+    """The explorer's traits the audit reads (``selected_region``) and writes (the rest)."""
 
-    session: DefuseSession
-    options: ExplorerOptions
     selected_region: int
     audit: dict[str, Any] | None
     audit_labels: np.ndarray | None
     audit_selection: np.ndarray | None
     relabel_count: int
-    _jobs: Jobs
-    _audit_on: bool
-    _note: Callable[..., None]
-    _label_name: Callable[[int], str]
-    _require_regions: Callable[[], Any]
-    _start: Callable[[str, Callable[[], None]], Any]
-    wait: Callable[..., None]
 
-    def open_audit(self, region_id: int | None = None, block: bool = False) -> None:
-        """Show the training images inside a class-labeled region whose label differs.
 
-        Likeliest mistakes first; from then on, selecting a labeled region audits it. Runs in the
-        background (the first audit encodes the training set).
+class AuditPane:
+    """The audit of the selected region.
 
-        Parameters
-        ----------
-        region_id : int, optional
-            The region (default: the selected one).
-        block : bool
-            Wait for the audit (re-raising its error).
+    Parameters
+    ----------
+    traits : AuditTraits
+        The explorer, for the five traits above.
+    session : DefuseSession
+        Audits and relabels go through its public API.
+    options : ExplorerOptions
+        ``min_probability``, ``audit_limit`` and ``who``.
+    start : callable
+        ``start(name, fn)`` queues ``fn`` on the explorer's background worker.
+    in_worker : callable
+        Whether the caller already runs on that worker (then the audit runs inline).
+    note : callable
+        ``note(status, error="")`` writes the explorer's status line.
+    """
 
-        Raises
-        ------
-        ValueError
-            For no region or a region without a class label (nothing changes).
-        """
-        rid = self.selected_region if region_id is None else int(region_id)
+    def __init__(
+        self,
+        traits: AuditTraits,
+        session: DefuseSession,
+        options: ExplorerOptions,
+        start: Callable[[str, Callable[[], None]], Any],
+        in_worker: Callable[[], bool],
+        note: Callable[..., None],
+    ) -> None:
+        self.traits = traits
+        self.session = session
+        self.options = options
+        self._start = start
+        self._in_worker = in_worker
+        self._note = note
+        self.on = False  # set by the first open(): then each selected labeled region audits
+
+    def open(self, region_id: int | None = None) -> None:
+        """Audit ``region_id`` (default: the selected region) and every labeled region selected
+        from now on (see :meth:`~.explorer.Explorer.open_audit`); ValueError before any change
+        for no region or a region without a class label."""
+        rid = self.traits.selected_region if region_id is None else int(region_id)
         if rid < 0:
             raise ValueError("region_id: select a region (or pass region_id) to audit")
-        self._require_regions().get(rid)
+        require_regions(self.session).get(rid)
         label = self.session.labels.get(rid)
         if label is None or label < 0:
-            what = "no label" if label is None else f"the label {self._label_name(label)!r}"
+            name = None if label is None else label_name(label, self.session.data.classes)
+            what = "no label" if name is None else f"the label {name!r}"
             raise ValueError(
                 f"region {rid} has {what}: label it with a class to audit its training images"
             )
-        self._audit_on = True
-        if self.selected_region != rid:
-            self.selected_region = rid  # its observer starts the audit
+        self.on = True
+        if self.traits.selected_region != rid:
+            self.traits.selected_region = rid  # its observer starts the audit
         else:
-            self._refresh_audit(force=True)
-        if block:
-            self.wait()
+            self.refresh(force=True)
 
-    def select_audit(self, indices: Sequence[int] | np.ndarray | str | None) -> None:
+    def select(self, indices: Sequence[int] | np.ndarray | str | None) -> None:
         """Select audit images by training index (``"all"``: every image shown; None: none)."""
         shown = self._audit_indices()
         if isinstance(indices, str):
@@ -96,9 +107,9 @@ class AuditMixin:
                     f"indices: not among the audit's images: {extra[:5].tolist()} (see "
                     "explorer.audit['indices'])"
                 )
-        self.audit_selection = np.ascontiguousarray(idx, dtype=np.int32)
+        self.traits.audit_selection = np.ascontiguousarray(idx, dtype=np.int32)
 
-    def relabel_selected(
+    def relabel(
         self, indices: Sequence[int] | np.ndarray | None = None, label: int | None = None
     ) -> int:
         """Confirm that the selected audit images (or training ``indices``) are the audited
@@ -106,18 +117,18 @@ class AuditMixin:
         round trains on the relabeled images."""
         idx = self._audit_targets(indices)
         if label is None:
-            if self.audit is None:
+            if self.traits.audit is None:
                 raise ValueError("label: no audit is open; pass label= or call open_audit() first")
-            label = int(self.audit["label"])
+            label = int(self.traits.audit["label"])
         changed = int(self.session.relabel(idx.tolist(), int(label), who=self.options.who))
-        name = self._label_name(int(label))
+        name = label_name(int(label), self.session.data.classes)
         self._note(
             f"Relabeled {changed} training image{'s' * (changed != 1)} as {name}; "
             f"{self._relabels_in_all()}."
         )
         return changed
 
-    def unrelabel_selected(self, indices: Sequence[int] | np.ndarray | None = None) -> int:
+    def unrelabel(self, indices: Sequence[int] | np.ndarray | None = None) -> int:
         """Undo the relabels of the selected audit images (or training ``indices``); returns how
         many were undone."""
         idx = self._audit_targets(indices)
@@ -128,21 +139,21 @@ class AuditMixin:
     # ----- internals -----
 
     def _relabels_in_all(self) -> str:
-        n = self.relabel_count
+        n = self.traits.relabel_count
         return f"{n} confirmed relabel{'s' * (n != 1)} in all"
 
-    def _sync_relabels(self) -> None:
-        self.relabel_count = len(self.session.relabels)
-        if self.audit is not None:
-            self.audit_labels = current_labels(self.session, self.audit["indices"])
+    def sync_relabels(self) -> None:
+        self.traits.relabel_count = len(self.session.relabels)
+        if self.traits.audit is not None:
+            self.traits.audit_labels = current_labels(self.session, self.traits.audit["indices"])
 
     def _audit_indices(self) -> np.ndarray:
-        audit = self.audit
+        audit = self.traits.audit
         return np.zeros(0, np.int32) if audit is None else np.asarray(audit["indices"], np.int32)
 
     def _audit_targets(self, indices: Sequence[int] | np.ndarray | None) -> np.ndarray:
         if indices is None:
-            sel = self.audit_selection
+            sel = self.traits.audit_selection
             indices = np.zeros(0, np.int32) if sel is None else np.asarray(sel)
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if not len(idx):
@@ -151,17 +162,17 @@ class AuditMixin:
 
     def _audit_key(self) -> tuple[int, int, int] | None:
         """(region, label, model round) the audit should show now, None when it shows nothing."""
-        rid = int(self.selected_region)
+        rid = int(self.traits.selected_region)
         label = self.session.labels.get(rid, -1) if rid >= 0 else -1
-        if not self._audit_on or label < 0:
+        if not self.on or label < 0:
             return None
         return rid, int(label), int(self.session.active_round)
 
-    def _refresh_audit(self, force: bool = False) -> None:
+    def refresh(self, force: bool = False) -> None:
         """Bring the audit in line with the selected region (a background job when it needs
         computing; inline when already in one)."""
         key = self._audit_key()
-        audit = self.audit
+        audit = self.traits.audit
         if key is None:
             self._clear_audit()
             return
@@ -173,16 +184,16 @@ class AuditMixin:
             return
         if audit is not None and audit["region"] != key[0]:
             self._clear_audit()
-        if self._jobs.in_worker():
+        if self._in_worker():
             self._run_audit()
         else:
             self._start("auditing", self._run_audit)
 
     def _clear_audit(self) -> None:
-        if self.audit is not None:
-            self.audit = None
-            self.audit_labels = None
-            self.audit_selection = np.zeros(0, np.int32)
+        if self.traits.audit is not None:
+            self.traits.audit = None
+            self.traits.audit_labels = None
+            self.traits.audit_selection = np.zeros(0, np.int32)
 
     def _run_audit(self) -> None:
         key = self._audit_key()
@@ -195,13 +206,13 @@ class AuditMixin:
         payload = audit_payload(self.session, rid, opts.min_probability, opts.audit_limit)
         if self._audit_key() != key:
             return  # the selection moved on meanwhile: the audit job it queued shows that one
-        audit = self.audit
-        keep = self.audit_selection if audit is not None and audit["region"] == rid else None
-        self.audit = payload
-        self._sync_relabels()
+        audit = self.traits.audit
+        keep = self.traits.audit_selection if audit is not None and audit["region"] == rid else None
+        self.traits.audit = payload
+        self.sync_relabels()
         shown = payload["indices"]
         if keep is None or not np.isin(keep, shown).all():
-            self.audit_selection = np.zeros(0, np.int32)
+            self.traits.audit_selection = np.zeros(0, np.int32)
         n, total = len(shown), payload["total"]
         more = f" (the likeliest {n} shown)" if total > n else ""
         self._note(

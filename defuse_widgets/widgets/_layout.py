@@ -1,7 +1,7 @@
 """The explorer's map layout: a first look at once, the final projection in place when ready.
 
-:class:`LayoutMixin` is mixed into :class:`~.explorer.Explorer`. With ``projection="umap"`` and no
-cached UMAP map, the points first get PCA positions (milliseconds), the thumbnails and the
+:class:`MapLayout` prepares the map for :class:`~.explorer.Explorer`. With ``projection="umap"``
+and no cached UMAP map, the points first get PCA positions (milliseconds), the thumbnails and the
 baseline evaluation follow, and only then is UMAP computed (numba's first compile alone takes tens
 of seconds); its positions replace the PCA ones in place. Point indices never change, so the
 selection, the selected region and the open panel stay. ``map_layout`` says which layout is shown.
@@ -10,19 +10,20 @@ selection, the selected region and the open panel stay. ``map_layout`` says whic
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from defuse_widgets.search.errors import ErrorSet
+from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.widgets import panels
 from defuse_widgets.widgets import projection as proj
+from defuse_widgets.widgets._options import ExplorerOptions
 
 
-class LayoutMixin:
-    """Map preparation of the explorer (its traits live there)."""
+class MapTraits(Protocol):
+    """The explorer's traits the map preparation writes (and ``regions``, read for counts)."""
 
-    session: Any
-    options: Any
     regions: list[dict[str, Any]]
     points: np.ndarray | None
     map_layout: str
@@ -30,55 +31,99 @@ class LayoutMixin:
     baseline: dict[str, Any] | None
     background_label: str
     background_points: np.ndarray | None
-    _errors: Any
-    _note: Callable[..., None]
-    _absorb: Callable[[Any], None]
 
-    def _prepare_map(self) -> None:
-        codes, opts = self._errors.codes, self.options
+
+class MapLayout:
+    """Positions, thumbnails, the baseline and the background of the explorer's map.
+
+    Parameters
+    ----------
+    traits : MapTraits
+        The explorer, for the traits above.
+    session : DefuseSession
+        Decodes thumbnails, evaluates the baseline, encodes the background split.
+    errors : ErrorSet
+        The errors on the map (M codes).
+    options : ExplorerOptions
+        ``projection``, ``background``, ``background_limit``, the thumbnail sizes.
+    note : callable
+        ``note(status)`` writes the status line.
+    absorb : callable
+        ``absorb(evaluation)`` shows the baseline evaluation in the region list.
+    """
+
+    def __init__(
+        self,
+        traits: MapTraits,
+        session: DefuseSession,
+        errors: ErrorSet,
+        options: ExplorerOptions,
+        note: Callable[..., None],
+        absorb: Callable[[Any], None],
+    ) -> None:
+        self.traits = traits
+        self.session = session
+        self.errors = errors
+        self.options = options
+        self._note = note
+        self._absorb = absorb
+
+    def prepare(self) -> None:
+        """Lay out the map (first look, then the final projection), thumbnails, baseline and
+        background; runs on the background worker."""
+        codes, opts, traits = self.errors.codes, self.options, self.traits
         method = opts.projection if isinstance(opts.projection, str) else "given"
         place = None
         if method == "given":
-            self._show_layout(opts.projection, method)
+            self._show(opts.projection, method)
         elif method == "umap" and proj.cached(codes, "umap") is None:
-            self._show_layout(proj.project(codes, "pca"), "pca")
+            self._show(proj.project(codes, "pca"), "pca")
             self._note(f"PCA layout shown; UMAP of {len(codes):,} errors follows…")
         else:
-            place = self._fit_layout(method)
+            place = self._fit(method)
         self._prepare_panels()
-        if self.map_layout != method:  # the first look was PCA: now the real layout
-            place = self._fit_layout(method)
-        self._note(f"{len(codes):,} errors, {len(self.regions)} regions ({self._layout_name()}).")
+        if traits.map_layout != method:  # the first look was PCA: now the real layout
+            place = self._fit(method)
+        self._note(f"{len(codes):,} errors, {len(traits.regions)} regions ({self._name()}).")
         if opts.background is not None and place is not None:
-            self._place_background(place)
+            self._place_background(place, opts.background)
 
-    def _fit_layout(self, method: str) -> proj.Placer:
-        xy, place = proj.fit(self._errors.codes, method,
+    def thumbnail(self, index: int) -> np.ndarray | None:
+        """Error ``index``'s thumbnail, uint8 (1, h, w, c); None for an index off the map."""
+        if not 0 <= index < len(self.errors):
+            return None
+        codes = self.errors.codes[index : index + 1]
+        return panels.thumbnails(self.session, codes, self.options.thumbnail_side)
+
+    def _fit(self, method: str) -> proj.Placer:
+        xy, place = proj.fit(self.errors.codes, method,
                              progress=lambda msg: self._note(msg.capitalize()))  # fmt: skip
-        self._show_layout(xy, method)
+        self._show(xy, method)
         return place
 
-    def _show_layout(self, xy: Any, layout: str) -> None:
-        self.map_layout = layout  # first: the page resets pan and zoom when the points follow
-        self.points = np.ascontiguousarray(xy, dtype=np.float32)
+    def _show(self, xy: Any, layout: str) -> None:
+        self.traits.map_layout = layout  # first: the page resets pan and zoom when points follow
+        self.traits.points = np.ascontiguousarray(xy, dtype=np.float32)
 
-    def _layout_name(self) -> str:
-        return {"pca": "PCA layout", "umap": "UMAP layout"}.get(self.map_layout, "given layout")
+    def _name(self) -> str:
+        layout = self.traits.map_layout
+        return {"pca": "PCA layout", "umap": "UMAP layout"}.get(layout, "given layout")
 
     def _prepare_panels(self) -> None:
         opts = self.options
-        self.thumbs = panels.thumbnails(self.session, self._errors.codes, opts.thumbnail_side,
-                                        opts.max_thumbnail_bytes)  # fmt: skip
-        if self.baseline is None:
+        thumbs = panels.thumbnails(self.session, self.errors.codes, opts.thumbnail_side,
+                                   opts.max_thumbnail_bytes)  # fmt: skip
+        self.traits.thumbs = thumbs
+        if self.traits.baseline is None:
             ev = self.session.evaluate()
             self._absorb(ev)
-            self.baseline = panels.history_entry(self.session, "start", ev)
+            self.traits.baseline = panels.history_entry(self.session, "start", ev)
 
-    def _place_background(self, place: proj.Placer) -> None:
-        opts, m = self.options, len(self._errors)
-        n, what = panels.background_size(self.session, opts.background, opts.background_limit)
+    def _place_background(self, place: proj.Placer, split: str) -> None:
+        m = len(self.errors)
+        n, what = panels.background_size(self.session, split, self.options.background_limit)
         self._note(f"Placing {n:,} {what} on the map…")
-        points = panels.background_points(self.session, opts.background, n, place)
-        self.background_label = what  # first: the page draws the note when the points come
-        self.background_points = points
-        self._note(f"{m:,} errors, {len(self.regions)} regions; {n:,} {what} in faint grey.")
+        points = panels.background_points(self.session, split, n, place)
+        self.traits.background_label = what  # first: the page draws the note when points come
+        self.traits.background_points = points
+        self._note(f"{m:,} errors, {len(self.traits.regions)} regions; {n:,} {what} in faint grey.")

@@ -1,8 +1,8 @@
 """The explorer's map selection and the selected error's interpolation panel.
 
-:class:`SelectionMixin` is mixed into :class:`~.explorer.Explorer`. Selecting exactly one point
-(a click, a lasso around one point, :meth:`~SelectionMixin.select` or
-:meth:`~SelectionMixin.select_error`) opens the interpolation panel: the trait ``interpolator``
+:class:`Selection` keeps them for :class:`~.explorer.Explorer`. Selecting exactly one point
+(a click, a lasso around one point, :meth:`Selection.select` or
+:meth:`Selection.select_error`) opens the interpolation panel: the trait ``interpolator``
 holds one :class:`~.interpolator.Interpolator` child (made on the first selection, retargeted with
 ``set_error`` later) that the explorer's view renders inside its panel.
 """
@@ -12,10 +12,12 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from defuse_widgets.search.errors import ErrorSet
+from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.widgets.interpolator import Interpolator
 
 
@@ -37,73 +39,93 @@ def cell_bound_host() -> bool:
     return bool(running and running())
 
 
-class SelectionMixin:
-    """Selection methods of the explorer (its traits live there)."""
+class SelectionTraits(Protocol):
+    """The explorer's traits the selection reads and writes."""
 
-    session: Any
     selected_indices: np.ndarray | None
     selected_error: int
-    interpolator: Any
-    _errors: Any
-    _select_callbacks: list[Callable[[np.ndarray], Any]]
-    _interp_options: dict[str, Any]
-    _note: Callable[..., None]
+    interpolator: Any  # an Interpolator, None until the first selection
 
-    def on_select(self, callback: Callable[[np.ndarray], Any]) -> None:
-        """Call ``callback(indices)`` (int array of error indices) on each selection change."""
-        self._select_callbacks.append(callback)
+
+class Selection:
+    """The map selection, its callbacks and the selected error's interpolation panel.
+
+    Parameters
+    ----------
+    traits : SelectionTraits
+        The explorer, for the three traits above.
+    session : DefuseSession
+        The interpolation panel's widget is made over it.
+    errors : ErrorSet
+        The errors on the map (indices refer to them).
+    interp_options : dict
+        Keyword arguments of that :class:`~.interpolator.Interpolator`.
+    note : callable
+        ``note(status, error="")`` writes the status line.
+    """
+
+    def __init__(
+        self,
+        traits: SelectionTraits,
+        session: DefuseSession,
+        errors: ErrorSet,
+        interp_options: dict[str, Any],
+        note: Callable[..., None],
+    ) -> None:
+        self.traits = traits
+        self.session = session
+        self.errors = errors
+        self.interp_options = interp_options
+        self._note = note
+        self.callbacks: list[Callable[[np.ndarray], Any]] = []
 
     def select(self, indices: Sequence[int] | np.ndarray | None) -> None:
         """Set the map selection (error indices); ``None`` clears it."""
         idx = np.zeros(0, np.int32) if indices is None else np.asarray(indices, dtype=np.int64)
-        if idx.ndim != 1 or (len(idx) and (idx.min() < 0 or idx.max() >= len(self._errors))):
-            raise ValueError(
-                f"indices: expected error indices in [0, {len(self._errors) - 1}], got {idx[:5]}..."
-            )
-        self.selected_indices = np.unique(idx).astype(np.int32)
+        n = len(self.errors)
+        if idx.ndim != 1 or (len(idx) and (idx.min() < 0 or idx.max() >= n)):
+            raise ValueError(f"indices: expected error indices in [0, {n - 1}], got {idx[:5]}...")
+        self.traits.selected_indices = np.unique(idx).astype(np.int32)
 
     def select_error(self, index: int | None) -> None:
-        """Show error ``index`` in the interpolation panel (``None`` or -1 hides the panel).
-
-        The first selection makes the child :class:`~.interpolator.Interpolator` (trait
-        ``interpolator``); later ones retarget it. Raises ValueError for an index outside
-        ``session.errors`` (nothing changes then).
-        """
+        """Show error ``index`` in the interpolation panel (``None`` or -1 hides the panel)."""
         if index is None:
             index = -1
         if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
             raise ValueError(f"index: expected an integer error index, got {index!r}")
-        if not -1 <= int(index) < len(self._errors):
+        if not -1 <= int(index) < len(self.errors):
             raise ValueError(
-                f"index: expected an error index in [0, {len(self._errors) - 1}] (or -1), "
+                f"index: expected an error index in [0, {len(self.errors) - 1}] (or -1), "
                 f"got {index}"
             )
-        self.selected_error = int(index)
+        self.traits.selected_error = int(index)
 
-    def _make_child_now(self) -> None:
+    def make_child_now(self) -> None:
         """On a cell-bound host, make the interpolation panel's widget while the cell runs (at
         error 0, shown once an error is selected); elsewhere it is made on the first selection."""
-        if cell_bound_host() and len(self._errors) and self.interpolator is None:
-            self.interpolator = Interpolator(self.session, 0, **self._interp_options)
+        if cell_bound_host() and len(self.errors) and self.traits.interpolator is None:
+            self.traits.interpolator = Interpolator(self.session, 0, **self.interp_options)
 
-    def _on_selected_indices(self, change: dict[str, Any]) -> None:
+    def indices_changed(self, change: dict[str, Any]) -> None:
+        """Observer of ``selected_indices``: one point interpolates; callbacks hear of it."""
         value = change["new"]
         idx = np.zeros(0, np.int32) if value is None else np.asarray(value).astype(np.int32)
         if len(idx) == 1:  # one point selected: interpolate it
-            self.selected_error = int(idx[0])
-        for cb in self._select_callbacks:
+            self.traits.selected_error = int(idx[0])
+        for cb in self.callbacks:
             cb(idx)
 
-    def _on_selected_error(self, change: dict[str, Any]) -> None:
+    def error_changed(self, change: dict[str, Any]) -> None:
+        """Observer of ``selected_error``: make or retarget the interpolation panel."""
         i = int(change["new"])
         if i < 0:
             return
         try:
-            if not 0 <= i < len(self._errors):
-                raise ValueError(f"expected an error index in [0, {len(self._errors) - 1}]")
-            child = self.interpolator
+            if not 0 <= i < len(self.errors):
+                raise ValueError(f"expected an error index in [0, {len(self.errors) - 1}]")
+            child = self.traits.interpolator
             if child is None or child.closed:
-                self.interpolator = Interpolator(self.session, i, **self._interp_options)
+                self.traits.interpolator = Interpolator(self.session, i, **self.interp_options)
             else:
                 child.set_error(i)
         except Exception as exc:  # shown in the widget

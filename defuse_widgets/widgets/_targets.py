@@ -10,17 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from defuse_widgets.imaging import to_uint8
 from defuse_widgets.models import interpolation as interp
+from defuse_widgets.session.session import DefuseSession as Session
 from defuse_widgets.widgets._codec import array_to_json
-
-if TYPE_CHECKING:
-    from defuse_widgets.session.session import DefuseSession as Session
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,28 @@
 """The error explorer: map of the errors, region list and panel, labeling and live fine-tuning.
 
-A thin trait-and-command layer over a :class:`~defuse_widgets.session.session.DefuseSession`: every UI
-action is a public method (scriptable without a browser); what the UI shows lives in traits
+A thin trait-and-command layer over a
+:class:`~defuse_widgets.session.session.DefuseSession`: every UI action is a public method
+(scriptable without a browser); what the UI shows lives in traits
 (arrays as binary buffers, built by :mod:`defuse_widgets.widgets.panels`); long work runs on one
 background worker (:mod:`._jobs`); the explorer follows the session's change events.
 
 Browser -> kernel: traits ``selected_region``, ``selected_indices``, ``selected_error``,
 ``audit_selection``, ``finetune_params``, ``_has_visible_views`` (whether a view is shown; see
-:mod:`._tuning`), and anywidget commands for actions and thumbnails (:mod:`._commands`). The
-selection and interpolation panel are in :mod:`._selection`, the audit in :mod:`._audit`.
+:mod:`._tuning`), and anywidget commands for actions and thumbnails (:mod:`._commands`).
+
+The explorer owns its traits and the session's events; each part of its work is a helper object
+given only what it touches (its traits as a small protocol, the session, a note and a job
+starter): :class:`~._layout.MapLayout` (positions, thumbnails, baseline, background),
+:class:`~._selection.Selection` (map selection and interpolation panel),
+:class:`~._tuning.Tuner` (fine-tuning rounds and reverts), :class:`~._audit.AuditPane` (the
+training-label audit), :func:`~._export.export_in_background` and the page's commands
+(:mod:`._commands`, which call only the public methods here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +31,20 @@ import numpy as np
 import torch
 import traitlets as t
 
-from defuse_widgets.correction.training import RoundSettings
+from defuse_widgets.correction.settings import RoundSettings
 from defuse_widgets.regions.labels import label_name
-from defuse_widgets.widgets import panels
-from defuse_widgets.widgets._audit import AuditMixin
+from defuse_widgets.session.session import DefuseSession
+from defuse_widgets.suite.export import DEFAULT_MIN_ACCURACY, DEFAULT_SAMPLES
+from defuse_widgets.widgets import _commands, panels
+from defuse_widgets.widgets._audit import AuditPane
 from defuse_widgets.widgets._codec import array_serialization, array_to_json
-from defuse_widgets.widgets._commands import CommandsMixin
-from defuse_widgets.widgets._export import ExportMixin
+from defuse_widgets.widgets._export import export_in_background
 from defuse_widgets.widgets._jobs import Jobs
-from defuse_widgets.widgets._layout import LayoutMixin
+from defuse_widgets.widgets._layout import MapLayout
 from defuse_widgets.widgets._options import ExplorerOptions, check_known_options
-from defuse_widgets.widgets._selection import SelectionMixin
-from defuse_widgets.widgets._tuning import TuningMixin
-from defuse_widgets.widgets.panels import region_color
+from defuse_widgets.widgets._selection import Selection
+from defuse_widgets.widgets._tuning import Tuner
+from defuse_widgets.widgets.panels import region_color, require_regions
 
 __all__ = ["Explorer", "region_color"]
 IDLE: dict[str, Any] = {"running": False, "step": 0, "total": 0, "loss": None, "outcome": ""}
@@ -56,15 +66,7 @@ def _array(**tags: Any) -> Any:
     return t.Instance(np.ndarray, allow_none=True).tag(sync=True, **array_serialization, **tags)
 
 
-class Explorer(
-    CommandsMixin,
-    SelectionMixin,
-    TuningMixin,
-    AuditMixin,
-    LayoutMixin,
-    ExportMixin,
-    anywidget.AnyWidget,
-):
+class Explorer(anywidget.AnyWidget):
     """Interactive map of a session's errors and failure regions, with labeling and fine-tuning.
 
     Parameters
@@ -142,9 +144,22 @@ class Explorer(
     # written by the page: None until a view reports, then whether one is shown
     _has_visible_views = t.Bool(None, allow_none=True).tag(sync=True)
 
+    # the page's buttons and hover (anywidget finds commands on the class; see ._commands)
+    _label_command = _commands.label
+    _unlabel_command = _commands.unlabel
+    _add_region_command = _commands.add_region
+    _fine_tune_command = _commands.fine_tune
+    _cancel_command = _commands.cancel
+    _revert_command = _commands.revert
+    _audit_command = _commands.audit
+    _relabel_command = _commands.relabel
+    _unrelabel_command = _commands.unrelabel
+    _export_tests_command = _commands.export_tests
+    _thumb_command = _commands.thumb
+
     def __init__(
         self,
-        session: Any,
+        session: DefuseSession,
         projection: str | np.ndarray = "umap",
         background: str | None = None,
         background_limit: int = 5000,
@@ -176,16 +191,17 @@ class Explorer(
         super().__init__(**kwargs)
         self.session = session
         self._errors = errors
-        self._select_callbacks: list[Callable[[np.ndarray], Any]] = []
         self._label_callbacks: list[Callable[[int, int | None], Any]] = []
         self._panel_cache: dict[tuple[int, int], dict[str, Any]] = {}
-        self._jobs = Jobs(on_busy=self._set_busy, on_error=self._job_failed, name="explorer")
-        self._deferred: tuple[str, Any, Any] | None = None  # a model change to show once shown
-        self._token: Any = None
         self._region_eval: dict[int, Any] = {}
-        self._evaluated_labels: dict[int, int] | None = None
-        self._audit_on = False  # set by the first open_audit(): then each labeled region audits
-        self._interp_options = dict(interpolator_options or {})
+        self._jobs = Jobs(on_busy=self._set_busy, on_error=self._job_failed, name="explorer")
+        opts = self.options
+        self._selection = Selection(self, session, errors, dict(interpolator_options or {}),
+                                    self._note)  # fmt: skip
+        self._audit = AuditPane(self, session, opts, self._start, self._jobs.in_worker, self._note)
+        self._tuner = Tuner(self, session, self._jobs, self._start, self._note, self._absorb,
+                            self._refresh_views)  # fmt: skip
+        self._map = MapLayout(self, session, errors, opts, self._note, self._tuner.absorb)
         if on_select is not None:
             self.on_select(on_select)
         if on_label is not None:
@@ -201,14 +217,14 @@ class Explorer(
         self.audit_selection = np.zeros(0, np.int32)
         self._sync_regions()
         self._sync_labels()
-        self._sync_relabels()
+        self._audit.sync_relabels()
         self.observe(self._on_selected_region, "selected_region")
-        self.observe(self._on_selected_indices, "selected_indices")
-        self.observe(self._on_selected_error, "selected_error")
-        self.observe(self._on_views, "_has_visible_views")
+        self.observe(self._selection.indices_changed, "selected_indices")
+        self.observe(self._selection.error_changed, "selected_error")
+        self.observe(self._tuner.views_changed, "_has_visible_views")
         self._unobserve_session = session.observe(self._on_session_event)
-        self._make_child_now()
-        self._start("projecting", self._prepare_map)
+        self._selection.make_child_now()
+        self._start("projecting", self._map.prepare)
         if block:
             self.wait()
 
@@ -221,7 +237,7 @@ class Explorer(
     def select_region(self, region_id: int) -> None:
         """Show a region in the panel (and outline it on the map); -1 clears."""
         if region_id != -1:
-            self._require_regions().get(region_id)
+            require_regions(self.session).get(region_id)
         self.selected_region = int(region_id)
 
     def label(self, region_id: int, label: int) -> None:
@@ -256,10 +272,163 @@ class Explorer(
         self._panel_cache.clear()
         self._sync_regions()
         self._sync_labels()
-        self._sync_relabels()
+        self._audit.sync_relabels()
         if self.selected_region >= 0:
             self._send_panel(self.selected_region)
-        self._refresh_audit(force=True)
+        self._audit.refresh(force=True)
+
+    def on_select(self, callback: Callable[[np.ndarray], Any]) -> None:
+        """Call ``callback(indices)`` (int array of error indices) on each selection change."""
+        self._selection.callbacks.append(callback)
+
+    def select(self, indices: Sequence[int] | np.ndarray | None) -> None:
+        """Set the map selection (error indices); ``None`` clears it."""
+        self._selection.select(indices)
+
+    def select_error(self, index: int | None) -> None:
+        """Show error ``index`` in the interpolation panel (``None`` or -1 hides the panel).
+
+        The first selection makes the child :class:`~.interpolator.Interpolator` (trait
+        ``interpolator``); later ones retarget it. Raises ValueError for an index outside
+        ``session.errors`` (nothing changes then).
+        """
+        self._selection.select_error(index)
+
+    @property
+    def labeler(self) -> Any:
+        """Vets the region samples of every round started here, the Fine-tune button's too (see
+        ``DefuseSession.correct``); None (the default): not vetted. A labeler that cannot vet
+        is refused with a TypeError when set."""
+        return self._tuner.labeler
+
+    @labeler.setter
+    def labeler(self, value: Any) -> None:
+        self._tuner.labeler = value
+
+    def fine_tune(
+        self,
+        steps: int | None = None,
+        lam: float | None = None,
+        lr: float | None = None,
+        block: bool = False,
+        labeler: Any = None,
+    ) -> dict[str, Any] | None:
+        """Start one fine-tuning round in the background (after work already running).
+
+        Parameters
+        ----------
+        steps, lam, lr : optional
+            The round's settings (default: ``finetune_params``); a positive integer and two
+            positive finite numbers.
+        block : bool
+            Wait for the round (re-raising its error) and return its entry of ``history``
+            (None when it was cancelled).
+        labeler : optional
+            Vets the round's region samples (see ``DefuseSession.correct``); default:
+            :attr:`labeler`.
+
+        Raises
+        ------
+        ValueError
+            On bad settings; RuntimeError when a round is already running or no region is
+            labeled with a class. Both before anything starts.
+        """
+        rounds = len(self.history)
+        self._tuner.start_round(steps, lam, lr, labeler)
+        if not block:
+            return None
+        self.wait()
+        new = [e for e in self.history[rounds:] if e["event"] == "round"]
+        return new[-1] if new else None
+
+    def cancel(self) -> None:
+        """Cancel a running fine-tuning round (the model stays as it was before the round)."""
+        self._tuner.cancel()
+
+    def revert(self, round: int | None = None, block: bool = False, relabels: bool = False) -> None:
+        """Restore the original weights (or those after ``round``) and re-evaluate; with
+        ``relabels`` also undo the confirmed relabels (see ``DefuseSession.revert``)."""
+        self._tuner.revert(round, relabels)
+        if block:
+            self.wait()
+
+    def open_audit(self, region_id: int | None = None, block: bool = False) -> None:
+        """Show the training images inside a class-labeled region whose label differs.
+
+        Likeliest mistakes first; from then on, selecting a labeled region audits it. Runs in the
+        background (the first audit encodes the training set).
+
+        Parameters
+        ----------
+        region_id : int, optional
+            The region (default: the selected one).
+        block : bool
+            Wait for the audit (re-raising its error).
+
+        Raises
+        ------
+        ValueError
+            For no region or a region without a class label (nothing changes).
+        """
+        self._audit.open(region_id)
+        if block:
+            self.wait()
+
+    def select_audit(self, indices: Sequence[int] | np.ndarray | str | None) -> None:
+        """Select audit images by training index (``"all"``: every image shown; None: none)."""
+        self._audit.select(indices)
+
+    def relabel_selected(
+        self, indices: Sequence[int] | np.ndarray | None = None, label: int | None = None
+    ) -> int:
+        """Confirm that the selected audit images (or training ``indices``) are the audited
+        region's class (or ``label``); returns how many relabels changed. The next fine-tuning
+        round trains on the relabeled images."""
+        return self._audit.relabel(indices, label)
+
+    def unrelabel_selected(self, indices: Sequence[int] | np.ndarray | None = None) -> int:
+        """Undo the relabels of the selected audit images (or training ``indices``); returns how
+        many were undone."""
+        return self._audit.unrelabel(indices)
+
+    def export_tests(
+        self,
+        path: str | os.PathLike,
+        regions: Sequence[int] | None = None,
+        samples: int = DEFAULT_SAMPLES,
+        min_accuracy: float | Mapping[int, float] = DEFAULT_MIN_ACCURACY,
+        include_real: bool = True,
+        block: bool = False,
+    ) -> Path:
+        """Export the class-labeled regions as a regression suite in the background.
+
+        Parameters
+        ----------
+        path : the suite directory, relative to the kernel's working directory; an earlier
+            suite there is replaced (a directory holding other files is refused).
+        regions, samples, min_accuracy, include_real : as for
+            :meth:`~defuse_widgets.session.session.DefuseSession.export_tests`.
+        block : wait for the export (re-raising its error).
+
+        Returns
+        -------
+        Path
+            The suite directory (written once the job is done).
+
+        Raises
+        ------
+        ValueError, RuntimeError
+            For a bad argument or no class-labeled region, before anything starts.
+        """
+        target = export_in_background(self.session, self._start, self._note, path, regions,
+                                      samples, min_accuracy, include_real)  # fmt: skip
+        if block:
+            self.wait()
+        return target
+
+    def error_thumbnail(self, index: int) -> np.ndarray | None:
+        """Error ``index``'s map thumbnail, uint8 (1, h, w, c); None for an index off the map."""
+        return self._map.thumbnail(index)
 
     @property
     def running(self) -> bool:
@@ -312,21 +481,16 @@ class Explorer(
             before = {int(k): v for k, v in self.labels.items()}
             self._sync_labels()
             after = self.session.labels
-            self._refresh_audit()
+            self._audit.refresh()
             for rid in sorted(before.keys() | after.keys()):
                 if before.get(rid) != after.get(rid):
                     for cb in self._label_callbacks:
                         cb(rid, after.get(rid))
         elif event == "relabels":
-            self._sync_relabels()
+            self._audit.sync_relabels()
         elif event == "model" and not self._jobs.in_worker():
-            self._on_model_changed()
-
-    def _require_regions(self) -> Any:
-        regions = self.session.regions
-        if regions is None:
-            raise RuntimeError("no regions yet: call session.distill() first")
-        return regions
+            self._panel_cache.clear()
+            self._tuner.model_changed()
 
     def _label_name(self, label: int) -> str:
         return label_name(label, self.session.data.classes)
@@ -340,6 +504,19 @@ class Explorer(
         self.point_region = regions.assignments.numpy().astype(np.int32)
         self.regions = panels.region_rows(regions, self._region_eval)
 
+    def _absorb(self, ev: Any) -> None:
+        """Show evaluation ``ev``'s per-region figures in the region list."""
+        self._region_eval = panels.region_evaluation(ev)
+        self._sync_regions()
+
+    def _refresh_views(self) -> None:
+        """After a model change: fixed errors, the open panel and the audit anew."""
+        self._panel_cache.clear()
+        self.point_fixed = panels.fixed_points(self.session, self._errors)
+        if self.selected_region >= 0:
+            self._send_panel(self.selected_region)
+        self._audit.refresh()
+
     def _sync_labels(self) -> None:
         self.labels = {str(k): int(v) for k, v in sorted(self.session.labels.items())}
 
@@ -351,7 +528,7 @@ class Explorer(
 
     def _on_selected_region(self, change: dict[str, Any]) -> None:
         rid = int(change["new"])
-        self._refresh_audit()
+        self._audit.refresh()
         if rid < 0:
             self.panel = None
             return

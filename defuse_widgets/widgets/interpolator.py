@@ -21,22 +21,20 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anywidget
 import numpy as np
 import torch
 import traitlets
 
+from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.utils.checks import in_range, one_of, positive_int
 from defuse_widgets.widgets import _targets
 from defuse_widgets.widgets._codec import array_to_json
 from defuse_widgets.widgets._frames import FrameQueue
 from defuse_widgets.widgets._options import check_known_options
 from defuse_widgets.widgets._targets import Frame
-
-if TYPE_CHECKING:
-    from defuse_widgets.session.session import DefuseSession
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE.parent / "static"

@@ -14,18 +14,17 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from defuse_widgets.imaging import downsample, to_uint8
 from defuse_widgets.models.inference import batched
+from defuse_widgets.regions.distill import RegionSet
+from defuse_widgets.search.errors import ErrorSet
+from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.utils.jsonio import nan_to_none
-
-if TYPE_CHECKING:
-    from defuse_widgets.search.errors import ErrorSet
-    from defuse_widgets.session.session import DefuseSession
 
 PALETTE = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
@@ -70,6 +69,14 @@ def region_color(region_id: int) -> str:
         return UNASSIGNED
     colors = _extended_palette()
     return colors[region_id % len(colors)]
+
+
+def require_regions(session: DefuseSession) -> RegionSet:
+    """The session's regions; RuntimeError when :meth:`distill` has not run yet."""
+    regions = session.regions
+    if regions is None:
+        raise RuntimeError("no regions yet: call session.distill() first")
+    return regions
 
 
 def region_rows(regions: Any, evaluation: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -5,15 +5,7 @@
 import { Arr, imageURL } from "../common/codec";
 import { COLOR_BY, ColorBy, coloring } from "./map_colors";
 import { KeyNav } from "./map_keys";
-
-export const GREY = "#b8b8b8";
-export const BACKGROUND = { color: "#7f7f7f", opacity: 0.15 };
-
-export type MapData = {
-  xy: Arr; region: Arr; labels: Arr | null; confidence: Arr | null; fixed: Arr | null; validity: Arr | null;
-  background: Arr | null; backgroundLabel: string; colors: Map<number, string>; classes: string[];
-  layout: string; // which projection the positions come from: a new one resets pan and zoom
-};
+import { MapData } from "./map_data";
 
 export type MapHandlers = {
   onClickPoint(index: number): void;

@@ -1,7 +1,7 @@
 // "Colour by": what each error's color stands for (its region, true class, predicted class or
 // validity), as a key per error into a small color table (key 0: grey, "no value"), so both map
 // engines color, dim and restyle from the same numbers.
-import { GREY, MapData } from "./map";
+import { GREY, MapData } from "./map_data";
 
 export type ColorBy = "region" | "true" | "pred" | "validity";
 

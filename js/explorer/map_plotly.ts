@@ -3,7 +3,8 @@
 // selectable). Kept beside the regl map for the benchmark and as the no-WebGL fallback (SVG).
 import Plotly from "plotly.js-gl2d-dist-min";
 import { Arr } from "../common/codec";
-import { BACKGROUND, MapData, MapHandlers, MapMode, MapShell, MapView, markerSize, webglOK } from "./map";
+import { MapHandlers, MapMode, MapShell, MapView, markerSize, webglOK } from "./map";
+import { BACKGROUND, MapData } from "./map_data";
 import { ColorBy, coloring } from "./map_colors";
 
 /** x and y columns of an (n, 2) array. */

@@ -4,7 +4,8 @@
 // points. Dragging lassoes (or pans, with the Pan tool), the wheel zooms, a click on an error
 // opens it, hovering shows its thumbnail.
 import createScatterplot, { createRenderer } from "regl-scatterplot";
-import { MapData, MapHandlers, MapMode, MapShell, MapView, markerSize } from "./map";
+import { MapHandlers, MapMode, MapShell, MapView, markerSize } from "./map";
+import { MapData } from "./map_data";
 import { GridIndex, unproject } from "./map_hover";
 import { ColorBy, Coloring, coloring, inRegion } from "./map_colors";
 import { categories, flatten, Highlight, positions, style } from "./map_style";

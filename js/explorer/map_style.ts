@@ -5,7 +5,7 @@
 // per-category tables, so selecting a region while colored by region restyles the map without
 // re-sending its points.
 import { Arr } from "../common/codec";
-import { BACKGROUND, MapData } from "./map";
+import { BACKGROUND, MapData } from "./map_data";
 import { Coloring } from "./map_colors";
 
 export type Style = { pointColor: string[]; opacity: number[]; pointSize: number[] };
