@@ -56,6 +56,18 @@ def test_readme_links_resolve() -> None:
     assert not broken, f"README.md links to files that do not exist: {broken}"
 
 
+def test_readme_anchors_into_docs_exist() -> None:
+    """``docs/page.md#anchor`` links: the page has a heading with that id (the site's toc ids)."""
+    toc = pytest.importorskip("markdown.extensions.toc", reason="markdown comes with mkdocs")
+    links = re.findall(r"\]\((docs/[^)#\s]+\.md)#([^)\s]+)\)", README.read_text(encoding="utf-8"))
+    assert links, "no anchored links found: the pattern no longer matches the README"
+    for page, anchor in links:
+        text = (ROOT / page).read_text(encoding="utf-8")
+        headings = re.findall(r"^#{1,6} (.+?)\s*$", text, re.M)
+        ids = {toc.slugify(h.replace("`", ""), "-") for h in headings}
+        assert anchor in ids, f"README.md links to {page}#{anchor}; its headings give {sorted(ids)}"
+
+
 def test_readme_stays_short_and_keeps_its_sections() -> None:
     text = README.read_text(encoding="utf-8")
     lines = text.count("\n")
