@@ -193,7 +193,7 @@ def _image(arg: str, item: Any, i: int) -> torch.Tensor:
                 f"{arg}: item {i}'s image is a {type(image).__name__}, expected a tensor, a PIL "
                 "image or an array of shape (H, W), (H, W, C) or (C, H, W)"
             )
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        t = torch.from_numpy(np.array(arr))  # a copy: PIL's arrays are read-only
         if t.ndim == 3 and t.shape[-1] in CHANNELS and t.shape[0] not in CHANNELS:
             t = t.permute(2, 0, 1)  # PIL and NumPy images are channels-last
     if t.ndim == 2:
