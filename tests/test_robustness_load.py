@@ -178,3 +178,52 @@ def test_a_pickle_named_safetensors_is_named_and_never_unpickled(
         load(path, digits_classifier, digits_vae)
     with pytest.raises(ValueError, match="it was not unpickled or executed"):
         load(path, digits_classifier, digits_vae)
+
+
+@pytest.mark.parametrize("bad", [None, 3, "", True])
+def test_a_path_that_is_no_path_is_named_before_anything_happens(
+    sessions: Sessions, digits_classifier: nn.Module, digits_vae: nn.Module, bad: Any
+) -> None:
+    s = sessions[0]
+    before = (weights(s.classifier), s.active_round, s.labels)
+    with pytest.raises(TypeError, match=f"path: expected a directory path .*got {bad!r}"):
+        s.save(bad)
+    with pytest.raises(TypeError, match=f"path: expected a directory path .*got {bad!r}"):
+        dw.DefuseSession.load(bad, classifier=digits_classifier, generator=digits_vae)
+    assert state_equal(before[0], weights(s.classifier)) and before[1:] == (
+        s.active_round,
+        s.labels,
+    )
+
+
+@pytest.mark.parametrize("kind", ["pickle", "torch.save", "truncated"])
+def test_load_weights_names_a_file_that_is_not_safetensors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    module = nn.Linear(3, 2)
+    before = weights(module)
+    file = tmp_path / "w.safetensors"
+    if kind == "pickle":
+        file.write_bytes(pickle.dumps({"weight": [0.0] * 6}))
+    elif kind == "torch.save":
+        torch.save({"weight": torch.zeros(2, 3)}, file)
+    else:
+        dw.save_weights(nn.Linear(3, 2), file)
+        file.write_bytes(file.read_bytes()[:-5])
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("load_weights unpickled something")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    looks = {
+        "pickle": "is not a safetensors file .*Python pickle.*not unpickled",
+        "torch.save": "is not a safetensors file .*zip archive",
+        "truncated": "is not a safetensors file|is damaged",
+    }[kind]
+    with pytest.raises(ValueError, match=f"path: .*w.safetensors ({looks})"):
+        dw.load_weights(module, file)
+    assert state_equal(weights(module), before)
+    with pytest.raises(TypeError, match="path: expected a .safetensors file path, got None"):
+        dw.load_weights(module, None)  # type: ignore[arg-type]

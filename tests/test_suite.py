@@ -19,8 +19,9 @@ from session_fixtures import new_session, ready_session
 from torch import nn
 
 import defuse_widgets as dw
-from defuse_widgets.persist.write import dataset_fingerprint
-from defuse_widgets.suite.export import real_members
+from defuse_widgets.data.fingerprint import dataset_fingerprint
+from defuse_widgets.regions.membership import members
+from defuse_widgets.suite.export import SuiteSource, export_suite
 from defuse_widgets.suite.files import FORMAT, VERSION, load_suite
 
 SAMPLES = 40
@@ -118,6 +119,33 @@ def test_thresholds_and_a_subset_of_regions(labeled: dw.DefuseSession, tmp_path:
     assert [r.id for r in result.regions] == [rid] and result.passed
 
 
+def test_a_suite_exports_from_explicit_regions_and_a_model(
+    labeled: dw.DefuseSession, suite: Path, tmp_path: Path
+) -> None:
+    """The suite layer takes its inputs explicitly (no session): the same regions, labels,
+    decode and predict functions and test codes give byte-identical region files."""
+    s = labeled
+    assert s.regions is not None
+    source = SuiteSource(
+        regions=s.regions,
+        labels=s.labels,
+        decode=s.decode,
+        predict=s.predict,
+        data=s.data,
+        test_codes=s.split_codes("test"),
+        test_probability=s.region_probability("test"),
+    )
+    path = export_suite(source, tmp_path / "plain", samples=SAMPLES)
+    ours, theirs = (json.loads((p / "manifest.json").read_text()) for p in (path, suite))
+    assert [r["sha256"] for r in ours["regions"]] == [r["sha256"] for r in theirs["regions"]]
+    without_codes = SuiteSource(s.regions, s.labels, s.decode, s.predict, s.data)
+    with pytest.raises(ValueError, match="include_real needs the test codes"):
+        export_suite(without_codes, tmp_path / "refused", samples=4)
+    assert not (tmp_path / "refused").exists()
+    export_suite(without_codes, tmp_path / "samples-only", samples=4, include_real=False)
+    assert all(r.real.shape[0] == 0 for r in load_suite(tmp_path / "samples-only").regions)
+
+
 def test_real_members_travel_with_their_own_labels(
     digits, digits_classifier, digits_vae, tmp_path: Path
 ) -> None:
@@ -129,7 +157,7 @@ def test_real_members_travel_with_their_own_labels(
     rid = s.regions.ids[0]
     s.label(rid, s.regions.get(rid).transition[0])
     path = s.export_tests(tmp_path / "real", samples=8, min_real_accuracy=0.5)
-    index = real_members(s, rid)
+    index = members(s.regions, s.split_codes("test"), rid, s.region_probability("test"))
     tensors = load_file(str(path / f"region-{rid}.safetensors"))
     assert len(index) > 0 and torch.equal(tensors["real_index"], index)
     assert torch.equal(tensors["real"], digits.x_test[index])
@@ -218,16 +246,16 @@ def test_damaged_or_foreign_suites_are_refused(
     with pytest.raises(ValueError, match="lacks region-"):
         dw.check_suite(clf, copied, device="cpu")
     manifest.write_text(json.dumps({**doc, "format": "something-else"}))
-    with pytest.raises(ValueError, match="expected a 'defuse-widgets-suite' manifest"):
+    with pytest.raises(ValueError, match="does not declare format 'defuse-widgets-suite'"):
         dw.check_suite(clf, copied, device="cpu")
     manifest.write_text(json.dumps({**doc, "version": 99}))
-    with pytest.raises(ValueError, match="version 1, got 99"):
+    with pytest.raises(ValueError, match="format version 99 .*reads versions 1"):
         dw.check_suite(clf, copied, device="cpu")
     manifest.write_text(json.dumps({k: v for k, v in doc.items() if k != "classes"}))
     with pytest.raises(ValueError, match="damaged"):
         dw.check_suite(clf, copied, device="cpu")
     manifest.write_text("{not json")
-    with pytest.raises(ValueError, match="damaged, not JSON"):
+    with pytest.raises(ValueError, match="manifest.json is not valid JSON"):
         dw.check_suite(clf, copied, device="cpu")
 
 

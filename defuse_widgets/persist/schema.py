@@ -13,6 +13,10 @@ from typing import Any
 
 from defuse_widgets.utils.atomic import GENERATION
 
+FORMAT = "defuse-widgets-session"
+VERSION = 2
+READS = (1, 2)  # the format versions this release reads
+
 INT, NUM, STR, BOOL, DICT, LIST, NULL = "int", "num", "str", "bool", "dict", "list", "null"
 NAMES = {
     INT: "an integer",

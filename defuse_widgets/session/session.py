@@ -13,12 +13,16 @@ from torch import nn
 
 from defuse_widgets.correction.training import restore
 from defuse_widgets.data.dataset import ImageDataset
+from defuse_widgets.data.fingerprint import dataset_fingerprint
+from defuse_widgets.models.generative import as_generator
 from defuse_widgets.models.generator_report import (
     MIN_RATIO,
     GeneratorReport,
     generator_report,
     recognition,
 )
+from defuse_widgets.persist.read import fail, read_session
+from defuse_widgets.persist.write import save_state
 from defuse_widgets.regions.distill import RegionSet, fit_regions, user_region
 from defuse_widgets.regions.labels import (
     ReferenceModelLabeler,
@@ -35,6 +39,7 @@ from defuse_widgets.search.strategies import DEFAULT_STRATEGY
 from defuse_widgets.session.audit import AuditMixin
 from defuse_widgets.session.base import EVENTS  # noqa: F401  (the event names, public here too)
 from defuse_widgets.session.rounds import RoundsMixin
+from defuse_widgets.suite.export import SuiteSource, check_export, export_suite
 from defuse_widgets.utils.checks import positive_int
 from defuse_widgets.utils.critical import deferred_interrupt
 
@@ -220,9 +225,19 @@ class DefuseSession(AuditMixin, RoundsMixin):
         """Write the class-labeled regions as a regression suite for :func:`check_suite`; see
         :func:`~defuse_widgets.suite.export.export_suite` (``min_real_accuracy``, ``scale``,
         ``overwrite``). Returns the suite directory."""
-        from defuse_widgets.suite.export import export_suite
-
-        return export_suite(self, path, regions, samples, min_accuracy, include_real, **options)
+        check_export(self.regions, self._labels, path, regions, samples, min_accuracy,
+                     options.get("min_real_accuracy"), options.get("overwrite", False))  # fmt: skip
+        source = SuiteSource(
+            regions=self._require_regions(),
+            labels=self.correctable(),
+            decode=self.decode,
+            predict=self.predict,
+            data=self.data,
+            test_codes=self.split_codes("test") if include_real else None,
+            test_probability=self.region_probability("test") if include_real else None,
+            round=self.active_round,
+        )
+        return export_suite(source, path, regions, samples, min_accuracy, include_real, **options)
 
     # ----- state, persistence and widgets -----
 
@@ -282,13 +297,20 @@ class DefuseSession(AuditMixin, RoundsMixin):
         self._emit("errors", "regions", "labels", "relabels", "model")
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the session to a directory (safetensors + JSON); see ``persist``.
+        """Write :meth:`state_dict` to a directory (safetensors + JSON); see
+        :func:`~defuse_widgets.persist.write.save_state`.
 
         The save is kill-safe: until it completes, the directory still holds the earlier save.
+        The session's lock is held throughout, so a save never sees a half-made change.
         """
-        from defuse_widgets.persist.write import save_session
-
-        return save_session(self, Path(path))
+        with self._lock:
+            return save_state(
+                path,
+                self._state(),
+                dataset=dataset_fingerprint(self.data),
+                latent_dim=self.generator.latent_dim,
+                validation=None if self.validation is None else self.validation.fraction,
+            )
 
     @classmethod
     def load(
@@ -304,10 +326,20 @@ class DefuseSession(AuditMixin, RoundsMixin):
 
         ``validation``: "saved" carves the fraction the save recorded again (the same rows, as
         it is seeded; a save made with the user's own pair recorded none, so pass it again);
-        anything else as for the session."""
-        from defuse_widgets.persist.write import load_session
-
-        return load_session(cls, Path(path), classifier, generator, data, device, validation)
+        anything else as for the session. Everything is read and checked (see
+        :func:`~defuse_widgets.persist.read.read_session`) before the session is made, so a
+        refused directory leaves ``classifier`` as it was."""
+        saved = read_session(path, classifier, as_generator(generator).latent_dim, data)
+        if isinstance(validation, str) and validation == "saved":
+            validation = saved.validation
+        session = cls(classifier, generator, saved.data, device=device,
+                      seed=saved.state["seed"], progress=False, validation=validation)  # fmt: skip
+        try:
+            session.load_state_dict(saved.state)
+        except (ValueError, KeyError) as exc:
+            raise fail(saved.path, f"session.json is incomplete or inconsistent ({exc})") from exc
+        saved.warn_stale()
+        return session
 
     def explorer(self, **options: Any) -> Explorer:
         """The error explorer widget for this session."""
