@@ -13,6 +13,7 @@ from psygnal import EmitLoopError, Signal
 from torch import nn
 
 from defuse_widgets.correction.evaluation import RoundRecord
+from defuse_widgets.correction.snapshots import SnapshotStore
 from defuse_widgets.correction.training import snapshot
 from defuse_widgets.correction.validation import DEFAULT_FRACTION, ValidationSplit, make_validation
 from defuse_widgets.data.dataset import ImageDataset
@@ -85,7 +86,7 @@ class SessionBase:
         self.active_round = 0
         self._labels: dict[int, int] = {}
         self._relabels = RelabelStore(data.y_train, data.num_classes)
-        self._snapshots: list[dict[str, torch.Tensor]] = [snapshot(self.classifier)]
+        self._snapshots = SnapshotStore([snapshot(self.classifier)])
         self._codes: dict[str, torch.Tensor] = {}
         self._codes_of: GeneratorAdapter = self.generator
         self._membership: dict[str, torch.Tensor] = {}

@@ -11,6 +11,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from defuse_widgets.correction.snapshots import (
+    DEFAULT_IN_MEMORY,
+    DEFAULT_MAX_BYTES,
+    SnapshotReport,
+    SnapshotStore,
+)
 from defuse_widgets.correction.training import restore
 from defuse_widgets.data.dataset import ImageDataset
 from defuse_widgets.data.fingerprint import dataset_fingerprint
@@ -245,8 +251,9 @@ class DefuseSession(AuditMixin, RoundsMixin):
         """The session's state: everything :meth:`save` writes (the models' weights per round).
 
         Keys: ``seed``, ``errors``, ``regions``, ``labels``, ``relabels`` (index -> Relabel),
-        ``snapshots`` (one classifier state dict per round, 0 the original), ``active_round``
-        and ``history`` (RoundRecord per round).
+        ``snapshots`` (one classifier state dict per round, 0 the original; those spilled to
+        disk are read back, see :meth:`limit_snapshots`), ``active_round`` and ``history``
+        (RoundRecord per round).
         """
         with self._lock:
             return self._state()
@@ -258,7 +265,7 @@ class DefuseSession(AuditMixin, RoundsMixin):
             "regions": self.regions,
             "labels": self.labels,
             "relabels": self.relabels,
-            "snapshots": list(self._snapshots),
+            "snapshots": list(self._snapshots),  # spilled ones read back from disk
             "active_round": self.active_round,
             "history": list(self.history),
         }
@@ -284,17 +291,51 @@ class DefuseSession(AuditMixin, RoundsMixin):
         active = state["active_round"]
         if not snapshots or not 0 <= active < len(snapshots):
             raise ValueError(f"state: active round {active!r} out of range for {len(snapshots)}")
+        old = self._snapshots
+        store = SnapshotStore(snapshots, max_in_memory=old.max_in_memory,
+                              max_bytes=old.max_bytes, parent=old.parent)  # fmt: skip
         if regions is not None:
             regions.decode, regions.predict = self.decode, self.predict
         with self._lock:
             self._check_idle("load_state_dict")
             with deferred_interrupt():
                 self.seed, self.errors, self.regions = int(state["seed"]), errors, regions
-                self._labels, self._relabels, self._snapshots = labels, relabels, snapshots
+                self._labels, self._relabels, self._snapshots = labels, relabels, store
                 self.history = list(state["history"])
                 restore(self.classifier, snapshots[active])
                 self.active_round = active
+        old.close()
         self._emit("errors", "regions", "labels", "relabels", "model")
+
+    def limit_snapshots(
+        self,
+        in_memory: int | None = DEFAULT_IN_MEMORY,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
+        folder: str | os.PathLike | None = None,
+    ) -> None:
+        """Bound the memory the weight snapshots (one per round, for :meth:`revert`) hold.
+
+        Beyond ``in_memory`` snapshots or ``max_bytes`` bytes (None: no bound), the oldest
+        rounds (never the original nor the newest) spill to a folder of their own inside
+        ``folder`` (default: the system's temporary folder) as safetensors files, written
+        atomically and read back bit for bit on :meth:`revert`. The folder is removed by
+        :meth:`close`, or when the session is garbage-collected or Python exits. See
+        :meth:`memory_report`.
+        """
+        with self._lock:
+            self._snapshots.configure(in_memory, max_bytes, folder)
+
+    def memory_report(self) -> SnapshotReport:
+        """What the weight snapshots hold: counts and bytes in memory and on disk, the folder."""
+        with self._lock:
+            return self._snapshots.report()
+
+    def close(self) -> None:
+        """Remove the snapshots' spill folder now; the session keeps working, but rounds whose
+        snapshot had spilled can no longer be reverted to or saved."""
+        with self._lock:
+            self._check_idle("close")
+            self._snapshots.close()
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write :meth:`state_dict` to a directory (safetensors + JSON); see
