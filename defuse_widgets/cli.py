@@ -8,12 +8,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from defuse_widgets.correction.evaluation import Evaluation
 from defuse_widgets.correction.validation import DEFAULT_FRACTION, carve
 from defuse_widgets.data import ImageDataset, load_dataset
 from defuse_widgets.models.demo import load_model, save_model, train_classifier, train_vae
@@ -99,9 +100,9 @@ def run_pipeline(
     data = load_dataset(dataset, root=root)
     models = demo_models(data, seed, device, progress)
     lap("models")
-    s = DefuseSession(
-        models["classifier"], models["vae"], data, device=device, seed=seed, progress=progress
-    )
+    # the validation rows demo_models kept the classifier away from (same fraction, same seed)
+    s = DefuseSession(models["classifier"], models["vae"], data, device=device, seed=seed,
+                      progress=progress, validation=DEFAULT_FRACTION)  # fmt: skip
     s.identify(strategy=strategy, split="test")
     lap("identify")
     s.distill(max_regions=max_regions)
@@ -117,8 +118,8 @@ def run_pipeline(
         lap("audit")
     before = s.evaluate()
     lap("evaluate_before")
-    after = (s.correct(steps=steps, auto=auto, labeler=reference)["evaluation"]
-             if s.correctable() else before)  # fmt: skip
+    record = s.correct(steps=steps, auto=auto, labeler=reference) if s.correctable() else None
+    after = before if record is None or record.evaluation is None else record.evaluation
     lap("correct")
     s.save(out / "session")
     report = build_report(s, dataset, strategy, before, after, timings)
@@ -143,15 +144,15 @@ def build_report(
     s: DefuseSession,
     dataset: str,
     strategy: str,
-    before: Mapping[str, Any],
-    after: Mapping[str, Any],
+    before: Evaluation,
+    after: Evaluation,
     timings: dict[str, float],
 ) -> dict[str, Any]:
     assert s.errors is not None and s.regions is not None
     rows = []
     for region in s.regions:
         label = s.labels.get(region.id)
-        b, a = before["regions"].get(region.id, {}), after["regions"].get(region.id, {})
+        b, a = before.regions.get(region.id), after.regions.get(region.id)
         rows.append(
             {
                 "id": region.id,
@@ -160,11 +161,11 @@ def build_report(
                 "transition": list(region.transition),
                 "label": label,
                 "label_name": None if label is None else label_name(label, s.data.classes),
-                "accuracy_before": b.get("sample_accuracy"),
-                "accuracy_after": a.get("sample_accuracy"),
-                "real_images": b.get("real_images"),
-                "real_accuracy_before": b.get("real_accuracy"),
-                "real_accuracy_after": a.get("real_accuracy"),
+                "accuracy_before": b and b.sample_accuracy,
+                "accuracy_after": a and a.sample_accuracy,
+                "real_images": b and b.real_images,
+                "real_accuracy_before": b and b.real_accuracy,
+                "real_accuracy_after": a and a.real_accuracy,
             }
         )
     return {
@@ -172,18 +173,18 @@ def build_report(
         "device": str(s.device),
         "seed": s.seed,
         "strategy": strategy,
-        "test_accuracy_before": before["test_accuracy"],
-        "test_accuracy_after": after["test_accuracy"],
+        "test_accuracy_before": before.test_accuracy,
+        "test_accuracy_after": after.test_accuracy,
         "images_searched": s.errors.images_searched,
         "decodes": s.errors.decodes,
         "errors_found": len(s.errors),
         "regions": rows,
         "labeled_regions": len(s.correctable()),
-        "labeled_region_accuracy_before": before["labeled_region_accuracy"],
-        "labeled_region_accuracy_after": after["labeled_region_accuracy"],
-        "labeled_region_real_accuracy_before": before["labeled_region_real_accuracy"],
-        "labeled_region_real_accuracy_after": after["labeled_region_real_accuracy"],
-        "labeled_region_real_images": before["labeled_region_real_images"],
+        "labeled_region_accuracy_before": before.labeled_region_accuracy,
+        "labeled_region_accuracy_after": after.labeled_region_accuracy,
+        "labeled_region_real_accuracy_before": before.labeled_region_real_accuracy,
+        "labeled_region_real_accuracy_after": after.labeled_region_real_accuracy,
+        "labeled_region_real_images": before.labeled_region_real_images,
         "timings": timings,
     }
 

@@ -401,12 +401,17 @@ def round_notes(rec: RoundRecord) -> list[str]:
     notes = [f"stopped: {rec.stopped or 'ran every step'}"]
     if rec.harm:
         lost = ", ".join(
-            f"{h['name']} {percent(h['before'])} → {percent(h['after'])}" for h in rec.harm
+            f"{_harmed(h)} {percent(h['before'])} → {percent(h['after'])}" for h in rec.harm
         )
         notes.append(f"harm on the test split: {lost} (s.revert() undoes the round)")
     elif not rec.cancelled:
         notes.append("harm: none (no class lost more than the tolerance on the test split)")
     return notes
+
+
+def _harmed(entry: Mapping[str, Any]) -> str:
+    """What a harm entry is about: "class <name>" or "overall accuracy"."""
+    return "overall accuracy" if entry.get("class") is None else f"class {entry['name']}"
 
 
 def round_table(rec: RoundRecord, classes: Sequence[str] | None, by: str) -> Table:
@@ -435,7 +440,7 @@ def round_table(rec: RoundRecord, classes: Sequence[str] | None, by: str) -> Tab
         ]
         return Table(["validation split", "before", "after"], rows, "validation split", _PCT)
     if by == "harm":
-        rows = [[h["name"], h["before"], h["after"], -float(h["drop"])] for h in rec.harm]
+        rows = [[_harmed(h), h["before"], h["after"], -float(h["drop"])] for h in rec.harm]
         return Table(
             ["what", "before", "after", "change (points)"],
             rows,
@@ -471,6 +476,4 @@ def _setting_text(value: Any) -> Any:
         return ", ".join(f"{k}: {_setting_text(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
         return ", ".join(str(_setting_text(v)) for v in value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
     return value

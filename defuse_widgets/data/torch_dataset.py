@@ -147,7 +147,8 @@ def read_items(
     Raises a ValueError naming ``arg`` and the item for an item that is not an
     ``(image, label)`` pair, images of different sizes, or normalised pixels outside [0, 1].
     """
-    images, labels = [], []
+    images: list[torch.Tensor] = []
+    labels: list[int] = []
     for i in tqdm(rows.tolist(), desc=f"read {arg}", disable=not progress):
         item = ds[i]
         image = _image(arg, item, i)

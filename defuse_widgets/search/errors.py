@@ -146,7 +146,7 @@ def _title(errors: ErrorSet) -> str:
 
 def class_table(errors: ErrorSet, classes: Sequence[str] | None = None) -> Table:
     """One row per true class that has an error: counts, the commonest mistake, mean scores."""
-    rows = []
+    rows: list[list[Any]] = []
     for c in errors.true_label.unique().tolist():
         mask = errors.true_label == c
         preds, counts = errors.pred_label[mask].unique(return_counts=True)

@@ -34,7 +34,7 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Table:
     """Rows of raw values under named columns, shown as HTML and convertible to pandas.
 
@@ -130,7 +130,7 @@ class Table:
         lines += list(self.notes)
         return "\n".join(lines)
 
-    def __str__(self) -> str:
+    def __repr__(self) -> str:
         return self.to_text()
 
     def to_pandas(self) -> Any:
@@ -139,7 +139,7 @@ class Table:
         return pd.DataFrame([list(r) for r in self.rows], columns=list(self.columns))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Tables:
     """Several :class:`Table` under one heading (e.g. an evaluation's per-class and per-region
     figures); renders them one after the other."""
@@ -170,7 +170,7 @@ class Tables:
         head = [self.title] if self.title else []
         return "\n\n".join(["\n".join([*head, *self.notes])] + [t.to_text() for t in self.tables])
 
-    def __str__(self) -> str:
+    def __repr__(self) -> str:
         return self.to_text()
 
 
