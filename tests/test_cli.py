@@ -16,7 +16,7 @@ import pytest
 
 import defuse_widgets as dw
 from defuse_widgets.cli import main, run_pipeline
-from defuse_widgets.session.rounds import AUTO_GRID
+from defuse_widgets.correction.settings import AUTO_GRID
 
 pytestmark = pytest.mark.slow
 

@@ -170,13 +170,13 @@ class RoundRecord(Record):
     A cancelled round has ``round=None``, ``cancelled=True`` and no evaluation. With a
     validation split: ``stopped`` says why the round ended and which step it kept
     (``best_step``; 0: the starting weights), ``checks`` holds each validation score on the way
-    (:class:`~defuse_widgets.correction.guard.Score` dicts), ``validation`` the kept weights' score beside
-    the starting one (``{"before", "after"}``). ``scales`` are the sampling scales per region and
+    (:class:`~defuse_widgets.correction.selection.Score` dicts), ``validation`` the kept weights'
+    score beside the starting one (``{"before", "after"}``). ``scales`` are the sampling scales per region and
     ``min_validity`` the validity below which samples were dropped; ``vetted`` whether a labeler
     vetted them too, ``samples_kept`` the share of drawn samples trained on (over every setting
     the round trained, all of ``auto``'s grid). ``harm`` lists what the round broke on the test
     split against the round it started from (classes down more than the tolerance, overall down
-    more than 0.5 point; see :func:`~defuse_widgets.correction.guard.harm`), and
+    more than 0.5 point; see :func:`~defuse_widgets.correction.selection.harm`), and
     ``grid`` the settings ``correct(auto=True)`` tried; ``class_deltas`` the points each class's
     test accuracy moved (positive: up) against the round it started from.
     """
@@ -315,7 +315,9 @@ def evaluate(
     prob = regions.predict_proba(test_codes)
     for rid, label in targets.items():
         sample = regions.sample(rid, samples, purpose="eval")
-        inside = inside_regions(regions, test_codes, [rid], probability=prob)[:, 0]
+        # probability only: real test codes sit off the error codes' Gaussians (the search
+        # shifts them), and the ellipsoid would leave most regions with no real image
+        inside = inside_regions(regions, test_codes, [rid], coverage=None, probability=prob)[:, 0]
         hits, n = int((pred[inside] == y_test[inside]).sum()), int(inside.sum())
         out.regions[rid] = RegionAccuracy(
             label,

@@ -1,27 +1,38 @@
-"""What one fine-tuning round works with, gathered once from the session: the training rows it
-may use, which of them the keep term holds to the starting model (all but those inside a labeled
-region that carry its label), the validation images and their regions,
-the sampling scales, the validity floor and the labeler vetting samples (if any); and how it
-trains and judges one setting."""
+"""One fine-tuning round, from its inputs to its result: :func:`run_round` is the entry point.
+
+The caller (the session) gathers a :class:`RoundInputs` once: the classifier and generator, the
+regions and their labels, the training rows the round may use with their codes, and the
+validation images with their codes. :func:`run_round` works out what stays fixed over the round
+(which training images the keep term holds to the starting model, which validation images lie
+in each region, the sampling scales, the validity floor), trains each setting of the grid, keeps
+the best by validation and returns a :class:`RoundResult`: the weights to keep and the record of
+how they were chosen. It never changes the classifier it is given.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from defuse_widgets.correction.evaluation import accuracy_by_class
-from defuse_widgets.correction.guard import BLENDS, EarlyStopping, Score
+from defuse_widgets.correction.evaluation import RoundRecord, accuracy_by_class
 from defuse_widgets.correction.samples import measured_scales, region_batches, validity_floor
-from defuse_widgets.correction.training import CancelToken, RoundSettings, StepCallback, fine_tune
+from defuse_widgets.correction.selection import EarlyStopping, Score, class_drops, harm
+from defuse_widgets.correction.settings import BLENDS, RoundSettings
+from defuse_widgets.correction.training import (
+    Cancelled,
+    CancelToken,
+    StepCallback,
+    fine_tune,
+)
+from defuse_widgets.models.generative import GeneratorAdapter
 from defuse_widgets.models.inference import predict_labels
+from defuse_widgets.regions.distill import RegionSet
 from defuse_widgets.regions.membership import COVERAGE, inside_regions
-
-if TYPE_CHECKING:
-    from defuse_widgets.session.session import DefuseSession
 
 MIN_VALIDATION_IMAGES = 10
 """Below this many validation images inside the labeled regions, the regions' score is the
@@ -30,90 +41,160 @@ CHECK_SAMPLES = 100
 
 
 @dataclass
-class RoundPlan:
-    """The fixed inputs of a round (see :meth:`of`)."""
+class RoundInputs:
+    """Everything a round works with, gathered once by its caller.
 
-    session: DefuseSession
+    Attributes
+    ----------
+    classifier : the model to correct (never changed here: rounds train a copy).
+    generator : the generator adapter; ``decode`` maps codes (n, d) to images on ``device``.
+    regions, targets : the regions and the class each labeled region is corrected to.
+    x_fit, y_fit, fit_codes : the training images (n, C, H, W) a round may train on, their labels
+        (relabels applied) and encoder means (n, d).
+    validation : (images, labels, codes) of the validation split, or None without one.
+    num_classes, device, seed : the task's class count, the device, the session's seed.
+    vet : ``images -> (n,) class`` vetting decoded region samples, or None.
+    """
+
+    classifier: nn.Module
+    generator: GeneratorAdapter
+    regions: RegionSet
     targets: dict[int, int]
     x_fit: torch.Tensor
     y_fit: torch.Tensor
+    fit_codes: torch.Tensor
+    validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+    num_classes: int
+    device: torch.device
+    seed: int = 0
+    vet: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+@dataclass
+class RoundResult:
+    """What :func:`run_round` chose: ``state`` (the weights to keep, CPU tensors) and ``record``
+    (settings, losses, why it stopped; its test evaluation is the caller's to add). ``state`` is
+    None for a cancelled round."""
+
+    state: dict[str, torch.Tensor] | None
+    record: RoundRecord
+
+
+def run_round(
+    inputs: RoundInputs,
+    grid: Sequence[RoundSettings],
+    cancel: CancelToken | None = None,
+    callback: StepCallback | None = None,
+) -> RoundResult:
+    """Train each setting of ``grid`` on ``inputs`` and keep the best by validation.
+
+    One setting is a plain round; several (``correct(auto=True)``) are tried in turn and the
+    one whose kept step scores best on the labeled regions (then overall) wins. A cancel stops
+    between steps and returns a cancelled record with no state.
+    """
+    start = time.perf_counter()
+    fixed = _FixedParts.of(inputs, grid[0])
+    tried = []
+    try:
+        for i, settings in enumerate(grid):
+            tried.append(fixed.train(settings, cancel, _offset(callback, i, len(grid))))
+    except Cancelled:
+        return RoundResult(None, RoundRecord(None, True, vars(grid[0]), [],
+                                             time.perf_counter() - start))  # fmt: skip
+    best = max(range(len(tried)), key=lambda i: tried[i][0])
+    _, state, losses, checker = tried[best]
+    record = RoundRecord(
+        None, False, vars(grid[best]), losses, 0.0, None, None, dict(inputs.targets),
+        scales=dict(fixed.scales), min_validity=fixed.min_validity,
+        vetted=inputs.vet is not None, samples_kept=_share(fixed.tally),
+    )  # fmt: skip
+    if checker is not None:
+        record.stopped = checker.finish(len(losses))
+        record.best_step = checker.best.step
+        record.checks = [c.to_dict() for c in checker.checks]
+        record.validation = {"before": checker.start.to_dict(), "after": checker.best.to_dict()}
+    if len(grid) > 1:
+        record.grid = [
+            {"lam": g.lam, "lr": g.lr, "region": t[0][0], "overall": t[0][1]}
+            for g, t in zip(grid, tried)
+        ]
+    record.seconds = time.perf_counter() - start
+    return RoundResult(state, record)
+
+
+def _share(tally: dict[str, int]) -> float | None:
+    """The share of drawn region samples kept (None when none was drawn)."""
+    return tally["kept"] / tally["drawn"] if tally.get("drawn") else None
+
+
+def _offset(callback: StepCallback | None, i: int, n: int) -> StepCallback | None:
+    """Report the steps of run ``i`` of ``n`` as part of one progress of n runs."""
+    if callback is None or n == 1:
+        return callback
+    return lambda step, steps, loss: callback(i * steps + step, n * steps, loss)
+
+
+@dataclass
+class _FixedParts:
+    """What stays fixed over a round's settings (see :meth:`of`)."""
+
+    inputs: RoundInputs
     outside: torch.Tensor | None
     scales: dict[int, float]
     min_validity: float
-    validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
-    vet: Callable[[torch.Tensor], torch.Tensor] | None = None
+    val_inside: torch.Tensor | None
     tally: dict[str, int] = field(default_factory=dict)
     """Region samples ``"drawn"`` and ``"kept"`` (natural and, with ``vet``, vetted)."""
 
     @classmethod
-    def of(
-        cls,
-        s: DefuseSession,
-        settings: RoundSettings,
-        targets: dict[int, int],
-        vet: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> RoundPlan:
-        """Gather the round's inputs from session ``s`` (encodes the training split once)."""
-        regions = s.regions
-        assert regions is not None  # correct() checked there are labeled regions
-        v = s.validation
-        rows = torch.arange(len(s.data.y_train)) if v is None else v.fit_rows
-        ids = list(targets)
-        y_fit = s.training_labels()[rows]
+    def of(cls, inputs: RoundInputs, settings: RoundSettings) -> _FixedParts:
+        ids = list(inputs.targets)
         outside = None
         if settings.keep > 0:  # every image but those a region's label is meant to change
-            inside = inside_regions(regions, s.split_codes("train")[rows], ids)
-            labels = torch.tensor([targets[r] for r in ids])
-            outside = ~(inside & (y_fit[:, None] == labels)).any(1)
-        validation = val_codes = val_inside = None
-        if v is not None:
-            x_val, y_val = s.validation_data()
-            val_codes = s.split_codes("validation")
-            val_inside = inside_regions(regions, val_codes, ids)
-            validation = (x_val, y_val, val_inside)
+            inside = inside_regions(inputs.regions, inputs.fit_codes, ids)
+            labels = torch.tensor([inputs.targets[r] for r in ids])
+            outside = ~(inside & (inputs.y_fit[:, None] == labels)).any(1)
+        val_codes = val_inside = None
+        if inputs.validation is not None:
+            val_codes = inputs.validation[2]
+            val_inside = inside_regions(inputs.regions, val_codes, ids)
         scales = (
-            {r: settings.scale for r in targets}
+            {r: settings.scale for r in inputs.targets}
             if settings.scale is not None
-            else measured_scales(regions, targets, val_codes, val_inside)
+            else measured_scales(inputs.regions, inputs.targets, val_codes, val_inside)
         )
-        floor = validity_floor(s.generator, s.split_codes("train")[rows], s.seed, s.device)
-        return cls(s, targets, s.data.x_train[rows], y_fit, outside,
-                   scales, floor, validation, vet)  # fmt: skip
+        floor = validity_floor(inputs.generator, inputs.fit_codes, inputs.seed, inputs.device)
+        return cls(inputs, outside, scales, floor, val_inside)
 
     def train(
         self, settings: RoundSettings, cancel: CancelToken | None, callback: StepCallback | None
     ) -> tuple[tuple[float, float], dict[str, torch.Tensor], list[float], EarlyStopping | None]:
         """Train one setting; returns its (region, overall) validation score ((0, 0) without a
         validation split), the state it keeps, its losses and its early stopping."""
-        s = self.session
-        assert s.regions is not None
-        draw = s.regions.training_sampler(
-            self.targets, self.scales, settings.seed, s.device, coverage=COVERAGE
+        inputs = self.inputs
+        draw = inputs.regions.training_sampler(
+            inputs.targets, self.scales, settings.seed, inputs.device, coverage=COVERAGE
         )
-        batch = region_batches(draw, s.generator, self.min_validity, self.vet, self.tally)
+        batch = region_batches(draw, inputs.generator, self.min_validity, inputs.vet, self.tally)
         checker = None
-        if self.validation is not None and settings.early_stopping:
-            checker = EarlyStopping(self._measure(), s.classifier, settings.tolerance,
+        if inputs.validation is not None and settings.early_stopping:
+            checker = EarlyStopping(self._measure(), inputs.classifier, settings.tolerance,
                                     settings.patience)  # fmt: skip
-        state, losses = fine_tune(s.classifier, self.x_fit, self.y_fit, batch, settings,
+        state, losses = fine_tune(inputs.classifier, inputs.x_fit, inputs.y_fit, batch, settings,
                                   cancel, callback, self.outside, checker, BLENDS)  # fmt: skip
         score = (0.0, 0.0) if checker is None else (checker.best.region, checker.best.overall)
         return score, state, losses, checker
 
-    def _measure(self) -> Any:
+    def _measure(self) -> Callable[[nn.Module, int], Score]:
         """``(model, step) -> Score`` on the validation split."""
-        assert self.validation is not None
-        x_val, y_val, inside = self.validation
-        s, regions = self.session, self.session.regions
-        assert regions is not None
-        any_inside = inside.any(1)
-        counts = torch.bincount(y_val, minlength=s.data.num_classes).tolist()
+        inputs = self.inputs
+        assert inputs.validation is not None and self.val_inside is not None
+        x_val, y_val, _ = inputs.validation
+        any_inside = self.val_inside.any(1)
+        counts = torch.bincount(y_val, minlength=inputs.num_classes).tolist()
         samples = None
         if int(any_inside.sum()) < MIN_VALIDATION_IMAGES:
-            samples = [
-                (s.decode(regions.sample_codes(r, CHECK_SAMPLES, purpose="eval")), label)
-                for r, label in self.targets.items()
-            ]
+            samples = [(self._decode(r), label) for r, label in inputs.targets.items()]
 
         def measure(model: nn.Module, step: int) -> Score:
             pred = predict_labels(model, x_val)
@@ -122,8 +203,30 @@ class RoundPlan:
             else:
                 hits = [(predict_labels(model, x) == label).float().mean() for x, label in samples]
                 region = float(sum(hits)) / len(samples)
-            per_class = accuracy_by_class(pred, y_val, s.data.num_classes)
+            per_class = accuracy_by_class(pred, y_val, inputs.num_classes)
             overall = float((pred == y_val).float().mean())
             return Score(step, overall, per_class, region, counts)
 
         return measure
+
+    def _decode(self, region_id: int) -> torch.Tensor:
+        """Held-out decoded samples of a region, on the CPU (the score's fallback)."""
+        inputs = self.inputs
+        codes = inputs.regions.sample_codes(region_id, CHECK_SAMPLES, purpose="eval")
+        with torch.inference_mode():
+            return inputs.generator.decode(codes.to(inputs.device).float()).float().cpu()
+
+
+def judge_on_test(
+    before: tuple[float, list[float]],
+    after: tuple[float, list[float]],
+    tolerance: float,
+    classes: Sequence[str],
+    counts: Sequence[int],
+) -> dict[str, Any]:
+    """``class_deltas`` (points each class moved, positive up) and ``harm`` (what the round broke)
+    of a round's test accuracy ``after`` against the round it started from (``before``)."""
+    return {
+        "class_deltas": [-d for d in class_drops(before[1], after[1])],
+        "harm": harm(before[0], before[1], after[0], after[1], tolerance, classes, counts),
+    }

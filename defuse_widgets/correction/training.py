@@ -1,31 +1,27 @@
-"""Correct: fine-tuning rounds on labeled regions, and exact weight snapshots."""
+"""Training one setting of a round: the fine-tuning loop (task loss + region loss + keep term),
+the moving average and blends of its weights, cancelling, and exact weight snapshots."""
 
 from __future__ import annotations
 
 import copy
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defuse_widgets.utils.checks import in_range, one_of, positive_int, positive_number
+from defuse_widgets.correction.settings import RoundSettings
 from defuse_widgets.utils.seeding import seeded
 
-OPTIMIZERS = ("sgd", "adam")
 StepCallback = Callable[[int, int, float], None]
 TEMPERATURE = 2.0  # softens both distributions of the keep term (Hinton et al.'s distillation)
-DEFAULT_EMA = 0.99
-"""Decay of the moving average of the weights that a round checks and keeps."""
-DEFAULT_KEEP = 4.0
-"""Weight of the keep term, chosen on the planted-bug suite (0, 1, 2, 4, 8 measured; README)."""
 
 
 class Checker(Protocol):
-    """Checks the copy every few steps (e.g. :class:`~defuse_widgets.correction.guard.EarlyStopping`)."""
+    """Checks the copy every few steps (e.g. a
+    :class:`~defuse_widgets.correction.selection.EarlyStopping`)."""
 
     best_state: dict[str, torch.Tensor] | None
 
@@ -79,60 +75,6 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 def restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a :func:`snapshot` back, bit for bit."""
     model.load_state_dict(state, strict=True)
-
-
-@dataclass(frozen=True)
-class RoundSettings:
-    """The knobs of one fine-tuning round, checked when made (see :meth:`DefuseSession.correct`).
-
-    ``scale`` None: per region, measured on the validation images inside it (else
-    :data:`~defuse_widgets.regions.distill.DEFAULT_SCALE`). ``keep``: weight of the term that keeps the
-    outputs on training images outside the labeled regions close to the round's starting model.
-    ``tolerance``: points a class may lose on validation; ``check_every`` (None: a tenth of
-    ``steps``, at least 10) and ``patience``: early stopping (``early_stopping=False``: run every
-    step and keep the last). ``ema``: decay of the exponential moving average of the weights that
-    the round checks and keeps (0: the raw weights of the step; see :class:`WeightAverage`).
-    """
-
-    steps: int = 300
-    lam: float = 1.0
-    lr: float = 0.003
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    scale: float | None = None
-    seed: int = 0
-    keep: float = DEFAULT_KEEP
-    tolerance: float = 1.0
-    early_stopping: bool = True
-    check_every: int | None = None
-    patience: int = 3
-    ema: float = DEFAULT_EMA
-
-    def __post_init__(self) -> None:
-        self.check()
-
-    def check(self) -> None:
-        """Raise ValueError naming the first knob out of range."""
-        positive_int("steps", self.steps)
-        positive_int("batch_size", self.batch_size)
-        positive_number("lam", self.lam)
-        positive_number("lr", self.lr)
-        if self.scale is not None:
-            positive_number("scale", self.scale)
-        one_of("optimizer", self.optimizer, OPTIMIZERS)
-        in_range("keep", self.keep, 0.0, 1e6)
-        in_range("tolerance", self.tolerance, 0.0, 100.0)
-        one_of("early_stopping", self.early_stopping, (True, False))
-        if self.check_every is not None:
-            positive_int("check_every", self.check_every)
-        positive_int("patience", self.patience)
-        in_range("ema", self.ema, 0.0, 1.0, high_open=True)
-
-    @property
-    def every(self) -> int:
-        """Steps between two early-stopping checks."""
-        return self.check_every or max(10, self.steps // 10)
 
 
 def fine_tune(

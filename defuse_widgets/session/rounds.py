@@ -15,43 +15,13 @@ import torch
 
 from defuse_widgets.correction import evaluation
 from defuse_widgets.correction.evaluation import Evaluation, RoundRecord
-from defuse_widgets.correction.guard import DEFAULT_PATIENCE, DEFAULT_TOLERANCE, class_drops, harm
-from defuse_widgets.correction.round import RoundPlan
+from defuse_widgets.correction.round import RoundInputs, judge_on_test, run_round
 from defuse_widgets.correction.samples import sample_vetter
-from defuse_widgets.correction.training import (
-    DEFAULT_EMA,
-    DEFAULT_KEEP,
-    Cancelled,
-    CancelToken,
-    RoundSettings,
-    StepCallback,
-    check_hooks,
-    restore,
-)
+from defuse_widgets.correction.settings import AUTO_GRID, DEFAULTS, EVAL_SAMPLES, RoundSettings
+from defuse_widgets.correction.training import CancelToken, StepCallback, check_hooks, restore
 from defuse_widgets.models.inference import Classes, evaluating
 from defuse_widgets.session.base import SessionBase
 from defuse_widgets.utils.critical import deferred_interrupt
-
-EVAL_SAMPLES = 200
-AUTO_GRID: tuple[dict[str, Any], ...] = (
-    {"lam": 0.5, "lr": 0.001},
-    {"lam": 1.0, "lr": 0.003},
-    {"lam": 2.0, "lr": 0.003},
-    {"lam": 1.0, "lr": 0.01},
-)
-"""The settings ``correct(auto=True)`` tries (over the round's other settings)."""
-
-
-def _share(tally: dict[str, int]) -> float | None:
-    """The share of drawn region samples kept (None when none was drawn)."""
-    return tally["kept"] / tally["drawn"] if tally.get("drawn") else None
-
-
-def _offset(callback: StepCallback | None, i: int, n: int) -> StepCallback | None:
-    """Report the steps of run ``i`` of ``n`` as part of one progress of n runs."""
-    if callback is None or n == 1:
-        return callback
-    return lambda step, steps, loss: callback(i * steps + step, n * steps, loss)
 
 
 class RoundsMixin(SessionBase):
@@ -59,21 +29,21 @@ class RoundsMixin(SessionBase):
 
     def correct(
         self,
-        steps: int = 300,
-        lam: float = 1.0,
-        lr: float = 0.003,
-        batch_size: int = 64,
-        optimizer: str = "sgd",
-        scale: float | None = None,
+        steps: int = DEFAULTS.steps,
+        lam: float = DEFAULTS.lam,
+        lr: float = DEFAULTS.lr,
+        batch_size: int = DEFAULTS.batch_size,
+        optimizer: str = DEFAULTS.optimizer,
+        scale: float | None = DEFAULTS.scale,
         cancel: CancelToken | None = None,
         callback: StepCallback | None = None,
         *,
-        keep: float = DEFAULT_KEEP,
-        tolerance: float = DEFAULT_TOLERANCE,
-        early_stopping: bool = True,
-        check_every: int | None = None,
-        patience: int = DEFAULT_PATIENCE,
-        ema: float = DEFAULT_EMA,
+        keep: float = DEFAULTS.keep,
+        tolerance: float = DEFAULTS.tolerance,
+        early_stopping: bool = DEFAULTS.early_stopping,
+        check_every: int | None = DEFAULTS.check_every,
+        patience: int = DEFAULTS.patience,
+        ema: float = DEFAULTS.ema,
         auto: bool = False,
         labeler: Any = None,
     ) -> RoundRecord:
@@ -112,7 +82,7 @@ class RoundsMixin(SessionBase):
             with self._lock:
                 self._check_idle("correct")
                 settings = RoundSettings(
-                    steps, lam, lr, batch_size, optimizer, momentum=0.9, scale=scale,
+                    steps, lam, lr, batch_size, optimizer, scale=scale,
                     seed=self.seed + len(self.history), keep=keep, tolerance=tolerance,
                     early_stopping=early_stopping, check_every=check_every, patience=patience,
                     ema=ema,
@@ -145,47 +115,43 @@ class RoundsMixin(SessionBase):
         callback: StepCallback | None,
         vet: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> RoundRecord:
-        start, base = time.perf_counter(), self.active_round
-        plan = RoundPlan.of(self, grid[0], targets, vet)  # type: ignore[arg-type]
+        base = self.active_round
+        result = run_round(self._round_inputs(targets, vet), grid, cancel, callback)
+        record = result.record
+        if result.state is None:
+            return record
+        record.base_round, record.relabels = base, len(self._relabels)
         before = self._test_scores(base)
-        tried = []
-        try:
-            for i, settings in enumerate(grid):
-                tried.append(plan.train(settings, cancel, _offset(callback, i, len(grid))))
-        except Cancelled:
-            return RoundRecord(None, True, vars(grid[0]), [], time.perf_counter() - start)
-        best = max(range(len(tried)), key=lambda i: tried[i][0])
-        _, state, losses, checker = tried[best]
-        record = RoundRecord(
-            None, False, vars(grid[best]), losses, 0.0, None, base, dict(targets),
-            len(self._relabels), scales=dict(plan.scales), min_validity=plan.min_validity,
-            vetted=vet is not None, samples_kept=_share(plan.tally),
-        )  # fmt: skip
-        if checker is not None:
-            record.stopped = checker.finish(len(losses))
-            record.best_step = checker.best.step
-            record.checks = [c.to_dict() for c in checker.checks]
-            record.validation = {"before": checker.start.to_dict(),
-                                 "after": checker.best.to_dict()}  # fmt: skip
-        if len(grid) > 1:
-            record.grid = [
-                {"lam": g.lam, "lr": g.lr, "region": t[0][0], "overall": t[0][1]}
-                for g, t in zip(grid, tried)
-            ]
-        tolerance = grid[best].tolerance
-        self._commit_round(state, record, start, lambda: self._judge(record, before, tolerance))
+        tolerance = RoundSettings(**record.settings).tolerance
+        counts = torch.bincount(self.data.y_test, minlength=self.data.num_classes).tolist()
+
+        def judge() -> None:
+            assert record.evaluation is not None
+            after = (record.evaluation.test_accuracy, list(record.evaluation.per_class))
+            for key, value in judge_on_test(before, after, tolerance, self.data.classes,
+                                            counts).items():  # fmt: skip
+                setattr(record, key, value)
+
+        self._commit_round(result.state, record, record.seconds, judge)
         return record
 
-    def _judge(
-        self, record: RoundRecord, before: tuple[float, list[float]], tolerance: float
-    ) -> None:
-        """Fill in the evaluated round's per-class test deltas and what it harmed."""
-        assert record.evaluation is not None
-        counts = torch.bincount(self.data.y_test, minlength=self.data.num_classes).tolist()
-        record.class_deltas = [-d for d in class_drops(before[1], record.evaluation.per_class)]
-        record.harm = harm(*before, record.evaluation.test_accuracy,
-                           record.evaluation.per_class, tolerance,
-                           self.data.classes, counts)  # fmt: skip
+    def _round_inputs(
+        self, targets: dict[int, int], vet: Callable[[torch.Tensor], torch.Tensor] | None
+    ) -> RoundInputs:
+        """What a round works with: the training rows outside the validation split, the
+        validation images, their codes (encodes each split once)."""
+        regions = self._require_regions()
+        v = self.validation
+        rows = torch.arange(len(self.data.y_train)) if v is None else v.fit_rows
+        validation = None
+        if v is not None:
+            x_val, y_val = self.validation_data()
+            validation = (x_val, y_val, self.split_codes("validation"))
+        return RoundInputs(
+            self.classifier, self.generator, regions, dict(targets), self.data.x_train[rows],
+            self.training_labels()[rows], self.split_codes("train")[rows], validation,
+            self.data.num_classes, self.device, self.seed, vet,
+        )  # fmt: skip
 
     def _test_scores(self, round: int) -> tuple[float, list[float]]:
         """Overall and per-class test accuracy of a round's weights (the live ones if needed)."""
@@ -199,7 +165,7 @@ class RoundsMixin(SessionBase):
         self,
         state: dict[str, torch.Tensor],
         record: RoundRecord,
-        start: float,
+        trained_seconds: float,
         complete: Callable[[], None],
     ) -> None:
         """Evaluate the new weights, ``complete()`` the record, then add the round whole
@@ -208,6 +174,7 @@ class RoundsMixin(SessionBase):
         An interrupt while evaluating puts the previous weights back; the bookkeeping itself
         runs with Ctrl-C held back, so the session never has a snapshot without its record.
         """
+        start = time.perf_counter() - trained_seconds
         with self._lock:
             record.round = self.rounds + 1
             with deferred_interrupt():

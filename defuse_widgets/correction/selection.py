@@ -20,15 +20,12 @@ from typing import Any
 
 from torch import nn
 
+from defuse_widgets.correction.settings import (
+    DEFAULT_PATIENCE,
+    DEFAULT_TOLERANCE,
+    OVERALL_TOLERANCE,
+)
 from defuse_widgets.correction.training import snapshot
-
-DEFAULT_TOLERANCE = 1.0
-"""Points of accuracy a class may lose in a round before the round is refused or flagged."""
-OVERALL_TOLERANCE = 0.5
-"""Points of overall accuracy a round may lose before it is refused or flagged."""
-DEFAULT_PATIENCE = 5
-BLENDS = (0.5, 0.25)
-"""Shares of the round's last weights (the rest: its starting weights) also judged."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,90 @@
+"""Every default of a fine-tuning round in one place: :class:`RoundSettings` and the constants
+the round, its judge and the widgets read (nothing else spells a round's default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from defuse_widgets.utils.checks import in_range, one_of, positive_int, positive_number
+
+OPTIMIZERS = ("sgd", "adam")
+DEFAULT_EMA = 0.99
+"""Decay of the moving average of the weights that a round checks and keeps."""
+DEFAULT_KEEP = 4.0
+"""Weight of the keep term, chosen on the planted-bug suite (0, 1, 2, 4, 8 measured)."""
+DEFAULT_TOLERANCE = 1.0
+"""Points of accuracy a class may lose in a round before the round is refused or flagged."""
+OVERALL_TOLERANCE = 0.5
+"""Points of overall accuracy a round may lose before it is refused or flagged."""
+DEFAULT_PATIENCE = 5
+"""Early-stopping checks without a better acceptable step before a round stops."""
+BLENDS = (0.5, 0.25)
+"""Shares of the round's last weights (the rest: its starting weights) also judged."""
+EVAL_SAMPLES = 200
+"""Held-out decoded samples per region when a round's result is evaluated."""
+AUTO_GRID: tuple[dict[str, Any], ...] = (
+    {"lam": 0.5, "lr": 0.001},
+    {"lam": 1.0, "lr": 0.003},
+    {"lam": 2.0, "lr": 0.003},
+    {"lam": 1.0, "lr": 0.01},
+)
+"""The settings ``correct(auto=True)`` tries (over the round's other settings)."""
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    """The knobs of one fine-tuning round, checked when made (see :meth:`DefuseSession.correct`).
+
+    ``scale`` None: per region, measured on the validation images inside it (else
+    :data:`~defuse_widgets.regions.distill.DEFAULT_SCALE`). ``keep``: weight of the term that
+    keeps the outputs on training images outside the labeled regions close to the round's starting model.
+    ``tolerance``: points a class may lose on validation; ``check_every`` (None: a tenth of
+    ``steps``, at least 10) and ``patience``: early stopping (``early_stopping=False``: run every
+    step and keep the last). ``ema``: decay of the exponential moving average of the weights that
+    the round checks and keeps (0: the raw weights of the step; see :class:`WeightAverage`).
+    """
+
+    steps: int = 300
+    lam: float = 1.0
+    lr: float = 0.003
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    scale: float | None = None
+    seed: int = 0
+    keep: float = DEFAULT_KEEP
+    tolerance: float = DEFAULT_TOLERANCE
+    early_stopping: bool = True
+    check_every: int | None = None
+    patience: int = DEFAULT_PATIENCE
+    ema: float = DEFAULT_EMA
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ValueError naming the first knob out of range."""
+        positive_int("steps", self.steps)
+        positive_int("batch_size", self.batch_size)
+        positive_number("lam", self.lam)
+        positive_number("lr", self.lr)
+        if self.scale is not None:
+            positive_number("scale", self.scale)
+        one_of("optimizer", self.optimizer, OPTIMIZERS)
+        in_range("keep", self.keep, 0.0, 1e6)
+        in_range("tolerance", self.tolerance, 0.0, 100.0)
+        one_of("early_stopping", self.early_stopping, (True, False))
+        if self.check_every is not None:
+            positive_int("check_every", self.check_every)
+        positive_int("patience", self.patience)
+        in_range("ema", self.ema, 0.0, 1.0, high_open=True)
+
+    @property
+    def every(self) -> int:
+        """Steps between two early-stopping checks."""
+        return self.check_every or max(10, self.steps // 10)
+
+
+DEFAULTS = RoundSettings()
+"""A round's default settings (read a default as ``DEFAULTS.steps``)."""
