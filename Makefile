@@ -55,6 +55,7 @@ data:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check defuse_widgets tests benchmarks docs
 	$(VENV)/bin/ruff format --check defuse_widgets tests benchmarks docs
+	$(VENV)/bin/lint-imports  # the layer order of docs/architecture.md
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
