@@ -18,9 +18,11 @@ from defuse_widgets.correction.evaluation import Evaluation
 from defuse_widgets.correction.validation import DEFAULT_FRACTION, carve
 from defuse_widgets.data import ImageDataset, load_dataset
 from defuse_widgets.models.demo import load_model, save_model, train_classifier, train_vae
+from defuse_widgets.models.files import load_classifier
 from defuse_widgets.regions.labels import ReferenceModelLabeler, label_name
 from defuse_widgets.search.strategies import DEFAULT_STRATEGY, STRATEGIES
 from defuse_widgets.session.session import DefuseSession
+from defuse_widgets.suite.check import check_suite
 from defuse_widgets.utils.jsonio import nan_to_none
 
 # The demo classifier is deliberately quick (narrow, few epochs) so it has real, unplanted bugs;
@@ -352,9 +354,6 @@ def _add_check(sub: Any) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     """The ``check`` command: 0 when every region passes, 1 when one fails, 2 for bad input."""
-    from defuse_widgets.models.files import load_classifier
-    from defuse_widgets.suite.check import check_suite
-
     try:
         model = load_classifier(args.model, args.weights, args.model_file)
         data = load_dataset(args.dataset, root=args.root) if args.dataset else None

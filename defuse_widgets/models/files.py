@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from defuse_widgets.models.demo import load_model
 from defuse_widgets.utils.device import module_device
 
 
@@ -105,8 +106,6 @@ def from_file(path: Path) -> nn.Module:
     if not path.is_file():
         raise ValueError(f"model_file: expected a model file, got {path} (no such file)")
     if path.suffix == ".safetensors":
-        from defuse_widgets.models.demo import load_model
-
         return load_model(path)
     if path.suffix == ".pt2":
         return _exported(path)

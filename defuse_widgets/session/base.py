@@ -1,4 +1,4 @@
-"""The core of a :class:`~defuse_widgets.session.session.DefuseSession`: its state, change events and
+"""The core of a :class:`~defuse_widgets.DefuseSession`: its state, change events and
 batched model helpers, shared by the session's step mixins (audit, rounds)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from psygnal import EmitLoopError, Signal
@@ -17,6 +17,8 @@ from defuse_widgets.correction.snapshots import SnapshotStore
 from defuse_widgets.correction.training import snapshot
 from defuse_widgets.correction.validation import DEFAULT_FRACTION, ValidationSplit, make_validation
 from defuse_widgets.data.dataset import ImageDataset
+from defuse_widgets.distributed.backend import RayBackend
+from defuse_widgets.distributed.map_model import map_model
 from defuse_widgets.models.generative import (
     GeneratorAdapter,
     as_classifier,
@@ -30,9 +32,6 @@ from defuse_widgets.regions.relabels import RelabelStore
 from defuse_widgets.search.errors import ErrorSet
 from defuse_widgets.search.inputs import check_backend
 from defuse_widgets.utils.device import resolve_device
-
-if TYPE_CHECKING:
-    from defuse_widgets.distributed.backend import RayBackend
 
 EVENTS = ("errors", "regions", "labels", "relabels", "model")
 RAY_MIN_IMAGES = 8192
@@ -160,8 +159,6 @@ class SessionBase:
         input, else on the session's device; (n, ...) on the CPU."""
         ray = self._ray
         if ray is not None and len(inputs) and (whole or len(inputs) >= self.ray_min_images):
-            from defuse_widgets.distributed.map_model import map_model
-
             return map_model(module, inputs, ray, batch_size=batch_size, progress=progress,
                              desc=desc)  # fmt: skip
         return batched(module, inputs, device=self.device, batch_size=batch_size,
