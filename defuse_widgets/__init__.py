@@ -32,10 +32,14 @@ from defuse_widgets.search.strategies import (
     ReferenceSearch,
     SearchStrategy,
 )
-from defuse_widgets.session.session import DefuseSession
+from defuse_widgets.session.session import VIEWS, DefuseSession
 from defuse_widgets.suite.check import RegionResult, SuiteResult, check_suite
 from defuse_widgets.utils.device import resolve_device
 from defuse_widgets.utils.tables import Table, Tables
+from defuse_widgets.widgets.explorer import Explorer
+from defuse_widgets.widgets.interpolator import Interpolator
+
+VIEWS.update(explorer=Explorer, interpolator=Interpolator)  # s.explorer(), s.interpolator()
 
 __all__ = [
     "MODEL_IS_RIGHT",

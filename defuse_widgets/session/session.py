@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,9 +49,15 @@ from defuse_widgets.suite.export import SuiteSource, check_export, export_suite
 from defuse_widgets.utils.checks import positive_int
 from defuse_widgets.utils.critical import deferred_interrupt
 
-if TYPE_CHECKING:
-    from defuse_widgets.widgets.explorer import Explorer
-    from defuse_widgets.widgets.interpolator import Interpolator
+VIEWS: dict[str, Callable[..., Any]] = {}
+"""The widgets a session builds (``s.explorer()``, ``s.interpolator()``), registered by the
+package's ``__init__``: the widgets sit above the session, which never imports them."""
+
+
+def _view(name: str) -> Callable[..., Any]:
+    if name not in VIEWS:
+        raise RuntimeError(f"the {name} widget is not registered; import defuse_widgets first")
+    return VIEWS[name]
 
 
 class DefuseSession(AuditMixin, RoundsMixin):
@@ -382,17 +388,15 @@ class DefuseSession(AuditMixin, RoundsMixin):
         saved.warn_stale()
         return session
 
-    def explorer(self, **options: Any) -> Explorer:
-        """The error explorer widget for this session."""
-        from defuse_widgets.widgets.explorer import Explorer
+    def explorer(self, **options: Any) -> Any:
+        """The error explorer widget for this session
+        (:class:`~defuse_widgets.widgets.explorer.Explorer`)."""
+        return _view("explorer")(self, **options)
 
-        return Explorer(self, **options)
-
-    def interpolator(self, *args: Any, **options: Any) -> Interpolator:
-        """The live latent interpolation widget (see ``widgets.interpolator.Interpolator``)."""
-        from defuse_widgets.widgets.interpolator import Interpolator
-
-        return Interpolator(self, *args, **options)
+    def interpolator(self, *args: Any, **options: Any) -> Any:
+        """The live latent interpolation widget
+        (:class:`~defuse_widgets.widgets.interpolator.Interpolator`)."""
+        return _view("interpolator")(self, *args, **options)
 
     # ----- the generator: can it draw each class? -----
 
