@@ -14,20 +14,39 @@ import { AuditView } from "./explorer/audit";
 import { InterpPanel } from "./explorer/interp";
 import { Status } from "./explorer/status";
 import { SuiteExport } from "./explorer/suite";
+import { Tabs } from "./explorer/tabs";
 import { Thumbs } from "./explorer/thumbs";
 
 type View = { cleanup: () => void; lost: () => boolean };
 
 function render({ model, el, host, signal, experimental }: RenderProps): View {
   const t0 = performance.now();
+  // layout (explorer.css): a bounded-height grid, map | region list | region panel with tabs,
+  // fine-tuning under the map; a frame narrower than 900 px stacks them (a container query)
+  const frame = document.createElement("div");
+  frame.className = "dfx-frame";
   const root = document.createElement("div");
   root.className = "dfx";
-  el.append(root);
-  const status = new Status(root, model, experimental.invoke, signal);
+  frame.append(root);
+  el.append(frame);
+  const top = document.createElement("div");
+  top.className = "dfx-top";
+  root.append(top);
+  const status = new Status(top, model, experimental.invoke, signal);
   const showStatus = () => status.show();
+  const sizeBtn = document.createElement("button");
+  sizeBtn.type = "button";
+  sizeBtn.textContent = "Presentation size";
+  sizeBtn.setAttribute("aria-label", "Presentation size");
+  sizeBtn.addEventListener("click", () => { model.set("presentation", !model.get("presentation")); model.save_changes(); });
+  top.append(sizeBtn);
   const left = document.createElement("div");
+  left.className = "dfx-mapcol";
+  const middle = document.createElement("div");
+  middle.className = "dfx-middle";
   const right = document.createElement("div");
-  root.append(left, right);
+  right.className = "dfx-detail";
+  root.append(left, middle, right);
   const act = (name: string, msg: Record<string, unknown>, note: string) => void status.act(name, msg, note);
   const thumbs = new Thumbs(experimental.invoke, signal);
 
@@ -42,17 +61,30 @@ function render({ model, el, host, signal, experimental }: RenderProps): View {
   let highlightTimer = 0;
   const highlight = () => { window.clearTimeout(highlightTimer); highlightTimer = 0; map.setSelectedRegion(model.get("selected_region")); };
   const highlightSoon = () => { window.clearTimeout(highlightTimer); highlightTimer = window.setTimeout(highlight, 400); };
+  const sortBy = (): string => model.get("region_sort") || "size";
+  const renderList = (rid: number) => list.render(regions(), labels(), rid, classes(), sortBy());
   const selectRegion = (rid: number) => {
     model.set("selected_region", rid);
     model.save_changes();
     highlightSoon();
-    list.render(regions(), labels(), rid, classes());
+    renderList(rid);
+  };
+  // the region under the pointer (or the list's keyboard focus) lit on the map, the others dimmed
+  let hoverTimer = 0;
+  const hoverRegion = (rid: number | null) => {
+    window.clearTimeout(hoverTimer);
+    hoverTimer = window.setTimeout(() => {
+      const shown = rid ?? model.get("selected_region");
+      map.root.dataset.hoveredRegion = String(rid ?? -1);
+      if (map.selectedRegion !== shown) void map.setSelectedRegion(shown);
+    }, 60);
   };
 
   const map = createMap(left, {
     onClickPoint: (i) => {
       model.set("selected_error", i); // the kernel opens/retargets the interpolation panel
       model.save_changes();
+      tabs.show("error");
       interp.set(model.get("interpolator"), i);
       interp.reveal();
       const r = mapData?.region.data[i];
@@ -68,14 +100,23 @@ function render({ model, el, host, signal, experimental }: RenderProps): View {
     },
     thumb: (i) => thumbs.get(i),
   }, model.get("map_engine") || "regl");
-  const list = new RegionList(right, selectRegion);
-  const panel = new RegionPanel(root, {
-    label: (rid, label) => act("_label_command", { region: rid, label }, `Labeling region ${rid}…`),
-    unlabel: (rid) => act("_unlabel_command", { region: rid }, `Clearing the label of region ${rid}…`),
-    addRegion: () => act("_add_region_command", {}, "Making a region from the selection…"),
+  const labelRegion = (rid: number, label: number) => act("_label_command", { region: rid, label }, `Labeling region ${rid}…`);
+  const unlabelRegion = (rid: number) => act("_unlabel_command", { region: rid }, `Clearing the label of region ${rid}…`);
+  const list = new RegionList(middle, {
+    pick: selectRegion, label: labelRegion, unlabel: unlabelRegion, hover: hoverRegion,
+    sort: (by) => { model.set("region_sort", by); model.save_changes(); renderList(model.get("selected_region")); },
   });
+  const panelHost = document.createElement("div");
+  panelHost.className = "dfx-panel-host";
+  right.append(panelHost);
+  const tabs = new Tabs(right, [["members", "Members"], ["audit", "Audit"], ["error", "Selected error"],
+    ["rounds", "Rounds"], ["tests", "Export"]], "Region details", (key) => { if (key === "rounds") void tune.drawChart(); });
+  const panel = new RegionPanel(panelHost, {
+    label: labelRegion, unlabel: unlabelRegion,
+    addRegion: () => act("_add_region_command", {}, "Making a region from the selection…"),
+  }, tabs.panel("members"));
   let selfAuditSelection: any = null; // echo guard, as for selected_indices
-  const audit = new AuditView(panel.root, {
+  const audit = new AuditView(tabs.panel("audit"), {
     open: (rid) => act("_audit_command", { region: rid }, `Auditing the training images of region ${rid}…`),
     select: (idx) => {
       selfAuditSelection = encode(idx);
@@ -85,15 +126,19 @@ function render({ model, el, host, signal, experimental }: RenderProps): View {
     relabel: (idx) => act("_relabel_command", { indices: idx }, "Relabeling…"),
     undo: (idx) => act("_unrelabel_command", { indices: idx }, "Undoing relabels…"),
   });
-  const interp = new InterpPanel(root, host as Host | undefined, (msg) => status.fail(msg));
+  const interpHint = document.createElement("p");
+  interpHint.className = "dfx-hint";
+  interpHint.textContent = "Click a point on the map (or press Enter on it) to interpolate from its source image.";
+  tabs.panel("error").append(interpHint);
+  const interp = new InterpPanel(tabs.panel("error"), host as Host | undefined, (msg) => status.fail(msg));
   const tune = new FineTune(root, {
     start: (p) => act("_fine_tune_command", { ...p }, "Starting fine-tuning…"),
     cancel: () => act("_cancel_command", {}, "Cancelling…"),
     revert: (round?: number) => act("_revert_command", round == null ? {} : { round },
       round == null ? "Reverting the model…" : `Reverting to round ${round}…`),
     params: (p) => { model.set("finetune_params", p); model.save_changes(); },
-  });
-  const suite = new SuiteExport(root, {
+  }, tabs.panel("rounds"));
+  const suite = new SuiteExport(tabs.panel("tests"), {
     exportTests: (path) => act("_export_tests_command", { path }, `Exporting the labeled regions to ${path}…`),
   });
 
@@ -132,7 +177,8 @@ function render({ model, el, host, signal, experimental }: RenderProps): View {
   };
   const onRegions = () => {
     suite.setLabeled(Object.values(labels()).filter((v) => v >= 0).length);
-    list.render(regions(), labels(), model.get("selected_region"), classes());
+    list.setSorts(model.get("region_sorts") || ["size"], sortBy());
+    renderList(model.get("selected_region"));
     panel.render(model.get("panel"), regions(), labels(), classes());
     onAuditRegion();
   };
@@ -155,9 +201,8 @@ function render({ model, el, host, signal, experimental }: RenderProps): View {
   };
   const onRelabels = () => { const n = model.get("relabel_count") || 0; audit.setCount(n); tune.setRelabels(n); };
   const onSelectedRegion = () => {
-    const rid = model.get("selected_region");
     highlightSoon();
-    list.render(regions(), labels(), rid, classes());
+    renderList(model.get("selected_region"));
   };
   const showSelection = () => {
     const a = decode(model.get("selected_indices"));
@@ -173,7 +218,18 @@ function render({ model, el, host, signal, experimental }: RenderProps): View {
   const onHistory = () => tune.setHistory(model.get("history") as Round[], model.get("baseline") as Round | null);
   const onParams = () => tune.setParams(model.get("finetune_params") as Params);
   const onClasses = () => panel.setClasses(classes());
-  const onInterp = () => interp.set(model.get("interpolator"), model.get("selected_error"));
+  const onInterp = () => {
+    const i = model.get("selected_error"), ref = model.get("interpolator");
+    interpHint.hidden = !!ref && i >= 0;
+    interp.set(ref, i);
+  };
+  const onSelectedError = () => { if (model.get("selected_error") >= 0) tabs.show("error"); onInterp(); };
+  const onSize = () => {
+    root.style.setProperty("--dfx-height", `${Math.max(400, Number(model.get("height")) || 700)}px`);
+    const big = !!model.get("presentation");
+    root.dataset.size = big ? "presentation" : "normal";
+    sizeBtn.setAttribute("aria-pressed", String(big));
+  };
   const onPoints = () => drawMap(true).then(showSelection); // a new layout keeps the selection
   const onColors = () => drawMap(false);
 
@@ -186,12 +242,13 @@ function render({ model, el, host, signal, experimental }: RenderProps): View {
     ["change:selected_indices", onSelection], ["change:progress", onProgress], ["change:history", onHistory],
     ["change:baseline", onHistory], ["change:finetune_params", onParams], ["change:classes", onClasses],
     ["change:audit", onAudit], ["change:audit_labels", onAuditLabels], ["change:audit_selection", onAuditSelection],
-    ["change:relabel_count", onRelabels], ["change:interpolator", onInterp], ["change:selected_error", onInterp],
+    ["change:relabel_count", onRelabels], ["change:interpolator", onInterp], ["change:selected_error", onSelectedError],
+    ["change:height", onSize], ["change:presentation", onSize], ["change:region_sort", onRegions], ["change:region_sorts", onRegions],
   ];
   for (const [ev, cb] of handlers) model.on(ev, cb);
 
   // initial state (a re-display shows the current state)
-  onClasses(); onThumbs(); showStatus(); onParams(); onProgress(); onRegions(); onAudit(); onRelabels(); onInterp();
+  onSize(); onClasses(); onThumbs(); showStatus(); onParams(); onProgress(); onRegions(); onAudit(); onRelabels(); onInterp();
   panel.setSelectionCount(decode(model.get("selected_indices"))?.data.length ?? 0);
   drawMap(true).then(onSelection).then(onHistory); // the map first, then the small chart
 
@@ -203,6 +260,7 @@ function render({ model, el, host, signal, experimental }: RenderProps): View {
 
   const cleanup = () => {
     for (const [ev, cb] of handlers) model.off(ev, cb);
+    window.clearTimeout(hoverTimer);
     map.destroy();
     tune.destroy();
     interp.destroy();

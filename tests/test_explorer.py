@@ -17,6 +17,7 @@ from ipywidgets import Widget
 from ipywidgets.widgets.widget import _remove_buffers
 
 import defuse_widgets as dw
+from defuse_widgets.widgets import panels
 from defuse_widgets.widgets._codec import array_from_json, array_to_json
 from defuse_widgets.widgets._selection import cell_bound_host, reason
 from defuse_widgets.widgets.explorer import Explorer, region_color
@@ -100,13 +101,58 @@ def test_state_travels_as_binary_buffers(widget: Explorer, session: dw.DefuseSes
     assert widget.classes == [str(c) for c in session.data.classes]
 
 
-def test_region_colors_stay_distinct_for_many_regions() -> None:
-    colors = [region_color(i) for i in range(200)]
-    assert len(set(colors)) == 200
-    rgb = np.array([[int(c[k : k + 2], 16) for k in (1, 3, 5)] for c in colors[:64]], float)
-    gaps = np.linalg.norm(rgb[:, None] - rgb[None], axis=2) + 1e9 * np.eye(64)
-    assert gaps.min() > 20  # 64 regions: no two colors closer than tab20's closest pair ~ 23
-    assert region_color(47) != region_color(7) and region_color(-1) == "#b8b8b8"
+def test_region_colors_stay_apart_for_every_common_vision() -> None:
+    colors = [region_color(i) for i in range(256)]
+    assert len(set(colors)) == 256 and region_color(256) == region_color(0)
+    assert region_color(-1) == "#b8b8b8" and region_color(0) == "#1f77b4"
+    rgb = panels._rgb(colors)
+    for n, least in ((30, 11.0), (50, 8.5)):
+        i, j = np.triu_indices(n, 1)
+        # delta E between every pair, for normal vision and simulated protan-, deuter- and
+        # tritanopia (the smallest of the four)
+        assert panels.color_distance(rgb[i], rgb[j]).min() >= least, n
+    grey = panels._rgb([panels.UNASSIGNED] * 50)
+    assert panels.color_distance(rgb[:50], grey).min() >= 8.5  # never the unassigned grey
+    lightness = panels.lab_views(rgb)[0, :, 0]
+    assert lightness.min() >= 30 and lightness.max() <= 80  # visible on white
+    # the former palette (tab20 first): two of its colors are one for a dichromat
+    tab20 = panels._rgb(["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+                         "#e377c2", "#bcbd22", "#17becf", "#393b79", "#e6550d", "#31a354",
+                         "#843c39", "#7b4173", "#3182bd", "#fd8d3c", "#74c476", "#ad494a",
+                         "#a55194", "#637939"])  # fmt: skip
+    i, j = np.triu_indices(20, 1)
+    assert panels.color_distance(tab20[i], tab20[j]).min() < 2
+
+
+def test_the_simulated_dichromacies_keep_grey_and_merge_red_with_green() -> None:
+    grey, red, green = panels._rgb(["#808080", "#d62728", "#2ca02c"])
+    views = panels.lab_views(np.stack([grey, red, green]))
+    assert np.allclose(views[:, 0], views[0, 0], atol=1.5)  # grey looks grey to everyone
+    normal, deutan = (np.linalg.norm(views[k, 1] - views[k, 2]) for k in (0, 2))
+    assert deutan < 0.5 * normal  # red and green move together for a deuteranope
+
+
+def test_height_presentation_and_region_orders(widget: Explorer, session: dw.DefuseSession) -> None:
+    assert widget.height == 700 and widget.presentation is False
+    widget.height = 900
+    widget.presentation = True
+    with pytest.raises(traitlets.TraitError, match="height: expected at least 400 pixels, got 120"):
+        widget.height = 120
+    assert widget.height == 900
+    assert widget.region_sort == "size"
+    assert widget.region_sorts == ["size", "real_accuracy", "recognition", "label"]
+    assert all(r["recognition"] is None for r in widget.regions)  # measured on demand
+    widget.region_sort = "recognition"
+    widget.wait()
+    measured = session.sample_recognition()
+    rows = {r["id"]: r["recognition"] for r in widget.regions}
+    assert rows == pytest.approx(measured)
+    widget.region_sort = "shoe size"  # as the page might: refused, the order kept
+    assert widget.region_sort == "recognition" and "region_sort: expected one of" in widget.error
+    with pytest.raises(ValueError, match="region_sort: expected one of"):
+        Explorer(session, projection="pca", region_sort="colour")
+    made = Explorer(session, projection="pca", height=480, presentation=True)
+    assert made.height == 480 and made.presentation
 
 
 def test_a_failure_without_a_message_still_says_why() -> None:

@@ -47,6 +47,9 @@ from defuse_widgets.widgets._tuning import Tuner
 from defuse_widgets.widgets.panels import region_color, require_regions
 
 __all__ = ["Explorer", "region_color"]
+DEFAULT_HEIGHT = 700  # pixels: the whole explorer fits a 1,400 x 900 JupyterLab window
+MIN_HEIGHT = 400
+SORTS = ("size", "real_accuracy", "label")  # and "recognition" where the session measures it
 IDLE: dict[str, Any] = {"running": False, "step": 0, "total": 0, "loss": None, "outcome": ""}
 
 
@@ -98,6 +101,18 @@ class Explorer(anywidget.AnyWidget):
     interpolator_options : dict, optional
         Keyword arguments for the :class:`~.interpolator.Interpolator` of the selected error.
     on_select, on_label : optional callbacks, see :meth:`on_select` and :meth:`on_label`.
+    height : int
+        (a trait, as a keyword) The view's height in pixels (default 700, at least 400): the
+        map, the region list and the region's panes share it side by side; a view narrower
+        than 900 pixels stacks them instead and grows to fit.
+    presentation : bool
+        (a trait, as a keyword) Larger thumbnails and text, for a projector.
+    region_sort : str
+        (a trait, as a keyword) The region list's order, one of ``region_sorts``: "size"
+        (largest first), "real_accuracy" (the classifier's accuracy on the region's real test
+        images, lowest first), "recognition" (share of its samples recognised as its class,
+        lowest first; offered where the session has ``sample_recognition``) or "label"
+        (unlabeled first).
     block : bool
         Wait for the projection and thumbnails before returning (tests, scripts).
     map_engine : "regl" or "plotly"
@@ -141,6 +156,14 @@ class Explorer(anywidget.AnyWidget):
     audit_selection = _array(echo_update=False)
     relabel_count = t.Int(0).tag(sync=True)
     interpolator = anywidget.WidgetTrait().tag(sync=True)
+    # the view's height in CSS pixels: map, region list and panes share it (a narrow view stacks
+    # them and grows instead); larger thumbnails and text for projectors with `presentation`
+    height = t.Int(DEFAULT_HEIGHT).tag(sync=True)
+    presentation = t.Bool(False).tag(sync=True)
+    # the region list's order (written by the page too) and the orders offered: "recognition"
+    # where the session measures how recognisable a region's samples are (measured on demand)
+    region_sort = t.Unicode("size").tag(sync=True)
+    region_sorts = t.List(t.Unicode()).tag(sync=True)
     # written by the page: None until a view reports, then whether one is shown
     _has_visible_views = t.Bool(None, allow_none=True).tag(sync=True)
 
@@ -194,6 +217,7 @@ class Explorer(anywidget.AnyWidget):
         self._label_callbacks: list[Callable[[int, int | None], Any]] = []
         self._panel_cache: dict[tuple[int, int], dict[str, Any]] = {}
         self._region_eval: dict[int, Any] = {}
+        self._recognition: dict[int, float] | None = None  # None: not measured (or no API)
         self._jobs = Jobs(on_busy=self._set_busy, on_error=self._job_failed, name="explorer")
         opts = self.options
         self._selection = Selection(self, session, errors, dict(interpolator_options or {}),
@@ -208,6 +232,12 @@ class Explorer(anywidget.AnyWidget):
             self.on_label(on_label)
 
         self.finetune_params = {"steps": int(steps), "lam": float(lam), "lr": float(lr)}
+        recognises = getattr(session, "sample_recognition", None) is not None
+        self.region_sorts = [*SORTS[:2], *(["recognition"] if recognises else []), SORTS[2]]
+        if self.region_sort not in self.region_sorts:
+            raise ValueError(
+                f"region_sort: expected one of {self.region_sorts}, got {self.region_sort!r}"
+            )
         self.classes = [str(c) for c in session.data.classes]
         labels = np.stack([errors.true_label.numpy(), errors.pred_label.numpy()], 1)
         self.point_labels = labels.astype(np.int16)
@@ -225,6 +255,7 @@ class Explorer(anywidget.AnyWidget):
         self._unobserve_session = session.observe(self._on_session_event)
         self._selection.make_child_now()
         self._start("projecting", self._map.prepare)
+        self.observe(self._on_region_sort, "region_sort")
         if block:
             self.wait()
 
@@ -472,6 +503,7 @@ class Explorer(anywidget.AnyWidget):
         if event == "regions":
             self._panel_cache.clear()
             self._sync_regions()
+            self._start_recognition()
             rid = self.selected_region
             if rid >= 0 and rid not in {r["id"] for r in self.regions}:
                 self.selected_region = -1
@@ -480,6 +512,7 @@ class Explorer(anywidget.AnyWidget):
         elif event == "labels":
             before = {int(k): v for k, v in self.labels.items()}
             self._sync_labels()
+            self._start_recognition()  # judged against the new labels
             after = self.session.labels
             self._audit.refresh()
             for rid in sorted(before.keys() | after.keys()):
@@ -502,7 +535,7 @@ class Explorer(anywidget.AnyWidget):
             self.regions = []
             return
         self.point_region = regions.assignments.numpy().astype(np.int32)
-        self.regions = panels.region_rows(regions, self._region_eval)
+        self.regions = panels.region_rows(regions, self._region_eval, self._recognition)
 
     def _absorb(self, ev: Any) -> None:
         """Show evaluation ``ev``'s per-region figures in the region list."""
@@ -516,6 +549,41 @@ class Explorer(anywidget.AnyWidget):
         if self.selected_region >= 0:
             self._send_panel(self.selected_region)
         self._audit.refresh()
+        self._recognise()  # when sorted by it: the model changed, so did what it recognises
+
+    def _on_region_sort(self, change: dict[str, Any]) -> None:
+        if change["new"] not in self.region_sorts:  # from the page: keep the order, say why
+            self.region_sort = change["old"]
+            self._note("", f"region_sort: expected one of {self.region_sorts}, got "
+                           f"{change['new']!r}")  # fmt: skip
+            return
+        self._start_recognition()
+
+    def _start_recognition(self) -> None:
+        """Measure recognition in the background while the list is sorted by it."""
+        if self.region_sort == "recognition":
+            self._start("measuring recognition", self._recognise)
+
+    def _recognise(self) -> None:
+        """How recognisable each region's samples are (the list's "recognition" order): the
+        share its labeler (when it holds a model), else the classifier, calls its class."""
+        measure = getattr(self.session, "sample_recognition", None)
+        if measure is None or self.session.regions is None or self.region_sort != "recognition":
+            return
+        judge = self.labeler
+        if not isinstance(judge, torch.nn.Module) and not isinstance(
+            getattr(judge, "model", None), torch.nn.Module
+        ):
+            judge = None
+        self._recognition = {int(k): float(v) for k, v in measure(judge).items()}
+        self._sync_regions()
+
+    @t.validate("height")
+    def _check_height(self, proposal: dict[str, Any]) -> int:
+        value = proposal["value"]
+        if value < MIN_HEIGHT:
+            raise t.TraitError(f"height: expected at least {MIN_HEIGHT} pixels, got {value}")
+        return int(value)
 
     def _sync_labels(self) -> None:
         self.labels = {str(k): int(v) for k, v in sorted(self.session.labels.items())}

@@ -1,4 +1,5 @@
-// Fine-tuning controls: inputs, start/cancel/revert, progress bar, live loss, per-round chart.
+// Fine-tuning controls: inputs, start/cancel/revert, progress bar, live loss, the last round's
+// numbers; the per-round chart goes where the explorer puts it (a tab).
 import Plotly from "plotly.js-gl2d-dist-min";
 
 export type Params = { steps: number; lam: number; lr: number };
@@ -45,8 +46,9 @@ export class FineTune {
   summary: HTMLElement;
   harm: HTMLElement;
   private chartReady = false;
+  private pending: [unknown[], unknown] | null = null; // a chart to draw once it is shown
 
-  constructor(parent: HTMLElement, private h: TuneHandlers) {
+  constructor(parent: HTMLElement, private h: TuneHandlers, chartParent: HTMLElement) {
     this.root = document.createElement("section");
     this.root.className = "dfx-tune";
     this.root.setAttribute("aria-label", "Fine-tuning");
@@ -91,14 +93,13 @@ export class FineTune {
     this.relabels = document.createElement("p");
     this.relabels.className = "dfx-tune-relabels";
     this.setRelabels(0);
-    const trow = document.createElement("div");
-    trow.className = "dfx-tune-row";
     this.numbers = document.createElement("div");
+    this.numbers.className = "dfx-numbers";
     this.numbers.setAttribute("aria-label", "Accuracy");
     this.chart = document.createElement("div");
     this.chart.className = "dfx-chart";
     this.chart.setAttribute("aria-label", "Accuracy per round");
-    trow.append(this.chart, this.numbers);
+    chartParent.append(this.chart);
     this.harm = document.createElement("div");
     this.harm.className = "dfx-harm";
     this.harm.setAttribute("role", "alert");
@@ -107,7 +108,7 @@ export class FineTune {
     this.summary = document.createElement("p");
     this.summary.className = "dfx-round-summary";
     this.summary.setAttribute("aria-label", "Round summary");
-    this.root.append(title, this.relabels, row, prow, this.harm, this.summary, trow);
+    this.root.append(title, this.relabels, row, prow, this.harm, this.summary, this.numbers);
     parent.append(this.root);
   }
 
@@ -205,6 +206,15 @@ export class FineTune {
     const layout = { margin: { l: 40, r: 10, t: 24, b: 30 }, height: 200, width: 420,
       xaxis: { tickvals: xs, ticktext: all.map(eventTick), range: [-0.5, Math.max(1, xs.length) - 0.5] },
       yaxis: { range: [0, 1.02], tickformat: ".0%" }, legend: { orientation: "h", x: 0, y: 1.18 } };
+    this.pending = [traces, layout];
+    await this.drawChart();
+  }
+
+  /** Draw the per-round chart if it is shown (plotly measures text: a hidden chart waits). */
+  async drawChart(): Promise<void> {
+    if (!this.pending || !this.chart.isConnected || this.chart.offsetParent === null) return;
+    const [traces, layout] = this.pending;
+    this.pending = null;
     const config = { displayModeBar: false, staticPlot: true };
     if (!this.chartReady) { await Plotly.newPlot(this.chart, traces, layout, config); this.chartReady = true; }
     else await Plotly.react(this.chart, traces, layout, config);

@@ -205,6 +205,7 @@ def test_explorer_end_to_end(
     page.get_by_role("button", name=re.compile(rf"^Region {rid2}: .*label: ")).wait_for(
         timeout=15_000
     )
+    page.get_by_role("tab", name="Audit").click()  # the audit's pane beside the map
     page.get_by_role("button", name="Audit training images").click()
     boxes = page.get_by_role("checkbox", name=re.compile(r"^Select training image \d+"))
     boxes.first.wait_for(timeout=60_000)
@@ -318,6 +319,9 @@ def test_export_as_test_button(
     cells = _setup_cells(digits_model_paths)
     cells[0] = cells[0].replace("limit=200", "limit=60").replace(', background="train"', "")
     page = notebook("explorer_suite_e2e", cells, timeout=120)
+    tab = page.get_by_role("tab", name="Export")  # the regression export's pane
+    tab.wait_for(timeout=60_000)
+    tab.click()
     section = page.get_by_role("region", name="Regression tests")
     button = section.get_by_role("button", name="Export as test")
     button.wait_for(timeout=60_000)
