@@ -35,8 +35,11 @@ import torch
 import defuse_widgets as dw
 import defuse_widgets.models.inference
 from defuse_widgets.models.demo import (
+    _reconstruction_loss,
     load_model,
+    load_weights,
     save_model,
+    save_weights,
     train_classifier,
     train_vae,
     vae_defaults,
@@ -61,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", nargs="+", default=None, help="measure only these variants")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on "
                    "a shared 2-core machine)")  # fmt: skip
+    p.add_argument("--diffusers", action="store_true",
+                   help="also train a small diffusers AutoencoderKL (AUTOENCODER_KL)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the JSON line here")
     return p.parse_args(argv)
@@ -85,6 +90,52 @@ def cached(name: str, settings: dict[str, Any], build: Any) -> tuple[torch.nn.Mo
     part.replace(path)
     meta.write_text(json.dumps({"settings": settings, "seconds": seconds}))
     return model, seconds
+
+
+AUTOENCODER_KL = {"block_out_channels": [16, 32, 32], "latent_channels": 2, "layers_per_block": 1}
+
+
+def autoencoder_kl(data: dw.ImageDataset, epochs: int, seed: int) -> tuple[torch.nn.Module, float]:
+    """A small diffusers AutoencoderKL (``AUTOENCODER_KL``: 28x28 -> 2 x 7 x 7 codes) trained
+    on ``data.x_train`` with train_vae's Gaussian loss (calibrated variance) + KL, Adam, seeded;
+    cached as weights. Returns (model in eval mode, training seconds)."""
+    from diffusers import AutoencoderKL
+
+    def build() -> torch.nn.Module:
+        torch.manual_seed(seed)
+        c = data.image_shape[0]
+        return AutoencoderKL(in_channels=c, out_channels=c, norm_num_groups=8,
+                             down_block_types=("DownEncoderBlock2D",) * 3,
+                             up_block_types=("UpDecoderBlock2D",) * 3,
+                             sample_size=data.image_shape[1], **AUTOENCODER_KL)  # fmt: skip
+
+    key = json.dumps({"torch": torch.__version__, "images": len(data.y_train), "epochs": epochs,
+                      "seed": seed, **AUTOENCODER_KL}, sort_keys=True)  # fmt: skip
+    path = CACHE / f"autoencoder-kl-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
+    vae = build()
+    if path.is_file():
+        load_weights(vae, path)
+        return vae.eval(), float(json.loads(path.with_suffix(".json").read_text())["seconds"])
+    start = time.perf_counter()
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    vae.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(data.x_train), generator=gen).split(128):
+            x = data.x_train[idx]
+            dist = vae.encode(x * 2 - 1).latent_dist
+            recon = (vae.decode(dist.sample(generator=gen)).sample + 1) / 2
+            loss = (_reconstruction_loss(recon, x, "gaussian") + dist.kl().sum()) / len(
+                x
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    seconds = time.perf_counter() - start
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(vae, path)
+    path.with_suffix(".json").write_text(json.dumps({"seconds": seconds}))
+    return vae.eval(), seconds
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -115,16 +166,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               **({"width": args.width} if args.width else {})}  # fmt: skip
     results: dict[str, Any] = {}
     for name, settings in variants.items():
-        kwargs = {**common, **settings}
+        kwargs = {**vae_defaults(data.image_shape), **common, **settings}
         vae, seconds = cached(
-            "vae",
-            {"images": len(data.y_train), **vae_defaults(data.image_shape), **kwargs},
+            "vae", {"images": len(data.y_train), **kwargs},
             lambda kw=kwargs: train_vae(data, device="cpu", progress=False, **kw),
         )  # fmt: skip
         report = generator_report(vae, reference, x, y, full.classes)
         results[name] = {"settings": kwargs, "config": vae.config, "train_seconds": seconds,
                          "report": report.to_dict()}  # fmt: skip
         print(f"\n== {name}: {kwargs} (trained in {seconds:.0f} s)")
+        print(report.table())
+    if args.diffusers:
+        vae, seconds = autoencoder_kl(data, args.epochs, args.seed)
+        report = generator_report(vae, reference, x, y, full.classes)
+        results["diffusers"] = {"settings": {"epochs": args.epochs, **AUTOENCODER_KL},
+                                "train_seconds": seconds, "report": report.to_dict()}  # fmt: skip
+        print(f"\n== diffusers AutoencoderKL {AUTOENCODER_KL} (trained in {seconds:.0f} s)")
         print(report.table())
     names = list(results)
     print("\nper class, reconstructions recognised / real images recognised:")

@@ -14,6 +14,7 @@ from torch import nn
 
 import defuse_widgets as dw
 from defuse_widgets.cli import print_generator_report
+from defuse_widgets.models.demo import LIKELIHOODS, vae_defaults
 from defuse_widgets.models.generative import as_generator
 from defuse_widgets.models.generator_report import (
     frechet_distance,
@@ -245,3 +246,16 @@ def test_cli_prints_the_report_and_writes_it(
     assert f"regions of class {digits.classes[MISSING]} will look like" in text
     doc = json.loads((tmp_path / "out" / "generator.json").read_text())
     assert MISSING in [f["index"] for f in doc["flagged"]]
+
+
+def test_train_vae_gaussian_likelihood_and_defaults(digits: dw.ImageDataset) -> None:
+    assert vae_defaults(digits.image_shape) == {"latent_dim": 8, "likelihood": "bernoulli"}
+    big = vae_defaults((1, 28, 28))
+    assert set(big) == {"latent_dim", "likelihood"} and big["likelihood"] in LIKELIHOODS
+    small = dw.load_dataset("digits", train_limit=300, test_limit=50)
+    kw = {"epochs": 1, "latent_dim": 4, "seed": 0, "device": "cpu", "progress": False}
+    gauss = dw.train_vae(small, likelihood="gaussian", **kw)
+    bern = dw.train_vae(small, likelihood="bernoulli", **kw)
+    assert not torch.equal(gauss.decode(torch.zeros(1, 4)), bern.decode(torch.zeros(1, 4)))
+    with pytest.raises(ValueError, match="likelihood: expected None or one of"):
+        dw.train_vae(small, likelihood="laplace", **kw)
