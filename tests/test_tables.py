@@ -114,6 +114,11 @@ def test_error_set_renders_per_class_and_per_error(rounded, digits) -> None:
     counts = torch.bincount(errors.true_label, minlength=10)
     for _, row in by_class.iterrows():
         assert row["errors"] == counts[digits.classes.index(row["true class"])]
+    sources = errors.to_pandas(digits.classes, by="source")
+    assert len(sources) == len(errors.source_index.unique())
+    assert sources["errors"].sum() == len(errors)
+    top = sources.iloc[0]
+    assert top["errors"] == int((errors.source_index == top["source_index"]).sum())
     frame = errors.to_pandas()
     assert list(frame.columns) == [
         "error", "source_index", "true", "predicted", "confidence", "validity"]  # fmt: skip

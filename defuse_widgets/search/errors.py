@@ -120,14 +120,18 @@ class ErrorSet:
         ----------
         classes : sequence of str or None
             Class names (e.g. ``data.classes``); None shows class indices.
-        by : {"class", "error"}
+        by : {"class", "source", "error"}
             ``"class"``: one row per true class (errors, source images with an error, the most
-            common predicted class and its count, mean confidence and validity); ``"error"``:
-            one row per error (``error``, ``source_index``, ``true``, ``predicted``,
-            ``confidence``, ``validity``).
+            common predicted class and its count, mean confidence and validity); ``"source"``:
+            one row per searched image with an error (its ``source_index``, true class, errors,
+            the most common prediction, the highest confidence); ``"error"``: one row per error
+            (``error``, ``source_index``, ``true``, ``predicted``, ``confidence``,
+            ``validity``).
         """
-        one_of("by", by, ("class", "error"))
-        return error_table(self, classes) if by == "error" else class_table(self, classes)
+        one_of("by", by, ("class", "source", "error"))
+        if by == "error":
+            return error_table(self, classes)
+        return source_table(self, classes) if by == "source" else class_table(self, classes)
 
     def to_pandas(self, classes: Sequence[str] | None = None, by: str = "error") -> Any:
         """:meth:`to_table` as a ``pandas.DataFrame`` (default one row per error; needs pandas)."""
@@ -172,6 +176,26 @@ def class_table(errors: ErrorSet, classes: Sequence[str] | None = None) -> Table
         "mean confidence",
         "mean validity",
     ]
+    return Table(columns, rows, title=_title(errors))
+
+
+def source_table(errors: ErrorSet, classes: Sequence[str] | None = None) -> Table:
+    """One row per source image with an error, most errors first."""
+    rows: list[list[Any]] = []
+    for src in errors.source_index.unique().tolist():
+        mask = errors.source_index == src
+        preds, counts = errors.pred_label[mask].unique(return_counts=True)
+        rows.append(
+            [
+                src,
+                class_label(int(errors.true_label[mask][0]), classes),
+                int(mask.sum()),
+                class_label(int(preds[counts.argmax()]), classes),
+                float(errors.confidence[mask].max()),
+            ]
+        )
+    rows.sort(key=lambda r: -r[2])
+    columns = ["source_index", "true class", "errors", "most common prediction", "max confidence"]
     return Table(columns, rows, title=_title(errors))
 
 
