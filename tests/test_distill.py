@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +15,8 @@ from torch import nn
 import defuse_widgets as dw
 from defuse_widgets import ErrorSet
 from defuse_widgets.regions.distill import DEFAULT_SCALE, RegionSet, fit_regions, robust_cholesky
+from defuse_widgets.regions.mixture import fit_mixture_torch, to_mixture
+from defuse_widgets.regions.progressive import carry_labels, quick_regions
 
 D = 4
 PER_CLUSTER = 40
@@ -493,3 +498,113 @@ def test_user_region(
             s.add_region(bad)
     assert len(s.regions) == n + 1
     assert shared_errors(digits_classifier, digits_vae, digits) is s.errors
+
+
+# ----- the torch fit against sklearn's, and progressive regions (issue 34) -----
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "tied", "spherical"])
+def test_torch_fit_is_sklearns_fit_step_for_step(
+    clusters: tuple[ErrorSet, torch.Tensor], covariance_type: str
+) -> None:
+    """Same model, priors, initialisation and updates: after the same iterations, the same
+    mixture (only the stopping rule differs)."""
+    from sklearn.mixture import BayesianGaussianMixture
+
+    x = clusters[0].codes.double()
+    reg = 1e-6 * float(x.var(0).mean())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bgm = BayesianGaussianMixture(
+            n_components=8,
+            covariance_type=covariance_type,
+            weight_concentration_prior_type="dirichlet_process",
+            reg_covar=reg,
+            max_iter=12,
+            tol=0,
+            random_state=3,
+        ).fit(x.numpy())
+    ours, converged, iterations = fit_mixture_torch(x, 8, covariance_type, 12, 3, tol=0.0)
+    theirs = to_mixture(bgm, x.shape[1])
+    assert iterations == 12 and not converged
+    for name in ("weights", "means", "covariances"):
+        assert torch.allclose(getattr(ours, name), getattr(theirs, name), atol=1e-9), name
+
+
+def test_torch_fit_stops_early_and_agrees_with_sklearn(
+    clusters: tuple[ErrorSet, torch.Tensor],
+) -> None:
+    errors, cluster = clusters
+    ours = fit_regions(errors, max_regions=10, seed=0)
+    theirs = fit_regions(errors, max_regions=10, seed=0, method="sklearn")
+    assert ours.settings["method"] == "torch" and theirs.settings["method"] == "sklearn"
+    assert ours.settings["converged"] and ours.settings["iterations"] < 200
+    assert torch.equal(ours.assignments, theirs.assignments)
+    assert [r.size for r in ours] == [r.size for r in theirs]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"method": "em"}, "method"), ({"tol": 0}, "tol"), ({"device": 3}, "device")],
+)
+def test_bad_fit_options_are_named(
+    clusters: tuple[ErrorSet, torch.Tensor], kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        fit_regions(clusters[0], max_regions=5, **kwargs)
+
+
+def test_quick_regions_wait_for_enough_errors(clusters: tuple[ErrorSet, torch.Tensor]) -> None:
+    errors = clusters[0]
+    with pytest.raises(ValueError, match="min_errors=200"):
+        quick_regions(errors)
+    quick = quick_regions(errors, max_regions=10, min_errors=60, max_fit=60)
+    assert quick.settings["quick"] and quick.settings["fitted_on"] == 60
+    check_consistent(quick, errors)
+    assert len(quick) >= 3  # 60 codes and 10 components: sklearn's fit splits them alike
+    for r in quick:
+        assert len(set(clusters[1][quick.members(r.id)].tolist())) == 1
+
+
+def test_labels_carry_from_a_quick_fit_to_the_full_fit(
+    clusters: tuple[ErrorSet, torch.Tensor],
+) -> None:
+    """A quick fit on the first errors found, labeled; the full fit on all of them (other region
+    ids, other order) gets each label on the region with the same cluster."""
+    errors, cluster = clusters
+    first = torch.cat([torch.arange(c * PER_CLUSTER, c * PER_CLUSTER + 15) for c in range(3)])
+    early = errors.subset(first)
+    quick = quick_regions(early, max_regions=6, min_errors=30, seed=1)
+    full = fit_regions(errors, max_regions=10, seed=0)
+    labels = {r.id: int(cluster[first][quick.members(r.id)][0]) + 5 for r in quick}
+    for codes in (early.codes, None):  # by the labeled errors, then by draws from the regions
+        carried = carry_labels(labels, quick, full, codes=codes)
+        assert not carried.unmatched and not carried.conflicts
+        assert len(carried.labels) == 3
+        for new_id, label in carried.labels.items():
+            assert set(cluster[full.members(new_id)].tolist()) == {label - 5}
+
+
+def test_carry_labels_leaves_conflicts_and_strangers_to_the_person(
+    clusters: tuple[ErrorSet, torch.Tensor],
+) -> None:
+    errors, cluster = clusters
+    full = fit_regions(errors, max_regions=10, seed=0)
+    one = make_errors(errors.codes[cluster == 0], cluster[cluster == 0], cluster[cluster == 0] + 1)
+    split = fit_regions(one, max_regions=2, min_weight=0.0, seed=0)  # one cluster, two regions
+    assert len(split) == 2
+    target = int(full.assignments[cluster == 0][0])
+    carried = carry_labels({0: 3, 1: 4}, split, full, codes=one.codes)
+    assert carried.conflicts == {target: [0, 1]} and not carried.labels
+    agreed = carry_labels({0: 3, 1: 3}, split, full, codes=one.codes)
+    assert agreed.labels == {target: 3}
+    far = make_errors(errors.codes + 100.0)
+    stranger = fit_regions(far, max_regions=3, seed=0)
+    moved = carry_labels({0: 2}, stranger, full)
+    assert moved.unmatched == [0] or moved.matches[0][1] >= 0.5
+    with pytest.raises(KeyError, match="known ids"):
+        carry_labels({99: 1}, split, full)
+    with pytest.raises(ValueError, match="codes"):
+        carry_labels({0: 1}, split, full, codes=errors.codes)
+    with pytest.raises(ValueError, match="min_share"):
+        carry_labels({0: 1}, split, full, min_share=0)
