@@ -167,6 +167,10 @@ export class ReglMap implements MapView {
   private applyStyle(): void {
     if (!this.sp || !this.data || !this.col) return;
     const st = style(this.col, this.highlight(), markerSize(this.data.region.data.length));
+    // regl-scatterplot keeps its opacity and size tables when the new ones hold the same *set*
+    // of values (its hasSameElements): a highlight moved from one region to another would never
+    // be painted. A one-entry table in between makes every new table count as a change.
+    this.sp.set({ opacity: [1], pointSize: [1] } as any);
     this.sp.set((this.flat ? flatten(st) : st) as any);
   }
 

@@ -11,11 +11,14 @@ made by ``test_explorer_browser.py``, in a fuller state).
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from digits_cells import session_source
+from PIL import Image
 
 MAP = '[aria-label="Error map"]'
 OUTPUT = Path(__file__).resolve().parents[2] / "tests" / "output"  # git-ignored
@@ -37,6 +40,20 @@ def _inside(page: Any, locator: Any, what: str) -> dict[str, float]:
     assert box["x"] >= 0 and box["x"] + box["width"] <= vp["width"], (what, box)
     assert box["y"] >= 0 and box["y"] + box["height"] <= vp["height"], (what, box)
     return dict(box)
+
+
+def _painted(page: Any, i: int, color: str) -> None:
+    """Error ``i`` is painted in ``color`` on the map's canvas (its 3 x 3 centre pixels), not
+    only in the style tables: the map library must have taken the new tables."""
+    want = np.array([int(color[k : k + 2], 16) for k in (1, 3, 5)], float)
+    x, y = page.evaluate(f"(i) => document.querySelector('{MAP}').dfxMap.screenPosition(i)", i)
+    for _ in range(20):
+        png = page.screenshot(clip={"x": x - 1, "y": y - 1, "width": 3, "height": 3})
+        pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), float).reshape(-1, 3)
+        if np.abs(np.median(pixels, 0) - want).max() < 40:
+            return
+        page.wait_for_timeout(150)
+    raise AssertionError(f"error {i} is painted {np.median(pixels, 0)}, expected {want}")
 
 
 def _region_order(page: Any) -> list[int]:
@@ -101,6 +118,7 @@ def test_explorer_fits_one_screen_and_labels_from_the_keyboard(
     style = f"(i) => document.querySelector('{MAP}').dfxMap.styleOf(i)"
     page.wait_for_function(f"(i) => ({style})(i).opacity < 0.5", arg=info["outside"])
     assert page.evaluate(style, info["inside"])["opacity"] > 0.8
+    _painted(page, info["inside"], page.evaluate(style, info["inside"])["color"])
     page.mouse.move(5, 5)  # off the list: the selected region is lit again
 
     # ten regions labeled from the keyboard alone: a class digit, R (model is right) or
