@@ -141,7 +141,9 @@ def read_state(
     data = dataset_of(path, doc["dataset"], data)
     if latent_dim != doc["latent_dim"]:
         raise fail(
-            path, f"latent size {doc['latent_dim']} differs from the generator's {latent_dim}"
+            path,
+            f"session.json: field 'latent_dim': latent size {doc['latent_dim']} differs from the "
+            f"generator's {latent_dim}",
         )
     snapshots = read_snapshots(path, files["weights"], doc["snapshots"], classifier)
     errors = regions = None
@@ -149,7 +151,7 @@ def read_state(
         errors = read_errors(path, files["errors"], doc["errors"], latent_dim)
     if doc["regions"] is not None:
         if errors is None:
-            raise fail(path, "it has regions but no errors")
+            raise fail(path, "session.json: field 'regions' is set but field 'errors' is null")
         regions = read_regions(path, files["regions"], doc["regions"], len(errors), latent_dim)
     state = {
         "seed": doc["seed"],
@@ -159,9 +161,20 @@ def read_state(
         "relabels": checked_relabels(path, doc, data),
         "snapshots": snapshots,
         "active_round": checked_rounds(path, doc, len(snapshots)),
-        "history": [RoundRecord.from_dict(r) for r in doc["history"]],
+        "history": checked_history(path, doc),
     }
     return state, data
+
+
+def checked_history(path: Path, doc: dict[str, Any]) -> list[RoundRecord]:
+    """The round records (their fields' kinds were checked by the schema; their values here)."""
+    records = []
+    for i, record in enumerate(doc["history"]):
+        try:
+            records.append(RoundRecord.from_dict(record))
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
+            raise fail(path, f"session.json: field 'history[{i}]' is invalid ({exc!r})") from exc
+    return records
 
 
 def dataset_of(path: Path, fingerprint: dict[str, Any], data: ImageDataset | None) -> ImageDataset:
@@ -207,7 +220,8 @@ def checked_rounds(path: Path, doc: dict[str, Any], snapshots: int) -> int:
     if not 0 <= active < snapshots:
         raise fail(
             path,
-            f"field 'active_round': its active round {active} out of range for {snapshots} snapshots",
+            f"field 'active_round': its active round {active} out of range for {snapshots} "
+            "snapshots",
         )
     if len(doc["history"]) != snapshots - 1:
         raise fail(
@@ -274,9 +288,10 @@ def read_errors(
     tensors = read_tensors(path, entry)
     if set(tensors) != set(ERROR_FIELDS):
         raise fail(path, f"{name} holds {sorted(tensors)}, expected {sorted(ERROR_FIELDS)}")
-    m = len(tensors["codes"])
-    if tensors["codes"].shape != (m, latent_dim) or any(len(t) != m for t in tensors.values()):
-        raise fail(path, f"{name} has inconsistent shapes")
+    m = len(tensors["codes"]) if tensors["codes"].dim() else -1
+    shapes = {k: tuple(t.shape) for k, t in tensors.items()}
+    if shapes["codes"] != (m, latent_dim) or any(not s or s[0] != m for s in shapes.values()):
+        raise fail(path, f"{name} has inconsistent shapes ({shapes}; latent size {latent_dim})")
     return ErrorSet(
         **tensors,
         settings=meta["settings"],
@@ -302,7 +317,7 @@ def read_mixture(path: Path, name: str, tensors: dict[str, torch.Tensor], d: int
         )
     try:
         return Mixture(tensors["weights"], tensors["means"], tensors["covariances"])
-    except RuntimeError as exc:  # a covariance that is not positive definite
+    except (RuntimeError, ValueError, TypeError) as exc:  # e.g. a covariance not positive definite
         raise fail(path, f"{name} holds no valid mixture ({exc})") from exc
 
 

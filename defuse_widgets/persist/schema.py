@@ -81,6 +81,8 @@ ROUND_OPTIONAL = {  # fields added after version 1; absent in older saves
     "harm": (LIST, NULL),
     "grid": (LIST, NULL),
     "class_deltas": (LIST, NULL),
+    "real_images": (DICT, NULL),
+    "generated_images": (INT, NULL),
 }
 EVALUATION = {
     "round": (INT,),
@@ -148,6 +150,7 @@ def check_list(where: str, items: list[Any], kinds: tuple[str, ...]) -> None:
 def check_document(doc: Mapping[str, Any], version: int) -> None:
     """Check every field the loader reads; raise :class:`FieldError` naming the first bad one."""
     check_fields("", doc, TOP)
+    check_seed("seed", doc["seed"])
     check_fields("dataset", doc["dataset"], DATASET)
     expect("validation", doc.get("validation"), (NUM, NULL))
     check_list("labels", list(doc["labels"].values()), (INT,))
@@ -157,12 +160,19 @@ def check_document(doc: Mapping[str, Any], version: int) -> None:
         check_fields("errors", doc["errors"], ERRORS)
     if doc["regions"] is not None:
         check_fields("regions", doc["regions"], REGIONS)
+        check_seed("regions.seed", doc["regions"]["seed"])
         for i, region in enumerate(doc["regions"]["regions"]):
             check_region(f"regions.regions[{i}]", region)
     if doc["regions"] is not None and doc["errors"] is None:
         raise FieldError("it has regions but no errors")
     if version >= 2:
         check_files(doc)
+
+
+def check_seed(where: str, seed: int) -> None:
+    """A seed torch's generators take: a 64-bit signed integer."""
+    if not -(2**63) <= seed < 2**63:
+        raise FieldError(f"field {where!r}: expected a 64-bit integer seed, got {seed}")
 
 
 def check_round(where: str, record: Any) -> None:

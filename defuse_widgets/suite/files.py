@@ -112,7 +112,10 @@ def load_suite(path: str | os.PathLike, data: ImageDataset | None = None) -> Sui
     except SuiteFileError as exc:
         raise ValueError(f"path: the suite in {path} is damaged: {exc}; export it again") from exc
     if not regions:
-        raise ValueError(f"path: the suite in {path} has no regions; export it again")
+        raise ValueError(
+            f"path: the suite in {path} has no regions ({MANIFEST}: field 'regions' is empty); "
+            "export it again"
+        )
     ids = [r.id for r in regions]
     if len(set(ids)) != len(ids):
         raise ValueError(
