@@ -389,7 +389,7 @@ def round_summary(session: DefuseSession, record: Any) -> dict[str, Any]:
     deltas = list(_field(record, "class_deltas", []) or [])
     validation = _field(record, "validation", None) or {}
     return {
-        "validation": {k: v["overall"] for k, v in validation.items()},
+        "validation": {k: validation[k]["overall"] for k in ("before", "after") if k in validation},
         "base_round": _field(record, "base_round", 0),
         "stopped": _field(record, "stopped", ""),
         "class_deltas": [{"name": names[c], "delta": d} for c, d in enumerate(deltas)],
