@@ -59,8 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=5, help="errors kept per image at most")
     p.add_argument("--beta", type=float, default=50.0, help="Beta(a, a) noise parameter a")
     p.add_argument("--device", default="auto")
-    p.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="none",
-                   help="mixed precision for ours (the baseline runs in float32)")  # fmt: skip
+    p.add_argument("--autocast", choices=["none", "auto", "bf16", "fp16"], default="none",
+                   help="mixed precision for ours (the baseline runs in float32; 'auto' is "
+                   "identify's default)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -126,7 +127,7 @@ def load_models(data: dw.ImageDataset, args: argparse.Namespace) -> tuple[nn.Mod
     """Train (seeded) or read the cached models for this dataset and training code."""
     package = Path(dw.__file__).parent
     digest = hashlib.sha256(f"{torch.__version__} {args.train_images} {args.epochs}".encode())
-    digest.update((package / "models.py").read_bytes())
+    digest.update((package / "models" / "demo.py").read_bytes())
     digest.update(data.x_train.numpy().tobytes() + data.y_train.numpy().tobytes())
     folder = CACHE / f"{args.dataset}-{digest.hexdigest()[:12]}"
     paths = {"classifier": folder / "classifier.safetensors", "vae": folder / "vae.safetensors"}

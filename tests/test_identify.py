@@ -22,6 +22,7 @@ from defuse_widgets import (
     identify,
     validity_score,
 )
+from defuse_widgets.models.inference import UpsampleConv, fused_upsampling
 from defuse_widgets.search.rng import beta_noise, image_generator, image_seed
 from defuse_widgets.search.strategies import STRATEGIES
 
@@ -171,8 +172,19 @@ def test_reference_matches_a_plain_per_image_loop(
             pred = digits_classifier(digits_vae.decode(mu + noise)).argmax(1)
             wrong = (pred != y[i]).nonzero().flatten()
             expected += [(mu + noise)[j] for j in wrong[noise[wrong].norm(dim=1).argsort()[:k]]]
-    errors = identify(digits_classifier, digits_vae, x, y, "reference", samples=q,
-                      max_per_image=k, seed=7, device="cpu", progress=False)  # fmt: skip
+    errors = identify(
+        digits_classifier,
+        digits_vae,
+        x,
+        y,
+        "reference",
+        samples=q,
+        max_per_image=k,
+        seed=7,
+        device="cpu",
+        progress=False,
+        autocast=None,
+    )  # fmt: skip  (float32, as the loop is)
     assert len(errors) == len(expected) > 5
     assert torch.allclose(errors.codes, torch.stack(expected), atol=1e-5)
 
@@ -622,3 +634,49 @@ def test_session_identify_takes_a_strategy_object_or_its_name(
     with pytest.raises(TypeError, match="restarts: expected knobs of the 'gaussian' strategy"):
         s.identify(strategy="gaussian", limit=20, restarts=3)
     assert s.errors is by_object, "a refused search leaves the session's errors as they were"
+
+
+def test_fast_defaults_keep_float32_errors(
+    digits_classifier: nn.Module, digits_vae: nn.Module, digits: dw.ImageDataset
+) -> None:
+    """The defaults (bf16 where native, fused upsampling, channels-last weights) keep only codes
+    that float32 also misclassifies (bf16 screens, float32 confirms), nearly the same ones as a
+    plain float32 search, and leave the models as they were (layers, memory order, mode)."""
+    x, y = digits.x_test[:40], digits.y_test[:40]
+    keys = list(digits_vae.state_dict())
+    plain = identify(digits_classifier, digits_vae, x, y, "reference", samples=40, seed=3,
+                     device="cpu", progress=False, autocast=None, fuse=False,
+                     channels_last=False)  # fmt: skip
+    fast = identify(digits_classifier, digits_vae, x, y, "reference", samples=40, seed=3,
+                    device="cpu", progress=False)  # fmt: skip
+    assert fast.settings["fuse"] and fast.settings["channels_last"]
+    assert fast.settings["autocast"] in (None, "bf16")
+    with torch.no_grad():
+        pred = digits_classifier(digits_vae.decode(fast.codes)).argmax(1)
+    assert torch.equal(pred, fast.pred_label)
+    assert bool((fast.pred_label != fast.true_label).all())
+    same = {(int(s), tuple(c)) for s, c in zip(plain.source_index, plain.codes.tolist())}
+    shared = sum((int(s), tuple(c)) in same for s, c in zip(fast.source_index, fast.codes.tolist()))
+    assert shared >= 0.9 * len(plain) > 10
+    assert list(digits_vae.state_dict()) == keys and not digits_vae.training
+    assert all(p.is_contiguous() for p in digits_vae.parameters())
+    assert all(p.is_contiguous() for p in digits_classifier.parameters())
+
+
+def test_fused_upsampling_is_the_same_decoder() -> None:
+    """Nearest 2x upsampling + 3x3 conv as one transposed conv: same images (and gradients to the
+    codes), for sizes that halve evenly and for one that does not (falls back), then restored."""
+    for shape in [(1, 8, 8), (3, 28, 28), (1, 15, 15)]:
+        vae = dw.ConvVAE(shape, 4).eval()
+        z = torch.randn(16, 4, requires_grad=True)
+        before = [type(m) for m in vae.decoder]
+        plain = vae.decode(z)
+        (g_plain,) = torch.autograd.grad(plain.sum(), z)
+        with fused_upsampling(vae) as pairs:
+            assert pairs >= 1
+            assert any(isinstance(m, UpsampleConv) for m in vae.decoder)
+            fused = vae.decode(z)
+            (g_fused,) = torch.autograd.grad(fused.sum(), z)
+        assert torch.allclose(plain, fused, atol=1e-5)
+        assert torch.allclose(g_plain, g_fused, atol=1e-4)
+        assert [type(m) for m in vae.decoder] == before

@@ -18,7 +18,8 @@ from torch import nn
 from defuse_widgets.data.dataset import stratified
 from defuse_widgets.distributed.backend import RayBackend, ready
 from defuse_widgets.models.generative import as_generator
-from defuse_widgets.models.inference import evaluating
+from defuse_widgets.models.inference import channels_last as channels_last_weights
+from defuse_widgets.models.inference import evaluating, fused_upsampling
 from defuse_widgets.search.errors import ErrorSet
 from defuse_widgets.search.inputs import (
     check_backend,
@@ -27,7 +28,7 @@ from defuse_widgets.search.inputs import (
     encode_in_index_order,
 )
 from defuse_widgets.search.on_ray import ray_search
-from defuse_widgets.search.run import AUTOCAST, Classifier, SearchRun
+from defuse_widgets.search.run import AUTOCAST, Classifier, SearchRun, resolve_autocast
 from defuse_widgets.search.strategies import DEFAULT_STRATEGY, SearchStrategy, as_strategy
 from defuse_widgets.utils.checks import in_range, one_of, positive_int
 from defuse_widgets.utils.device import resolve_device
@@ -48,7 +49,9 @@ def identify(
     limit_order: str = "stratified",
     min_validity: float | None = None,
     chunk_size: int | None = None,
-    autocast: str | None = None,
+    autocast: str | None = "auto",
+    fuse: bool = True,
+    channels_last: bool = True,
     device: str | torch.device = "auto",
     seed: int = 0,
     progress: bool = True,
@@ -93,8 +96,21 @@ def identify(
         65,536 pixels per call (1024 codes of 8x8, 83 of 28x28): larger calls spill the caches,
         and 28x28 calls of 1024 codes ran 2x slower per decode than calls of 100 on the 2-core
         build machine.
-    autocast : {None, "bf16", "fp16"}
-        Mixed precision for decoding and classifying.
+    autocast : {"auto", None, "bf16", "fp16"}
+        Mixed precision for decoding and classifying. ``"auto"`` (default): bf16 where the
+        device computes it natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU that supports
+        it; about 2x more decodes a second on the CPU), else float32 (None). Every code bf16
+        calls wrong is classified again in float32 and kept only if float32 agrees; codes bf16
+        calls right near the boundary may still be float32 errors, so a few errors differ from a
+        float32 search of the same seed (``docs/performance.md``).
+    fuse : bool
+        Run the generator's nearest-2x-upsample + 3x3-convolution pairs (in an ``nn.Sequential``)
+        as one transposed convolution while searching
+        (:func:`~defuse_widgets.models.inference.fused_upsampling`): the same images to float
+        rounding, 2.25x fewer multiply-adds in those layers.
+    channels_last : bool
+        Hold the models' convolution weights in channels-last order while searching (oneDNN's and
+        cuDNN's fast layout); each is put back after. Ignored on MPS.
     device : str or torch.device
         ``"auto"`` (CUDA, MPS, CPU) or a device; the models are moved there.
     seed : int
@@ -139,7 +155,7 @@ def identify(
     )
     if min_validity is not None:
         in_range("min_validity", min_validity, 0, 1)
-    one_of("autocast", autocast, (None, *AUTOCAST))
+    one_of("autocast", autocast, (None, "auto", *AUTOCAST))
     one_of("limit_order", limit_order, LIMIT_ORDERS)
     if limit is not None:
         positive_int("limit", limit)
@@ -152,7 +168,10 @@ def identify(
     for m in modules:
         m.to(dev)
     start = time.perf_counter()
-    with evaluating(*modules):
+    autocast = resolve_autocast(autocast, dev)
+    last = modules if channels_last and dev.type != "mps" else ()
+    fused = tuple(m for m in gen.modules if isinstance(m, nn.Module)) if fuse else ()
+    with evaluating(*modules), fused_upsampling(*fused), channels_last_weights(*last):
         mu, std, num_classes = encode_in_index_order(classifier, gen, x, y, rows, dev)
         search = search.resolve(mu.shape[1])
         run = SearchRun(classifier, gen, y[rows], mu, std, dev, chunk_size, autocast, seed, rows)
@@ -166,6 +185,8 @@ def identify(
         "min_validity": min_validity,
         "chunk_size": chunk_size,
         "autocast": autocast,
+        "fuse": fuse,
+        "channels_last": bool(last),
         "seed": seed,
         "device": str(dev) if ray_backend is None else ray_backend.device_name(),
         "num_classes": num_classes,

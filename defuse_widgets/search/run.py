@@ -23,6 +23,20 @@ FOUND_FIELDS = ("codes", "source_index", "pred_label", "confidence", "validity")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def resolve_autocast(autocast: str | None, device: torch.device) -> str | None:
+    """The mixed precision a search runs in: ``"auto"`` is ``"bf16"`` where ``device`` computes
+    bf16 natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU that supports it), else None;
+    any other value is returned as it is."""
+    if autocast != "auto":
+        return autocast
+    if device.type == "cpu":
+        mkldnn = torch.backends.mkldnn.is_available()
+        native = mkldnn and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    else:
+        native = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return "bf16" if native else None
+
+
 class ChunkSearch(Protocol):
     """What a run needs of a strategy (see :class:`~defuse_widgets.search.strategies.SearchStrategy`)."""
 
@@ -99,20 +113,41 @@ class SearchRun:
         """Stack ``draw(generator)`` for the rows ``idx``, each from its image's own generator."""
         return per_image(self.seed, self.index[idx.cpu()].tolist(), draw).to(self.device)
 
-    def classify(self, z: torch.Tensor) -> torch.Tensor:
-        """Return float32 logits (M, K) of the decodes of codes ``z`` (M, d); count the decodes."""
+    def classify(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Return float32 logits (M, K) of the decodes of codes ``z`` (M, d); count the decodes.
+
+        With mixed precision and true ``labels`` (M,), the codes it calls wrong are decoded and
+        classified again in float32 and get those logits (:meth:`confirm`)."""
         parts = []
         for piece in z.split(self.chunk_size):
             with self.autocast():
                 parts.append(self.classifier(self.generator.decode(piece)).float())
         self.decodes += len(z)
-        return torch.cat(parts)
+        logits = torch.cat(parts)
+        return logits if labels is None else self.confirm(z, labels, logits)
+
+    def confirm(self, z: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Under mixed precision, replace the logits (M, K) of the codes ``z`` (M, d) they call
+        wrong (against ``labels`` (M,)) by float32 ones, so every kept error is one in float32
+        too; a few percent more work, not counted in ``decodes``. Without, ``logits`` as given."""
+        if self.autocast is nullcontext:
+            return logits
+        wrong = (logits.argmax(1) != labels).nonzero().flatten()
+        if len(wrong) == 0:
+            return logits
+        with torch.inference_mode():
+            exact = [self.classifier(self.generator.decode(piece)).float()
+                     for piece in z[wrong].detach().split(self.chunk_size)]  # fmt: skip
+        logits = logits.clone()
+        logits[wrong] = torch.cat(exact)
+        return logits
 
     def loss_gradient(
         self, z: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return float32 logits (M, K) of codes ``z`` (M, d) and the gradient (M, d) of the
-        summed cross-entropy against ``labels`` with respect to ``z``; count the decodes."""
+        summed cross-entropy against ``labels`` with respect to ``z``; count the decodes. Under
+        mixed precision the codes it calls wrong get float32 logits (:meth:`confirm`)."""
         logits, grads = [], []
         for piece, target in zip(z.split(self.chunk_size), labels.split(self.chunk_size)):
             piece = piece.detach().clone().requires_grad_(True)
@@ -122,7 +157,7 @@ class SearchRun:
             grads.append(torch.autograd.grad(loss, piece)[0])
             logits.append(out.detach())
         self.decodes += len(z)
-        return torch.cat(logits), torch.cat(grads)
+        return self.confirm(z, labels, torch.cat(logits)), torch.cat(grads)
 
     def record(self, z: torch.Tensor, source: torch.Tensor, logits: torch.Tensor) -> Found:
         """Return the columns of kept errors: codes ``z``, their sources and their ``logits``."""

@@ -91,8 +91,9 @@ class _SamplingSearch(SearchStrategy):
                 break
             delta = noise[active, lo : lo + step]
             z = (run.mu[idx[active], None, :] + delta).reshape(-1, delta.shape[-1])
-            logits = run.classify(z)
-            wrong = logits.argmax(1) != run.y[idx[active]].repeat_interleave(delta.shape[1])
+            truth = run.y[idx[active]].repeat_interleave(delta.shape[1])
+            logits = run.classify(z, truth)
+            wrong = logits.argmax(1) != truth
             wrong = wrong.view(len(active), -1)
             keep = wrong & (wrong.long().cumsum(1) + kept[active, None] <= k)
             kept[active] += keep.sum(1)
