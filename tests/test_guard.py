@@ -256,7 +256,12 @@ def test_a_round_records_why_it_stopped_and_what_it_did_per_class(s: dw.DefuseSe
     record = s.correct(steps=40, check_every=10, patience=2)
     assert record.stopped and record.best_step is not None
     assert record.checks[0]["step"] == 0 and all("per_class" in c for c in record.checks)
-    assert record.validation is not None and set(record.validation) == {"before", "after"}
+    assert record.validation is not None
+    assert set(record.validation) == {"before", "after", "changes", "overall_change"}
+    changes = record.validation["changes"]
+    assert len(changes) == s.data.num_classes
+    assert all(c["low"] <= c["drop"] <= c["high"] for c in changes)
+    assert sum(c["images"] for c in changes) == record.validation["overall_change"]["images"]
     assert len(record.class_deltas) == s.data.num_classes
     assert set(record.scales) == set(s.correctable()) and record.min_validity is not None
     if record.best_step == 0:  # the round kept its starting weights

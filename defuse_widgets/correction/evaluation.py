@@ -171,13 +171,17 @@ class RoundRecord(Record):
     validation split: ``stopped`` says why the round ended and which step it kept
     (``best_step``; 0: the starting weights), ``checks`` holds each validation score on the way
     (:class:`~defuse_widgets.correction.selection.Score` dicts), ``validation`` the kept weights'
-    score beside the starting one (``{"before", "after"}``). ``scales`` are the sampling scales per region and
-    ``min_validity`` the validity below which samples were dropped; ``vetted`` whether a labeler
-    vetted them too, ``samples_kept`` the share of drawn samples trained on (over every setting
-    the round trained, all of ``auto``'s grid). ``harm`` lists what the round broke on the test
-    split against the round it started from (classes down more than the tolerance, overall down
-    more than 0.5 point; see :func:`~defuse_widgets.correction.selection.harm`), and
-    ``grid`` the settings ``correct(auto=True)`` tried; ``class_deltas`` the points each class's
+    score beside the starting one (``{"before", "after"}``, with ``"changes"``: each class's
+    paired change and its interval, see :mod:`~defuse_widgets.correction.statistics`).
+    ``real_images`` counts, per region, the real training images inside it that carry its label
+    (upweighted), ``generated_images`` the decoded region samples trained on. ``scales`` are the
+    sampling scales per region and ``min_validity`` the validity below which samples were
+    dropped; ``vetted`` whether a labeler vetted them too, ``samples_kept`` the share of drawn
+    samples trained on (over every setting the round trained, all of ``auto``'s grid).
+    ``harm`` lists what the round broke on the test split against the round it started from
+    (classes down more than the tolerance, overall down more than 0.5 point; see
+    :func:`~defuse_widgets.correction.selection.harm`), and ``grid`` the settings
+    ``correct(auto=True)`` tried; ``class_deltas`` the points each class's
     test accuracy moved (positive: up) against the round it started from.
     """
 
@@ -201,6 +205,8 @@ class RoundRecord(Record):
     harm: list[dict[str, Any]] = field(default_factory=list)
     grid: list[dict[str, Any]] = field(default_factory=list)
     class_deltas: list[float] = field(default_factory=list)
+    real_images: dict[int, int] = field(default_factory=dict)
+    generated_images: int = 0
 
     @property
     def harmful(self) -> bool:
@@ -233,6 +239,8 @@ class RoundRecord(Record):
             harm=list(doc.get("harm") or []),
             grid=list(doc.get("grid") or []),
             class_deltas=[_num(v) for v in doc.get("class_deltas") or []],
+            real_images={int(k): int(v) for k, v in (doc.get("real_images") or {}).items()},
+            generated_images=int(doc.get("generated_images") or 0),
         )
 
     def to_tables(self, classes: Sequence[str] | None = None) -> Tables:

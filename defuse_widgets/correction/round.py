@@ -21,7 +21,13 @@ from torch import nn
 
 from defuse_widgets.correction.evaluation import RoundRecord, accuracy_by_class
 from defuse_widgets.correction.samples import measured_scales, region_batches, validity_floor
-from defuse_widgets.correction.selection import EarlyStopping, Score, class_drops, harm
+from defuse_widgets.correction.selection import (
+    EarlyStopping,
+    Score,
+    changes,
+    class_drops,
+    harm,
+)
 from defuse_widgets.correction.settings import BLENDS, RoundSettings
 from defuse_widgets.correction.training import (
     Cancelled,
@@ -54,6 +60,7 @@ class RoundInputs:
     validation : (images, labels, codes) of the validation split, or None without one.
     num_classes, device, seed : the task's class count, the device, the session's seed.
     vet : ``images -> (n,) class`` vetting decoded region samples, or None.
+    relabeled : (n,) bool, the rows of ``x_fit`` with a confirmed relabel; None: none.
     """
 
     classifier: nn.Module
@@ -68,6 +75,8 @@ class RoundInputs:
     device: torch.device
     seed: int = 0
     vet: Callable[[torch.Tensor], torch.Tensor] | None = None
+    relabeled: torch.Tensor | None = None
+    """(n,) bool: the rows whose label a person or labeler confirmed (see the audit)."""
 
 
 @dataclass
@@ -107,12 +116,17 @@ def run_round(
         None, False, vars(grid[best]), losses, 0.0, None, None, dict(inputs.targets),
         scales=dict(fixed.scales), min_validity=fixed.min_validity,
         vetted=inputs.vet is not None, samples_kept=_share(fixed.tally),
+        real_images=fixed.real_images(), generated_images=fixed.tally.get("kept", 0),
     )  # fmt: skip
     if checker is not None:
         record.stopped = checker.finish(len(losses))
         record.best_step = checker.best.step
         record.checks = [c.to_dict() for c in checker.checks]
         record.validation = {"before": checker.start.to_dict(), "after": checker.best.to_dict()}
+        if checker.start.correct is not None:
+            found = changes(checker.start, checker.best, grid[best].confidence)
+            record.validation["changes"] = [c.to_dict() for c in found[:-1]]
+            record.validation["overall_change"] = found[-1].to_dict()
     if len(grid) > 1:
         record.grid = [
             {"lam": g.lam, "lr": g.lr, "region": t[0][0], "overall": t[0][1]}
@@ -139,6 +153,9 @@ class _FixedParts:
     """What stays fixed over a round's settings (see :meth:`of`)."""
 
     inputs: RoundInputs
+    members: torch.Tensor
+    """(n, T) bool: training rows inside each labeled region that carry its label, and the
+    confirmed relabels to its label."""
     outside: torch.Tensor | None
     scales: dict[int, float]
     min_validity: float
@@ -149,11 +166,14 @@ class _FixedParts:
     @classmethod
     def of(cls, inputs: RoundInputs, settings: RoundSettings) -> _FixedParts:
         ids = list(inputs.targets)
-        outside = None
-        if settings.keep > 0:  # every image but those a region's label is meant to change
-            inside = inside_regions(inputs.regions, inputs.fit_codes, ids)
-            labels = torch.tensor([inputs.targets[r] for r in ids])
-            outside = ~(inside & (inputs.y_fit[:, None] == labels)).any(1)
+        inside = inside_regions(inputs.regions, inputs.fit_codes, ids)
+        labels = torch.tensor([inputs.targets[r] for r in ids], dtype=torch.long)
+        carries = inputs.y_fit[:, None] == labels
+        members = inside & carries
+        if inputs.relabeled is not None:  # confirmed for a region: a member wherever it lies
+            members |= inputs.relabeled[:, None] & carries
+        # the keep term holds every image but those a region's label is meant to change
+        outside = ~members.any(1) if settings.keep > 0 else None
         val_codes = val_inside = None
         if inputs.validation is not None:
             val_codes = inputs.validation[2]
@@ -164,7 +184,19 @@ class _FixedParts:
             else measured_scales(inputs.regions, inputs.targets, val_codes, val_inside)
         )
         floor = validity_floor(inputs.generator, inputs.fit_codes, inputs.seed, inputs.device)
-        return cls(inputs, outside, scales, floor, val_inside)
+        return cls(inputs, members, outside, scales, floor, val_inside)
+
+    def real_images(self) -> dict[int, int]:
+        """Region id -> its real training images that carry its label (drawn ``real_weight``
+        times as often)."""
+        counts = self.members.sum(0).tolist()
+        return {rid: int(n) for rid, n in zip(self.inputs.targets, counts)}
+
+    def weights(self, settings: RoundSettings) -> torch.Tensor | None:
+        """(n,) draw weights of the training rows (None: uniform)."""
+        if settings.real_weight == 1.0 or not self.members.any():
+            return None
+        return 1.0 + (settings.real_weight - 1.0) * self.members.any(1).float()
 
     def train(
         self, settings: RoundSettings, cancel: CancelToken | None, callback: StepCallback | None
@@ -179,9 +211,10 @@ class _FixedParts:
         checker = None
         if inputs.validation is not None and settings.early_stopping:
             checker = EarlyStopping(self._measure(), inputs.classifier, settings.tolerance,
-                                    settings.patience)  # fmt: skip
+                                    settings.patience, settings.confidence)  # fmt: skip
         state, losses = fine_tune(inputs.classifier, inputs.x_fit, inputs.y_fit, batch, settings,
-                                  cancel, callback, self.outside, checker, BLENDS)  # fmt: skip
+                                  cancel, callback, self.outside, checker, BLENDS,
+                                  self.weights(settings))  # fmt: skip
         score = (0.0, 0.0) if checker is None else (checker.best.region, checker.best.overall)
         return score, state, losses, checker
 
@@ -204,8 +237,9 @@ class _FixedParts:
                 hits = [(predict_labels(model, x) == label).float().mean() for x, label in samples]
                 region = float(sum(hits)) / len(samples)
             per_class = accuracy_by_class(pred, y_val, inputs.num_classes)
-            overall = float((pred == y_val).float().mean())
-            return Score(step, overall, per_class, region, counts)
+            right = pred == y_val
+            overall = float(right.float().mean())
+            return Score(step, overall, per_class, region, counts, correct=right, labels=y_val)
 
         return measure
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
 from torch import nn
 
 from defuse_widgets.correction.settings import (
@@ -25,6 +26,7 @@ from defuse_widgets.correction.settings import (
     DEFAULT_TOLERANCE,
     OVERALL_TOLERANCE,
 )
+from defuse_widgets.correction.statistics import DEFAULT_CONFIDENCE, Change, paired_change
 from defuse_widgets.correction.training import snapshot
 
 
@@ -38,6 +40,10 @@ class Score:
     region: float
     counts: list[int]
     blend: float = 1.0  # the share of the step's weights, the rest the starting weights'
+    correct: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    """(n,) bool: which validation images the model gets right (for paired comparisons)."""
+    labels: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    """(n,) the validation labels, to split ``correct`` by class."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step, "overall": self.overall, "per_class": list(self.per_class),
@@ -82,6 +88,45 @@ def harm(
     return out
 
 
+def changes(start: Score, score: Score, confidence: float = DEFAULT_CONFIDENCE) -> list[Change]:
+    """Each class's paired :class:`~defuse_widgets.correction.statistics.Change` from ``start`` to
+    ``score`` on the same validation images, then the overall one (last)."""
+    if start.correct is None or score.correct is None or start.labels is None:
+        raise ValueError("changes: both scores need their per-image correctness")
+    out = [
+        paired_change(start.correct[start.labels == c], score.correct[start.labels == c],
+                      confidence)
+        for c in range(len(start.per_class))
+    ]  # fmt: skip
+    return [*out, paired_change(start.correct, score.correct, confidence)]
+
+
+def paired_harm(
+    start: Score,
+    score: Score,
+    tolerance: float = DEFAULT_TOLERANCE,
+    classes: Sequence[str] = (),
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> list[dict[str, Any]]:
+    """What ``score`` surely broke against ``start`` on the same images: the classes whose drop's
+    interval lies wholly above ``tolerance`` points, and the overall accuracy if its interval
+    lies above ``OVERALL_TOLERANCE``; entries as :func:`harm`'s, with ``low`` and ``high``."""
+    *per_class, overall = changes(start, score, confidence)
+    out: list[dict[str, Any]] = []
+    for c, change in enumerate(per_class):
+        if change.exceeds(tolerance):
+            name = classes[c] if c < len(classes) else str(c)
+            out.append({"class": c, "name": name, "before": start.per_class[c],
+                        "after": score.per_class[c], "drop": change.drop, "low": change.low,
+                        "high": change.high})  # fmt: skip
+    out.sort(key=lambda e: -float(e["drop"]))
+    if overall.exceeds(OVERALL_TOLERANCE):
+        out.append({"class": None, "name": "overall", "before": start.overall,
+                    "after": score.overall, "drop": overall.drop, "low": overall.low,
+                    "high": overall.high})  # fmt: skip
+    return out
+
+
 def _one_image(count: Sequence[int]) -> float:
     """Points one image (and a half, so rounding never counts it twice) is worth among
     ``count[0]`` images; 0 when not known."""
@@ -101,18 +146,30 @@ class EarlyStopping:
         start_model: nn.Module,
         tolerance: float = DEFAULT_TOLERANCE,
         patience: int = DEFAULT_PATIENCE,
+        confidence: float = DEFAULT_CONFIDENCE,
     ):
         self.measure, self.tolerance, self.patience = measure, float(tolerance), int(patience)
+        self.confidence = float(confidence)
         self.start = self.best = measure(start_model, 0)
         self.best_state: dict[str, Any] | None = None
         self.checks: list[Score] = [self.start]
         self.stale = 0
         self.reason = ""
+        self.refused: tuple[Score, list[dict[str, Any]]] | None = None
+        """The refused check that lifted the regions most, and what it broke."""
 
     def acceptable(self, score: Score) -> bool:
-        """No class lost more than the tolerance, the overall accuracy not more than 0.5 point."""
-        return not harm(self.start.overall, self.start.per_class, score.overall,
-                        score.per_class, self.tolerance, counts=score.counts)  # fmt: skip
+        """No class surely lost more than the tolerance, the overall accuracy not more than
+        ``OVERALL_TOLERANCE`` (paired intervals when the scores carry per-image correctness;
+        else plain drops, a single image never counting)."""
+        return not self.broken(score)
+
+    def broken(self, score: Score) -> list[dict[str, Any]]:
+        """What ``score`` broke against the start (see :func:`paired_harm` and :func:`harm`)."""
+        if self.start.correct is not None and score.correct is not None:
+            return paired_harm(self.start, score, self.tolerance, confidence=self.confidence)
+        return harm(self.start.overall, self.start.per_class, score.overall,
+                    score.per_class, self.tolerance, counts=score.counts)  # fmt: skip
 
     def check(self, step: int, model: nn.Module, blend: float = 1.0) -> bool:
         """Score ``model`` after ``step`` steps (``blend``: its share in a blend with the
@@ -120,7 +177,10 @@ class EarlyStopping:
         score = replace(self.measure(model, step), blend=blend)
         self.checks.append(score)
         better = (score.region, score.overall) > (self.best.region, self.best.overall)
-        if self.acceptable(score) and better:
+        broken = self.broken(score) if better else []
+        if broken and (self.refused is None or score.region > self.refused[0].region):
+            self.refused = (score, broken)
+        if better and not broken:
             self.best, self.best_state, self.stale = score, snapshot(model), 0
         elif blend == 1.0:  # a blend is a last look after the steps, not one more step
             self.stale += 1
@@ -129,16 +189,32 @@ class EarlyStopping:
             return True
         return False
 
+    def _refusal(self, score: Score, broken: list[dict[str, Any]]) -> str:
+        """What the best refused check would have done, and what a person can do about it."""
+        worst = broken[0]
+        interval = (
+            f" (interval {worst['low']:.1f} to {worst['high']:.1f})" if "low" in worst else ""
+        )
+        return (
+            f". The best refused check (step {score.step}) lifted the regions on validation from "
+            f"{100 * self.start.region:.0f}% to {100 * score.region:.0f}% but cost "
+            f"{worst['name']} {worst['drop']:.1f} points{interval}. If {worst['name']} images sit "
+            "inside the labeled regions, their validation labels may carry the bug: audit them "
+            "(confirm_audit); otherwise try fewer steps, a smaller lam, or a larger tolerance"
+        )
+
     def finish(self, steps: int) -> str:
         """Why the round stopped, for its record (call once, after the last step)."""
         if not self.reason:
             self.reason = f"ran all {steps} steps"
         if self.best_state is None:
             self.reason += (
-                "; no step lifted the regions without costing a class more than "
+                "; no step lifted the regions without surely costing a class more than "
                 f"{self.tolerance:g} point{'' if self.tolerance == 1 else 's'}, so the round "
                 "keeps its starting weights"
             )
+            if self.refused is not None:
+                self.reason += self._refusal(*self.refused)
         else:
             self.reason += f"; kept step {self.best.step}"
             if self.best.blend != 1.0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from defuse_widgets.correction.statistics import DEFAULT_CONFIDENCE
 from defuse_widgets.utils.checks import in_range, one_of, positive_int, positive_number
 
 OPTIMIZERS = ("sgd", "adam")
@@ -21,6 +22,8 @@ DEFAULT_PATIENCE = 5
 """Early-stopping checks without a better acceptable step before a round stops."""
 BLENDS = (0.5, 0.25)
 """Shares of the round's last weights (the rest: its starting weights) also judged."""
+DEFAULT_REAL_WEIGHT = 10.0
+"""Draw weight of a labeled region's real training images that carry its label."""
 EVAL_SAMPLES = 200
 """Held-out decoded samples per region when a round's result is evaluated."""
 AUTO_GRID: tuple[dict[str, Any], ...] = (
@@ -38,11 +41,16 @@ class RoundSettings:
 
     ``scale`` None: per region, measured on the validation images inside it (else
     :data:`~defuse_widgets.regions.distill.DEFAULT_SCALE`). ``keep``: weight of the term that
-    keeps the outputs on training images outside the labeled regions close to the round's starting model.
-    ``tolerance``: points a class may lose on validation; ``check_every`` (None: a tenth of
-    ``steps``, at least 10) and ``patience``: early stopping (``early_stopping=False``: run every
-    step and keep the last). ``ema``: decay of the exponential moving average of the weights that
-    the round checks and keeps (0: the raw weights of the step; see :class:`WeightAverage`).
+    keeps the outputs on training images outside the labeled regions close to the round's
+    starting model. ``real_weight``: how much more often the real training images inside a
+    labeled region that carry its label (confirmed relabels included) are drawn into a batch
+    than the other training images (1: no upweighting; JTT's upweighting of a first model's
+    errors). ``tolerance``: points a class may lose on validation, judged with paired intervals
+    at ``confidence``; ``check_every`` (None: a tenth of ``steps``, at least 10) and
+    ``patience``: early stopping (``early_stopping=False``: run every step and keep the last).
+    ``ema``: decay of the exponential moving average of the weights that the round checks and
+    keeps (0: the raw weights of the step; see
+    :class:`~defuse_widgets.correction.training.WeightAverage`).
     """
 
     steps: int = 300
@@ -59,6 +67,8 @@ class RoundSettings:
     check_every: int | None = None
     patience: int = DEFAULT_PATIENCE
     ema: float = DEFAULT_EMA
+    real_weight: float = DEFAULT_REAL_WEIGHT
+    confidence: float = DEFAULT_CONFIDENCE
 
     def __post_init__(self) -> None:
         self.check()
@@ -79,6 +89,8 @@ class RoundSettings:
             positive_int("check_every", self.check_every)
         positive_int("patience", self.patience)
         in_range("ema", self.ema, 0.0, 1.0, high_open=True)
+        in_range("real_weight", self.real_weight, 1.0, 1e6)
+        in_range("confidence", self.confidence, 0.5, 1.0, high_open=True)
 
     @property
     def every(self) -> int:

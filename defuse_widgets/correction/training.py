@@ -88,6 +88,7 @@ def fine_tune(
     outside: torch.Tensor | None = None,
     checker: Checker | None = None,
     blends: tuple[float, ...] = (),
+    weights: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Train a copy of ``model`` for one round and return the state it keeps and per-step losses.
 
@@ -95,7 +96,8 @@ def fine_tune(
     || copy) at temperature 2 on the batch's images with ``outside`` True (all but those inside
     a labeled region that carry its label; None: all). ``region_batch(n)`` returns up to
     ``n`` freshly decoded region images and their labels on the model's device (none: the step
-    has no region term).
+    has no region term). ``weights`` (n,): how often each training image is drawn relative to
+    the others (None: uniformly).
     With ``settings.ema`` > 0 the copy that is checked and kept is the moving average of the
     trained weights (:class:`WeightAverage`).
     ``checker.check(step, copy)`` runs every ``settings.every`` steps; when it says stop, the
@@ -119,7 +121,11 @@ def fine_tune(
         for step in range(settings.steps):
             if cancel is not None and cancel.cancelled:
                 raise Cancelled(f"cancelled after {step} of {settings.steps} steps")
-            idx = torch.randint(len(x_train), (settings.batch_size,), generator=gen)
+            idx = (
+                torch.randint(len(x_train), (settings.batch_size,), generator=gen)
+                if weights is None
+                else torch.multinomial(weights, settings.batch_size, True, generator=gen)
+            )
             xb, yb = x_train[idx].to(dev), y_train[idx].to(dev)
             xr, yr = region_batch(settings.batch_size)
             logits = work(xb)

@@ -7,11 +7,13 @@ do on this split.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from defuse_widgets.correction.statistics import images_to_resolve
 from defuse_widgets.data.dataset import ImageDataset, as_images, as_labels, stratified
 from defuse_widgets.utils.checks import is_number
 
@@ -86,3 +88,57 @@ def make_validation(data: ImageDataset, validation: Any, seed: int) -> Validatio
         "validation: expected a fraction in (0, 0.5], a pair (images, labels) or None, "
         f"got {type(validation).__name__}"
     )
+
+
+class ValidationWarning(UserWarning):
+    """The validation split cannot judge rounds as well as it should (too small, or seen in
+    training)."""
+
+
+def resolution_note(
+    labels: torch.Tensor, num_classes: int, tolerance: float, confidence: float
+) -> str:
+    """A sentence when the smallest class of the split has too few images to tell a drop of
+    ``tolerance`` points from noise (see
+    :func:`~defuse_widgets.correction.statistics.images_to_resolve`); empty when every class
+    has enough."""
+    need = images_to_resolve(tolerance, confidence)
+    counts = torch.bincount(labels, minlength=num_classes)
+    present = counts[counts > 0]
+    if len(present) == 0 or int(present.min()) >= need:
+        return ""
+    return (
+        f"the validation split has {int(present.min())} images in its smallest class; telling a "
+        f"drop of {tolerance:g} point{'' if tolerance == 1 else 's'} from noise takes about "
+        f"{need} per class, so rounds are judged coarsely (a larger validation fraction, your own "
+        "validation images, or a larger tolerance resolve it)"
+    )
+
+
+def leak_note(
+    validation_right: torch.Tensor, test_right: torch.Tensor, min_gap: float = 2.0
+) -> str:
+    """A sentence when validation accuracy sits above test accuracy by more than ``min_gap``
+    points and by more than three standard errors of the difference: the classifier has
+    probably trained on the validation rows. ``*_right``: (n,) bool, whether each image is right.
+    """
+    if len(validation_right) == 0 or len(test_right) == 0:
+        return ""
+    val, test = float(validation_right.float().mean()), float(test_right.float().mean())
+    error = math.sqrt(_variance(validation_right) + _variance(test_right))
+    gap = 100 * (val - test)
+    if gap <= min_gap or val - test <= 3 * error:
+        return ""
+    return (
+        f"validation accuracy {100 * val:.1f}% sits {gap:.1f} points above test accuracy "
+        f"{100 * test:.1f}%: the classifier has probably trained on the validation rows, so any "
+        "change reads as harm. Train it on session.validation.fit_rows (the rows outside the "
+        "split), or pass your own held-out validation=(images, labels)"
+    )
+
+
+def _variance(right: torch.Tensor) -> float:
+    """Variance of an accuracy estimate, with Agresti and Caffo's one success and one failure
+    added (sound at 0% and 100%, where the plain estimate claims no uncertainty)."""
+    share = (float(right.sum()) + 1) / (len(right) + 2)
+    return share * (1 - share) / (len(right) + 2)

@@ -13,9 +13,17 @@ from psygnal import EmitLoopError, Signal
 from torch import nn
 
 from defuse_widgets.correction.evaluation import RoundRecord
+from defuse_widgets.correction.settings import DEFAULTS
 from defuse_widgets.correction.snapshots import SnapshotStore
 from defuse_widgets.correction.training import snapshot
-from defuse_widgets.correction.validation import DEFAULT_FRACTION, ValidationSplit, make_validation
+from defuse_widgets.correction.validation import (
+    DEFAULT_FRACTION,
+    ValidationSplit,
+    ValidationWarning,
+    leak_note,
+    make_validation,
+    resolution_note,
+)
 from defuse_widgets.data.dataset import ImageDataset
 from defuse_widgets.distributed.backend import RayBackend
 from defuse_widgets.distributed.map_model import map_model
@@ -79,6 +87,9 @@ class SessionBase:
         check_models(
             self.generator, self.classifier, data.x_test[:2].to(self.device), data.num_classes
         )
+        self.validation_notes: list[str] = []
+        """What limits the validation split as a judge of rounds (too small, or probably seen in
+        training); each is also warned once when the session is made."""
         self.errors: ErrorSet | None = None
         self.regions: RegionSet | None = None
         self.history: list[RoundRecord] = []
@@ -91,6 +102,21 @@ class SessionBase:
         self._membership: dict[str, torch.Tensor] = {}
         self._lock = threading.RLock()
         self._running = False
+        if self.validation is not None:
+            self._check_validation()
+
+    def _check_validation(self) -> None:
+        """Note and warn when the validation split is too small to resolve the default
+        tolerance, or when the classifier probably trained on it (see ``validation_notes``)."""
+        x_val, y_val = self.validation_data()
+        resolution = resolution_note(y_val, self.data.num_classes, DEFAULTS.tolerance,
+                                     DEFAULTS.confidence)  # fmt: skip
+        x_test, y_test = self.data.split("test")
+        leak = leak_note(self.predict(x_val).argmax(1) == y_val,
+                         self.predict(x_test).argmax(1) == y_test)  # fmt: skip
+        self.validation_notes = [note for note in (leak, resolution) if note]
+        for note in self.validation_notes:
+            warnings.warn(note, ValidationWarning, stacklevel=3)
 
     def __repr__(self) -> str:
         return (

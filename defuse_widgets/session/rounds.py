@@ -150,7 +150,7 @@ class RoundsMixin(SessionBase):
         return RoundInputs(
             self.classifier, self.generator, regions, dict(targets), self.data.x_train[rows],
             self.training_labels()[rows], self.split_codes("train")[rows], validation,
-            self.data.num_classes, self.device, self.seed, vet,
+            self.data.num_classes, self.device, self.seed, vet, self._relabels.mask()[rows],
         )  # fmt: skip
 
     def _test_scores(self, round: int) -> tuple[float, list[float]]:

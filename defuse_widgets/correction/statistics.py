@@ -1,0 +1,91 @@
+"""How sure a drop is: paired comparisons of two models on the same images.
+
+A round is judged on the validation images before and after: each image is right or wrong under
+each model. Only the images that changed say anything (``lost``: right before, wrong after;
+``gained``: the reverse). Given ``m = lost + gained`` changed images, ``lost`` is binomial with
+an unknown share ``p``; the drop in points is ``100 * m * (2p - 1) / n`` over ``n`` images, and
+an exact (Clopper-Pearson) interval for ``p`` gives one for the drop. This is the exact form of
+McNemar's test, stated as an interval rather than a p-value, so a record can show it.
+
+A class counts as harmed when the whole interval lies above the tolerance: a drop chance cannot
+explain that is larger than what we allow. On 300 images one point is 3 images; a fixed
+threshold would refuse rounds on noise, and let real harm smaller than the noise through.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from scipy.stats import beta
+
+DEFAULT_CONFIDENCE = 0.9
+"""Two-sided confidence of the drop's interval (its lower end is a one-sided 95% bound)."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """The drop of accuracy from one model to another on the same ``images``, in points.
+
+    ``drop`` is positive when accuracy fell; ``low``..``high`` its interval at the confidence
+    it was computed with; ``lost``/``gained``: images right before and wrong after, and the
+    reverse."""
+
+    drop: float
+    low: float
+    high: float
+    images: int
+    lost: int
+    gained: int
+
+    def exceeds(self, tolerance: float) -> bool:
+        """Whether the drop is surely above ``tolerance`` points (the whole interval is)."""
+        return self.low > tolerance
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"drop": self.drop, "low": self.low, "high": self.high, "images": self.images,
+                "lost": self.lost, "gained": self.gained}  # fmt: skip
+
+
+def paired_change(
+    before: torch.Tensor, after: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE
+) -> Change:
+    """The :class:`Change` from ``before`` to ``after``: (n,) bool, whether each image is right."""
+    if before.shape != after.shape or before.ndim != 1:
+        raise ValueError(
+            f"before, after: expected two (n,) masks of one shape, got {tuple(before.shape)} "
+            f"and {tuple(after.shape)}"
+        )
+    n = len(before)
+    lost = int((before & ~after).sum())
+    gained = int((~before & after).sum())
+    if n == 0:
+        return Change(0.0, -math.inf, math.inf, 0, 0, 0)
+    low_p, high_p = _share_interval(lost, lost + gained, confidence)
+    scale = 100.0 * (lost + gained) / n
+    return Change(100.0 * (lost - gained) / n, scale * (2 * low_p - 1), scale * (2 * high_p - 1),
+                  n, lost, gained)  # fmt: skip
+
+
+def _share_interval(hits: int, trials: int, confidence: float) -> tuple[float, float]:
+    """Clopper-Pearson interval of a binomial share (0..1 without trials)."""
+    if trials == 0:
+        return 0.5, 0.5  # nothing changed: the drop is exactly 0
+    alpha = (1.0 - confidence) / 2
+    low = 0.0 if hits == 0 else float(beta.ppf(alpha, hits, trials - hits + 1))
+    high = 1.0 if hits == trials else float(beta.ppf(1 - alpha, hits + 1, trials - hits))
+    return low, high
+
+
+def images_to_resolve(tolerance: float, confidence: float = DEFAULT_CONFIDENCE) -> int:
+    """The fewest images of a class on which a drop of twice ``tolerance`` points, with no image
+    gained, is surely above the tolerance (so that a real harm can be told from noise)."""
+    if tolerance <= 0:
+        raise ValueError(f"tolerance: expected a positive number of points, got {tolerance!r}")
+    for n in range(1, 1_000_000):
+        lost = math.ceil(2 * tolerance * n / 100.0)
+        low = _share_interval(lost, lost, confidence)[0]
+        if 100.0 * lost * (2 * low - 1) / n > tolerance:
+            return n
+    raise ValueError(f"tolerance: {tolerance!r} points cannot be resolved on a million images")

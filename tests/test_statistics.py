@@ -1,0 +1,165 @@
+"""The statistical guard: paired intervals of a drop, the split's resolution, the leak check."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from session_fixtures import label_true_class, ready_session
+from torch import nn
+
+import defuse_widgets as dw
+from defuse_widgets.correction.selection import EarlyStopping, Score, paired_harm
+from defuse_widgets.correction.statistics import images_to_resolve, paired_change
+from defuse_widgets.correction.validation import ValidationWarning, leak_note, resolution_note
+
+
+def flips(n: int, lost: int, gained: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Before/after correctness of ``n`` images: ``lost`` right->wrong, ``gained`` the reverse."""
+    before = torch.ones(n, dtype=torch.bool)
+    before[lost : lost + gained] = False
+    after = before.clone()
+    after[:lost] = False
+    after[lost : lost + gained] = True
+    return before, after
+
+
+def test_a_paired_change_counts_the_flips_and_brackets_the_drop() -> None:
+    change = paired_change(*flips(600, 12, 0))
+    assert (change.lost, change.gained, change.images) == (12, 0, 600)
+    assert change.drop == pytest.approx(2.0) and change.low < change.drop <= change.high
+    assert change.exceeds(1.0)  # 12 of 600 lost and none gained: surely more than a point
+    small = paired_change(*flips(600, 3, 0))  # 0.5 point: within noise of a 1-point tolerance
+    assert not small.exceeds(1.0) and small.low < 0 < small.high
+    mixed = paired_change(*flips(600, 20, 14))  # 1 point net, with churn: not sure at all
+    assert mixed.drop == pytest.approx(1.0) and not mixed.exceeds(1.0)
+    nothing = paired_change(*flips(50, 0, 0))
+    assert (nothing.drop, nothing.low, nothing.high) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="two \\(n,\\) masks of one shape, got \\(3,\\) and"):
+        paired_change(torch.ones(3, dtype=torch.bool), torch.ones(4, dtype=torch.bool))
+
+
+def test_a_wider_confidence_gives_a_wider_interval() -> None:
+    narrow = paired_change(*flips(300, 9, 2), confidence=0.8)
+    wide = paired_change(*flips(300, 9, 2), confidence=0.99)
+    assert wide.low < narrow.low < narrow.drop < narrow.high < wide.high
+
+
+def test_images_to_resolve_grows_as_the_tolerance_shrinks() -> None:
+    one, two, half = images_to_resolve(1.0), images_to_resolve(2.0), images_to_resolve(0.5)
+    assert half > one > two > 0
+    # at that size a 2-point drop with nothing gained is surely more than 1 point
+    lost = -(-2 * one // 100)
+    assert paired_change(*flips(one, lost, 0)).exceeds(1.0)
+    with pytest.raises(ValueError, match="tolerance: expected a positive number"):
+        images_to_resolve(0.0)
+
+
+def score(correct: torch.Tensor, labels: torch.Tensor, region: float, step: int = 0) -> Score:
+    per_class = [float(correct[labels == c].float().mean()) for c in range(2)]
+    counts = torch.bincount(labels, minlength=2).tolist()
+    return Score(step, float(correct.float().mean()), per_class, region, counts,
+                 correct=correct, labels=labels)  # fmt: skip
+
+
+def test_the_guard_refuses_only_a_sure_drop_and_says_what_to_do() -> None:
+    labels = torch.tensor([0] * 600 + [1] * 600)
+    start = torch.ones(1200, dtype=torch.bool)
+    noisy = start.clone()
+    noisy[:4] = False  # class 0 down 0.7 point: noise for a 1-point tolerance
+    hurt = start.clone()
+    hurt[:30] = False  # class 0 down 5 points: sure
+    assert paired_harm(score(start, labels, 0.1), score(noisy, labels, 0.5)) == []
+    broken = paired_harm(score(start, labels, 0.1), score(hurt, labels, 0.5), classes=("a", "b"))
+    assert [e["name"] for e in broken] == ["a", "overall"]
+    assert broken[0]["low"] > 1.0 and broken[0]["drop"] == pytest.approx(5.0)
+
+    class Scripted:
+        def __init__(self, scores: list[Score]):
+            self.scores = iter(scores)
+
+        def __call__(self, model: nn.Module, step: int) -> Score:
+            return next(self.scores)
+
+    stop = EarlyStopping(Scripted([score(start, labels, 0.1), score(hurt, labels, 0.9, 10)]),
+                         nn.Linear(1, 1), patience=1)  # fmt: skip
+    stop.check(10, nn.Linear(1, 1))
+    reason = stop.finish(10)
+    assert "keeps its starting weights" in reason and "cost 0 5.0 points" in reason
+    assert "audit them" in reason and "interval" in reason
+
+
+def test_resolution_and_leak_notes() -> None:
+    assert resolution_note(torch.tensor([0] * 1000 + [1] * 1000), 2, 1.0, 0.9) == ""
+    note = resolution_note(torch.tensor([0] * 1000 + [1] * 20), 2, 1.0, 0.9)
+    assert "20 images in its smallest class" in note and f"{images_to_resolve(1.0)}" in note
+    right = torch.ones(500, dtype=torch.bool)
+    test = torch.ones(2000, dtype=torch.bool)
+    test[:200] = False  # 90% on test, 100% on validation
+    assert "trained on the validation rows" in leak_note(right, test)
+    assert "fit_rows" in leak_note(right, test)
+    assert leak_note(right[:5], test) == ""  # five images: within noise
+    same = right.clone()
+    same[:50] = False
+    assert leak_note(same, test) == ""
+
+
+def test_a_session_warns_when_its_classifier_trained_on_the_validation_rows(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    leaky = dw.train_classifier(digits, seed=0, device="cpu", progress=False, epochs=30)
+    with pytest.warns(ValidationWarning) as caught:
+        s = dw.DefuseSession(leaky, digits_vae, digits, device="cpu", progress=False)
+    messages = [str(w.message) for w in caught]
+    assert any("smallest class" in m for m in messages)  # digits: ~13 images a class
+    leak = [m for m in s.validation_notes if "trained on the validation rows" in m]
+    honest = dw.DefuseSession(digits_classifier, digits_vae, digits, device="cpu", progress=False)
+    assert not [m for m in honest.validation_notes if "validation rows" in m]
+    # the leak check fires only beyond the split's noise; say which way digits went
+    assert len(leak) in (0, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ValidationWarning)
+        dw.DefuseSession(digits_classifier, digits_vae, digits, device="cpu", progress=False,
+                         validation=None)  # fmt: skip
+
+
+def test_a_round_upweights_the_real_images_its_regions_point_to(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    s = ready_session(digits_classifier, digits_vae, digits)
+    rid = s.regions.ids[0]  # type: ignore[union-attr]
+    label = label_true_class(s, rid)
+    assert s.validation is not None and s.validation.rows is not None
+    candidates = s.audit(rid, coverage=None).indices
+    in_validation = torch.isin(candidates, s.validation.rows)
+    flip = candidates[~in_validation][:5]
+    s.relabel(flip, label, who="ann")
+    record = s.correct(steps=20, check_every=10)
+    assert set(record.real_images) == {rid}
+    assert record.real_images[rid] >= len(flip)  # the confirmed relabels count wherever they lie
+    assert record.generated_images > 0 and record.settings["real_weight"] == 10.0
+    back = dw.RoundRecord.from_dict(record.to_dict())
+    assert back.real_images == record.real_images
+    assert back.generated_images == record.generated_images
+
+
+def test_the_audit_covers_validation_rows_and_revert_undoes_their_relabels(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    s = ready_session(digits_classifier, digits_vae, digits)
+    rid = s.regions.ids[0]  # type: ignore[union-attr]
+    label = label_true_class(s, rid)
+    assert s.validation is not None and s.validation.rows is not None
+    candidates = s.audit(rid, coverage=None).indices
+    on_validation = candidates[torch.isin(candidates, s.validation.rows)][:3]
+    assert len(on_validation) > 0, "the audit looks at the validation rows too"
+    before = s.validation_data()[1].clone()
+    s.relabel(on_validation, label, who="ann")
+    position = (s.validation.rows[:, None] == on_validation).any(1)
+    after = s.validation_data()[1]
+    assert (after[position] == label).all()  # rounds are judged by the confirmed labels
+    assert torch.equal(after[~position], before[~position])
+    s.correct(steps=5)
+    s.revert(relabels=True)
+    assert torch.equal(s.validation_data()[1], before)
