@@ -91,7 +91,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--class-a", nargs="+", default=[], metavar="KIND=CLASS", type=kind_class,
                    help="the class carrying a kind's bug, in every dataset (default: "
                    "CLASS_A)")  # fmt: skip
-    p.add_argument("--spurious-validation", default="train", choices=["train", "deployment"],
+    p.add_argument(
+        "--leak",
+        action="store_true",
+        help="train the users' classifier on every training row, validation rows "
+        "included, to show the leak check fire",
+    )
+    p.add_argument("--spurious-validation", default="deployment", choices=["train", "deployment"],
                    help="spurious: validation carved from the cued training split, or the same "
                    "rows cued as in deployment (a random half, any class)")  # fmt: skip
     p.add_argument("--correct", default="{}", help="JSON keyword arguments for correct()")
@@ -121,7 +127,7 @@ def kind_class(text: str) -> tuple[str, int]:
 
 def cached(name: str, key: str, build: Any) -> torch.nn.Module:
     digest = hashlib.sha256((torch.__version__ + key).encode())
-    digest.update((Path(dw.__file__).parent / "models.py").read_bytes())
+    digest.update((Path(dw.__file__).parent / "models" / "demo.py").read_bytes())
     path = CACHE / f"{name}-{digest.hexdigest()[:12]}.safetensors"
     if path.is_file():
         return dw.load_model(path)
@@ -240,7 +246,19 @@ def found(s: dw.DefuseSession, slice_test: torch.Tensor) -> dict[str, Any]:
                     "label": s.labels.get(region.id)}  # fmt: skip
     best["found"] = best["purity"] >= FOUND_PURITY and best["coverage"] >= FOUND_COVERAGE
     best["slice_errors"] = total
+    best["precision_at_10"] = precision_at_10(s, best["id"], from_slice)
     return best
+
+
+def precision_at_10(s: dw.DefuseSession, region_id: int | None, from_slice: torch.Tensor) -> float:
+    """Domino's measure: the share of the region's 10 most probable member errors that come from
+    slice images (0 without a region)."""
+    if region_id is None:
+        return 0.0
+    assert s.errors is not None and s.regions is not None
+    prob = s.regions.predict_proba(s.errors.codes)[:, s.regions.column(region_id)]
+    top = torch.argsort(-prob, stable=True)[:10]
+    return float(from_slice[top].float().mean())
 
 
 def accuracies(s: dw.DefuseSession, bug: dict[str, Any]) -> dict[str, Any]:
@@ -287,9 +305,10 @@ def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, s
     key = f"{name}-{kind}-{seed}-{len(user.y_train)}-{args.clusters}-{sl['a']}-{sl['b']}"
     key += f"-{ARCH[name]}-{slice_digest(sl['train'])}"
     epochs = args.epochs or EPOCHS[name]
-    key += f"-e{epochs}"
+    key += f"-e{epochs}" + ("-leak" if args.leak else "")
+    rows = None if args.leak else fit_rows
     clf = cached("classifier", key, lambda: dw.train_classifier(
-        user, epochs=epochs, arch=ARCH[name], rows=fit_rows, seed=seed, device="cpu",
+        user, epochs=epochs, arch=ARCH[name], rows=rows, seed=seed, device="cpu",
         progress=False))  # fmt: skip
     if kind == "spurious":  # the user's generator learns from the user's (cued) images
         vae = train_vae(name, user, args, f"spurious-{seed}")
@@ -329,6 +348,10 @@ def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, s
         "labeled_regions": len(s.correctable()), "regions": len(s.regions or []),
         "real_in_labeled_regions": (record.evaluation.labeled_region_real_images
                                     if record is not None and record.evaluation else 0),
+        "precision_at_10": region["precision_at_10"],
+        "real_images": sum(record.real_images.values()) if record is not None else 0,
+        "generated_images": record.generated_images if record is not None else 0,
+        "leak": bool(args.leak), "validation_notes": list(s.validation_notes),
         "stopped": record.stopped if record is not None else "no class-labeled region",
         "best_step": record.best_step if record is not None else None,
         "harm": record.harm if record is not None else [],
