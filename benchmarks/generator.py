@@ -2,10 +2,12 @@
 
 Trains, in the same run and on the same seeded training subset, today's default VAE
 (``TODAY``: latent 16, binary cross-entropy decoder) and the new default (``train_vae``'s
-defaults), then measures each with :func:`~defuse_widgets.models.generator_report.generator_report`
-on the first ``--test-images`` test images: per class, the share of real images and of their
-reconstructions that the reference labeler calls their class, the ratio of the two (target: at
-least 0.9 for every class), the Fréchet distance between both in the labeler's penultimate
+defaults: latent 32, a Gaussian decoder with calibrated variance), both at ``--width`` 16 (the
+Fashion-MNIST notebook's), then measures each with
+:func:`~defuse_widgets.models.generator_report.generator_report` on the first
+``--test-images`` test images: per class, the share of real images and of their reconstructions
+that the reference labeler calls their class, the ratio of the two (target: at least 0.9 for
+every class), the Fréchet distance between both in the labeler's penultimate
 features, and the reconstruction MSE. ``--variant NAME=JSON`` adds more ``train_vae`` settings
 (how the defaults were chosen).
 
@@ -15,7 +17,8 @@ all 60,000 training images, about 91% on the test split); it is trained once and
 
 Usage::
 
-    nice -n 19 .venv/bin/python benchmarks/generator.py                    # 10,000 images, 5 epochs
+    nice -n 19 .venv/bin/python benchmarks/generator.py          # 10,000 images, 5 epochs, width 16
+    nice -n 19 .venv/bin/python benchmarks/generator.py --diffusers  # + a small AutoencoderKL
     nice -n 19 .venv/bin/python benchmarks/generator.py --variant wide='{"width": 48}'
 """
 
@@ -58,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-images", type=int, default=10_000, help="seeded stratified subset")
     p.add_argument("--test-images", type=int, default=2000, help="test images measured")
     p.add_argument("--epochs", type=int, default=5, help="VAE epochs (every variant)")
-    p.add_argument("--width", type=int, default=None, help="VAE width (default: train_vae's)")
+    p.add_argument("--width", type=int, default=16,
+                   help="VAE width (16: the Fashion notebook's; train_vae's: 32)")  # fmt: skip
     p.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                    help="more train_vae settings, e.g. big='{\"latent_dim\": 48}'")  # fmt: skip
     p.add_argument("--only", nargs="+", default=None, help="measure only these variants")
@@ -66,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "a shared 2-core machine)")  # fmt: skip
     p.add_argument("--diffusers", action="store_true",
                    help="also train a small diffusers AutoencoderKL (AUTOENCODER_KL)")  # fmt: skip
+    p.add_argument("--diffusers-images", type=int, default=2000,
+                   help="its training images (the first of the VAEs' subset)")  # fmt: skip
+    p.add_argument("--diffusers-epochs", type=int, default=2, help="its epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the JSON line here")
     return p.parse_args(argv)
@@ -125,9 +132,7 @@ def autoencoder_kl(data: dw.ImageDataset, epochs: int, seed: int) -> tuple[torch
             x = data.x_train[idx]
             dist = vae.encode(x * 2 - 1).latent_dist
             recon = (vae.decode(dist.sample(generator=gen)).sample + 1) / 2
-            loss = (_reconstruction_loss(recon, x, "gaussian") + dist.kl().sum()) / len(
-                x
-            )
+            loss = (_reconstruction_loss(recon, x, "gaussian") + dist.kl().sum()) / len(x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -177,9 +182,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"\n== {name}: {kwargs} (trained in {seconds:.0f} s)")
         print(report.table())
     if args.diffusers:
-        vae, seconds = autoencoder_kl(data, args.epochs, args.seed)
+        few = dw.ImageDataset(data.name, data.x_train[: args.diffusers_images],
+                              data.y_train[: args.diffusers_images], data.x_test, data.y_test,
+                              data.classes)  # fmt: skip
+        vae, seconds = autoencoder_kl(few, args.diffusers_epochs, args.seed)
         report = generator_report(vae, reference, x, y, full.classes)
-        results["diffusers"] = {"settings": {"epochs": args.epochs, **AUTOENCODER_KL},
+        results["diffusers"] = {"settings": {"epochs": args.diffusers_epochs,
+                                             "images": len(few.y_train), **AUTOENCODER_KL},
                                 "train_seconds": seconds, "report": report.to_dict()}  # fmt: skip
         print(f"\n== diffusers AutoencoderKL {AUTOENCODER_KL} (trained in {seconds:.0f} s)")
         print(report.table())
