@@ -175,9 +175,10 @@ def test_explorer_end_to_end(
     # the fine-tuning section says what happened next to its controls; the chart plots rounds
     tune = page.get_by_role("region", name="Fine-tuning")
     tune.get_by_text(re.compile(r"^Reverted to round 0: test accuracy")).wait_for(timeout=15_000)
-    ticks = page.evaluate(
-        "() => document.querySelector('[aria-label=\"Accuracy per round\"]').layout.xaxis.ticktext"
-    )
+    page.get_by_role("tab", name="Rounds").click()  # the chart's pane (drawn once shown)
+    chart = "document.querySelector('[aria-label=\"Accuracy per round\"]')"
+    page.wait_for_function(f"() => {chart}.layout !== undefined", timeout=15_000)
+    ticks = page.evaluate(f"() => {chart}.layout.xaxis.ticktext")
     assert ticks[-2:] == ["R1", "\u21ba R0"], ticks
     real = tune.locator('[data-metric="labeled_region_real_accuracy"]')
     assert re.search(r"\(n = \d+\)$", real.inner_text())
