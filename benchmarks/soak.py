@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -287,7 +288,7 @@ def main() -> None:
         "first": samples[0] if samples else None,
         "last": samples[-1] if samples else None,
         "errors": len(errors),
-        "error_examples": sorted(set(errors))[:10],
+        "error_kinds": dict(Counter(e[:90] for e in errors).most_common(10)),
     }
     print(json.dumps(result))
 
