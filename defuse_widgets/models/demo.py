@@ -210,7 +210,7 @@ def vae_defaults(image_shape: tuple[int, int, int]) -> dict[str, Any]:
     ``likelihood``. Small images (up to 16 pixels a side, e.g. digits) keep 8 and "bernoulli";
     larger ones get 32 and "gaussian", measured by ``benchmarks/generator.py`` on Fashion-MNIST
     (10,000 images, 5 epochs, width 16: Fréchet distance 109 -> 49 in the reference labeler's
-    features, Shirt reconstructions recognised 1% -> 16%, Sandal 12% -> 66%, at the same cost;
+    features, Shirt reconstructions recognised 0.5% -> 16%, Sandal 12% -> 66%, at the same cost;
     latent 32 alone or beta 0.1-0.25 did less). See ``docs/generators.md``."""
     if max(image_shape[1:]) <= 16:
         return {"latent_dim": 8, "likelihood": "bernoulli"}
