@@ -21,8 +21,9 @@ from torch import nn
 import defuse_widgets as dw
 from defuse_widgets.data.fingerprint import dataset_fingerprint
 from defuse_widgets.regions.membership import members
+from defuse_widgets.suite.check import _judge
 from defuse_widgets.suite.export import SuiteSource, export_suite
-from defuse_widgets.suite.files import FORMAT, VERSION, load_suite
+from defuse_widgets.suite.files import FORMAT, VERSION, SuiteRegion, load_suite
 
 SAMPLES = 40
 
@@ -107,9 +108,27 @@ def test_assert_suite_names_the_failing_regions(labeled: dw.DefuseSession, suite
         dw.testing.assert_suite(labeled.classifier, suite, device="cpu")
     message = str(info.value)
     first = dw.check_suite(labeled.classifier, suite, device="cpu").regions[0]
-    assert f"region {first.id} ({first.label_name}): accuracy {first.accuracy:.3f} < 0.80" in (
-        message
-    )
+    low, high = first.interval
+    assert (
+        f"region {first.id} ({first.label_name}): accuracy {first.accuracy:.3f} "
+        f"(90% interval {low:.2f}-{high:.2f}) < 0.80"
+    ) in message
+
+
+def test_a_check_on_too_few_images_says_so_instead_of_failing() -> None:
+    region = SuiteRegion(3, 1, "one", 0.8, 0.8, torch.zeros(200, 1, 2, 2),
+                         torch.zeros(4, 1, 2, 2), torch.tensor([1, 1, 0, 0]))  # fmt: skip
+    sure = torch.zeros(200, 2)
+    sure[:, 1] = 1.0  # every sample right
+    half = torch.tensor([[0.0, 1.0]] * 4)  # 2 of the 4 real images right: 0.50 < 0.80
+    result = _judge(region, sure, half)
+    assert result.passed and result.real_accuracy == 0.5
+    assert result.real_interval[0] < 0.5 < 0.8 <= result.real_interval[1]
+    assert "too few images to tell" in result.notes[0]
+    wrong = torch.zeros(200, 2)
+    wrong[:, 0] = 1.0  # every sample wrong: surely below
+    failed = _judge(region, wrong, half)
+    assert not failed.passed and failed.interval[1] < 0.8
 
 
 def test_thresholds_and_a_subset_of_regions(labeled: dw.DefuseSession, tmp_path: Path) -> None:

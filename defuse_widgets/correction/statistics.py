@@ -89,3 +89,11 @@ def images_to_resolve(tolerance: float, confidence: float = DEFAULT_CONFIDENCE) 
         if 100.0 * lost * (2 * low - 1) / n > tolerance:
             return n
     raise ValueError(f"tolerance: {tolerance!r} points cannot be resolved on a million images")
+
+
+def accuracy_interval(
+    hits: int, images: int, confidence: float = DEFAULT_CONFIDENCE
+) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of an accuracy of ``hits`` right of ``images``
+    ((0, 1) without images)."""
+    return _share_interval(hits, images, confidence) if images else (0.0, 1.0)
