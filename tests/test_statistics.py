@@ -163,3 +163,15 @@ def test_the_audit_covers_validation_rows_and_revert_undoes_their_relabels(
     s.correct(steps=5)
     s.revert(relabels=True)
     assert torch.equal(s.validation_data()[1], before)
+
+
+def test_the_explorer_says_what_a_round_trained_on() -> None:
+    from defuse_widgets.widgets.panels import trained_on_note
+
+    record = dw.RoundRecord(1, False, {"real_weight": 10.0}, [0.1], 1.0, real_images={3: 40, 5: 2},
+                            generated_images=640)  # fmt: skip
+    assert trained_on_note(record) == (
+        "It trained on 42 real images inside the labeled regions (drawn 10x as often) and 640 "
+        "generated region samples."
+    )
+    assert trained_on_note(dw.RoundRecord(1, False, {}, [], 1.0)) == ""

@@ -394,8 +394,23 @@ def round_summary(session: DefuseSession, record: Any) -> dict[str, Any]:
         "stopped": _field(record, "stopped", ""),
         "class_deltas": [{"name": names[c], "delta": d} for c, d in enumerate(deltas)],
         "harm": [{"name": h["name"], "drop": h["drop"]} for h in _field(record, "harm", []) or []],
-        "samples_note": samples_note(record),
+        "samples_note": " ".join(n for n in (samples_note(record), trained_on_note(record)) if n),
     }
+
+
+def trained_on_note(record: Any) -> str:
+    """What a round trained on besides the training split: the real images inside its labeled
+    regions (upweighted) and the generated region samples."""
+    real = sum((_field(record, "real_images", {}) or {}).values())
+    generated = _field(record, "generated_images", 0) or 0
+    if not real and not generated:
+        return ""
+    weight = (_field(record, "settings", {}) or {}).get("real_weight", 1)
+    return (
+        f"It trained on {real} real image{'' if real == 1 else 's'} inside the labeled regions "
+        f"(drawn {weight:g}x as often) and {generated} generated region sample"
+        f"{'' if generated == 1 else 's'}."
+    )
 
 
 def samples_note(record: Any) -> str:
