@@ -11,8 +11,8 @@ from session_fixtures import label_true_class, ready_session, state_equal, weigh
 from torch import nn
 
 import defuse_widgets as dw
-from defuse_widgets.correction.selection import EarlyStopping, Score, harm
 from defuse_widgets.correction.samples import measured_scales, region_batches
+from defuse_widgets.correction.selection import EarlyStopping, Score, harm
 from defuse_widgets.correction.training import WeightAverage, blended, keep_loss
 from defuse_widgets.correction.validation import carve, make_validation
 from defuse_widgets.models.inference import predict_labels

@@ -3,11 +3,13 @@
 The driver checks and encodes the images as a local run does, puts the models and the encoded
 images in Ray's object store once (:func:`ray.put`), and maps a pool of actors over batches of row
 positions with Ray Data (``map_batches`` with an ``ActorPoolStrategy``). Each actor loads the job
-once, searches its batches on its own device with the same :class:`~defuse_widgets.search.identify.SearchRun`
+once, searches its batches on its own device with the same
+:class:`~defuse_widgets.search.identify.SearchRun`
 and strategy as a local run, and returns plain numpy columns. Every image draws from its own
 generator keyed by ``(seed, index)``, so the gathered errors equal the local run's.
 
-:mod:`~defuse_widgets.distributed.map_model` runs a model over a whole split on the same kind of pool, with
+:mod:`~defuse_widgets.distributed.map_model` runs a model over a whole split on the same kind of
+pool, with
 the connection, resource checks, pipeline and error handling defined here. These two are the only
 modules that import ray, and only when Ray work runs.
 """

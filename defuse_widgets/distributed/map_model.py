@@ -4,12 +4,14 @@ What a Ray-backed :class:`~defuse_widgets.session.session.DefuseSession` uses fo
 predictions and encodings (``split_codes``, the audit's, ``evaluate()``'s). The driver puts a CPU
 copy of the module and the images in Ray's object store once (:func:`ray.put`), and maps a pool
 of actors over batches of row positions with Ray Data, as the search does
-(:mod:`~defuse_widgets.distributed.backend`: the same connection and resource checks, pipeline, restarts,
+(:mod:`~defuse_widgets.distributed.backend`: the same connection and resource checks, pipeline,
+restarts,
 timeout and error naming the batch). Each actor loads the module once and runs its forward on
 its batches under ``torch.inference_mode()``, in the mode (train/eval) it was shipped in; the
 outputs come back in row order as one tensor.
 
-With :mod:`~defuse_widgets.distributed.backend`, the only module that imports ray (when Ray work runs).
+With :mod:`~defuse_widgets.distributed.backend`, the only module that imports ray (when Ray work
+runs).
 """
 
 from __future__ import annotations

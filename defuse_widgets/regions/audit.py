@@ -160,7 +160,8 @@ def count_inside(
 def labeler_function(labeler: Any) -> Callable[[torch.Tensor], Any]:
     """``labeler.label_images``, or ``labeler`` itself if it is a callable; TypeError otherwise.
 
-    A classifier module is wrapped in a :class:`~defuse_widgets.regions.labels.ReferenceModelLabeler`
+    A classifier module is wrapped in a
+    :class:`~defuse_widgets.regions.labels.ReferenceModelLabeler`
     (calling it would give logits, not labels).
     """
     if isinstance(labeler, nn.Module):

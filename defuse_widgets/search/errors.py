@@ -24,7 +24,8 @@ ERROR_FIELDS = (
 
 @dataclass(eq=False)
 class ErrorSet:
-    """Errors found by :func:`~defuse_widgets.search.identify.identify`: CPU tensors, one row per error.
+    """Errors found by :func:`~defuse_widgets.search.identify.identify`: CPU tensors, one row per
+    error.
 
     Attributes
     ----------

@@ -35,6 +35,7 @@ from defuse_widgets.utils.device import resolve_device
 from defuse_widgets.utils.seeding import seeded
 
 LIMIT_ORDERS = ("stratified", "first")
+CPU_CHUNK_PIXELS, CPU_CHUNK_MAX = 262_144, 1024  # measured: docs/performance.md
 
 
 def identify(
@@ -93,9 +94,10 @@ def identify(
         Drop errors whose :func:`~defuse_widgets.validity_score` is below this, in [0, 1].
     chunk_size : int or None
         Most codes decoded in one call (bounds memory); default 4096 on a GPU; on the CPU about
-        65,536 pixels per call (1024 codes of 8x8, 83 of 28x28): larger calls spill the caches,
-        and 28x28 calls of 1024 codes ran 2x slower per decode than calls of 100 on the 2-core
-        build machine.
+        262,144 pixels per call, at most 1024 codes (1024 of 8x8, 334 of 28x28): with the bf16,
+        fused, channels-last defaults, 28x28 calls of 256-1024 codes gave 10-15% more decodes a
+        second than calls of 83 on the 2-core build machine (in float32, calls of 1024 had run 2x
+        slower than calls of 100 there).
     autocast : {"auto", None, "bf16", "fp16"}
         Mixed precision for decoding and classifying. ``"auto"`` (default): bf16 where the
         device computes it natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU that supports
@@ -115,7 +117,8 @@ def identify(
         ``"auto"`` (CUDA, MPS, CPU) or a device; the models are moved there.
     seed : int
         Image ``i`` draws its noise (or restarts) on the CPU from its own generator, seeded from
-        ``(seed, i)`` (:func:`~defuse_widgets.search.rng.image_seed`), so the errors of an image do not
+        ``(seed, i)`` (:func:`~defuse_widgets.search.rng.image_seed`), so the errors of an image do
+        not
         depend on the chunk size, the image order or the backend, and a run repeats exactly.
     progress : bool
         Show a progress bar.
@@ -123,10 +126,12 @@ def identify(
         Name of the split the images came from, recorded in the result.
     backend : {"local", "ray"} or RayBackend
         ``"local"`` searches in this process; ``"ray"`` (or a
-        :class:`~defuse_widgets.distributed.backend.RayBackend`) shards the images over a pool of Ray
+        :class:`~defuse_widgets.distributed.backend.RayBackend`) shards the images over a pool of
+        Ray
         actors (``pip install defuse-widgets[ray]``) and returns the same errors.
     ray_options : dict or None
-        With ``backend="ray"``: the :class:`~defuse_widgets.distributed.backend.RayBackend` fields, e.g.
+        With ``backend="ray"``: the :class:`~defuse_widgets.distributed.backend.RayBackend` fields,
+        e.g.
         ``{"actors": 4, "gpus_per_actor": 1, "address": "auto"}``.
     **knobs
         The named strategy's knobs, e.g. ``samples=50, max_per_image=3`` for ``"reference"``;
@@ -215,7 +220,7 @@ def _default_chunk(images: Any, dev: torch.device) -> int:
     if dev.type != "cpu":
         return 4096
     pixels = int(images.shape[-1] * images.shape[-2]) if getattr(images, "ndim", 0) >= 2 else 64
-    return max(16, 65536 // max(1, pixels))
+    return min(CPU_CHUNK_MAX, max(16, CPU_CHUNK_PIXELS // max(1, pixels)))
 
 
 def _assemble(

@@ -38,7 +38,8 @@ def resolve_autocast(autocast: str | None, device: torch.device) -> str | None:
 
 
 class ChunkSearch(Protocol):
-    """What a run needs of a strategy (see :class:`~defuse_widgets.search.strategies.SearchStrategy`)."""
+    """What a run needs of a strategy (see
+    :class:`~defuse_widgets.search.strategies.SearchStrategy`)."""
 
     name: str
 

@@ -6,7 +6,8 @@ A new strategy is a frozen dataclass subclassing :class:`SearchStrategy`: it che
 :meth:`~defuse_widgets.search.run.SearchRun.per_image` (never from a global stream), and implements
 :meth:`~SearchStrategy.search_chunk` with the helpers of the
 :class:`~defuse_widgets.search.run.SearchRun` it is given; add it to ``STRATEGIES`` for a shorthand
-name. :func:`~defuse_widgets.search.identify.identify` does the rest (checks, probing, chunking, assembly).
+name. :func:`~defuse_widgets.search.identify.identify` does the rest (checks, probing, chunking,
+assembly).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The session's audit of the training data through the regions, and its relabels.
 
 A mixin of :class:`~defuse_widgets.session.session.DefuseSession`: the methods run on the session's
-state (its regions, labels, :class:`~defuse_widgets.regions.relabels.RelabelStore` and membership cache).
+state (its regions, labels, :class:`~defuse_widgets.regions.relabels.RelabelStore` and membership
+cache).
 """
 
 from __future__ import annotations

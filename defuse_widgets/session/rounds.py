@@ -55,7 +55,8 @@ class RoundsMixin(SessionBase):
         Samples come from N(mean, scale x covariance), ``scale`` measured per region on the
         validation split (None) or given; draws outside a region's 99% ellipsoid are drawn again
         and decodes the generator calls unnatural are dropped; with a ``labeler`` (a
-        :class:`~defuse_widgets.regions.labels.ReferenceModelLabeler` or a classifier module, such as the
+        :class:`~defuse_widgets.regions.labels.ReferenceModelLabeler` or a classifier module, such
+        as the
         one given to :meth:`auto_label`) so are decodes it does not confidently call their
         region's label (see :mod:`~defuse_widgets.correction.samples`).
 
@@ -67,7 +68,8 @@ class RoundsMixin(SessionBase):
         last). What is checked and kept is the moving average of the trained weights (decay
         ``ema``; 0: each step's own weights), which damps SGD's step-to-step jitter between
         similar classes; the round's last weights blended with its starting weights
-        (:data:`~defuse_widgets.correction.guard.BLENDS`) are judged too. ``auto=True`` runs the round once
+        (:data:`~defuse_widgets.correction.settings.BLENDS`) are judged too. ``auto=True`` runs the
+        round once
         per setting of a small grid of ``lam`` and ``lr`` (``AUTO_GRID``) and keeps the best by
         the same rule. The record says why it stopped, and ``record.harm`` what it broke on the
         test split.
