@@ -41,7 +41,8 @@ class ChunkSearch(Protocol):
     """What a run needs of a strategy (see
     :class:`~defuse_widgets.search.strategies.SearchStrategy`)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def width(self) -> int: ...
 
