@@ -259,3 +259,15 @@ def test_train_vae_gaussian_likelihood_and_defaults(digits: dw.ImageDataset) -> 
     assert not torch.equal(gauss.decode(torch.zeros(1, 4)), bern.decode(torch.zeros(1, 4)))
     with pytest.raises(ValueError, match="likelihood: expected None or one of"):
         dw.train_vae(small, likelihood="laplace", **kw)
+
+
+def test_spatial_codes_need_spatial_true_outside_diffusers() -> None:
+    x = torch.rand(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="pass spatial=True"):
+        as_generator(encode=lambda x: x, decode=lambda z: z).encode(x)
+    gen = as_generator(encode=lambda x: x, decode=lambda z: z, spatial=True)
+    mu, _ = gen.encode(x)
+    assert mu.shape == (2, 64) and gen.latent_shape == (1, 8, 8)
+    assert torch.equal(gen.decode(mu), x)
+    with pytest.raises(ValueError, match=r"expected spatial codes of shape \(1, 8, 8\)"):
+        gen.encode(torch.rand(2, 1, 4, 4))

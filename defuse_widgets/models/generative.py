@@ -48,14 +48,16 @@ class GeneratorAdapter:
         decode: Callable[[torch.Tensor], torch.Tensor],
         latent_dim: int | None = None,
         modules: tuple[nn.Module, ...] = (),
+        spatial: bool = False,
     ):
         self._encode = encode
+        self.spatial = bool(spatial)
         self._decode = decode
         self._latent_dim = latent_dim
         self.modules = tuple(m for m in modules if isinstance(m, nn.Module))
         self.latent_shape: tuple[int, ...] | None = None
-        """The shape of one code as the decoder takes it, (C, h, w) for spatial latents (set by
-        the first encoding); None for flat (d,) codes."""
+        """With ``spatial``: the shape of one code as the decoder takes it, (C, h, w), set by the
+        first encoding; None before it and for flat (d,) codes."""
 
     @property
     def latent_dim(self) -> int:
@@ -68,10 +70,11 @@ class GeneratorAdapter:
 
     def encode(self, x: torch.Tensor) -> EncodeOutput:
         mu, logvar = _split_encoding(self._encode(x))
-        if mu.ndim < 2 or len(mu) != len(x):
+        if len(mu) != len(x) or (mu.ndim != 2 and not (self.spatial and mu.ndim > 2)):
+            spatial = "" if self.spatial else " (spatial codes (N, C, h, w): pass spatial=True)"
             raise ValueError(
-                f"generator.encode: expected codes of shape ({len(x)}, d) or ({len(x)}, C, h, w), "
-                f"got {tuple(mu.shape)}"
+                f"generator.encode: expected codes of shape ({len(x)}, d){spatial}, got "
+                f"{tuple(mu.shape)}"
             )
         if logvar is not None and logvar.shape != mu.shape:
             raise ValueError(
@@ -124,8 +127,9 @@ def _split_encoding(out: Any) -> EncodeOutput:
 
 
 NEEDS = (
-    "Defuse needs encode(images) for images (N, C, H, W) in [0, 1] returning codes (N, d) or "
-    "(N, C, h, w), or (mu, logvar) of that shape, and decode(codes) returning images "
+    "Defuse needs encode(images) for images (N, C, H, W) in [0, 1] returning codes (N, d) "
+    "(or (N, C, h, w) with spatial=True), or (mu, logvar) of that shape, and decode(codes) "
+    "returning images "
     "(N, C, H, W) in [0, 1]; wrap a model that works in another range, e.g. "
     "as_generator(encode=lambda x: vae.encode(2 * x - 1), "
     "decode=lambda z: (vae.decode(z) + 1) / 2, modules=[vae])"
@@ -182,6 +186,7 @@ def as_generator(
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     latent_dim: int | None = None,
     modules: Sequence[nn.Module] = (),
+    spatial: bool = False,
 ) -> GeneratorAdapter:
     """Wrap a VAE as a :class:`Generator` without changing it.
 
@@ -189,14 +194,16 @@ def as_generator(
     ----------
     model : a module with ``encode``/``decode`` methods, or with ``encoder``/``decoder`` submodules
         (the encoder returning ``mu``, ``(mu, logvar)`` or ``[mu, logvar]``), or a diffusers
-        ``AutoencoderKL`` (its images in [-1, 1] and output objects handled here). Spatial codes
-        (N, C, h, w) are flattened to (N, C*h*w) for the search and the mixture and reshaped for
-        decoding. An existing adapter is returned as is.
+        ``AutoencoderKL`` (its images in [-1, 1], output objects and spatial latents handled
+        here, see ``spatial``). An existing adapter is returned as is.
     encode, decode : two callables, instead of ``model``.
     latent_dim : the code size; read from ``model.latent_dim`` when present, else from the first
         encoding.
     modules : with plain functions for ``encode``/``decode``, the modules they use, so a session
         can move them to its device and put them in eval mode while searching.
+    spatial : the encoder returns spatial codes (N, C, h, w) and the decoder takes them back:
+        they are flattened to (N, C*h*w) for the search and the mixture and reshaped for
+        decoding. Set for a diffusers ``AutoencoderKL``; elsewhere codes must be (N, d).
 
     Examples
     --------
@@ -204,6 +211,7 @@ def as_generator(
     """
     if isinstance(model, GeneratorAdapter):
         return model
+    spatial = spatial or is_diffusers_vae(model)
     if model is not None and (encode is not None or decode is not None):
         raise TypeError("as_generator: pass either model or encode= and decode=, not both")
     modules = tuple(modules)
@@ -228,7 +236,7 @@ def as_generator(
     if not modules:
         owners: list[Any] = [getattr(f, "__self__", f) for f in (encode, decode)]
         modules = tuple(m for m in owners if isinstance(m, nn.Module))
-    return GeneratorAdapter(encode, decode, latent_dim, modules)
+    return GeneratorAdapter(encode, decode, latent_dim, modules, spatial)
 
 
 def as_classifier(model: Any) -> nn.Module:
