@@ -153,6 +153,17 @@ def test_height_presentation_and_region_orders(widget: Explorer, session: dw.Def
         Explorer(session, projection="pca", region_sort="colour")
     made = Explorer(session, projection="pca", height=480, presentation=True)
     assert made.height == 480 and made.presentation
+    session.sample_recognition = None  # a session that cannot measure it: no such order
+    try:
+        assert Explorer(session, projection="pca").region_sorts == [
+            "size",
+            "real_accuracy",
+            "label",
+        ]
+        with pytest.raises(ValueError, match="region_sort: expected one of"):
+            Explorer(session, projection="pca", region_sort="recognition")
+    finally:
+        del session.sample_recognition
 
 
 def test_a_failure_without_a_message_still_says_why() -> None:

@@ -211,6 +211,10 @@ class Explorer(anywidget.AnyWidget):
             max_thumbnail_bytes, min_probability, audit_limit, who,
         ).check(len(errors))  # fmt: skip
         RoundSettings(steps=steps, lam=lam, lr=lr).check()
+        recognises = getattr(session, "sample_recognition", None) is not None
+        sorts = [*SORTS[:2], *(["recognition"] if recognises else []), SORTS[2]]
+        if kwargs.get("region_sort", "size") not in sorts:
+            raise ValueError(f"region_sort: expected one of {sorts}, got {kwargs['region_sort']!r}")
         super().__init__(**kwargs)
         self.session = session
         self._errors = errors
@@ -232,12 +236,7 @@ class Explorer(anywidget.AnyWidget):
             self.on_label(on_label)
 
         self.finetune_params = {"steps": int(steps), "lam": float(lam), "lr": float(lr)}
-        recognises = getattr(session, "sample_recognition", None) is not None
-        self.region_sorts = [*SORTS[:2], *(["recognition"] if recognises else []), SORTS[2]]
-        if self.region_sort not in self.region_sorts:
-            raise ValueError(
-                f"region_sort: expected one of {self.region_sorts}, got {self.region_sort!r}"
-            )
+        self.region_sorts = sorts
         self.classes = [str(c) for c in session.data.classes]
         labels = np.stack([errors.true_label.numpy(), errors.pred_label.numpy()], 1)
         self.point_labels = labels.astype(np.int16)
