@@ -50,7 +50,9 @@ def shared_errors(classifier: nn.Module, vae: nn.Module, data: dw.ImageDataset) 
     key = (id(classifier), id(vae), id(data))
     if key not in _cache:
         s = new_session(classifier, vae, data)
-        _cache[key] = s.identify(strategy="reference", split="test", limit=LIMIT, **IDENTIFY)
+        _cache[key] = s.identify(
+            strategy="reference", split="test", limit=LIMIT, limit_order="first", **IDENTIFY
+        )
     return _cache[key]
 
 
