@@ -24,6 +24,7 @@ from defuse_widgets import (
 )
 from defuse_widgets.models.inference import UpsampleConv, fused_upsampling
 from defuse_widgets.search.rng import beta_noise, image_generator, image_seed
+from defuse_widgets.search.run import resolve_autocast
 from defuse_widgets.search.strategies import STRATEGIES
 
 N_IMAGES, Q, K = 60, 30, 3
@@ -536,7 +537,8 @@ def test_package_exports_the_identify_function_and_no_module_of_that_name() -> N
     import defuse_widgets.session.session  # noqa: F401  (imports the search module too)
 
     assert callable(dw.identify) and dw.identify.__name__ == "identify"
-    assert importlib.util.find_spec("defuse_widgets.search") is None
+    # the search lives in the search subpackage; no top-level module shadows the function
+    assert importlib.util.find_spec("defuse_widgets.identify") is None
 
 
 # ---------------------------------------------------------------- strategy objects
@@ -619,7 +621,9 @@ def test_shorthand_and_object_find_identical_errors(
     # the settings record the strategy's own knobs (resolved) and the run's, nothing else
     knobs = dataclasses.asdict(obj.resolve(digits_vae.latent_dim))
     assert errors.settings == {"strategy": strategy, **knobs, "min_validity": None,
-                               "chunk_size": errors.settings["chunk_size"], "autocast": None,
+                               "chunk_size": errors.settings["chunk_size"],
+                               "autocast": resolve_autocast("auto", torch.device("cpu")),
+                               "fuse": True, "channels_last": True,
                                "seed": 0, "device": "cpu", "num_classes": 10,
                                "backend": "local"}  # fmt: skip
 
