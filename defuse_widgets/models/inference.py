@@ -156,6 +156,8 @@ class UpsampleConv(nn.Module):
         spread = _SPREAD.to(conv.weight)
         weight = torch.einsum("ka,oiab,lb->iokl", spread, conv.weight.detach(), spread)
         bias = None if conv.bias is None else conv.bias.detach()
+        self.weight: torch.Tensor
+        self.bias: torch.Tensor | None
         self.register_buffer("weight", weight.contiguous(memory_format=torch.channels_last))
         self.register_buffer("bias", bias)
 
@@ -208,10 +210,10 @@ def fused_upsampling(*modules: nn.Module) -> Iterator[int]:
                     fused.append((key, UpsampleConv(layer, after)))  # type: ignore[arg-type]
                     i += 2
                 else:
-                    fused.append((key, layer))  # type: ignore[arg-type]
+                    fused.append((key, layer))
                     i += 1
             if len(fused) < len(layers):
-                swaps.append((seq, layers))  # type: ignore[arg-type]
+                swaps.append((seq, layers))
                 _replace(seq, fused)
         yield sum(len(old) - len(seq) for seq, old in swaps)
     finally:
