@@ -13,6 +13,7 @@ import { FineTune, Params, Progress, Round } from "./explorer/finetune";
 import { AuditView } from "./explorer/audit";
 import { InterpPanel } from "./explorer/interp";
 import { Status } from "./explorer/status";
+import { GeneratorView } from "./explorer/generator";
 import { SuiteExport } from "./explorer/suite";
 import { Tabs } from "./explorer/tabs";
 import { Thumbs } from "./explorer/thumbs";
@@ -110,7 +111,7 @@ function render({ model, el, host, signal, experimental }: RenderProps): View {
   panelHost.className = "dfx-panel-host";
   right.append(panelHost);
   const tabs = new Tabs(right, [["members", "Members"], ["audit", "Audit"], ["error", "Selected error"],
-    ["rounds", "Rounds"], ["tests", "Export"]], "Region details", (key) => { if (key === "rounds") void tune.drawChart(); });
+    ["rounds", "Rounds"], ["tests", "Export"], ["generator", "Generator"]], "Region details", (key) => { if (key === "rounds") void tune.drawChart(); });
   const panel = new RegionPanel(panelHost, {
     label: labelRegion, unlabel: unlabelRegion,
     addRegion: () => act("_add_region_command", {}, "Making a region from the selection…"),
@@ -141,6 +142,9 @@ function render({ model, el, host, signal, experimental }: RenderProps): View {
   const suite = new SuiteExport(tabs.panel("tests"), {
     exportTests: (path) => act("_export_tests_command", { path }, `Exporting the labeled regions to ${path}…`),
   });
+
+  const generator = new GeneratorView(tabs.panel("generator"),
+    () => act("_generator_command", {}, "Measuring the generator…"));
 
   let mapData: MapData | null = null;
   const buildMapData = (): MapData | null => {
@@ -243,12 +247,13 @@ function render({ model, el, host, signal, experimental }: RenderProps): View {
     ["change:baseline", onHistory], ["change:finetune_params", onParams], ["change:classes", onClasses],
     ["change:audit", onAudit], ["change:audit_labels", onAuditLabels], ["change:audit_selection", onAuditSelection],
     ["change:relabel_count", onRelabels], ["change:interpolator", onInterp], ["change:selected_error", onSelectedError],
+    ["change:generator", () => generator.set(model.get("generator"))],
     ["change:height", onSize], ["change:presentation", onSize], ["change:region_sort", onRegions], ["change:region_sorts", onRegions],
   ];
   for (const [ev, cb] of handlers) model.on(ev, cb);
 
   // initial state (a re-display shows the current state)
-  onSize(); onClasses(); onThumbs(); showStatus(); onParams(); onProgress(); onRegions(); onAudit(); onRelabels(); onInterp();
+  generator.set(model.get("generator")); onSize(); onClasses(); onThumbs(); showStatus(); onParams(); onProgress(); onRegions(); onAudit(); onRelabels(); onInterp();
   panel.setSelectionCount(decode(model.get("selected_indices"))?.data.length ?? 0);
   drawMap(true).then(onSelection).then(onHistory); // the map first, then the small chart
 

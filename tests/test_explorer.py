@@ -706,3 +706,19 @@ def test_map_engine_is_regl_by_default_plotly_on_request(session: dw.DefuseSessi
     assert p.map_engine == "plotly"
     with pytest.raises(traitlets.TraitError):
         Explorer(session, projection=xy, map_engine="deck")
+
+
+def test_the_generator_tab_measures_on_request(widget: Explorer, session: dw.DefuseSession) -> None:
+    assert widget.generator is None  # nothing measured until asked
+    assert act(widget, "_generator_command") == {"ok": True}
+    widget.wait()
+    report = widget.generator
+    assert [c["name"] for c in report["classes"]] == [str(c) for c in session.data.classes]
+    assert all(0 <= c["real"] <= 1 for c in report["classes"] if c["real"] is not None)
+    assert "Generator measured:" in widget.status
+    again = session.generator_report()
+    assert [c["reconstructed"] for c in report["classes"]] == pytest.approx(
+        [c.reconstructed for c in again.classes], nan_ok=True
+    )
+    widget.measure_generator(block=True, limit=50)
+    assert widget.generator["images"] <= 50

@@ -33,6 +33,7 @@ class ExplorerActions(Protocol):
     def relabel_selected(self, indices: list[int] | None) -> int: ...
     def unrelabel_selected(self, indices: list[int] | None) -> int: ...
     def export_tests(self, path: str) -> Any: ...
+    def measure_generator(self) -> None: ...
     def error_thumbnail(self, index: int) -> np.ndarray | None: ...
 
 
@@ -114,6 +115,11 @@ def unrelabel(ui: ExplorerActions, msg: dict[str, Any]) -> None:
 @_action
 def export_tests(ui: ExplorerActions, msg: dict[str, Any]) -> None:
     ui.export_tests(msg.get("path", ""))
+
+
+@_action
+def generator(ui: ExplorerActions, msg: dict[str, Any]) -> None:
+    ui.measure_generator()
 
 
 @command

@@ -35,6 +35,7 @@ from defuse_widgets.correction.settings import RoundSettings
 from defuse_widgets.regions.labels import label_name
 from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.suite.export import DEFAULT_MIN_ACCURACY, DEFAULT_SAMPLES
+from defuse_widgets.utils.jsonio import nan_to_none
 from defuse_widgets.widgets import _commands, panels
 from defuse_widgets.widgets._audit import AuditPane
 from defuse_widgets.widgets._codec import array_serialization, array_to_json
@@ -163,6 +164,8 @@ class Explorer(anywidget.AnyWidget):
     # the region list's order (written by the page too) and the orders offered: "recognition"
     # where the session measures how recognisable a region's samples are (measured on demand)
     region_sort = t.Unicode("size").tag(sync=True)
+    # the generator's report (session.generator_report().to_dict()), once asked for
+    generator = t.Dict(allow_none=True, default_value=None).tag(sync=True)
     region_sorts = t.List(t.Unicode()).tag(sync=True)
     # written by the page: None until a view reports, then whether one is shown
     _has_visible_views = t.Bool(None, allow_none=True).tag(sync=True)
@@ -179,6 +182,7 @@ class Explorer(anywidget.AnyWidget):
     _unrelabel_command = _commands.unrelabel
     _export_tests_command = _commands.export_tests
     _thumb_command = _commands.thumb
+    _generator_command = _commands.generator
 
     def __init__(
         self,
@@ -456,6 +460,39 @@ class Explorer(anywidget.AnyWidget):
             self.wait()
         return target
 
+    def measure_generator(self, block: bool = False, **options: Any) -> None:
+        """Measure how well the generator draws each class (``session.generator_report``, in
+        the background) and show it in the Generator tab (trait ``generator``).
+
+        Parameters
+        ----------
+        block : bool
+            Wait for the report (re-raising its error).
+        **options
+            ``labeler``, ``limit``, ``min_ratio`` of ``DefuseSession.generator_report``
+            (default labeler: :attr:`labeler` when it holds a model).
+
+        Raises
+        ------
+        RuntimeError
+            When the session cannot measure its generator (no ``generator_report``).
+        """
+        report = getattr(self.session, "generator_report", None)
+        if report is None:
+            raise RuntimeError("this session cannot measure its generator (no generator_report)")
+        options.setdefault("labeler", self._judge())
+
+        def job() -> None:
+            self._note("Measuring how well the generator draws each class…")
+            result = report(**options)
+            self.generator = nan_to_none(result.to_dict())
+            flagged = len(result.flagged)
+            self._note(f"Generator measured: {flagged} class{'es' * (flagged != 1)} flagged.")
+
+        self._start("measuring the generator", job)
+        if block:
+            self.wait()
+
     def error_thumbnail(self, index: int) -> np.ndarray | None:
         """Error ``index``'s map thumbnail, uint8 (1, h, w, c); None for an index off the map."""
         return self._map.thumbnail(index)
@@ -569,13 +606,15 @@ class Explorer(anywidget.AnyWidget):
         measure = getattr(self.session, "sample_recognition", None)
         if measure is None or self.session.regions is None or self.region_sort != "recognition":
             return
-        judge = self.labeler
-        if not isinstance(judge, torch.nn.Module) and not isinstance(
-            getattr(judge, "model", None), torch.nn.Module
-        ):
-            judge = None
-        self._recognition = {int(k): float(v) for k, v in measure(judge).items()}
+        self._recognition = {int(k): float(v) for k, v in measure(self._judge()).items()}
         self._sync_regions()
+
+    def _judge(self) -> Any:
+        """The labeler when it holds a model (it judges the generator), else None (the
+        classifier judges)."""
+        judge = self.labeler
+        held = judge if isinstance(judge, torch.nn.Module) else getattr(judge, "model", None)
+        return judge if isinstance(held, torch.nn.Module) else None
 
     @t.validate("height")
     def _check_height(self, proposal: dict[str, Any]) -> int:

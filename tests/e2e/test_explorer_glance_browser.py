@@ -4,9 +4,10 @@ With the explorer scrolled to the top of the window, the map, the region list, t
 region's samples, its label controls and the Fine-tune button all lie inside the viewport at once
 (their bounding boxes); ten regions are labeled from the keyboard alone on the focused region
 list (digits, R, U, N) and the labels are checked in Python; a region row under the pointer is lit
-on the map and the rest dimmed; the list sorts by label state; "Presentation size" enlarges the
-thumbnails. A screenshot goes to ``tests/output/explorer_glance.png`` (``docs/explorer.png`` is
-made by ``test_explorer_browser.py``, in a fuller state).
+on the map and the rest dimmed; the list sorts by label state; the Generator tab measures the
+generator on request; "Presentation size" enlarges the thumbnails. A screenshot goes to
+``tests/output/explorer_glance.png`` (``docs/explorer.png`` is made by
+``test_explorer_browser.py``, in a fuller state).
 """
 
 from __future__ import annotations
@@ -158,6 +159,13 @@ def test_explorer_fits_one_screen_and_labels_from_the_keyboard(
     page.wait_for_timeout(500)
     shot = page.locator(".dfx").first.screenshot(path=str(OUTPUT / "explorer_glance.png"))
     assert shot
+
+    # the generator's figures, measured on request in their own pane
+    page.get_by_role("tab", name="Generator").click()
+    page.get_by_role("button", name="Measure the generator").click()
+    table = page.get_by_role("table", name="Generator per class")
+    table.wait_for(timeout=60_000)
+    assert table.get_by_role("row").count() == 11  # a header and ten digits
 
     # a projector: larger thumbnails and text
     page.get_by_role("button", name="Presentation size").click()
