@@ -91,7 +91,9 @@ def test_identify_is_seeded_and_replaces_regions_and_labels(
     s = ready_session(digits_classifier, digits_vae, digits)
     shared = shared_errors(digits_classifier, digits_vae, digits)
     s.label(0, 1)
-    errors = s.identify(strategy="reference", split="test", limit=LIMIT, **IDENTIFY)
+    errors = s.identify(
+        strategy="reference", split="test", limit=LIMIT, limit_order="first", **IDENTIFY
+    )
     assert torch.equal(errors.codes, shared.codes), "same seed, same errors"
     assert s.regions is None and s.labels == {}
     errors = s.identify(strategy="reference", split="train", limit=20, **IDENTIFY)
