@@ -110,7 +110,7 @@ function render({ model, el, host, signal, experimental }: RenderProps): View {
   const panelHost = document.createElement("div");
   panelHost.className = "dfx-panel-host";
   right.append(panelHost);
-  const tabs = new Tabs(right, [["members", "Members"], ["audit", "Audit"], ["error", "Selected error"],
+  const tabs = new Tabs(right, [["members", "Members"], ["audit", "Audit"], ["error", "Error"],
     ["rounds", "Rounds"], ["tests", "Export"], ["generator", "Generator"]], "Region details", (key) => { if (key === "rounds") void tune.drawChart(); });
   const panel = new RegionPanel(panelHost, {
     label: labelRegion, unlabel: unlabelRegion,
