@@ -16,8 +16,8 @@ The whole test session runs torch on ``$DEFUSE_WIDGETS_TEST_THREADS`` CPU thread
 test models are tiny, and on a shared 2-core machine oversubscribed torch threads made training
 about 8x slower. The models are trained once and cached under
 ``$DEFUSE_WIDGETS_TEST_CACHE`` (default ``~/.cache/defuse-widgets/test-models``) in a folder keyed
-by a hash of ``models.py``, the training images and labels and the torch version, so a change to
-the trainer or the data retrains. They are shared by every test: a test that changes weights
+by a hash of ``models/demo.py``, the training images and labels and the torch version, so a change
+to the trainer or the data retrains. They are shared by every test: a test that changes weights
 (fine-tuning) must work on a copy, ``copy.deepcopy(digits_classifier)`` or
 ``dw.load_model(digits_model_paths["classifier"])``.
 """
@@ -47,7 +47,7 @@ atexit.register(shutil.rmtree, os.environ["DEFUSE_WIDGETS_PROJECTION_CACHE"], Tr
 
 def _cache_dir(digits: dw.ImageDataset) -> Path:
     digest = hashlib.sha256(torch.__version__.encode())
-    digest.update((PACKAGE / "models.py").read_bytes())
+    digest.update((PACKAGE / "models" / "demo.py").read_bytes())
     digest.update(digits.x_train.numpy().tobytes() + digits.y_train.numpy().tobytes())
     env = os.environ.get("DEFUSE_WIDGETS_TEST_CACHE")
     base = Path(env) if env else Path.home() / ".cache" / "defuse-widgets" / "test-models"

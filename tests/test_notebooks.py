@@ -51,7 +51,7 @@ def _notebooks() -> list[Path]:
 
 def _model_cache() -> Path:
     digest = hashlib.sha256(torch.__version__.encode())
-    for name in ("models.py", "data.py"):
+    for name in ("models/demo.py", "data/dataset.py", "data/loaders.py"):
         digest.update((PACKAGE / name).read_bytes())
     # of cli.py only what decides the demo models, so other CLI changes do not retrain them
     digest.update(repr((cli.DEMO_CLASSIFIER, cli.REFERENCE_CLASSIFIER)).encode())
