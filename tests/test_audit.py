@@ -422,7 +422,7 @@ def test_correct_trains_on_relabeled_labels_and_leaves_the_data(s, monkeypatch, 
 
     monkeypatch.setattr(round_plan, "fine_tune", spy)
     record = s.correct(steps=3, batch_size=16)
-    assert record["relabels"] == len(flip)
+    assert record.relabels == len(flip)
     assert s.validation is not None
     rows = s.validation.fit_rows  # the round never trains on the validation rows
     assert torch.equal(seen["x"], digits.x_train[rows])

@@ -147,14 +147,14 @@ def test_the_saved_session_loads_back(pipeline: dict[str, Any]) -> None:
     grid = s.history[-1].grid
     assert [(g["lam"], g["lr"]) for g in grid] == [(g["lam"], g["lr"]) for g in AUTO_GRID]
     ev = s.evaluate()
-    assert ev["test_accuracy"] == pytest.approx(r["test_accuracy_after"], abs=1e-6)
-    assert ev["labeled_region_accuracy"] == pytest.approx(r["labeled_region_accuracy_after"])
+    assert ev.test_accuracy == pytest.approx(r["test_accuracy_after"], abs=1e-6)
+    assert ev.labeled_region_accuracy == pytest.approx(r["labeled_region_accuracy_after"])
     real = r["labeled_region_real_accuracy_after"]
-    assert (real is None and math.isnan(ev["labeled_region_real_accuracy"])) or ev[
-        "labeled_region_real_accuracy"
-    ] == pytest.approx(real)
+    assert (real is None and math.isnan(ev.labeled_region_real_accuracy)) or (
+        ev.labeled_region_real_accuracy == pytest.approx(real)
+    )
     s.revert()
-    assert s.evaluate()["test_accuracy"] == pytest.approx(r["test_accuracy_before"], abs=1e-6)
+    assert s.evaluate().test_accuracy == pytest.approx(r["test_accuracy_before"], abs=1e-6)
 
 
 def test_bad_arguments(tmp_path: Path) -> None:

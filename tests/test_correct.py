@@ -54,19 +54,19 @@ def test_one_round_changes_weights_and_returns_losses_and_evaluation(s: dw.Defus
         untouched.append(state_equal(weights(s.classifier), original))
 
     record = s.correct(**SMALL, callback=callback)
-    assert record["round"] == 1 and record["base_round"] == 0 and not record["cancelled"]
-    assert len(record["losses"]) == STEPS
-    assert all(isinstance(x, float) and math.isfinite(x) and x > 0 for x in record["losses"])
+    assert record.round == 1 and record.base_round == 0 and not record.cancelled
+    assert len(record.losses) == STEPS
+    assert all(isinstance(x, float) and math.isfinite(x) and x > 0 for x in record.losses)
     assert [x[:2] for x in steps_seen] == [(i, STEPS) for i in range(1, STEPS + 1)]
-    assert [x[2] for x in steps_seen] == record["losses"]
+    assert [x[2] for x in steps_seen] == record.losses
     assert all(untouched)
     assert not state_equal(weights(s.classifier), original), "the round changed the weights"
     assert s.rounds == 1 and s.active_round == 1 and s.history == [record]
-    assert record["labels"] == s.correctable()
-    assert record["settings"]["steps"] == STEPS and record["settings"]["batch_size"] == 16
-    assert record["seconds"] > 0
-    ev = record["evaluation"]
-    assert ev["round"] == 1
+    assert record.labels == s.correctable()
+    assert record.settings["steps"] == STEPS and record.settings["batch_size"] == 16
+    assert record.seconds > 0
+    ev = record.evaluation
+    assert ev.round == 1
     assert ev == s.evaluate(), "the round's evaluation is that of the new weights"
     assert s.classifier.training is False, "the live classifier stays in eval mode"
 
@@ -79,7 +79,7 @@ def test_rounds_repeat_exactly_with_the_same_seed(
         label_true_class(x, 0)
         x.correct(**SMALL)
     assert state_equal(weights(a.classifier), weights(b.classifier))
-    assert a.history[0]["losses"] == b.history[0]["losses"]
+    assert a.history[0].losses == b.history[0].losses
 
 
 def test_optimizer_and_learning_rate_are_selectable(s: dw.DefuseSession) -> None:
@@ -88,22 +88,22 @@ def test_optimizer_and_learning_rate_are_selectable(s: dw.DefuseSession) -> None
     after_sgd = weights(s.classifier)
     s.revert()
     adam = s.correct(**SMALL, optimizer="adam", lr=1e-3)
-    assert adam["settings"]["optimizer"] == "adam" and adam["settings"]["lr"] == 1e-3
-    assert sgd["settings"]["optimizer"] == "sgd"
+    assert adam.settings["optimizer"] == "adam" and adam.settings["lr"] == 1e-3
+    assert sgd.settings["optimizer"] == "sgd"
     after_adam = weights(s.classifier)
     assert not state_equal(after_adam, original) and not state_equal(after_adam, after_sgd)
-    assert s.rounds == 2 and adam["base_round"] == 0
+    assert s.rounds == 2 and adam.base_round == 0
 
 
 def test_correction_fixes_the_labeled_region(s: dw.DefuseSession) -> None:
     assert s.regions is not None
     rid, label = next(iter(s.correctable().items()))
-    before = s.evaluate()["regions"][rid]["sample_accuracy"]
+    before = s.evaluate().regions[rid].sample_accuracy
     record = s.correct(steps=25, batch_size=32, lr=0.01, early_stopping=False)
-    after = record["evaluation"]["regions"][rid]["sample_accuracy"]
+    after = record.evaluation.regions[rid].sample_accuracy
     assert after >= max(0.8, before + 0.3), (before, after)
     # the fix is measured on held-out draws: the training stream is another one
-    assert record["evaluation"]["regions"][rid]["label"] == label
+    assert record.evaluation.regions[rid].label == label
 
 
 # ----- cancel -----
@@ -120,12 +120,12 @@ def test_cancel_from_the_callback_keeps_the_weights_from_before(s: dw.DefuseSess
             token.cancel()
 
     record = s.correct(steps=6, batch_size=16, cancel=token, callback=callback)
-    assert record["cancelled"] is True and record["round"] is None
-    assert record["evaluation"] is None
+    assert record.cancelled is True and record.round is None
+    assert record.evaluation is None
     assert seen == [1, 2], "the round stops between steps"
     unchanged(s, original)
     # the session is usable afterwards
-    assert s.correct(**SMALL)["round"] == 1
+    assert s.correct(**SMALL).round == 1
 
 
 def test_cancel_from_another_thread(s: dw.DefuseSession) -> None:
@@ -146,7 +146,7 @@ def test_cancel_from_another_thread(s: dw.DefuseSession) -> None:
     thread.start()
     record = s.correct(steps=50, batch_size=16, cancel=token, callback=callback)
     thread.join(10)
-    assert record["cancelled"] is True
+    assert record.cancelled is True
     unchanged(s, original)
 
 
@@ -156,7 +156,7 @@ def test_cancel_before_the_first_step(s: dw.DefuseSession) -> None:
     token.cancel()
     calls: list[int] = []
     record = s.correct(**SMALL, cancel=token, callback=lambda *a: calls.append(a[0]))
-    assert record["cancelled"] and calls == []
+    assert record.cancelled and calls == []
     unchanged(s, original)
 
 
@@ -170,7 +170,7 @@ def test_cancelled_second_round_keeps_the_first_rounds_weights(s: dw.DefuseSessi
             token.cancel()
 
     record = s.correct(steps=10, batch_size=16, cancel=token, callback=callback)
-    assert record["cancelled"]
+    assert record.cancelled
     unchanged(s, after_first, rounds=1)
 
 
@@ -184,7 +184,7 @@ def test_an_error_inside_a_round_changes_nothing(s: dw.DefuseSession) -> None:
     with pytest.raises(OSError, match="went away"):
         s.correct(**SMALL, callback=callback)
     unchanged(s, original)
-    assert s.correct(**SMALL)["round"] == 1
+    assert s.correct(**SMALL).round == 1
 
 
 def test_cancel_token() -> None:
@@ -211,7 +211,7 @@ def test_a_second_round_from_the_callback_is_refused(s: dw.DefuseSession) -> Non
 
     record = s.correct(**SMALL, callback=callback)
     assert len(errors) == 2 and all("running" in str(e) for e in errors)
-    assert record["round"] == 1 and s.rounds == 1
+    assert record.round == 1 and s.rounds == 1
 
 
 def test_a_concurrent_round_from_another_thread_is_refused(s: dw.DefuseSession) -> None:
@@ -237,14 +237,14 @@ def test_a_concurrent_round_from_another_thread_is_refused(s: dw.DefuseSession) 
             s.revert()
         # reading is fine while a round runs, and sees the old weights
         assert state_equal(weights(s.classifier), original)
-        assert s.evaluate()["round"] == 0
+        assert s.evaluate().round == 0
     finally:
         release.set()
         thread.join(60)
     record = result["record"]
-    assert isinstance(record, dw.RoundRecord) and record["round"] == 1
+    assert isinstance(record, dw.RoundRecord) and record.round == 1
     assert s.rounds == 1 and len(s.history) == 1
-    assert s.correct(**SMALL)["round"] == 2, "a new round may start once the first is done"
+    assert s.correct(**SMALL).round == 2, "a new round may start once the first is done"
 
 
 # ----- refusals before anything changes -----
@@ -334,7 +334,7 @@ def test_revert_is_bit_exact(s: dw.DefuseSession) -> None:
     s.revert(0)
     assert state_equal(weights(s.classifier), original) and s.active_round == 0
     assert s.rounds == 2, "reverting keeps every round's snapshot"
-    assert s.evaluate()["round"] == 0
+    assert s.evaluate().round == 0
 
 
 def test_a_round_after_revert_starts_from_the_reverted_weights(s: dw.DefuseSession) -> None:
@@ -343,7 +343,7 @@ def test_a_round_after_revert_starts_from_the_reverted_weights(s: dw.DefuseSessi
     s.correct(**SMALL)
     s.revert(1)
     record = s.correct(**SMALL)
-    assert record["base_round"] == 1 and record["round"] == 3 and s.active_round == 3
+    assert record.base_round == 1 and record.round == 3 and s.active_round == 3
     s.revert(1)
     assert state_equal(weights(s.classifier), after_1)
 
@@ -382,10 +382,10 @@ def test_evaluate_without_labels(s: dw.DefuseSession) -> None:
     s.unlabel(0)
     s.label(1, dw.MODEL_IS_RIGHT)
     ev = s.evaluate()
-    assert ev["regions"] == {}, "only class-labeled regions are evaluated"
-    assert math.isnan(ev["labeled_region_accuracy"])
-    assert math.isnan(ev["labeled_region_real_accuracy"])
-    assert ev["labeled_region_real_images"] == 0
+    assert ev.regions == {}, "only class-labeled regions are evaluated"
+    assert math.isnan(ev.labeled_region_accuracy)
+    assert math.isnan(ev.labeled_region_real_accuracy)
+    assert ev.labeled_region_real_images == 0
 
 
 def test_evaluate_figures(s: dw.DefuseSession) -> None:
@@ -405,33 +405,33 @@ def test_evaluate_figures(s: dw.DefuseSession) -> None:
     x, y = s.data.x_test, s.data.y_test
     with torch.no_grad():
         pred = s.classifier(x).argmax(1)
-    assert ev["round"] == 0
-    assert ev["test_accuracy"] == pytest.approx(float((pred == y).float().mean()))
-    assert len(ev["per_class"]) == s.data.num_classes
-    for c, acc in enumerate(ev["per_class"]):
+    assert ev.round == 0
+    assert ev.test_accuracy == pytest.approx(float((pred == y).float().mean()))
+    assert len(ev.per_class) == s.data.num_classes
+    for c, acc in enumerate(ev.per_class):
         assert acc == pytest.approx(float((pred[y == c] == c).float().mean()))
-    assert set(ev["regions"]) == {0, 1}
+    assert set(ev.regions) == {0, 1}
     with torch.no_grad():
         codes = s.generator.encode(x)[0]
     prob = s.regions.predict_proba(codes)
     hits_total = n_total = 0
-    for rid, row in ev["regions"].items():
+    for rid, row in ev.regions.items():
         label = s.labels[rid]
-        assert row["label"] == label
+        assert row.label == label
         sample = s.regions.sample(rid, 50, purpose="eval")
-        assert row["sample_accuracy"] == pytest.approx(
+        assert row.sample_accuracy == pytest.approx(
             float((sample.predictions == label).float().mean())
         )
         inside = prob[:, s.regions.ids.index(rid)] > 0.5
         n, hits = int(inside.sum()), int((pred[inside] == y[inside]).sum())
-        assert row["real_images"] == n and row["real_hits"] == hits
+        assert row.real_images == n and row.real_hits == hits
         assert n > 0, "the mixture puts some real test images in each labeled region"
-        assert row["real_accuracy"] == pytest.approx(hits / n)
+        assert row.real_accuracy == pytest.approx(hits / n)
         hits_total, n_total = hits_total + hits, n_total + n
-    sample_accs = [r["sample_accuracy"] for r in ev["regions"].values()]
-    assert ev["labeled_region_accuracy"] == pytest.approx(sum(sample_accs) / 2)
-    assert ev["labeled_region_real_images"] == n_total
-    assert ev["labeled_region_real_accuracy"] == pytest.approx(hits_total / n_total)
+    sample_accs = [r.sample_accuracy for r in ev.regions.values()]
+    assert ev.labeled_region_accuracy == pytest.approx(sum(sample_accs) / 2)
+    assert ev.labeled_region_real_images == n_total
+    assert ev.labeled_region_real_accuracy == pytest.approx(hits_total / n_total)
 
 
 def test_evaluate_is_repeatable_and_read_only(s: dw.DefuseSession) -> None:

@@ -79,7 +79,7 @@ def test_a_correction_round_and_a_bit_exact_revert_on_cuda(session: dw.DefuseSes
     original = weights(session.classifier)
     assert next(session.classifier.parameters()).device.type == "cuda"
     record = session.correct(steps=4, batch_size=16)
-    assert record["round"] == 1 and not state_equal(weights(session.classifier), original)
+    assert record.round == 1 and not state_equal(weights(session.classifier), original)
     after_1 = weights(session.classifier)
     session.correct(steps=4, batch_size=16)
     session.revert()

@@ -321,8 +321,8 @@ def test_changes_made_on_the_session_show_in_the_widget(
     # a round run on the session: the widget adds it to its chart and fades the fixed errors
     record = session.correct(steps=20)
     widget.wait(60)
-    assert widget.history[-1]["event"] == "round" and widget.history[-1]["round"] == record["round"]
-    assert widget.history[-1]["test_accuracy"] == record["evaluation"]["test_accuracy"]
+    assert widget.history[-1]["event"] == "round" and widget.history[-1]["round"] == record.round
+    assert widget.history[-1]["test_accuracy"] == record.evaluation.test_accuracy
     assert widget.point_fixed is not None and widget.busy == ""
     session.revert()
     widget.wait(60)
@@ -617,7 +617,7 @@ def test_fine_tune_states_and_uses_the_relabels(
     widget.fine_tune(steps=5, block=True)
     assert widget.error == ""
     assert widget.history[-1]["relabels"] == n
-    assert session.history[-1]["relabels"] == n
+    assert session.history[-1].relabels == n
     # the round changed the model: the audit's predictions are fresh
     assert widget.audit is not None and widget.audit["round"] == session.active_round
 

@@ -144,8 +144,8 @@ def test_continue_correcting_after_load(
     s2 = load(path, digits_classifier, digits_vae)
     original = s1._snapshots[0]
     r1, r2 = s1.correct(**STEPS), s2.correct(**STEPS)
-    assert r1["round"] == r2["round"] == 3 and r1["base_round"] == 1
-    assert r1["losses"] == r2["losses"]
+    assert r1.round == r2.round == 3 and r1.base_round == 1
+    assert r1.losses == r2.losses
     assert state_equal(weights(s1.classifier), weights(s2.classifier))
     assert len(s1.history) == 3
     s1.revert()

@@ -30,7 +30,7 @@ def check_invariants(s: dw.DefuseSession) -> None:
     assert not s._running
     assert len(s.history) == s.rounds, (len(s.history), s.rounds)
     assert 0 <= s.active_round <= s.rounds
-    assert [r["round"] for r in s.history] == list(range(1, s.rounds + 1))
+    assert [r.round for r in s.history] == list(range(1, s.rounds + 1))
     assert state_equal(weights(s.classifier), s._snapshots[s.active_round])
     ids = set(s.regions.ids) if s.regions is not None else set()
     assert set(s.labels) <= ids, (s.labels, ids)
@@ -112,7 +112,7 @@ def test_ctrl_c_during_correct_leaves_the_weights_before_or_after_the_round(
     assert any(o == ("before", "in the round") for o in outcomes), outcomes
     # and the session goes on: another round, a revert, a save
     record = s.correct(**ROUND)
-    assert record["round"] == s.rounds and len(s.history) == s.rounds
+    assert record.round == s.rounds and len(s.history) == s.rounds
     s.revert()
     assert state_equal(weights(s.classifier), s._snapshots[0])
     check_invariants(s)
@@ -200,7 +200,7 @@ def test_identify_and_distill_are_refused_while_a_round_runs(session: dw.DefuseS
     finally:
         release.set()
         thread.join()
-    assert s.rounds == 1 and s.history[0]["labels"] == {0: s.labels[0]}
+    assert s.rounds == 1 and s.history[0].labels == {0: s.labels[0]}
     check_invariants(s)
 
 

@@ -77,7 +77,7 @@ def test_documented_api_end_to_end(
     s.label(regions.ids[1], dw.MODEL_IS_RIGHT)
     s.unlabel(regions.ids[1])
     history = s.correct(steps=3, lam=1.0, batch_size=16)
-    assert history["round"] == 1
+    assert history.round == 1
     ev = s.evaluate()
     assert {"test_accuracy", "per_class", "regions"} <= set(ev)
     s.revert()

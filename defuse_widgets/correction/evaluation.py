@@ -1,15 +1,15 @@
 """Evaluation of a classifier against the test split and the labeled regions, and round records.
 
-The results are small dataclasses that also read like the dicts they replaced
-(``ev["test_accuracy"]``, ``record["evaluation"]["regions"][rid]["real_accuracy"]``), so code
-written against either keeps working; :meth:`Record.to_dict` gives plain JSON-ready dicts.
+The results are small dataclasses (``ev.test_accuracy``,
+``record.evaluation.regions[rid].real_accuracy``); :meth:`Record.to_dict` gives plain
+JSON-ready dicts, and ``from_dict`` reads them back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,29 +23,20 @@ from defuse_widgets.utils.checks import one_of
 from defuse_widgets.utils.tables import Table, Tables, class_label, percent, points
 
 
-class Record(Mapping[str, Any]):
-    """Read-only mapping access to a dataclass's fields (mix into a dataclass)."""
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self._field_names():
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._field_names())
-
-    def __len__(self) -> int:
-        return len(self._field_names())
+class Record:
+    """A result dataclass that turns into plain JSON-ready dicts (mix into a dataclass)."""
 
     def _field_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(self))  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain dicts and lists, recursively."""
-        return {k: _plain(v) for k, v in self.items()}
+        return {k: _plain(getattr(self, k)) for k in self._field_names()}
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, Record):
+        return value.to_dict()
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -124,7 +124,7 @@ def encode(
         "snapshots": len(state["snapshots"]),
         "active_round": state["active_round"],
         "labels": {str(k): v for k, v in state["labels"].items()},
-        "history": nan_to_none(state["history"]),
+        "history": nan_to_none([record.to_dict() for record in state["history"]]),
         "errors": None,
         "regions": None,
         "relabels": [r.to_dict() for _, r in sorted(state["relabels"].items())],

@@ -135,8 +135,8 @@ class Tuner:
         s = self.session
         last = s.history[-1] if s.history else None
         record = None
-        if s.active_round and last is not None and last["round"] == s.active_round:
-            what, ev, record = "round", last["evaluation"], last  # measured by the round
+        if s.active_round and last is not None and last.round == s.active_round:
+            what, ev, record = "round", last.evaluation, last  # measured by the round
         else:
             what, ev = "revert", None
         if self.traits._has_visible_views is False:  # not shown (its cell re-ran): on next show
@@ -172,7 +172,7 @@ class Tuner:
         self._note(f"Fine-tuning for {steps} steps…")
         record = s.correct(steps=steps, lam=lam, lr=lr, cancel=self._token, callback=callback,
                            labeler=labeler)  # fmt: skip
-        if record["cancelled"]:
+        if record.cancelled:
             done = self.traits.progress.get("step", 0)
             message = (
                 f"Fine-tuning cancelled after {done} of {steps} steps; the model is unchanged."
@@ -180,10 +180,10 @@ class Tuner:
             self.traits.progress = {**self.traits.progress, "running": False, "outcome": message}
             self._note(message)
             return
-        losses = record["losses"] or [None]
+        losses = record.losses or [None]
         self.traits.progress = {"running": False, "step": steps, "total": steps, "loss": losses[-1],
                          "outcome": "Evaluating the new model…"}  # fmt: skip
-        self._after_model_change("round", record["evaluation"], record)
+        self._after_model_change("round", record.evaluation, record)
 
     def _after_model_change(self, event: str, ev: Any = None, record: Any = None) -> None:
         if ev is None:

@@ -369,7 +369,7 @@ def history_entry(
         {
             "event": event,
             "round": int(get("round", session.active_round)),
-            "test_accuracy": float(evaluation["test_accuracy"]),
+            "test_accuracy": float(get("test_accuracy")),
             "labeled_region_accuracy": float(get("labeled_region_accuracy")),
             "labeled_region_real_accuracy": float(get("labeled_region_real_accuracy")),
             "labeled_region_real_images": int(get("labeled_region_real_images", 0)),
