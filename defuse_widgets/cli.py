@@ -24,6 +24,7 @@ from defuse_widgets.search.strategies import DEFAULT_STRATEGY, STRATEGIES
 from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.suite.check import check_suite
 from defuse_widgets.utils.jsonio import nan_to_none
+from defuse_widgets.widgets.projection import project
 
 # The demo classifier is deliberately quick (narrow, few epochs) so it has real, unplanted bugs;
 # the reference labeler is a wider model trained longer, standing in for a person.
@@ -197,9 +198,7 @@ def write_html_report(s: DefuseSession, report: dict[str, Any], path: Path) -> N
     from plotly.subplots import make_subplots
 
     assert s.errors is not None and s.regions is not None
-    codes = s.errors.codes - s.errors.codes.mean(0)
-    _, _, v = torch.pca_lowrank(codes, q=2, center=False)
-    xy = (codes @ v[:, :2]).numpy()
+    xy = project(s.errors.codes, method="pca", use_cache=False)
     scatter = go.Figure(
         go.Scattergl(
             x=xy[:, 0],

@@ -132,11 +132,6 @@ def _pca_fit(codes: np.ndarray) -> Placer:
     return lambda new: ((new - mean) @ basis).astype(np.float32)
 
 
-def pca_2d(codes: np.ndarray) -> np.ndarray:
-    """First two principal components of ``codes`` (M, d) as float32 (M, 2)."""
-    return _pca_fit(codes)(codes)
-
-
 def project(
     codes: Any,
     method: str = "umap",
