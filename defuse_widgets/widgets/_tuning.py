@@ -180,9 +180,9 @@ class Tuner:
             self.traits.progress = {**self.traits.progress, "running": False, "outcome": message}
             self._note(message)
             return
-        losses = record.losses or [None]
-        self.traits.progress = {"running": False, "step": steps, "total": steps, "loss": losses[-1],
-                         "outcome": "Evaluating the new model…"}  # fmt: skip
+        last_loss = record.losses[-1] if record.losses else None
+        self.traits.progress = {"running": False, "step": steps, "total": steps, "loss": last_loss,
+                                "outcome": "Evaluating the new model…"}  # fmt: skip
         self._after_model_change("round", record.evaluation, record)
 
     def _after_model_change(self, event: str, ev: Any = None, record: Any = None) -> None:
