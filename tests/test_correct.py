@@ -393,7 +393,7 @@ def test_evaluate_figures(s: dw.DefuseSession) -> None:
     s.label(1, s.regions.get(1).transition[0])
     s.label(2, dw.UNRECOGNIZABLE)
     ev = s.evaluate(samples=50)
-    assert set(ev) >= {
+    assert set(ev.to_dict()) >= {
         "round",
         "test_accuracy",
         "per_class",

@@ -73,6 +73,8 @@ def rewrite_data_file(path: Path, key: str, tensors: dict[str, torch.Tensor]) ->
 def nan_equal(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
+    if hasattr(a, "to_dict") and hasattr(b, "to_dict"):  # records: compare as their dicts
+        return type(a) is type(b) and nan_equal(a.to_dict(), b.to_dict())
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         return a.keys() == b.keys() and all(nan_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):

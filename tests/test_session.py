@@ -79,7 +79,7 @@ def test_documented_api_end_to_end(
     history = s.correct(steps=3, lam=1.0, batch_size=16)
     assert history.round == 1
     ev = s.evaluate()
-    assert {"test_accuracy", "per_class", "regions"} <= set(ev)
+    assert {"test_accuracy", "per_class", "regions"} <= set(ev.to_dict())
     s.revert()
     assert s.active_round == 0
     assert "errors=" in repr(s) and "rounds=1" in repr(s)

@@ -33,6 +33,14 @@ class Record:
         """The fields as plain dicts and lists, recursively."""
         return {k: _plain(getattr(self, k)) for k in self._field_names()}
 
+    def __eq__(self, other: object) -> bool:
+        """Equal when of one type with equal fields."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in self._field_names())
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, Record):

@@ -25,8 +25,8 @@ from defuse_widgets.correction.validation import (
     resolution_note,
 )
 from defuse_widgets.data.dataset import ImageDataset
+from defuse_widgets.distributed import map_model as ray_map
 from defuse_widgets.distributed.backend import RayBackend
-from defuse_widgets.distributed.map_model import map_model
 from defuse_widgets.models.generative import (
     GeneratorAdapter,
     as_classifier,
@@ -185,7 +185,7 @@ class SessionBase:
         input, else on the session's device; (n, ...) on the CPU."""
         ray = self._ray
         if ray is not None and len(inputs) and (whole or len(inputs) >= self.ray_min_images):
-            return map_model(module, inputs, ray, batch_size=batch_size, progress=progress,
+            return ray_map.map_model(module, inputs, ray, batch_size=batch_size, progress=progress,
                              desc=desc)  # fmt: skip
         return batched(module, inputs, device=self.device, batch_size=batch_size,
                        empty_shape=empty_shape, empty_dtype=empty_dtype, progress=progress,

@@ -240,7 +240,7 @@ def test_explorer_end_to_end(
         .map((b) => b.getAttribute('aria-label')).find((n) => n.startsWith(`Region ${rid}: `))"""
     run_new_cell(page, f"s.unlabel({rid2}); print('UNLABELED')", expect="UNLABELED")
     page.wait_for_function(f"(rid) => /unlabeled$/.test(({region_name})(rid))", arg=rid2)
-    src = f"s.label({rid2}, {cls}); print('ROUND', s.correct(steps=20)['round'])"
+    src = f"s.label({rid2}, {cls}); print('ROUND', s.correct(steps=20).round)"
     assert run_new_cell(page, src, expect="ROUND", timeout=120).split()[-1] == "2"
     page.wait_for_function(
         """() => /Round 2 done/.test(document.querySelector('.dfx-status').textContent)""",
