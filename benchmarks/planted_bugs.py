@@ -272,6 +272,23 @@ def accuracies(s: dw.DefuseSession, bug: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def generator_figures(
+    s: dw.DefuseSession, labeler: dw.ReferenceModelLabeler, classes: tuple[int, int]
+) -> dict[str, Any]:
+    """The generator report's figures for the slice's two classes (A and B), judged by the
+    reference labeler on the session's validation images: can the generator draw them?"""
+    report = s.generator_report(labeler)
+    rows = {c.index: c for c in report.classes}
+    return {
+        "frechet": report.frechet,
+        "classes": {
+            rows[c].name: {"real": rows[c].real, "reconstructed": rows[c].reconstructed,
+                           "ratio": rows[c].ratio, "looks_like": rows[c].looks_like}
+            for c in classes
+        },
+    }  # fmt: skip
+
+
 def audit_labeler(
     labeler: dw.ReferenceModelLabeler, min_confidence: float | None
 ) -> dw.ReferenceModelLabeler:
@@ -320,6 +337,7 @@ def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, s
     s = dw.DefuseSession(clf, vae, user, device="cpu", seed=seed, progress=False,
                          validation=validation)  # fmt: skip
     before = accuracies(s, bug)
+    generator = generator_figures(s, labeler, (bug["a"], bug["b"]))
     t1 = time.perf_counter()
     options = {"radius": args.radius} if args.radius is not None else {}
     s.identify(strategy=args.strategy, limit=args.search_images, **options)
@@ -352,6 +370,7 @@ def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, s
         "real_images": sum(record.real_images.values()) if record is not None else 0,
         "generated_images": record.generated_images if record is not None else 0,
         "leak": bool(args.leak), "validation_notes": list(s.validation_notes),
+        "generator": generator,
         "stopped": record.stopped if record is not None else "no class-labeled region",
         "best_step": record.best_step if record is not None else None,
         "harm": record.harm if record is not None else [],
