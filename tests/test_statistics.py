@@ -105,19 +105,15 @@ def test_resolution_and_leak_notes() -> None:
     assert leak_note(same, test) == ""
 
 
-def test_a_session_warns_when_its_classifier_trained_on_the_validation_rows(
+def test_a_session_says_when_its_split_cannot_resolve_the_tolerance(
     digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
 ) -> None:
-    leaky = dw.train_classifier(digits, seed=0, device="cpu", progress=False, epochs=30)
     with pytest.warns(ValidationWarning) as caught:
-        s = dw.DefuseSession(leaky, digits_vae, digits, device="cpu", progress=False)
-    messages = [str(w.message) for w in caught]
-    assert any("smallest class" in m for m in messages)  # digits: ~13 images a class
-    leak = [m for m in s.validation_notes if "trained on the validation rows" in m]
-    honest = dw.DefuseSession(digits_classifier, digits_vae, digits, device="cpu", progress=False)
-    assert not [m for m in honest.validation_notes if "validation rows" in m]
-    # the leak check fires only beyond the split's noise; say which way digits went
-    assert len(leak) in (0, 1)
+        s = dw.DefuseSession(digits_classifier, digits_vae, digits, device="cpu", progress=False)
+    assert any("smallest class" in str(w.message) for w in caught)  # digits: ~13 images a class
+    assert s.validation_notes == [str(w.message) for w in caught]
+    # the shared classifier never trained on the validation rows: no leak is reported
+    assert not [m for m in s.validation_notes if "validation rows" in m]
     with warnings.catch_warnings():
         warnings.simplefilter("error", ValidationWarning)
         dw.DefuseSession(digits_classifier, digits_vae, digits, device="cpu", progress=False,
