@@ -150,7 +150,8 @@ function render({ model, el, host, signal, experimental }: RenderProps): View {
   const buildMapData = (): MapData | null => {
     const xy = decode(model.get("points") as Wire);
     const region = decode(model.get("point_region") as Wire);
-    if (!xy || !region) return null;
+    // a live search grows the map: draw only when every point array has the same length
+    if (!xy || !region || xy.data.length !== 2 * region.data.length) return null;
     const colors = new Map<number, string>();
     for (const r of regions()) colors.set(r.id, r.color);
     return { xy, region, labels: decode(model.get("point_labels")), confidence: decode(model.get("point_confidence")),
@@ -163,6 +164,7 @@ function render({ model, el, host, signal, experimental }: RenderProps): View {
     const start = performance.now();
     const d = buildMapData();
     if (!d) return;
+    if (mapData && mapData.xy.data.length !== d.xy.data.length) full = true; // new points
     mapData = d;
     map.selectedRegion = model.get("selected_region");
     try {
@@ -236,6 +238,8 @@ function render({ model, el, host, signal, experimental }: RenderProps): View {
   };
   const onPoints = () => drawMap(true).then(showSelection); // a new layout keeps the selection
   const onColors = () => drawMap(false);
+  // which regions a live search shows ("quick", then "full"; the status line says it in words)
+  const onRegionsFit = () => { map.root.dataset.regionsFit = model.get("regions_fit") || ""; };
 
   const handlers: [string, () => void][] = [
     ["change:status", showStatus], ["change:error", showStatus], ["change:busy", showStatus],
@@ -247,13 +251,13 @@ function render({ model, el, host, signal, experimental }: RenderProps): View {
     ["change:baseline", onHistory], ["change:finetune_params", onParams], ["change:classes", onClasses],
     ["change:audit", onAudit], ["change:audit_labels", onAuditLabels], ["change:audit_selection", onAuditSelection],
     ["change:relabel_count", onRelabels], ["change:interpolator", onInterp], ["change:selected_error", onSelectedError],
-    ["change:generator", () => generator.set(model.get("generator"))],
+    ["change:generator", () => generator.set(model.get("generator"))], ["change:regions_fit", onRegionsFit],
     ["change:height", onSize], ["change:presentation", onSize], ["change:region_sort", onRegions], ["change:region_sorts", onRegions],
   ];
   for (const [ev, cb] of handlers) model.on(ev, cb);
 
   // initial state (a re-display shows the current state)
-  generator.set(model.get("generator")); onSize(); onClasses(); onThumbs(); showStatus(); onParams(); onProgress(); onRegions(); onAudit(); onRelabels(); onInterp();
+  generator.set(model.get("generator")); onSize(); onClasses(); onThumbs(); onRegionsFit(); showStatus(); onParams(); onProgress(); onRegions(); onAudit(); onRelabels(); onInterp();
   panel.setSelectionCount(decode(model.get("selected_indices"))?.data.length ?? 0);
   drawMap(true).then(onSelection).then(onHistory); // the map first, then the small chart
 

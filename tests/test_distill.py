@@ -16,7 +16,7 @@ import defuse_widgets as dw
 from defuse_widgets import ErrorSet
 from defuse_widgets.regions.distill import DEFAULT_SCALE, RegionSet, fit_regions, robust_cholesky
 from defuse_widgets.regions.mixture import fit_mixture_torch, to_mixture
-from defuse_widgets.regions.progressive import carry_labels, quick_regions
+from defuse_widgets.regions.progressive import carry_labels, extend_regions, quick_regions
 
 D = 4
 PER_CLUSTER = 40
@@ -583,6 +583,49 @@ def test_labels_carry_from_a_quick_fit_to_the_full_fit(
         assert len(carried.labels) == 3
         for new_id, label in carried.labels.items():
             assert set(cluster[full.members(new_id)].tolist()) == {label - 5}
+
+
+def test_a_labeled_region_split_in_two_gives_its_label_to_both_halves(
+    clusters: tuple[ErrorSet, torch.Tensor],
+) -> None:
+    """One quick region over two clusters, labeled; the full fit separates them: no full region
+    holds most of the quick one, yet each lies inside it, so every one takes the label."""
+    errors, cluster = clusters
+    two = make_errors(errors.codes[cluster < 2], cluster[cluster < 2], cluster[cluster < 2] + 1)
+    merged = fit_regions(two, max_regions=1, min_weight=0.0, seed=0)
+    full = fit_regions(two, max_regions=10, seed=0)
+    halves = {int(full.assignments[cluster[cluster < 2] == c][0]) for c in (0, 1)}
+    assert len(merged) == 1 and len(halves) == 2
+    carried = carry_labels({0: 7}, merged, full, codes=two.codes)
+    assert carried.labels == {r.id: 7 for r in full} and not carried.unmatched
+    assert all(carried.inside[r.id] == (7, 1.0) for r in full)
+
+
+def test_extend_regions_keeps_the_first_errors_and_assigns_the_new_ones(
+    clusters: tuple[ErrorSet, torch.Tensor],
+) -> None:
+    """A live search's next report: the errors already shown keep their region (a lasso region
+    too), the new ones go to their most probable region, sizes and statistics follow."""
+    errors, cluster = clusters
+    first = errors.subset(torch.arange(len(errors)) % 2 == 0)
+    rest = errors.subset(torch.arange(len(errors)) % 2 == 1)
+    grown = ErrorSet(**{k: torch.cat([getattr(first, k), getattr(rest, k)])
+                        for k in first.tensors()})  # fmt: skip
+    quick = fit_regions(first, max_regions=6, seed=0)
+    lasso = dw.regions.distill.user_region(quick, first, torch.arange(3))
+    before = quick.assignments.clone()
+    out = extend_regions(quick, grown)
+    assert torch.equal(quick.assignments, before)  # the input is not changed
+    assert torch.equal(out.assignments[: len(first)], before) and out.ids == quick.ids
+    expected = quick.mixture.responsibilities(rest.codes.double()).argmax(1)
+    comp_of = {r.component: r.id for r in quick}
+    want = torch.tensor([comp_of.get(int(c), -1) for c in expected])
+    assert torch.equal(out.assignments[len(first) :], want)
+    for r in out:
+        assert r.size == int((out.assignments == r.id).sum())
+    assert out.get(lasso.id).user_defined and out.get(lasso.id).size >= 3
+    with pytest.raises(ValueError, match="at least the 60 errors"):
+        extend_regions(quick, rest.subset(torch.arange(10)))
 
 
 def test_carry_labels_leaves_conflicts_and_strangers_to_the_person(

@@ -722,3 +722,59 @@ def test_the_generator_tab_measures_on_request(widget: Explorer, session: dw.Def
     )
     widget.measure_generator(block=True, limit=50)
     assert widget.generator["images"] <= 50
+
+
+def test_live_search_shows_errors_then_quick_then_full_regions(
+    digits, digits_classifier, digits_vae
+) -> None:
+    """``search=``: the map grows report by report (point arrays always of one length), a quick
+    fit shows once enough errors are in, labels given during the search reach the full fit
+    (the status line says how many), and the result is the plain search's."""
+    s = dw.DefuseSession(classifier=copy.deepcopy(digits_classifier), generator=digits_vae,
+                         data=digits, device="cpu", seed=0, progress=False)  # fmt: skip
+    seen: list[tuple[str, int, str]] = []
+    labeled: dict[int, int] = {}
+
+    def on_status(change: dict[str, Any]) -> None:
+        n = 0 if w.points is None else len(w.points)
+        assert len(w.point_region) == len(w.point_labels) == n  # one consistent map
+        seen.append((w.regions_fit, n, change["new"]))
+        if w.regions_fit == "quick" and not labeled:  # label during the search
+            for r in s.regions:
+                labeled[r.id] = r.transition[0]
+                w.label(r.id, r.transition[0])
+
+    w = Explorer(s, search={"limit": 240, "step_images": 40}, projection="pca",
+                 distill={"min_errors": 60, "max_regions": 12})  # fmt: skip
+    w.observe(on_status, "status")
+    w.wait()
+    assert w.error == "" and w.regions_fit == "full" and labeled
+    searching = [(fit, n) for fit, n, text in seen if text.startswith("Searching: ")]
+    sizes = [n for _, n in searching]
+    assert len(sizes) >= 4 and sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    assert searching[0][0] == "" or sizes[0] >= 60  # no regions before the quick fit can run
+    assert "quick" in {fit for fit, _ in searching}
+    plain = s.search(limit=240, progress=False)
+    assert torch.equal(s.errors.codes, plain.codes) and len(w.points) == len(plain)
+    assert "Full fit:" in w.status and "(replaced the quick fit)" in w.status
+    given = len(labeled)
+    assert s.labels and set(s.labels.values()) <= set(labeled.values())
+    assert f"of {given} labeled quick regions carried over to {len(s.labels)} full" in w.status
+    assert w.map_layout == "pca" and w.thumbs is not None and w.baseline is not None
+
+
+def test_live_search_arguments_are_checked_first(session: dw.DefuseSession) -> None:
+    bad = [
+        (TypeError, "search: expected a dict", dict(search="all")),
+        (ValueError, "distill: sets the live search", dict(distill={"max_regions": 5})),
+        (ValueError, "projection: a live search", dict(search=True, projection=np.zeros((3, 2)))),
+        (ValueError, "on_errors is the explorer's own", dict(search={"on_errors": print})),
+        (ValueError, "min_errors expected an integer >= 2",
+         dict(search=True, distill={"min_errors": 1})),
+        (ValueError, "local backend", dict(search={"backend": "ray"})),
+    ]  # fmt: skip
+    errors = session.errors
+    for exc, match, kwargs in bad:
+        with pytest.raises(exc, match=match):
+            Explorer(session, **kwargs)
+    assert session.errors is errors

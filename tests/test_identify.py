@@ -271,6 +271,30 @@ def test_bad_indices_get_a_clear_error(
         identify(digits_classifier, digits_vae, x, y, indices=indices, device="cpu", progress=False)
 
 
+def test_errors_reported_step_by_step_grow_into_the_whole_result(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    """``on_errors`` (the explorer's live search): every report starts with the one before, in
+    the same order, and the last one is the result, the same as a search without reports."""
+    x, y = digits.x_test[:90], digits.y_test[:90]
+    options = {"device": "cpu", "progress": False, "limit": 70, "seed": 2}
+    plain = identify(digits_classifier, digits_vae, x, y, **options)
+    reports: list[ErrorSet] = []
+    live = identify(digits_classifier, digits_vae, x, y, on_errors=reports.append,
+                    step_images=20, **options)  # fmt: skip
+    assert [r.images_searched for r in reports] == [20, 40, 60, 70]
+    for before, after in zip(reports, reports[1:]):
+        assert len(after) >= len(before)
+        for name, column in before.tensors().items():
+            assert torch.equal(getattr(after, name)[: len(before)], column), name
+    assert_same_errors(live, plain)
+    assert_same_errors(reports[-1], plain)
+    with pytest.raises(ValueError, match="on_errors: reports errors step by step on the local"):
+        identify(digits_classifier, digits_vae, x, y, on_errors=print, backend="ray")
+    with pytest.raises(ValueError, match="step_images"):
+        identify(digits_classifier, digits_vae, x, y, on_errors=print, step_images=0)
+
+
 def test_backend_is_checked_before_any_work(
     digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
 ) -> None:

@@ -101,6 +101,43 @@ def test_identify_is_seeded_and_replaces_regions_and_labels(
     assert torch.equal(errors.true_label, digits.y_train[errors.source_index])
 
 
+def test_search_leaves_the_session_and_adopt_takes_its_errors(
+    digits_classifier: nn.Module, digits_vae: nn.Module, digits: dw.ImageDataset
+) -> None:
+    """``search`` returns the errors without touching the session; ``adopt`` makes errors,
+    regions and labels the session's after checking them all, with one event each."""
+    s = ready_session(digits_classifier, digits_vae, digits)
+    shared = shared_errors(digits_classifier, digits_vae, digits)
+    s.label(0, 1)
+    before = (s.errors, s.regions, s.labels)
+    found = s.search(strategy="reference", limit=LIMIT, limit_order="first", **IDENTIFY)
+    assert torch.equal(found.codes, shared.codes) and found is not s.errors
+    assert (s.errors, s.regions, s.labels) == before
+    events: list[str] = []
+    s.observe(events.append)
+    regions = dw.fit_regions(found, max_regions=4, seed=0)
+    bad = [
+        (TypeError, "errors: expected an ErrorSet", dict(errors=found.codes)),
+        (ValueError, r"regions: expected regions over the \d+ errors",
+         dict(errors=found.subset(torch.arange(5)), regions=regions)),
+        (ValueError, "labels: regions to label are needed", dict(errors=found, labels={0: 1})),
+        (KeyError, "known ids", dict(errors=found, regions=regions, labels={99: 1})),
+        (ValueError, "label", dict(errors=found, regions=regions, labels={0: 99})),
+        (ValueError, "labels: expected a mapping, 'keep' or None", dict(errors=found,
+                                                                        regions=regions,
+                                                                        labels="all")),
+    ]  # fmt: skip
+    for exc, match, kwargs in bad:
+        with pytest.raises(exc, match=match):
+            s.adopt(**kwargs)
+        assert (s.errors, s.regions, s.labels) == before and events == []
+    s.adopt(found, regions, "keep")  # region 0 is still there: its label stays
+    assert s.errors is found and s.regions is regions and s.labels == {0: 1}
+    assert events == ["errors", "regions", "labels"]
+    s.adopt(found)
+    assert s.regions is None and s.labels == {}
+
+
 def test_failed_identify_keeps_the_session(
     digits_classifier: nn.Module, digits_vae: nn.Module, digits: dw.ImageDataset
 ) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from defuse_widgets.regions.distill import RegionSet, fit_regions
+from defuse_widgets.regions.distill import RegionSet, _describe, fit_regions
 from defuse_widgets.search.errors import ErrorSet
 from defuse_widgets.utils.checks import in_range, positive_int
 
@@ -64,6 +64,36 @@ def quick_regions(
     return regions
 
 
+def extend_regions(regions: RegionSet, errors: ErrorSet) -> RegionSet:
+    """The same regions over more errors: ``errors`` starts with the errors ``regions`` covers
+    (a live search's next step); those keep their region, each new one goes to the region of
+    its most probable mixture component (none when that component is too light to be a region).
+
+    Returns a new :class:`RegionSet` (same ids, mixture and settings; sizes and member
+    statistics over ``errors``); ``regions`` is not changed.
+    """
+    known = len(regions.assignments)
+    if len(errors) < known:
+        raise ValueError(
+            f"errors: expected at least the {known} errors the regions cover, got {len(errors)}"
+        )
+    region_of = torch.full((len(regions.mixture.weights),), -1, dtype=torch.long)
+    for r in regions:
+        region_of[r.component] = r.id
+    fresh = torch.zeros(len(errors) - known, dtype=torch.long)
+    assignments = torch.cat([regions.assignments, fresh])
+    if len(errors) > known:
+        new = errors.codes[known:].double()
+        assignments[known:] = region_of[regions.mixture.responsibilities(new).argmax(1)]
+    described = [
+        _describe(r.id, r.component, r.weight, (assignments == r.id).nonzero().flatten(), errors,
+                  r.mean, r.covariance, r.user_defined)
+        for r in regions
+    ]  # fmt: skip
+    return RegionSet(described, assignments, regions.mixture, dict(regions.settings),
+                     regions.seed, regions.decode, regions.predict)  # fmt: skip
+
+
 @dataclass
 class CarriedLabels:
     """What :func:`carry_labels` did with each label.
@@ -74,8 +104,11 @@ class CarriedLabels:
         New region id -> label: the labels that carry over.
     matches : dict
         Old region id -> (new region id, share of the old region's codes that fall in it).
+    inside : dict
+        New region id -> (label, share of its codes inside old regions with that label), for
+        new regions that lie mostly inside such regions (a labeled old region split in two).
     unmatched : list of int
-        Labeled old regions with no new region holding at least ``min_share`` of their codes.
+        Labeled old regions whose label reached no new region.
     conflicts : dict
         New region id -> the labeled old regions (with different labels) that all match it; the
         person decides (none of those labels is carried).
@@ -83,6 +116,7 @@ class CarriedLabels:
 
     labels: dict[int, int] = field(default_factory=dict)
     matches: dict[int, tuple[int, float]] = field(default_factory=dict)
+    inside: dict[int, tuple[int, float]] = field(default_factory=dict)
     unmatched: list[int] = field(default_factory=list)
     conflicts: dict[int, list[int]] = field(default_factory=dict)
 
@@ -96,11 +130,15 @@ def carry_labels(
 ) -> CarriedLabels:
     """Carry region labels from ``old`` (e.g. a quick fit) to the matching regions of ``new``.
 
-    An old region matches the new region that holds the largest share of its codes, when that
-    share is at least ``min_share``: its member errors' codes when ``codes`` is given (the codes
-    ``old`` was fitted to, (M, d), in ``old.assignments`` order), else ``MATCH_DRAWS`` seeded
-    draws from its Gaussian. A code belongs to the new region whose mixture component is the
-    most probable for it (none when that component is too light to be a region).
+    A new region takes a label when it holds at least ``min_share`` of a region labeled so (an
+    old region matches the new region holding the largest share of its codes), or, with
+    ``codes``, when at least ``min_share`` of its own codes lie in old regions labeled so (so a
+    labeled region that the full fit splits in two gives its label to both halves). The codes
+    of an old region are its member errors' ``codes`` when given (the codes ``old`` was fitted
+    to, (M, d), in ``old.assignments`` order), else ``MATCH_DRAWS`` seeded draws from its
+    Gaussian. A code belongs to the new region whose mixture component is the most probable for
+    it (none when that component is too light to be a region). A new region that two labels
+    reach is left to the person (``conflicts``).
 
     Parameters
     ----------
@@ -111,7 +149,7 @@ def carry_labels(
     codes : torch.Tensor or None
         (M, d) the codes of ``old``'s errors.
     min_share : float
-        In (0, 1]: the share of an old region's codes a new region must hold to match.
+        In (0, 1]: the share that makes a match, either way.
 
     Returns
     -------
@@ -131,35 +169,67 @@ def carry_labels(
     region_of = torch.full((len(new.mixture.weights),), -1, dtype=torch.long)
     for r in new:
         region_of[r.component] = r.id
+    landed_all = None
+    if codes is not None and len(codes):
+        landed_all = region_of[new.mixture.responsibilities(codes.double()).argmax(1)]
     out = CarriedLabels()
-    claims: dict[int, list[int]] = {}
+    claims: dict[int, dict[int, list[int]]] = {}  # new id -> label -> old ids that give it
     for region_id in labels:
         region_id = int(region_id)
-        if codes is not None:
-            inside = codes[old.members(region_id)]
+        if landed_all is not None:
+            landed = landed_all[old.members(region_id)]
         else:
-            inside = old.sample_codes(region_id, MATCH_DRAWS, scale=1.0)
-        if len(inside) == 0:
-            out.unmatched.append(region_id)
-            continue
-        landed = region_of[new.mixture.responsibilities(inside).argmax(1)]
+            landed = region_of[new.mixture.responsibilities(
+                old.sample_codes(region_id, MATCH_DRAWS, scale=1.0)).argmax(1)]  # fmt: skip
+        total = len(landed)
         landed = landed[landed >= 0]
         if len(landed) == 0:
-            out.unmatched.append(region_id)
             continue
         values, counts = landed.unique(return_counts=True)
         best = int(counts.argmax())
-        share = float(counts[best]) / len(inside)
-        if share < min_share:
-            out.unmatched.append(region_id)
-            continue
-        target = int(values[best])
-        out.matches[region_id] = (target, share)
-        claims.setdefault(target, []).append(region_id)
-    for target, sources in claims.items():
-        given = {int(labels[s]) for s in sources}
+        share = float(counts[best]) / total
+        if share >= min_share:
+            target = int(values[best])
+            out.matches[region_id] = (target, share)
+            claims.setdefault(target, {}).setdefault(int(labels[region_id]), []).append(region_id)
+    if landed_all is not None:
+        _claim_inside(labels, old, new, landed_all, min_share, claims, out)
+    for target, given in sorted(claims.items()):
         if len(given) == 1:
-            out.labels[target] = given.pop()
+            out.labels[target] = next(iter(given))
         else:
-            out.conflicts[target] = sources
+            out.conflicts[target] = sorted({s for sources in given.values() for s in sources})
+    reached = {s for given in claims.values() for sources in given.values() for s in sources}
+    out.unmatched = [int(r) for r in labels if int(r) not in reached]
     return out
+
+
+def _claim_inside(
+    labels: Mapping[int, int],
+    old: RegionSet,
+    new: RegionSet,
+    landed: torch.Tensor,
+    min_share: float,
+    claims: dict[int, dict[int, list[int]]],
+    out: CarriedLabels,
+) -> None:
+    """Claim a label for each new region whose codes (``landed``: each code's new region) lie
+    mostly inside old regions with that label."""
+    label_of = torch.full((len(old.assignments),), -(2**31), dtype=torch.long)
+    for region_id, label in labels.items():
+        label_of[old.assignments == int(region_id)] = int(label)
+    for r in new:
+        mine = landed == r.id
+        n = int(mine.sum())
+        if n == 0:
+            continue
+        values, counts = label_of[mine].unique(return_counts=True)
+        for label, count in zip(values.tolist(), counts.tolist()):
+            share = count / n
+            if label == -(2**31) or share < min_share:
+                continue
+            sources = [int(k) for k, v in labels.items() if int(v) == label
+                       and bool((old.assignments[mine] == int(k)).any())]  # fmt: skip
+            out.inside[r.id] = (label, share)
+            given = claims.setdefault(r.id, {}).setdefault(label, [])
+            given.extend(s for s in sources if s not in given)

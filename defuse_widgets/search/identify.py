@@ -9,7 +9,7 @@ data and each other), then hands the images in chunks to a search strategy
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -59,6 +59,8 @@ def identify(
     split: str = "test",
     backend: str | RayBackend = "local",
     ray_options: dict[str, Any] | None = None,
+    on_errors: Callable[[ErrorSet], Any] | None = None,
+    step_images: int | None = None,
     **knobs: Any,
 ) -> ErrorSet:
     """Search the latent space around each image's code for codes the classifier gets wrong.
@@ -133,6 +135,15 @@ def identify(
         With ``backend="ray"``: the :class:`~defuse_widgets.distributed.backend.RayBackend` fields,
         e.g.
         ``{"actors": 4, "gpus_per_actor": 1, "address": "auto"}``.
+    on_errors : callable or None
+        Called on the searching thread with the errors found so far (an :class:`ErrorSet` whose
+        ``images_searched`` says how many images it covers) after every ``step_images`` images,
+        the last time with the whole result. The images are searched in their order (the
+        ``limit`` sample's order: the split's, unless ``indices`` gives another), so each call's
+        errors start with the previous call's, in the same order. Local backend only.
+    step_images : int or None
+        Images per ``on_errors`` call; default about a twentieth of the images (at least one
+        chunk's worth).
     **knobs
         The named strategy's knobs, e.g. ``samples=50, max_per_image=3`` for ``"reference"``;
         a knob of another strategy, or any knob with a strategy object, is a TypeError.
@@ -165,6 +176,11 @@ def identify(
     if limit is not None:
         positive_int("limit", limit)
     ray_backend = check_backend(backend, ray_options)
+    if on_errors is not None and ray_backend is not None:
+        raise ValueError("on_errors: reports errors step by step on the local backend only, "
+                         "got backend='ray'")  # fmt: skip
+    if step_images is not None:
+        positive_int("step_images", step_images)
     x, y = check_images(images, labels)
     rows = limit_rows(check_indices(indices, len(x)), y, limit, limit_order, seed)
     if ray_backend is not None:
@@ -180,28 +196,65 @@ def identify(
         mu, std, num_classes = encode_in_index_order(classifier, gen, x, y, rows, dev)
         search = search.resolve(mu.shape[1])
         run = SearchRun(classifier, gen, y[rows], mu, std, dev, chunk_size, autocast, seed, rows)
+        settings = _settings(search, run, min_validity, fuse, bool(last), num_classes, ray_backend)
         if ray_backend is None:
+            report = None if on_errors is None else _reporter(
+                on_errors, run, settings, split, min_validity, start)  # fmt: skip
+            step = step_images or max(chunk_size // search.width(), -(-len(rows) // 20))
             with seeded(seed):
-                found = run.search_all(search, progress)
+                found = run.search_all(search, progress, step, report)
         else:
             found = ray_search(ray_backend, run, search, progress)
-    settings = {
-        **search.settings(),
-        "min_validity": min_validity,
-        "chunk_size": chunk_size,
-        "autocast": autocast,
-        "fuse": fuse,
-        "channels_last": bool(last),
-        "seed": seed,
-        "device": str(dev) if ray_backend is None else ray_backend.device_name(),
-        "num_classes": num_classes,
-        "backend": "local" if ray_backend is None else "ray",
-    }
     errors = _assemble(found, run, settings, split)
     errors.seconds = time.perf_counter() - start
     if min_validity is not None:
         errors = errors.subset(errors.validity >= min_validity)
     return errors
+
+
+def _settings(
+    search: SearchStrategy,
+    run: SearchRun,
+    min_validity: float | None,
+    fuse: bool,
+    channels_last: bool,
+    num_classes: int,
+    ray_backend: RayBackend | None,
+) -> dict[str, Any]:
+    """What an error set records of how it was searched."""
+    return {
+        **search.settings(),
+        "min_validity": min_validity,
+        "chunk_size": run.chunk_size,
+        "autocast": run.autocast_name,
+        "fuse": fuse,
+        "channels_last": channels_last,
+        "seed": run.seed,
+        "device": str(run.device) if ray_backend is None else ray_backend.device_name(),
+        "num_classes": num_classes,
+        "backend": "local" if ray_backend is None else "ray",
+    }
+
+
+def _reporter(
+    on_errors: Callable[[ErrorSet], Any],
+    run: SearchRun,
+    settings: dict[str, Any],
+    split: str,
+    min_validity: float | None,
+    start: float,
+) -> Callable[[dict[str, list[torch.Tensor]], int], None]:
+    """``on_step`` for :meth:`SearchRun.search_all`: the errors so far, as ``identify`` returns
+    them, handed to ``on_errors``."""
+
+    def report(found: dict[str, list[torch.Tensor]], searched: int) -> None:
+        errors = _assemble(found, run, dict(settings), split, searched)
+        errors.seconds = time.perf_counter() - start
+        if min_validity is not None:
+            errors = errors.subset(errors.validity >= min_validity)
+        on_errors(errors)
+
+    return report
 
 
 def limit_rows(
@@ -224,9 +277,14 @@ def _default_chunk(images: Any, dev: torch.device) -> int:
 
 
 def _assemble(
-    found: dict[str, list[torch.Tensor]], run: SearchRun, settings: dict[str, Any], split: str
+    found: dict[str, list[torch.Tensor]],
+    run: SearchRun,
+    settings: dict[str, Any],
+    split: str,
+    searched: int | None = None,
 ) -> ErrorSet:
-    """Join the columns, map rows to split indices and order the errors by source image."""
+    """Join the columns, map rows to split indices and order the errors by source image
+    (``searched``: the first images of the run they cover; default all)."""
     cols = {key: torch.cat(parts).detach().cpu() for key, parts in found.items()}
     rows = cols.pop("source_index")
     order = torch.argsort(run.index[rows], stable=True)
@@ -240,7 +298,7 @@ def _assemble(
         validity=cols["validity"].float(),
         perturbation=cols["codes"] - run.mu.cpu()[rows],
         settings=settings,
-        images_searched=len(run.index),
+        images_searched=len(run.index) if searched is None else searched,
         decodes=run.decodes,
         split=split,
     )

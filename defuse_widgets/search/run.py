@@ -88,10 +88,28 @@ class SearchRun:
         """Size d of the latent codes."""
         return int(self.mu.shape[1])
 
-    def search_all(self, strategy: ChunkSearch, progress: bool) -> dict[str, list[torch.Tensor]]:
-        """Search every image with ``strategy``, in chunks of whole images; collect the columns."""
+    def search_all(
+        self,
+        strategy: ChunkSearch,
+        progress: bool,
+        step: int | None = None,
+        on_step: Callable[[dict[str, list[torch.Tensor]], int], Any] | None = None,
+    ) -> dict[str, list[torch.Tensor]]:
+        """Search every image with ``strategy``, in chunks of whole images; collect the columns.
+
+        With ``on_step``, the images are searched ``step`` at a time in order, and after each step
+        ``on_step(found, searched)`` gets the columns collected so far and how many images (the
+        first ``searched``) they cover."""
         bar = tqdm(total=len(self.mu), desc=f"identify ({strategy.name})", disable=not progress)
-        found = self.search_rows(strategy, torch.arange(len(self.mu)), bar)
+        rows = torch.arange(len(self.mu))
+        if on_step is None:
+            found = self.search_rows(strategy, rows, bar)
+        else:
+            found = {key: [] for key in FOUND_FIELDS}
+            for part in rows.split(step or len(rows)):
+                for key, values in self.search_rows(strategy, part, bar).items():
+                    found[key].extend(values)
+                on_step(found, int(part[-1]) + 1)
         bar.close()
         return found
 

@@ -110,6 +110,25 @@ class DefuseSession(AuditMixin, RoundsMixin):
         override its fields. Replaces earlier errors, regions and labels (only once the search
         has succeeded).
         """
+        with self._lock:
+            self._check_idle("identify")
+            errors = self.search(strategy, split, limit, **options)
+            self.errors, self.regions, self._labels = errors, None, {}
+        self._emit("errors", "regions", "labels")
+        return errors
+
+    def search(
+        self,
+        strategy: Any = DEFAULT_STRATEGY,
+        split: str = "test",
+        limit: int | None = None,
+        **options: Any,
+    ) -> ErrorSet:
+        """The search of :meth:`identify`, returning the errors without making them the
+        session's: its errors, regions and labels stay as they are (:meth:`adopt` makes them
+        the session's). With ``on_errors`` (see :func:`~defuse_widgets.search.identify.identify`)
+        it reports the errors found so far step by step, as the explorer's live search does.
+        """
         if limit is not None and (
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
         ):
@@ -122,22 +141,58 @@ class DefuseSession(AuditMixin, RoundsMixin):
             if self._ray is not None and options.get("ray_options"):
                 options["backend"] = "ray"
                 options["ray_options"] = {**vars(self._ray), **options["ray_options"]}
-        with self._lock:
-            self._check_idle("identify")
-            errors = identify(
-                self.classifier,
-                self.generator,
-                x,
-                y,
-                strategy,
-                limit=limit,
-                device=self.device,
-                split=split,
-                **options,
+        return identify(
+            self.classifier,
+            self.generator,
+            x,
+            y,
+            strategy,
+            limit=limit,
+            device=self.device,
+            split=split,
+            **options,
+        )
+
+    def adopt(
+        self,
+        errors: ErrorSet,
+        regions: RegionSet | None = None,
+        labels: Mapping[int, int] | str | None = None,
+    ) -> None:
+        """Make ``errors`` (from :meth:`search`) the session's errors, with ``regions`` over
+        them (None: none yet) and ``labels`` for those regions: a mapping of region id to label,
+        ``"keep"`` (the current labels of the region ids ``regions`` still has: the regions of a
+        live search growing step by step) or None (no labels). Checked before anything changes.
+        """
+        if not isinstance(errors, ErrorSet):
+            raise TypeError(f"errors: expected an ErrorSet, got {type(errors).__name__}")
+        if errors.latent_dim != self.generator.latent_dim:
+            raise ValueError(
+                f"errors: expected errors with the generator's {self.generator.latent_dim}-d "
+                f"codes, got {errors.latent_dim}-d codes"
             )
-            self.errors, self.regions, self._labels = errors, None, {}
+        if regions is not None and len(regions.assignments) != len(errors):
+            raise ValueError(
+                f"regions: expected regions over the {len(errors)} errors, got regions over "
+                f"{len(regions.assignments)}"
+            )
+        if labels is not None and labels != "keep" and regions is None:
+            raise ValueError("labels: regions to label are needed, got regions=None")
+        if isinstance(labels, str) and labels != "keep":
+            raise ValueError(f"labels: expected a mapping, 'keep' or None, got {labels!r}")
+        given = dict(labels) if isinstance(labels, Mapping) else {}
+        for region_id, label in given.items():
+            assert regions is not None
+            regions.get(int(region_id))
+            check_label(label, self.data.num_classes)
+        with self._lock:
+            self._check_idle("adopt")
+            if labels == "keep":
+                ids = set(regions.ids) if regions is not None else set()
+                given = {k: v for k, v in self._labels.items() if k in ids}
+            self.errors, self.regions = errors, regions
+            self._labels = {int(k): int(v) for k, v in given.items()}
         self._emit("errors", "regions", "labels")
-        return errors
 
     def distill(
         self,

@@ -42,6 +42,7 @@ from defuse_widgets.widgets._codec import array_serialization, array_to_json
 from defuse_widgets.widgets._export import export_in_background
 from defuse_widgets.widgets._jobs import Jobs
 from defuse_widgets.widgets._layout import MapLayout
+from defuse_widgets.widgets._live import LiveSearch, check_live, no_errors
 from defuse_widgets.widgets._options import ExplorerOptions, check_known_options
 from defuse_widgets.widgets._selection import Selection
 from defuse_widgets.widgets._tuning import Tuner
@@ -76,7 +77,18 @@ class Explorer(anywidget.AnyWidget):
     Parameters
     ----------
     session : DefuseSession
-        A session on which :meth:`identify` has run (and usually :meth:`distill`).
+        A session on which :meth:`identify` has run (and usually :meth:`distill`); with
+        ``search``, any session.
+    search : dict or True, optional
+        Search live instead (:mod:`._live`): the explorer opens at once, shows the errors on
+        the map as the search finds them, regions from a quick fit as soon as there are enough
+        errors, then the full fit in their place, with the labels given meanwhile carried over;
+        the status line and ``regions_fit`` ("quick", "full") say which regions are shown. The
+        dict holds ``session.search`` arguments (``limit``, ``strategy``, ``split``,
+        ``step_images``, knobs); True searches the whole test split with the defaults.
+    distill : dict, optional
+        With ``search``: arguments of the full fit (those of ``session.distill``), and
+        ``min_errors``, the errors the quick fit waits for (default 200).
     projection : "umap" or "pca", or an array (M, 2)
         How the error codes are laid out in 2-D. UMAP runs in the background (the map shows once
         it is ready) and is cached per error set; an array is used as given.
@@ -136,6 +148,8 @@ class Explorer(anywidget.AnyWidget):
     background_points = _array()
     background_label = t.Unicode("").tag(sync=True)
     map_layout = t.Unicode("").tag(sync=True)  # "pca" (first look), "umap" or "given"
+    # which regions a live search shows: "" (none yet), "quick" (a first fit), "full"
+    regions_fit = t.Unicode("").tag(sync=True)
     # the map's drawing library: "regl" (regl-scatterplot, WebGL, millions of points) or "plotly"
     # (scattergl; the page falls back to it without WebGL); chosen by benchmarks/explorer.py
     map_engine = t.Enum(("regl", "plotly"), "regl").tag(sync=True)
@@ -203,13 +217,19 @@ class Explorer(anywidget.AnyWidget):
         interpolator_options: dict[str, Any] | None = None,
         on_select: Callable[[np.ndarray], Any] | None = None,
         on_label: Callable[[int, int | None], Any] | None = None,
+        search: Mapping[str, Any] | bool | None = None,
+        distill: Mapping[str, Any] | None = None,
         block: bool = False,
         **kwargs: Any,
     ) -> None:
         check_known_options(type(self), kwargs)
+        live = check_live(search, distill, projection)
         errors = getattr(session, "errors", None)
+        if live is not None:
+            errors = no_errors(session.generator.latent_dim, live[0].get("split", "test"))
         if errors is None:
-            raise ValueError("session: has no errors yet; run session.identify() first")
+            raise ValueError("session: has no errors yet; run session.identify() first, or "
+                             "search live with s.explorer(search={'limit': ...})")  # fmt: skip
         self.options = ExplorerOptions(
             projection, background, background_limit, samples, members, thumbnail_side,
             max_thumbnail_bytes, min_probability, audit_limit, who,
@@ -242,10 +262,7 @@ class Explorer(anywidget.AnyWidget):
         self.finetune_params = {"steps": int(steps), "lam": float(lam), "lr": float(lr)}
         self.region_sorts = sorts
         self.classes = [str(c) for c in session.data.classes]
-        labels = np.stack([errors.true_label.numpy(), errors.pred_label.numpy()], 1)
-        self.point_labels = labels.astype(np.int16)
-        self.point_confidence = errors.confidence.numpy().astype(np.float32)
-        self.point_validity = errors.validity.numpy().astype(np.float32)
+        self._bind_errors(errors)
         self.selected_indices = np.zeros(0, np.int32)
         self.audit_selection = np.zeros(0, np.int32)
         self._sync_regions()
@@ -257,7 +274,11 @@ class Explorer(anywidget.AnyWidget):
         self.observe(self._tuner.views_changed, "_has_visible_views")
         self._unobserve_session = session.observe(self._on_session_event)
         self._selection.make_child_now()
-        self._start("projecting", self._map.prepare)
+        if live is None:
+            self._start("projecting", self._map.prepare)
+        else:
+            self._live = LiveSearch(self, session, *live, self._show_live, self._note)
+            self._start("searching", self._search_live)
         self.observe(self._on_region_sort, "region_sort")
         if block:
             self.wait()
@@ -560,6 +581,26 @@ class Explorer(anywidget.AnyWidget):
         elif event == "model" and not self._jobs.in_worker():
             self._panel_cache.clear()
             self._tuner.model_changed()
+
+    def _bind_errors(self, errors: Any) -> None:
+        """Show ``errors`` (the session's, or a live search's latest report) on the map."""
+        self._errors = self._map.errors = self._selection.errors = errors
+        labels = np.stack([errors.true_label.numpy(), errors.pred_label.numpy()], 1)
+        self.point_labels = labels.astype(np.int16)
+        self.point_confidence = errors.confidence.numpy().astype(np.float32)
+        self.point_validity = errors.validity.numpy().astype(np.float32)
+
+    def _show_live(self, errors: Any, xy: np.ndarray) -> None:
+        """A live search's report: its errors at ``xy`` (inside the report's ``hold_sync``)."""
+        self._bind_errors(errors)
+        self.map_layout = "pca"
+        self.points = np.ascontiguousarray(xy, dtype=np.float32)
+
+    def _search_live(self) -> None:
+        """The live search, then the map's usual preparation (thumbnails, baseline, UMAP)."""
+        self._live.run()
+        self._map.prepare()
+        self._note(f"{self._live.summary} {self.status}")
 
     def _label_name(self, label: int) -> str:
         return label_name(label, self.session.data.classes)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def session_source(paths: dict[str, Path], limit: int, max_regions: int) -> str:
-    """Python that loads the cached digits models, makes ``s`` and runs identify and distill."""
+def models_source(paths: dict[str, Path]) -> str:
+    """Python that loads the cached digits models and makes the session ``s``."""
     return (
         "import torch\n"
         "import defuse_widgets as dw\n"
@@ -16,6 +16,13 @@ def session_source(paths: dict[str, Path], limit: int, max_regions: int) -> str:
         f"vae = dw.load_model({str(paths['vae'])!r})\n"
         's = dw.DefuseSession(classifier=clf, generator=vae, data=data, device="cpu", seed=0,\n'
         "                     progress=False)\n"
-        f's.identify(split="test", limit={limit})\n'
-        f"s.distill(max_regions={max_regions})\n"
+    )
+
+
+def session_source(paths: dict[str, Path], limit: int, max_regions: int) -> str:
+    """:func:`models_source`, then identify and distill."""
+    return (
+        models_source(paths)
+        + f's.identify(split="test", limit={limit})\n'
+        + f"s.distill(max_regions={max_regions})\n"
     )
