@@ -93,6 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fit-k", type=int, default=5, help="max_per_image of that search")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="also time the explorer's live search (first errors, quick regions, full "
+        "fit) against the blocking search + fit",
+    )
+    p.add_argument("--only-live", action="store_true", help="time only the live search")
     return p.parse_args(argv)  # fmt: skip
 
 
@@ -164,6 +171,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            progress=False, **options)  # fmt: skip
 
     search(True, 8), search(False, 8)  # warm-up (kernels, allocators), not timed
+    if args.only_live:
+        result = live_timings(clf, vae, data, n, args)
+        print(json.dumps(result))
+        return result
     times: dict[str, list[float]] = {k: [] for k in ("search_today", "search_new", "fit_today",
                                                      "fit_new")}  # fmt: skip
     found: dict[str, dw.ErrorSet] = {}
@@ -236,6 +247,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         med["search_new"] + med["fit_new"],
     )
     result["pipeline_ratio"] = round(total_old / total_new, 2)
+    if args.live:
+        result.update(live_timings(clf, vae, data, n, args))
+        result["first_regions_ratio"] = round(total_new / result["live_quick_s"], 2)
     print()
     print(f"search: today {med['search_today']:.1f} s ({result['decodes_per_s_today']} decodes/s), "
           f"new {med['search_new']:.1f} s ({result['decodes_per_s_new']} decodes/s): "
@@ -248,6 +262,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{result['pipeline_ratio']}x")  # fmt: skip
     print(json.dumps(result))
     return result
+
+
+def live_timings(
+    clf: nn.Module, vae: nn.Module, data: dw.ImageDataset, n: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Seconds from ``s.explorer(search=...)`` to its first errors on the map, to the quick
+    regions and to the full fit (the PCA map, so UMAP's compile does not count), and how many
+    errors each covered."""
+    from defuse_widgets.widgets.explorer import Explorer
+
+    s = dw.DefuseSession(clf, vae, data, device="cpu", seed=args.seed, progress=False)
+    marks: dict[str, tuple[float, int]] = {}
+    t0 = time.perf_counter()
+
+    def mark(name: str) -> None:
+        if name not in marks:
+            marks[name] = (time.perf_counter() - t0, 0 if w.points is None else len(w.points))
+
+    w = Explorer(s, search={"limit": n, "limit_order": "first", "strategy": args.strategy},
+                 distill={"max_regions": args.max_regions}, projection="pca")  # fmt: skip
+    w.observe(lambda c: mark("first") if c["new"] is not None and len(c["new"]) else None,
+              "points")  # fmt: skip
+    w.observe(lambda c: mark(c["new"]), "regions_fit")
+    w.wait()
+    print(f"live search of {n} images: first errors on the map after {marks['first'][0]:.1f} s "
+          f"({marks['first'][1]} errors), quick regions after {marks['quick'][0]:.1f} s "
+          f"({marks['quick'][1]} errors), full fit after {marks['full'][0]:.1f} s "
+          f"({len(s.errors)} errors, {len(s.regions)} regions)", flush=True)  # fmt: skip
+    w.close()
+    return {
+        "live_first_s": round(marks["first"][0], 2),
+        "live_quick_s": round(marks["quick"][0], 2),
+        "live_quick_errors": marks["quick"][1],
+        "live_full_s": round(marks["full"][0], 2),
+    }
 
 
 def _only(a: dw.ErrorSet, b: dw.ErrorSet) -> int:
