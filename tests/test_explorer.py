@@ -729,20 +729,24 @@ def test_live_search_shows_errors_then_quick_then_full_regions(
 ) -> None:
     """``search=``: the map grows report by report (point arrays always of one length), a quick
     fit shows once enough errors are in, labels given during the search reach the full fit
-    (the status line says how many), and the result is the plain search's."""
+    (the status line says how many), a lasso region stays, and the result is the plain
+    search's."""
     s = dw.DefuseSession(classifier=copy.deepcopy(digits_classifier), generator=digits_vae,
                          data=digits, device="cpu", seed=0, progress=False)  # fmt: skip
     seen: list[tuple[str, int, str]] = []
     labeled: dict[int, int] = {}
+    lasso: list[int] = []
 
     def on_status(change: dict[str, Any]) -> None:
         n = 0 if w.points is None else len(w.points)
         assert len(w.point_region) == len(w.point_labels) == n  # one consistent map
         seen.append((w.regions_fit, n, change["new"]))
-        if w.regions_fit == "quick" and not labeled:  # label during the search
+        if w.regions_fit == "quick" and not labeled:  # label and lasso during the search
             for r in s.regions:
                 labeled[r.id] = r.transition[0]
                 w.label(r.id, r.transition[0])
+            lasso.append(w.add_region(np.arange(5)))
+            w.label(lasso[0], dw.MODEL_IS_RIGHT)
 
     w = Explorer(s, search={"limit": 240, "step_images": 40}, projection="pca",
                  distill={"min_errors": 60, "max_regions": 12})  # fmt: skip
@@ -758,8 +762,13 @@ def test_live_search_shows_errors_then_quick_then_full_regions(
     assert torch.equal(s.errors.codes, plain.codes) and len(w.points) == len(plain)
     assert "Full fit:" in w.status and "(replaced the quick fit)" in w.status
     given = len(labeled)
-    assert s.labels and set(s.labels.values()) <= set(labeled.values())
-    assert f"of {given} labeled quick regions carried over to {len(s.labels)} full" in w.status
+    mine = [r for r in s.regions if r.user_defined]  # the lasso region, with what joined it
+    assert len(mine) == 1 and set(range(5)) <= set(s.regions.members(mine[0].id).tolist())
+    labels = s.labels
+    assert labels.pop(mine[0].id) == dw.MODEL_IS_RIGHT
+    assert f"your lasso regions kept ({lasso[0]} as {mine[0].id})" in w.status
+    assert labels and set(labels.values()) <= set(labeled.values())
+    assert f"of {given} labeled quick regions carried over to {len(labels)} full" in w.status
     assert w.map_layout == "pca" and w.thumbs is not None and w.baseline is not None
 
 

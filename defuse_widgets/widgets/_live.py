@@ -12,7 +12,7 @@ regions; later errors join them (:func:`~defuse_widgets.regions.progressive.exte
 When the search ends, the full fit replaces them and the labels given meanwhile move to the
 matching full regions (:func:`~defuse_widgets.regions.progressive.carry_labels`); a label that
 matches no region, or two labels that meet in one, are named in the status line for the person
-to give again. The trait ``regions_fit`` says which regions are shown: "" (none yet), "quick" or
+to give again. Lasso regions made meanwhile join the full fit with their members and labels. The trait ``regions_fit`` says which regions are shown: "" (none yet), "quick" or
 "full".
 """
 
@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from defuse_widgets.regions.distill import RegionSet, fit_regions
+from defuse_widgets.regions.distill import RegionSet, fit_regions, user_region
 from defuse_widgets.regions.labels import label_name
 from defuse_widgets.regions.progressive import (
     QUICK_MIN_ERRORS,
@@ -77,6 +77,13 @@ def check_live(
     if isinstance(min_errors, bool) or not isinstance(min_errors, int) or min_errors < 2:
         raise ValueError(f"distill: min_errors expected an integer >= 2, got {min_errors!r}")
     return dict(search), distill
+
+
+def keep_user_regions(quick: RegionSet, full: RegionSet, errors: ErrorSet) -> dict[int, int]:
+    """Add each user-defined (lasso) region of ``quick`` to ``full`` with the same member errors;
+    return old id -> new id."""
+    return {r.id: user_region(full, errors, quick.members(r.id)).id
+            for r in quick if r.user_defined}  # fmt: skip
 
 
 def no_errors(latent_dim: int, split: str) -> ErrorSet:
@@ -166,12 +173,18 @@ class LiveSearch:
         full = fit_regions(errors, decode=self.session.decode, predict=self.session.predict,
                            **options)  # fmt: skip
         labels = self.session.labels if quick is not None else {}
+        kept = keep_user_regions(quick, full, errors) if quick is not None else {}
+        fitted = {rid: label for rid, label in labels.items() if rid not in kept}
         carried = CarriedLabels()
-        if quick is not None and labels:
-            carried = carry_labels(labels, quick, full, errors.codes)
-        self.session.adopt(errors, full, carried.labels)
+        if quick is not None and fitted:
+            carried = carry_labels(fitted, quick, full, errors.codes)
+        lassoed = {kept[rid]: label for rid, label in labels.items() if rid in kept}
+        self.session.adopt(errors, full, {**carried.labels, **lassoed})
         self.traits.regions_fit = "full"
-        self.summary = self._full_note(errors, full, carried, labels, quick is not None)
+        self.summary = self._full_note(errors, full, carried, fitted, quick is not None)
+        if kept:
+            moved = ", ".join(f"{old} as {new}" for old, new in kept.items())
+            self.summary = self.summary[:-1] + f"; your lasso regions kept ({moved})."
         self._note(self.summary)
 
     def _regions_for(self, errors: ErrorSet) -> tuple[RegionSet | None, bool]:
