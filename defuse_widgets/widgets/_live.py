@@ -12,8 +12,8 @@ regions; later errors join them (:func:`~defuse_widgets.regions.progressive.exte
 When the search ends, the full fit replaces them and the labels given meanwhile move to the
 matching full regions (:func:`~defuse_widgets.regions.progressive.carry_labels`); a label that
 matches no region, or two labels that meet in one, are named in the status line for the person
-to give again. Lasso regions made meanwhile join the full fit with their members and labels. The trait ``regions_fit`` says which regions are shown: "" (none yet), "quick" or
-"full".
+to give again. Lasso regions made meanwhile join the full fit with their members and labels.
+The trait ``regions_fit`` says which regions are shown: "" (none yet), "quick" or "full".
 """
 
 from __future__ import annotations
