@@ -138,6 +138,10 @@ def test_a_round_upweights_the_real_images_its_regions_point_to(
     back = dw.RoundRecord.from_dict(record.to_dict())
     assert back.real_images == record.real_images
     assert back.generated_images == record.generated_images
+    plain = s.correct(steps=20, check_every=10, real_weight=1.0)  # the knob reaches the round
+    assert plain.settings["real_weight"] == 1.0
+    with pytest.raises(ValueError, match="real_weight"):
+        s.correct(steps=20, real_weight=0.5)
 
 
 def test_the_audit_covers_validation_rows_and_revert_undoes_their_relabels(

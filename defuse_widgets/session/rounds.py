@@ -44,6 +44,8 @@ class RoundsMixin(SessionBase):
         check_every: int | None = DEFAULTS.check_every,
         patience: int = DEFAULTS.patience,
         ema: float = DEFAULTS.ema,
+        real_weight: float = DEFAULTS.real_weight,
+        confidence: float = DEFAULTS.confidence,
         auto: bool = False,
         labeler: Any = None,
     ) -> RoundRecord:
@@ -52,6 +54,8 @@ class RoundsMixin(SessionBase):
         Loss = CE(training batch) + ``lam`` x CE(batch of fresh samples from the labeled regions)
         + ``keep`` x KL(round's starting model || model) on the batch's training images, except
         those inside a labeled region that carry its label (what the round means to change).
+        Those real images (confirmed relabels included) are drawn ``real_weight`` times as often
+        as the other training images.
         Samples come from N(mean, scale x covariance), ``scale`` measured per region on the
         validation split (None) or given; draws outside a region's 99% ellipsoid are drawn again
         and decodes the generator calls unnatural are dropped; with a ``labeler`` (a
@@ -62,17 +66,18 @@ class RoundsMixin(SessionBase):
 
         With a validation split (see the session's ``validation``) the round trains on the other
         training images, checks every ``check_every`` steps, and keeps its best step: the one
-        that most lifts the labeled regions' validation accuracy while no class loses more than
-        ``tolerance`` points and the overall accuracy not more than 0.5 point; it stops after
+        that most lifts the labeled regions' validation accuracy while no class is surely harmed:
+        a class counts as harmed when the whole paired interval of its drop (McNemar's exact test
+        at ``confidence``, on the same validation images before and after) lies above
+        ``tolerance`` points, the overall accuracy when it lies above 0.5 point; it stops after
         ``patience`` checks without a better one (``early_stopping=False``: every step, keep the
         last). What is checked and kept is the moving average of the trained weights (decay
         ``ema``; 0: each step's own weights), which damps SGD's step-to-step jitter between
         similar classes; the round's last weights blended with its starting weights
-        (:data:`~defuse_widgets.correction.settings.BLENDS`) are judged too. ``auto=True`` runs the
-        round once
-        per setting of a small grid of ``lam`` and ``lr`` (``AUTO_GRID``) and keeps the best by
-        the same rule. The record says why it stopped, and ``record.harm`` what it broke on the
-        test split.
+        (:data:`~defuse_widgets.correction.settings.BLENDS`) are judged too. ``auto=True`` runs
+        the round once per setting of a small grid of ``lam`` and ``lr`` (``AUTO_GRID``) and
+        keeps the best by the same rule. The record says why it stopped, and ``record.harm``
+        what it broke on the test split.
 
         The classifier changes only when the round completes; a cancelled round
         (``cancel.cancel()``) leaves it exactly as before, and so does a Ctrl-C
@@ -87,7 +92,7 @@ class RoundsMixin(SessionBase):
                     steps, lam, lr, batch_size, optimizer, scale=scale,
                     seed=self.seed + len(self.history), keep=keep, tolerance=tolerance,
                     early_stopping=early_stopping, check_every=check_every, patience=patience,
-                    ema=ema,
+                    ema=ema, real_weight=real_weight, confidence=confidence,
                 )  # fmt: skip
                 vet = None if labeler is None else sample_vetter(labeler)
                 if not isinstance(auto, bool):
