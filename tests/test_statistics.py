@@ -103,6 +103,20 @@ def test_resolution_and_leak_notes() -> None:
     same = right.clone()
     same[:50] = False
     assert leak_note(same, test) == ""
+    # validation above test because the training labels differ from the test labels (a planted
+    # mislabeled slice): held out, it still sits below the rows the classifier trained on
+    held_out = torch.ones(3000, dtype=torch.bool)
+    held_out[:300] = False  # 90% on validation, 90% on test: 0 points
+    trained = torch.ones(3000, dtype=torch.bool)
+    trained[:60] = False  # 98% on training rows
+    shifted = torch.ones(2000, dtype=torch.bool)
+    shifted[:280] = False  # 86% on test: 4 points below validation
+    assert leak_note(held_out, shifted) != ""  # without the training rows: a false alarm
+    assert leak_note(held_out, shifted, trained) == ""
+    seen = torch.ones(3000, dtype=torch.bool)
+    seen[:75] = False  # 97.5%: level with the training rows, 11.5 points above test
+    note = leak_note(seen, shifted, trained)
+    assert "level with its 98.0% on training rows" in note and "fit_rows" in note
 
 
 def test_a_session_says_when_its_split_cannot_resolve_the_tolerance(

@@ -112,8 +112,14 @@ class SessionBase:
         resolution = resolution_note(y_val, self.data.num_classes, DEFAULTS.tolerance,
                                      DEFAULTS.confidence)  # fmt: skip
         x_test, y_test = self.data.split("test")
+        assert self.validation is not None
+        fit = self.validation.fit_rows
+        pick = torch.randperm(len(fit), generator=torch.Generator().manual_seed(self.seed))
+        trained = fit[pick[: len(y_val)]]  # as many training rows as validation rows
         leak = leak_note(self.predict(x_val).argmax(1) == y_val,
-                         self.predict(x_test).argmax(1) == y_test)  # fmt: skip
+                         self.predict(x_test).argmax(1) == y_test,
+                         self.predict(self.data.x_train[trained]).argmax(1)
+                         == self.data.y_train[trained])  # fmt: skip
         self.validation_notes = [note for note in (leak, resolution) if note]
         for note in self.validation_notes:
             warnings.warn(note, ValidationWarning, stacklevel=3)
