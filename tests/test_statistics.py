@@ -11,7 +11,7 @@ from torch import nn
 
 import defuse_widgets as dw
 from defuse_widgets.correction.selection import EarlyStopping, Score, paired_harm
-from defuse_widgets.correction.statistics import images_to_resolve, paired_change
+from defuse_widgets.correction.statistics import BLIND_POINTS, images_to_resolve, paired_change
 from defuse_widgets.correction.validation import ValidationWarning, leak_note, resolution_note
 
 
@@ -88,6 +88,24 @@ def test_the_guard_refuses_only_a_sure_drop_and_says_what_to_do() -> None:
     reason = stop.finish(10)
     assert "keeps its starting weights" in reason and "cost 0 5.0 points" in reason
     assert "audit them" in reason and "interval" in reason
+
+
+def test_a_class_too_small_for_an_interval_is_judged_by_its_plain_drop() -> None:
+    # digits: ~30 validation images a class, where no interval can call even 10 points real
+    labels = torch.tensor([0] * 27 + [1] * 200)
+    start = torch.ones(227, dtype=torch.bool)
+    small = start.clone()
+    small[:3] = False  # 3 of 27: 11 points, the interval still reaches below zero
+    assert paired_change(start[:27], small[:27]).low < 0
+    broken = paired_harm(score(start, labels, 0.1), score(small, labels, 0.5))
+    assert [e["class"] for e in broken] == [0] and broken[0]["drop"] == pytest.approx(100 * 3 / 27)
+    one = start.clone()
+    one[0] = False  # a single image never counts
+    assert paired_harm(score(start, labels, 0.1), score(one, labels, 0.5)) == []
+    larger = start.clone()
+    larger[27:30] = False  # 3 of 200: 1.5 points, within noise on a class the interval covers
+    assert images_to_resolve(BLIND_POINTS) <= 200
+    assert paired_harm(score(start, labels, 0.1), score(larger, labels, 0.5)) == []
 
 
 def test_resolution_and_leak_notes() -> None:

@@ -77,6 +77,8 @@ class RoundInputs:
     vet: Callable[[torch.Tensor], torch.Tensor] | None = None
     relabeled: torch.Tensor | None = None
     """(n,) bool: the rows whose label a person or labeler confirmed (see the audit)."""
+    classes: tuple[str, ...] = ()
+    """The class names, for the round's refusal in words."""
 
 
 @dataclass
@@ -211,7 +213,8 @@ class _FixedParts:
         checker = None
         if inputs.validation is not None and settings.early_stopping:
             checker = EarlyStopping(self._measure(), inputs.classifier, settings.tolerance,
-                                    settings.patience, settings.confidence)  # fmt: skip
+                                    settings.patience, settings.confidence,
+                                    inputs.classes)  # fmt: skip
         state, losses = fine_tune(inputs.classifier, inputs.x_fit, inputs.y_fit, batch, settings,
                                   cancel, callback, self.outside, checker, BLENDS,
                                   self.weights(settings))  # fmt: skip

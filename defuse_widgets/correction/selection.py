@@ -1,8 +1,10 @@
 """Judging a fine-tuning round by validation: early stopping on the best step, and harm flags.
 
-A round may only keep weights that lift the labeled regions without costing any class more than
-``tolerance`` points, or the overall accuracy more than ``OVERALL_TOLERANCE``, against the
-weights it started from. Among those it keeps the best step; when no step qualifies it keeps the
+A round may only keep weights that lift the labeled regions without surely costing any class more
+than ``tolerance`` points, or the overall accuracy more than ``OVERALL_TOLERANCE``, against the
+weights it started from (paired intervals on the same validation images, see
+:mod:`~defuse_widgets.correction.statistics`; a class too small for an interval is judged by its
+plain drop). Among those it keeps the best step; when no step qualifies it keeps the
 starting weights and says so. A loss of a single image never counts: on a split of 18 images
 per class one image is 5.6 points, which says nothing about the model.
 
@@ -26,7 +28,12 @@ from defuse_widgets.correction.settings import (
     DEFAULT_TOLERANCE,
     OVERALL_TOLERANCE,
 )
-from defuse_widgets.correction.statistics import DEFAULT_CONFIDENCE, Change, paired_change
+from defuse_widgets.correction.statistics import (
+    DEFAULT_CONFIDENCE,
+    Change,
+    coarse,
+    paired_change,
+)
 from defuse_widgets.correction.training import snapshot
 
 
@@ -109,12 +116,14 @@ def paired_harm(
     confidence: float = DEFAULT_CONFIDENCE,
 ) -> list[dict[str, Any]]:
     """What ``score`` surely broke against ``start`` on the same images: the classes whose drop's
-    interval lies wholly above ``tolerance`` points, and the overall accuracy if its interval
-    lies above ``OVERALL_TOLERANCE``; entries as :func:`harm`'s, with ``low`` and ``high``."""
+    interval lies wholly above ``tolerance`` points (or, on a class too small for an interval to
+    say anything, whose plain drop does: :func:`~defuse_widgets.correction.statistics.coarse`),
+    and the overall accuracy if its interval lies above ``OVERALL_TOLERANCE``; entries as
+    :func:`harm`'s, with ``low`` and ``high``."""
     *per_class, overall = changes(start, score, confidence)
     out: list[dict[str, Any]] = []
     for c, change in enumerate(per_class):
-        if change.exceeds(tolerance):
+        if change.exceeds(tolerance) or coarse(change, tolerance, confidence):
             name = classes[c] if c < len(classes) else str(c)
             out.append({"class": c, "name": name, "before": start.per_class[c],
                         "after": score.per_class[c], "drop": change.drop, "low": change.low,
@@ -147,9 +156,10 @@ class EarlyStopping:
         tolerance: float = DEFAULT_TOLERANCE,
         patience: int = DEFAULT_PATIENCE,
         confidence: float = DEFAULT_CONFIDENCE,
+        classes: Sequence[str] = (),
     ):
         self.measure, self.tolerance, self.patience = measure, float(tolerance), int(patience)
-        self.confidence = float(confidence)
+        self.confidence, self.classes = float(confidence), tuple(classes)
         self.start = self.best = measure(start_model, 0)
         self.best_state: dict[str, Any] | None = None
         self.checks: list[Score] = [self.start]
@@ -167,9 +177,9 @@ class EarlyStopping:
     def broken(self, score: Score) -> list[dict[str, Any]]:
         """What ``score`` broke against the start (see :func:`paired_harm` and :func:`harm`)."""
         if self.start.correct is not None and score.correct is not None:
-            return paired_harm(self.start, score, self.tolerance, confidence=self.confidence)
+            return paired_harm(self.start, score, self.tolerance, self.classes, self.confidence)
         return harm(self.start.overall, self.start.per_class, score.overall,
-                    score.per_class, self.tolerance, counts=score.counts)  # fmt: skip
+                    score.per_class, self.tolerance, self.classes, score.counts)  # fmt: skip
 
     def check(self, step: int, model: nn.Module, blend: float = 1.0) -> bool:
         """Score ``model`` after ``step`` steps (``blend``: its share in a blend with the

@@ -10,12 +10,18 @@ McNemar's test, stated as an interval rather than a p-value, so a record can sho
 A class counts as harmed when the whole interval lies above the tolerance: a drop chance cannot
 explain that is larger than what we allow. On 300 images one point is 3 images; a fixed
 threshold would refuse rounds on noise, and let real harm smaller than the noise through.
+
+Below ``images_to_resolve(BLIND_POINTS)`` images (91 at the default confidence) the comparison
+is blind: it cannot call even a 5-point drop real, so on the ~30 validation images a class of
+digits has, it would let a round cost a class 10 points. Such classes are judged by their plain
+drop instead (:func:`coarse`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 from scipy.stats import beta
@@ -78,6 +84,20 @@ def _share_interval(hits: int, trials: int, confidence: float) -> tuple[float, f
     return low, high
 
 
+BLIND_POINTS = 5.0
+"""A class whose validation images cannot tell a drop this large from noise is judged coarsely."""
+
+
+def coarse(change: Change, tolerance: float, confidence: float = DEFAULT_CONFIDENCE) -> bool:
+    """Whether ``change`` counts as harm on a class too small for its interval to say anything
+    (fewer than ``images_to_resolve(BLIND_POINTS)`` images): its plain drop is above
+    ``tolerance`` and above one image (and a half, so a single image never counts)."""
+    if change.images == 0 or change.images >= images_to_resolve(BLIND_POINTS, confidence):
+        return False
+    return change.drop > tolerance and change.drop > 150.0 / change.images
+
+
+@cache
 def images_to_resolve(tolerance: float, confidence: float = DEFAULT_CONFIDENCE) -> int:
     """The fewest images of a class on which a drop of twice ``tolerance`` points, with no image
     gained, is surely above the tolerance (so that a real harm can be told from noise)."""

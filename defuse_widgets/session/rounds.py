@@ -158,6 +158,7 @@ class RoundsMixin(SessionBase):
             self.classifier, self.generator, regions, dict(targets), self.data.x_train[rows],
             self.training_labels()[rows], self.split_codes("train")[rows], validation,
             self.data.num_classes, self.device, self.seed, vet, self._relabels.mask()[rows],
+            self.data.classes,
         )  # fmt: skip
 
     def _test_scores(self, round: int) -> tuple[float, list[float]]:
