@@ -68,9 +68,10 @@ CLASS_A = {  # the class whose slice carries the bug, per kind
     "digits": {"mislabeled": 7, "rare": 9, "spurious": 8},
     "fashion-mnist": {"mislabeled": 4, "rare": 0, "spurious": 6},
 }
-EPOCHS = {"digits": None, "fashion-mnist": 4}  # None: the trainer's default (~2,000 steps)
+# None: the trainer's default (~2,000 steps); Fashion-MNIST: 90.8% on clean labels (4 epochs: 88.9%)
+EPOCHS = {"digits": None, "fashion-mnist": 10}
 ARCH = {"digits": "small", "fashion-mnist": "standard"}  # each reaches its usual accuracy
-REFERENCE = {"digits": (64, None), "fashion-mnist": (32, 5)}  # width, epochs (91.4% clean)
+REFERENCE = {"digits": (64, None), "fashion-mnist": (32, 15)}  # width, epochs
 RARE_SHARE, CUE_IN_A, CUE_ELSEWHERE, CUE_IN_TEST = 0.02, 0.95, 0.05, 0.5
 FOUND_PURITY, FOUND_COVERAGE = 0.6, 0.25
 

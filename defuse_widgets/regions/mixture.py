@@ -235,7 +235,7 @@ class _VariationalDP:
     parametrisation: covariances normalised by the degrees of freedom)."""
 
     def __init__(self, x: torch.Tensor, k: int, covariance_type: str, reg: float):
-        n, d = x.shape
+        d = x.shape[1]
         self.center = x.mean(0)  # fitted on centred codes (the mean prior is then 0): less
         x = x - self.center  # cancellation in the expanded squared distances
         self.x, self.k, self.d, self.type, self.reg = x, k, d, covariance_type, reg
@@ -249,7 +249,11 @@ class _VariationalDP:
             "spherical": cov.diagonal().mean() * self.eye,
         }[covariance_type]
         self.alpha = 1.0 / k
-        self.outer = (x[:, :, None] * x[:, None, :]).reshape(n, d * d)  # for the scatter
+        # x x' is symmetric: its d(d+1)/2 upper entries carry it, which halves the two largest
+        # products of an iteration (the scatter and the squared distances)
+        self.rows, self.cols = torch.triu_indices(d, d, device=x.device)
+        self.outer = x[:, self.rows] * x[:, self.cols]  # (n, d(d+1)/2)
+        self.twice = torch.where(self.rows == self.cols, 1.0, 2.0).to(x.dtype)
         self.half = 0.5 * torch.arange(d, dtype=x.dtype, device=x.device)
 
     def run(self, labels: torch.Tensor, max_iter: int, tol: float) -> tuple[bool, int]:
@@ -271,7 +275,7 @@ class _VariationalDP:
         d, k = self.d, self.k
         nk = resp.sum(0) + 10 * torch.finfo(resp.dtype).eps
         xk = resp.T @ self.x / nk[:, None]
-        second = (resp.T @ self.outer).reshape(k, d, d) / nk[:, None, None]
+        second = self.symmetric(resp.T @ self.outer) / nk[:, None, None]
         sk = second - xk[:, :, None] * xk[:, None, :] + self.reg * self.eye
         if self.type == "diag":
             sk = torch.diag_embed(sk.diagonal(dim1=1, dim2=2))
@@ -301,6 +305,13 @@ class _VariationalDP:
             self.covariances = scatter / self.dof[:, None, None]
         self.chol = torch.linalg.cholesky(self.covariances)
 
+    def symmetric(self, upper: torch.Tensor) -> torch.Tensor:
+        """(K, d, d) symmetric matrices from their (K, d(d+1)/2) upper entries."""
+        out = upper.new_empty(len(upper), self.d, self.d)
+        out[:, self.rows, self.cols] = upper
+        out[:, self.cols, self.rows] = upper
+        return out
+
     def log_resp(self) -> torch.Tensor:
         """(n, K) log responsibilities under the current posterior."""
         a, b = self.conc
@@ -317,7 +328,8 @@ class _VariationalDP:
         precision = inv.transpose(1, 2) @ inv  # (K, d, d)
         pm = (precision @ self.means[:, :, None])[..., 0]  # (K, d)
         const = const - 0.5 * (pm * self.means).sum(1)
-        maha = self.outer @ precision.reshape(self.k, -1).T - 2 * self.x @ pm.T  # (n, K)
+        upper = precision[:, self.rows, self.cols] * self.twice  # x'Px over the upper entries
+        maha = self.outer @ upper.T - 2 * self.x @ pm.T  # (n, K)
         log_prob = const - 0.5 * maha
         return log_prob - log_prob.logsumexp(1, keepdim=True)
 

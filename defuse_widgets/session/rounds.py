@@ -69,7 +69,9 @@ class RoundsMixin(SessionBase):
         that most lifts the labeled regions' validation accuracy while no class is surely harmed:
         a class counts as harmed when the whole paired interval of its drop (McNemar's exact test
         at ``confidence``, on the same validation images before and after) lies above
-        ``tolerance`` points, the overall accuracy when it lies above 0.5 point; it stops after
+        ``tolerance`` points (on a class of fewer than 91 validation images, too few for an
+        interval, when its plain drop is above ``tolerance`` and one image), the overall
+        accuracy when its interval lies above 0.5 point; it stops after
         ``patience`` checks without a better one (``early_stopping=False``: every step, keep the
         last). What is checked and kept is the moving average of the trained weights (decay
         ``ema``; 0: each step's own weights), which damps SGD's step-to-step jitter between
