@@ -1,7 +1,7 @@
 """Judging a fine-tuning round by validation: early stopping on the best step, and harm flags.
 
-A round may only keep weights that lift the labeled regions without surely costing any class more
-than ``tolerance`` points, or the overall accuracy more than ``OVERALL_TOLERANCE``, against the
+A round may only keep weights that lift the labeled regions without a real drop of more than
+``tolerance`` points in any class, or of more than ``OVERALL_TOLERANCE`` overall, against the
 weights it started from (paired intervals on the same validation images, see
 :mod:`~defuse_widgets.correction.statistics`; a class too small for an interval is judged by its
 plain drop). Among those it keeps the best step; when no step qualifies it keeps the
@@ -115,11 +115,11 @@ def paired_harm(
     classes: Sequence[str] = (),
     confidence: float = DEFAULT_CONFIDENCE,
 ) -> list[dict[str, Any]]:
-    """What ``score`` surely broke against ``start`` on the same images: the classes whose drop's
-    interval lies wholly above ``tolerance`` points (or, on a class too small for an interval to
-    say anything, whose plain drop does: :func:`~defuse_widgets.correction.statistics.coarse`),
-    and the overall accuracy if its interval lies above ``OVERALL_TOLERANCE``; entries as
-    :func:`harm`'s, with ``low`` and ``high``."""
+    """What ``score`` broke against ``start`` on the same images: the classes whose drop is real
+    (its interval above zero) and above ``tolerance`` points (or, on a class too small for an
+    interval to say anything, whose plain drop is:
+    :func:`~defuse_widgets.correction.statistics.coarse`), and the overall accuracy if its drop is
+    real and above ``OVERALL_TOLERANCE``; entries as :func:`harm`'s, with ``low`` and ``high``."""
     *per_class, overall = changes(start, score, confidence)
     out: list[dict[str, Any]] = []
     for c, change in enumerate(per_class):
@@ -169,7 +169,7 @@ class EarlyStopping:
         """The refused check that lifted the regions most, and what it broke."""
 
     def acceptable(self, score: Score) -> bool:
-        """No class surely lost more than the tolerance, the overall accuracy not more than
+        """No class really lost more than the tolerance, the overall accuracy not more than
         ``OVERALL_TOLERANCE`` (paired intervals when the scores carry per-image correctness;
         else plain drops, a single image never counting)."""
         return not self.broken(score)
@@ -219,9 +219,9 @@ class EarlyStopping:
             self.reason = f"ran all {steps} steps"
         if self.best_state is None:
             self.reason += (
-                "; no step lifted the regions without surely costing a class more than "
-                f"{self.tolerance:g} point{'' if self.tolerance == 1 else 's'}, so the round "
-                "keeps its starting weights"
+                "; no step lifted the regions without a real drop of more than "
+                f"{self.tolerance:g} point{'' if self.tolerance == 1 else 's'} in a class, so the "
+                "round keeps its starting weights"
             )
             if self.refused is not None:
                 self.reason += self._refusal(*self.refused)

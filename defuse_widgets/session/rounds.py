@@ -66,12 +66,12 @@ class RoundsMixin(SessionBase):
 
         With a validation split (see the session's ``validation``) the round trains on the other
         training images, checks every ``check_every`` steps, and keeps its best step: the one
-        that most lifts the labeled regions' validation accuracy while no class is surely harmed:
-        a class counts as harmed when the whole paired interval of its drop (McNemar's exact test
-        at ``confidence``, on the same validation images before and after) lies above
-        ``tolerance`` points (on a class of fewer than 91 validation images, too few for an
+        that most lifts the labeled regions' validation accuracy while no class is harmed: a
+        class counts as harmed when its drop is real (the paired interval of McNemar's exact test
+        at ``confidence``, on the same validation images before and after, lies above zero) and
+        above ``tolerance`` points (on a class of fewer than 41 validation images, too few for an
         interval, when its plain drop is above ``tolerance`` and one image), the overall
-        accuracy when its interval lies above 0.5 point; it stops after
+        accuracy when its drop is real and above 0.5 point; it stops after
         ``patience`` checks without a better one (``early_stopping=False``: every step, keep the
         last). What is checked and kept is the moving average of the trained weights (decay
         ``ema``; 0: each step's own weights), which damps SGD's step-to-step jitter between
