@@ -98,8 +98,8 @@ class ValidationWarning(UserWarning):
 def resolution_note(
     labels: torch.Tensor, num_classes: int, tolerance: float, confidence: float
 ) -> str:
-    """A sentence when the smallest class of the split has too few images to tell a drop of
-    ``tolerance`` points from noise (see
+    """A sentence when the smallest class of the split has too few images to refuse a drop of
+    twice ``tolerance`` points as harm (see
     :func:`~defuse_widgets.correction.statistics.images_to_resolve`); empty when every class
     has enough."""
     need = images_to_resolve(tolerance, confidence)
@@ -109,8 +109,8 @@ def resolution_note(
         return ""
     return (
         f"the validation split has {int(present.min())} images in its smallest class; telling a "
-        f"drop of {tolerance:g} point{'' if tolerance == 1 else 's'} from noise takes about "
-        f"{need} per class, so rounds are judged coarsely (a larger validation fraction, your own "
+        f"drop of {2 * tolerance:g} points from noise takes about {need} per class, so rounds "
+        "are judged coarsely (a larger validation fraction, your own "
         "validation images, or a larger tolerance resolve it)"
     )
 
