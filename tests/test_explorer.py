@@ -257,13 +257,17 @@ def test_fine_tune_round_and_revert(widget: Explorer, session: dw.DefuseSession)
     rid = widget.regions[0]["id"]
     widget.label(rid, widget.regions[0]["transition"][0])
     updates: list[dict[str, Any]] = []
-    widget.observe(lambda ch: updates.append(ch["new"]), "progress")
+    seen_at: list[float] = []
+    widget.observe(lambda ch: (updates.append(ch["new"]), seen_at.append(time.monotonic())),
+                   "progress")  # fmt: skip
     widget.fine_tune(steps=30, lr=0.01, block=True)
     assert widget.error == "" and widget.busy == ""
     assert widget.progress["step"] == widget.progress["total"] == 30
     assert not widget.progress["running"]
     assert widget.progress["outcome"].startswith(f"Round {session.active_round} done")
-    assert len(updates) <= 30  # throttled to at most ~10 per second, plus start and end
+    # throttled: the step updates between the first and the last come at most ~10 a second
+    steps_at = [t for t, u in zip(seen_at, updates) if u["running"] and 0 < u["step"] < 30]
+    assert all(b - a >= 0.09 for a, b in zip(steps_at, steps_at[1:]))
     events = [h["event"] for h in widget.history]
     assert events == ["before", "round"]
     assert session.rounds >= 1 and widget.point_fixed is not None
