@@ -88,7 +88,8 @@ def _share_interval(hits: int, trials: int, confidence: float) -> tuple[float, f
 
 
 BLIND_POINTS = 5.0
-"""A class whose validation images cannot tell a drop this large from noise is judged coarsely."""
+"""A class too small for a drop of twice this many points to count as harm
+(``images_to_resolve(BLIND_POINTS)``) is judged coarsely."""
 
 
 def coarse(change: Change, tolerance: float, confidence: float = DEFAULT_CONFIDENCE) -> bool:
