@@ -33,6 +33,7 @@ from defuse_widgets.correction.statistics import (
     Change,
     coarse,
     paired_change,
+    plain_harm,
 )
 from defuse_widgets.correction.training import snapshot
 
@@ -83,13 +84,13 @@ def harm(
     """
     out: list[dict[str, Any]] = []
     for c, drop in enumerate(class_drops(before_per_class, after_per_class)):
-        if drop > tolerance and drop > _one_image(counts[c : c + 1]):
+        if plain_harm(drop, tolerance, counts[c] if c < len(counts) else 0):
             name = classes[c] if c < len(classes) else str(c)
             out.append({"class": c, "name": name, "before": before_per_class[c],
                         "after": after_per_class[c], "drop": drop})  # fmt: skip
     out.sort(key=lambda e: -float(e["drop"]))
     overall = 100.0 * (before_overall - after_overall)
-    if overall > OVERALL_TOLERANCE and overall > _one_image([sum(counts)] if counts else []):
+    if plain_harm(overall, OVERALL_TOLERANCE, sum(counts)):
         out.append({"class": None, "name": "overall", "before": before_overall,
                     "after": after_overall, "drop": overall})  # fmt: skip
     return out
@@ -134,12 +135,6 @@ def paired_harm(
                     "after": score.overall, "drop": overall.drop, "low": overall.low,
                     "high": overall.high})  # fmt: skip
     return out
-
-
-def _one_image(count: Sequence[int]) -> float:
-    """Points one image (and a half, so rounding never counts it twice) is worth among
-    ``count[0]`` images; 0 when not known."""
-    return 150.0 / count[0] if count and count[0] > 0 else 0.0
 
 
 class EarlyStopping:

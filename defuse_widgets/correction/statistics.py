@@ -98,7 +98,13 @@ def coarse(change: Change, tolerance: float, confidence: float = DEFAULT_CONFIDE
     ``tolerance`` and above one image (and a half, so a single image never counts)."""
     if change.images == 0 or change.images >= images_to_resolve(BLIND_POINTS, confidence):
         return False
-    return change.drop > tolerance and change.drop > 150.0 / change.images
+    return plain_harm(change.drop, tolerance, change.images)
+
+
+def plain_harm(drop: float, tolerance: float, images: int = 0) -> bool:
+    """Whether a drop of ``drop`` points counts as harm by itself: above ``tolerance`` and, on
+    ``images`` images (0: not known), above one image and a half (a single image never counts)."""
+    return drop > tolerance and drop > (150.0 / images if images > 0 else 0.0)
 
 
 @cache
