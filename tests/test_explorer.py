@@ -267,7 +267,7 @@ def test_fine_tune_round_and_revert(widget: Explorer, session: dw.DefuseSession)
     assert widget.progress["outcome"].startswith(f"Round {session.active_round} done")
     # throttled: the step updates between the first and the last come at most ~10 a second
     steps_at = [t for t, u in zip(seen_at, updates) if u["running"] and 0 < u["step"] < 30]
-    assert all(b - a >= 0.09 for a, b in zip(steps_at, steps_at[1:]))
+    assert steps_at and all(b - a >= 0.09 for a, b in zip(steps_at, steps_at[1:]))
     events = [h["event"] for h in widget.history]
     assert events == ["before", "round"]
     assert session.rounds >= 1 and widget.point_fixed is not None
