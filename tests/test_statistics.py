@@ -143,6 +143,27 @@ def test_resolution_and_leak_notes() -> None:
     assert "level with its 98.0% on training rows" in note and "fit_rows" in note
 
 
+def test_a_gap_one_class_explains_is_named_as_a_shift_not_a_leak() -> None:
+    # a model as good on held-out rows as on its own: the training rows cannot tell the two apart
+    val_labels, test_labels = torch.arange(10).repeat(30), torch.arange(10).repeat(100)
+    validation = torch.ones(300, dtype=torch.bool)
+    validation[:3] = False  # 99% on validation, 100% on training rows
+    trained = torch.ones(300, dtype=torch.bool)
+    rare = torch.ones(1000, dtype=torch.bool)
+    rare[(test_labels == 6).nonzero().flatten()[:60]] = False  # 60 of 100 Shirts wrong: 94% on test
+    names = [f"c{k}" for k in range(6)] + ["Shirt"] + [f"c{k}" for k in range(7, 10)]
+    labels = (val_labels, test_labels)
+    note = leak_note(validation, rare, trained, labels=labels, class_names=names)
+    assert "class Shirt alone accounts for it" in note
+    assert "trained on the validation rows" not in note
+    assert "class 6 alone" in leak_note(validation, rare, trained, labels=labels)
+    # memorised rows lift every class: the same gap spread over the classes is still a leak
+    spread = torch.ones(1000, dtype=torch.bool)
+    spread[::16] = False  # ~94% on test, every class a little lower
+    note = leak_note(validation, spread, trained, labels=labels, class_names=names)
+    assert "trained on the validation rows" in note
+
+
 def test_a_session_says_when_its_split_cannot_resolve_the_tolerance(
     digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
 ) -> None:

@@ -8,6 +8,7 @@ do on this split.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +121,8 @@ def leak_note(
     test_right: torch.Tensor,
     train_right: torch.Tensor | None = None,
     min_gap: float = 2.0,
+    labels: tuple[torch.Tensor, torch.Tensor] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> str:
     """A sentence when the classifier has probably trained on the validation rows: validation
     accuracy sits above test accuracy by more than ``min_gap`` points and three standard errors
@@ -129,15 +132,16 @@ def leak_note(
 
     The training rows matter when the training labels differ from the test labels (a mislabeled
     slice, a class kept rare): held-out validation rows share the training labels and then sit
-    above test accuracy too, but below the rows the classifier trained on.
+    above test accuracy too, but below the rows the classifier trained on. Where the classifier
+    is as good on held-out rows as on its own that cannot tell, so with ``labels`` (the
+    validation and the test labels) a gap that one class explains is named as that instead: the
+    test images of that class hold some the split lacks (memorised rows lift every class).
     """
     if len(validation_right) == 0 or len(test_right) == 0:
         return ""
-    val, test = float(validation_right.float().mean()), float(test_right.float().mean())
-    error = math.sqrt(_variance(validation_right) + _variance(test_right))
-    gap = 100 * (val - test)
-    if gap <= min_gap or val - test <= 3 * error:
+    if not _gap_beyond_noise(validation_right, test_right, min_gap):
         return ""
+    val, test = float(validation_right.float().mean()), float(test_right.float().mean())
     level = ""
     if train_right is not None and len(train_right):
         train = float(train_right.float().mean())
@@ -145,12 +149,56 @@ def leak_note(
         if train - val > max(0.01, 3 * spread):
             return ""  # held out: below the rows it trained on, whatever the test labels say
         level = f" and level with its {100 * train:.1f}% on training rows"
+    gap = f"validation accuracy {100 * val:.1f}% sits {100 * (val - test):.1f} points above test "
+    gap += f"accuracy {100 * test:.1f}%"
+    if labels is not None:
+        shifted = _one_class_gap(validation_right, test_right, *labels, min_gap)
+        if shifted is not None:
+            name = f"class {class_names[shifted] if class_names else shifted}"
+            return (
+                f"{gap}, and {name} alone accounts for it: the test split holds {name} images "
+                "the validation split lacks (a subgroup rare in training looks like this), so a "
+                "round judged on this split cannot see them. Pass validation=(images, labels) "
+                "that look like deployment to judge rounds by them"
+            )
     return (
-        f"validation accuracy {100 * val:.1f}% sits {gap:.1f} points above test accuracy "
-        f"{100 * test:.1f}%{level}: the classifier has probably trained on the validation rows, "
+        f"{gap}{level}: the classifier has probably trained on the validation rows, "
         "so any change reads as harm. Train it on session.validation.fit_rows (the rows outside "
         "the split), or pass your own held-out validation=(images, labels)"
     )
+
+
+def _gap_beyond_noise(validation_right: torch.Tensor, test_right: torch.Tensor,
+                      min_gap: float) -> bool:  # fmt: skip
+    """Whether validation accuracy sits above test accuracy by more than ``min_gap`` points and
+    three standard errors of the difference."""
+    if len(validation_right) == 0 or len(test_right) == 0:
+        return False
+    val, test = float(validation_right.float().mean()), float(test_right.float().mean())
+    error = math.sqrt(_variance(validation_right) + _variance(test_right))
+    return 100 * (val - test) > min_gap and val - test > 3 * error
+
+
+def _one_class_gap(
+    validation_right: torch.Tensor,
+    test_right: torch.Tensor,
+    validation_labels: torch.Tensor,
+    test_labels: torch.Tensor,
+    min_gap: float,
+) -> int | None:
+    """The class whose test images account for the gap (without it the gap is within noise), or
+    None when no one class does."""
+    classes = torch.unique(test_labels)
+    deficit = [
+        float(validation_right[validation_labels == k].float().mean().nan_to_num(1.0))
+        - float(test_right[test_labels == k].float().mean())
+        for k in classes.tolist()
+    ]
+    worst = int(classes[max(range(len(deficit)), key=lambda i: deficit[i])])
+    rest_val, rest_test = validation_labels != worst, test_labels != worst
+    if _gap_beyond_noise(validation_right[rest_val], test_right[rest_test], min_gap):
+        return None
+    return worst
 
 
 def _variance(right: torch.Tensor) -> float:

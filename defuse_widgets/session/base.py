@@ -119,7 +119,8 @@ class SessionBase:
         leak = leak_note(self.predict(x_val).argmax(1) == y_val,
                          self.predict(x_test).argmax(1) == y_test,
                          self.predict(self.data.x_train[trained]).argmax(1)
-                         == self.data.y_train[trained])  # fmt: skip
+                         == self.data.y_train[trained],
+                         labels=(y_val, y_test), class_names=self.data.classes)  # fmt: skip
         self.validation_notes = [note for note in (leak, resolution) if note]
         for note in self.validation_notes:
             warnings.warn(note, ValidationWarning, stacklevel=3)
