@@ -234,3 +234,34 @@ def test_the_explorer_says_what_a_round_trained_on() -> None:
         "generated region samples."
     )
     assert trained_on_note(dw.RoundRecord(1, False, {}, [], 1.0)) == ""
+
+
+def test_a_refused_round_names_the_rows_it_changed_and_a_labeler_settles_them(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    s = ready_session(digits_classifier, digits_vae, digits)
+    with pytest.raises(RuntimeError, match="nothing is disputed"):
+        s.disputes()
+    rid = s.regions.ids[0]  # type: ignore[union-attr]
+    true = s.regions.get(rid).transition[0]  # type: ignore[union-attr]
+    wrong = (true + 1) % digits.num_classes
+    s.label(rid, wrong)  # a wrong label: teaching it harms the region's true class
+    record = s.correct(steps=60, check_every=20, lam=5.0, lr=0.05)
+    assert record.best_step == 0 and "confirm_disputes" in record.stopped
+    found = s.disputes()
+    assert len(found["rows"]) > 0 and set(found["labels"].tolist()) == {wrong}
+    labels = s.training_labels()
+    harmed = {digits.classes.index(name) for name in found["harmed"]}
+    assert set(labels[found["rows"]].tolist()) <= harmed
+    # the true labels settle nothing: every disputed image is what its label says
+    truth = s.confirm_disputes(lambda images: labels[found["rows"]], who="truth")
+    assert truth["confirmed"] == [] and truth["disagreed"] == truth["candidates"]
+    assert not s.relabels
+    # a labeler that agrees with the round relabels exactly the disputed images
+    agree = s.confirm_disputes(lambda images: torch.full((len(images),), wrong), who="agree")
+    assert sorted(agree["confirmed"]) == sorted(found["rows"].tolist())
+    assert {r.new_label for r in s.relabels.values()} == {wrong}
+    s.revert(relabels=True)
+    assert not s.relabels
+    with pytest.raises(RuntimeError, match="weights changed since"):
+        s.disputes()  # the check was made against weights no longer live

@@ -89,6 +89,16 @@ class RoundResult:
 
     state: dict[str, torch.Tensor] | None
     record: RoundRecord
+    refused: Refusal | None = None
+    """When the round kept its starting weights because its best check harmed a class."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The weights of a round's best refused check (CPU tensors) and the classes it harmed."""
+
+    state: dict[str, torch.Tensor]
+    harmed: tuple[int, ...]
 
 
 def run_round(
@@ -135,7 +145,16 @@ def run_round(
             for g, t in zip(grid, tried)
         ]
     record.seconds = time.perf_counter() - start
-    return RoundResult(state, record)
+    return RoundResult(state, record, _refusal(checker))
+
+
+def _refusal(checker: EarlyStopping | None) -> Refusal | None:
+    """The refused check of a round that kept its starting weights (None otherwise)."""
+    if checker is None or checker.best_state is not None or checker.refused_state is None:
+        return None
+    assert checker.refused is not None
+    harmed = tuple(int(e["class"]) for e in checker.refused[1] if e["class"] is not None)
+    return Refusal(checker.refused_state, harmed) if harmed else None
 
 
 def _share(tally: dict[str, int]) -> float | None:

@@ -162,6 +162,8 @@ class EarlyStopping:
         self.reason = ""
         self.refused: tuple[Score, list[dict[str, Any]]] | None = None
         """The refused check that lifted the regions most, and what it broke."""
+        self.refused_state: dict[str, Any] | None = None
+        """That check's weights (see :meth:`DefuseSession.confirm_disputes`)."""
 
     def acceptable(self, score: Score) -> bool:
         """No class really lost more than the tolerance, the overall accuracy not more than
@@ -184,7 +186,7 @@ class EarlyStopping:
         better = (score.region, score.overall) > (self.best.region, self.best.overall)
         broken = self.broken(score) if better else []
         if broken and (self.refused is None or score.region > self.refused[0].region):
-            self.refused = (score, broken)
+            self.refused, self.refused_state = (score, broken), snapshot(model)
         if better and not broken:
             self.best, self.best_state, self.stale = score, snapshot(model), 0
         elif blend == 1.0:  # a blend is a last look after the steps, not one more step
@@ -203,9 +205,10 @@ class EarlyStopping:
         return (
             f". The best refused check (step {score.step}) lifted the regions on validation from "
             f"{100 * self.start.region:.0f}% to {100 * score.region:.0f}% but cost "
-            f"{worst['name']} {worst['drop']:.1f} points{interval}. If {worst['name']} images sit "
-            "inside the labeled regions, their validation labels may carry the bug: audit them "
-            "(confirm_audit); otherwise try fewer steps, a smaller lam, or a larger tolerance"
+            f"{worst['name']} {worst['drop']:.1f} points{interval}. If the {worst['name']} images "
+            "it changed are not all what their labels say (the labels may carry the bug), let a "
+            "labeler or a person decide on them (confirm_disputes) and run the round again; "
+            "otherwise try fewer steps, a smaller lam, or a larger tolerance"
         )
 
     def finish(self, steps: int) -> str:

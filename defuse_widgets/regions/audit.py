@@ -174,13 +174,13 @@ def labeler_function(labeler: Any) -> Callable[[torch.Tensor], Any]:
     return decide
 
 
-def ask_labeler(decide: Callable[[torch.Tensor], Any], result: AuditResult) -> torch.Tensor:
-    """(n,) the classes ``decide(images)`` gives the audit's images (``UNRECOGNIZABLE``: none)."""
-    if not len(result):
+def ask_labeler(decide: Callable[[torch.Tensor], Any], images: torch.Tensor) -> torch.Tensor:
+    """(n,) the classes ``decide(images)`` gives ``images`` (``UNRECOGNIZABLE``: none)."""
+    if not len(images):
         return torch.zeros(0, dtype=torch.long)
-    votes = torch.as_tensor(decide(result.images)).cpu().long().flatten()
-    if votes.shape != result.indices.shape:
-        raise ValueError(f"labeler: returned {tuple(votes.shape)} labels for {len(result)} images")
+    votes = torch.as_tensor(decide(images)).cpu().long().flatten()
+    if votes.shape != (len(images),):
+        raise ValueError(f"labeler: returned {tuple(votes.shape)} labels for {len(images)} images")
     return votes
 
 

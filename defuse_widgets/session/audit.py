@@ -7,13 +7,15 @@ cache).
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from defuse_widgets.models.inference import batched
+from defuse_widgets.correction.training import restore
+from defuse_widgets.models.inference import batched, predict_labels
 from defuse_widgets.regions import audit as audit_step
 from defuse_widgets.regions.labels import UNRECOGNIZABLE, check_label, label_name
 from defuse_widgets.regions.membership import within_ellipsoid
@@ -162,7 +164,7 @@ class AuditMixin(SessionBase):
         name = who if who is not None else str(getattr(labeler, "name", type(labeler).__name__))
         with self._lock:  # the audit and its relabels see the same regions
             result = self.audit(region_id, min_probability, coverage=coverage)
-            votes = audit_step.ask_labeler(decide, result)
+            votes = audit_step.ask_labeler(decide, result.images)
             yes = audit_step.walk_down(votes == result.region_label, stop_after)
             confirmed = result.indices[yes]
             self.relabel(confirmed, result.region_label, who=name)
@@ -179,6 +181,55 @@ class AuditMixin(SessionBase):
             "abstained": abstained,
             "disagreed": seen - len(confirmed) - abstained,
         }
+
+    def disputes(self) -> dict[str, Any]:
+        """The training images (validation rows included) that the last round's best refused
+        check moved away from their label: those of the classes it harmed that the round's
+        starting weights get right and the check puts in a class a labeled region was corrected
+        to. Where labels carry the bug these are its rows, and the harm they show is the fix.
+
+        Returns ``{"rows": (n,) training indices, "labels": (n,) the class the check gives each,
+        "harmed": the harmed classes' names}``. Raises when the last round was not refused for
+        harming a class, or the weights changed since (see :meth:`confirm_disputes`).
+        """
+        refusal = self._refusal
+        if refusal is None or refusal[0] != self.active_round:
+            raise RuntimeError(
+                "disputes: the last round did not keep its starting weights for harming a class "
+                "(or the weights changed since); nothing is disputed"
+            )
+        harmed, targets = list(refusal[1].harmed), sorted(set(self.correctable().values()))
+        stored = self.training_labels()
+        rows = torch.isin(stored, torch.tensor(harmed)).nonzero().flatten()
+        checked = copy.deepcopy(self.classifier)
+        restore(checked, refusal[1].state)
+        moved = predict_labels(checked, self.data.x_train[rows])
+        right = self.predict(self.data.x_train[rows]).argmax(1) == stored[rows]
+        keep = right & torch.isin(moved, torch.tensor(targets))
+        return {"rows": rows[keep], "labels": moved[keep],
+                "harmed": [label_name(c, self.data.classes) for c in harmed]}  # fmt: skip
+
+    def confirm_disputes(self, labeler: Any, who: str | None = None) -> dict[str, Any]:
+        """Let ``labeler`` decide on the last refused round's :meth:`disputes` and relabel each
+        image it confirms as the class the refused check gave it (recorded like any relabel,
+        undone by ``revert(relabels=True)``); then run the round again.
+
+        ``labeler`` as for :meth:`confirm_audit`. Returns ``{"harmed", "candidates", "confirmed"
+        (indices), "abstained", "disagreed"}``.
+        """
+        decide = audit_step.labeler_function(labeler)
+        name = who if who is not None else str(getattr(labeler, "name", type(labeler).__name__))
+        with self._lock:
+            found = self.disputes()
+            rows, moved = found["rows"], found["labels"]
+            votes = audit_step.ask_labeler(decide, self.data.x_train[rows])
+            yes = votes == moved
+            for label in moved[yes].unique().tolist():
+                self.relabel(rows[yes & (moved == label)], label, who=name)
+        abstained = int((votes == UNRECOGNIZABLE).sum())
+        return {"harmed": found["harmed"], "candidates": len(rows),
+                "confirmed": rows[yes].tolist(), "abstained": abstained,
+                "disagreed": len(rows) - int(yes.sum()) - abstained}  # fmt: skip
 
     def export_relabels(
         self, path: str | os.PathLike | None = None, format: str | None = None

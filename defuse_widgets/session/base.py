@@ -13,6 +13,7 @@ from psygnal import EmitLoopError, Signal
 from torch import nn
 
 from defuse_widgets.correction.evaluation import RoundRecord
+from defuse_widgets.correction.round import Refusal
 from defuse_widgets.correction.settings import DEFAULTS
 from defuse_widgets.correction.snapshots import SnapshotStore
 from defuse_widgets.correction.training import snapshot
@@ -97,6 +98,8 @@ class SessionBase:
         self._labels: dict[int, int] = {}
         self._relabels = RelabelStore(data.y_train, data.num_classes)
         self._snapshots = SnapshotStore([snapshot(self.classifier)])
+        self._refusal: tuple[int, Refusal] | None = None
+        """The last round's number and its refused check, when it kept its starting weights."""
         self._codes: dict[str, torch.Tensor] = {}
         self._codes_of: GeneratorAdapter = self.generator
         self._membership: dict[str, torch.Tensor] = {}

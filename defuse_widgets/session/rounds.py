@@ -142,6 +142,8 @@ class RoundsMixin(SessionBase):
                 setattr(record, key, value)
 
         self._commit_round(result.state, record, record.seconds, judge)
+        assert record.round is not None  # committed
+        self._refusal = None if result.refused is None else (record.round, result.refused)
         return record
 
     def _round_inputs(
