@@ -22,12 +22,12 @@ The loop: identify (``--strategy``, on the first ``--search-images`` test images
 auto-label every region with the reference labeler -> for ``mislabeled``: ``confirm_audit`` on every
 class-labeled region (the labeler decides image by image, on every training image the mixture puts
 in the region: ``--audit-coverage``) -> one ``correct()`` round with the defaults (for
-``mislabeled``, when it keeps its starting weights for harming a class: the same labeler decides on
-the images it changed, ``confirm_disputes``, and the round runs again; ``--no-disputes``: not).
-Reported per run: found (a region at least 60% of whose errors come from slice test images and that
-holds at least 25% of the slice's errors), audit precision/recall of the confirmed relabels against
-the planted slice, slice accuracy on real test images, overall test accuracy, the largest drop of
-any class (points), and seconds per fine-tuning step.
+``mislabeled``, up to ``--settle`` times: the same labeler decides on the images the round moved
+from their label, ``confirm_disputes``, and while it relabels any the round runs again). Reported
+per run: found (a region at least 60% of whose errors come from slice test images and that holds at
+least 25% of the slice's errors), audit precision/recall of the confirmed relabels against the
+planted slice, slice accuracy on real test images, overall test accuracy, the largest drop of any
+class (points), and seconds per fine-tuning step.
 
 Targets (issue 15): found >= 80% of runs; slice accuracy after >= 85%; overall test accuracy no
 more than 0.5 point below before; no class more than 2 points below before; audit recall >= 80%
@@ -105,9 +105,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "rows cued as in deployment (a random half, any class)")  # fmt: skip
     p.add_argument("--correct", default="{}", help="JSON keyword arguments for correct()")
     p.add_argument("--no-vet", dest="vet", action="store_false", help="no vetting by the labeler")
-    p.add_argument("--no-disputes", dest="disputes", action="store_false",
-                   help="mislabeled: after a refused round, do not let the auditor decide on the "
-                   "images it changed (confirm_disputes) and run it again")  # fmt: skip
+    p.add_argument("--settle", type=int, default=3, metavar="N",
+                   help="mislabeled: up to N times, let the audit's labeler decide on the images "
+                   "the last round moved from their label (confirm_disputes) and run the round "
+                   "again while it confirms any (0: one round, as before)")  # fmt: skip
     p.add_argument("--reference-width", type=int, default=None,
                    help="the reference labeler's CNN width (default: REFERENCE)")  # fmt: skip
     p.add_argument("--audit-coverage", type=float, default=None,
@@ -308,15 +309,16 @@ def audit_labeler(
 
 
 def settle_disputes(s: dw.DefuseSession, auditor: dw.ReferenceModelLabeler,
-                    truth: torch.Tensor, refused: dw.RoundRecord) -> dict[str, Any]:  # fmt: skip
-    """Let the auditor decide on the images the refused round changed (``confirm_disputes``);
-    how many it looked at and relabeled, how many of those lie in the planted slice, and the
-    refused round's own reason."""
-    out = s.confirm_disputes(auditor)
+                    truth: torch.Tensor) -> dict[str, Any]:  # fmt: skip
+    """Let the auditor decide on the images the last round moved (``confirm_disputes``): how
+    many it looked at and relabeled, and how many of each lie in the planted slice."""
     planted = set(truth.tolist())
-    return {"candidates": out["candidates"], "confirmed": len(out["confirmed"]),
+    rows = s.disputes()["rows"].tolist()
+    out = s.confirm_disputes(auditor)
+    return {"candidates": out["candidates"], "candidates_in_slice": len(planted & set(rows)),
+            "confirmed": len(out["confirmed"]),
             "confirmed_in_slice": len(planted & set(out["confirmed"])),
-            "harmed": out["harmed"], "first_round": refused.stopped}  # fmt: skip
+            "classes": out["classes"]}  # fmt: skip
 
 
 def audit_scores(s: dw.DefuseSession, truth: torch.Tensor | None) -> tuple[Any, Any]:
@@ -370,15 +372,17 @@ def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, s
     t2 = time.perf_counter()
     vetting = {"labeler": labeler} if args.vet else {}
     record = s.correct(**json.loads(args.correct), **vetting) if s.correctable() else None
-    disputes = None
-    if kind == "mislabeled" and args.disputes and record is not None and record.best_step == 0:
+    settled: list[dict[str, Any]] = []
+    while kind == "mislabeled" and record is not None and len(settled) < args.settle:
         try:
-            disputes = settle_disputes(s, auditor, bug["slice_train"], record)
-        except RuntimeError as exc:  # refused for no class's harm (or nothing refused)
-            disputes = {"none": str(exc)}
-        else:
-            record = s.correct(**json.loads(args.correct), **vetting)
-            precision, recall = audit_scores(s, bug["slice_train"])
+            settled.append(settle_disputes(s, auditor, bug["slice_train"]))
+        except RuntimeError:  # the round moved nothing
+            break
+        settled[-1]["round_before"] = record.stopped
+        if not settled[-1]["confirmed"]:
+            break
+        record = s.correct(**json.loads(args.correct), **vetting)
+    precision, recall = audit_scores(s, bug["slice_train"])
     after = accuracies(s, bug) if record is not None else before
     drops = [100 * (b - a) for b, a in zip(before["per_class"], after["per_class"])]
     steps = len(record.losses) if record is not None else 0
@@ -402,7 +406,7 @@ def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, s
         "best_step": record.best_step if record is not None else None,
         "harm": record.harm if record is not None else [],
         "validation": record.validation if record is not None else None,
-        "disputes": disputes,
+        "settled": settled, "rounds": len(s.history),
         "seconds_per_step": (record.seconds / max(1, steps)) if record is not None else None,
         "seconds": {"models": round(t1 - t0, 1), "search_audit": round(t2 - t1, 1),
                     "round": round(time.perf_counter() - t2, 1)},

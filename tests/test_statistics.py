@@ -251,7 +251,7 @@ def test_a_refused_round_names_the_rows_it_changed_and_a_labeler_settles_them(
     found = s.disputes()
     assert len(found["rows"]) > 0 and set(found["labels"].tolist()) == {wrong}
     labels = s.training_labels()
-    harmed = {digits.classes.index(name) for name in found["harmed"]}
+    harmed = {digits.classes.index(name) for name in found["classes"]}
     assert set(labels[found["rows"]].tolist()) <= harmed
     # the true labels settle nothing: every disputed image is what its label says
     truth = s.confirm_disputes(lambda images: labels[found["rows"]], who="truth")
@@ -265,3 +265,19 @@ def test_a_refused_round_names_the_rows_it_changed_and_a_labeler_settles_them(
     assert not s.relabels
     with pytest.raises(RuntimeError, match="weights changed since"):
         s.disputes()  # the check was made against weights no longer live
+
+
+def test_a_kept_round_names_the_images_it_moved_to_a_regions_label(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    s = ready_session(digits_classifier, digits_vae, digits)
+    label = label_true_class(s, s.regions.ids[0])  # type: ignore[union-attr]
+    record = s.correct(steps=40, check_every=10, lam=3.0, lr=0.02, early_stopping=False)
+    assert record.best_step != 0
+    found = s.disputes()
+    stored = s.training_labels()[found["rows"]]
+    assert len(stored) > 0 and set(found["labels"].tolist()) == {label} and not (stored == label).any()
+    assert digits.classes[label] not in found["classes"]
+    # right before the round and moved by it: the clean labels say these are its mistakes
+    out = s.confirm_disputes(lambda images: stored, who="truth")
+    assert out["confirmed"] == [] and out["candidates"] == len(found["rows"])

@@ -183,38 +183,56 @@ class AuditMixin(SessionBase):
         }
 
     def disputes(self) -> dict[str, Any]:
-        """The training images (validation rows included) that the last round's best refused
-        check moved away from their label: those of the classes it harmed that the round's
-        starting weights get right and the check puts in a class a labeled region was corrected
-        to. Where labels carry the bug these are its rows, and the harm they show is the fix.
+        """The training images (validation rows included) that the last round moved from their
+        label to a class a labeled region was corrected to, and that the weights it started from
+        got right. For a round that kept its starting weights for harming a class: the images of
+        the harmed classes, moved by its best refused check; for a kept round: those of every
+        other class, moved by the weights it kept. Where labels carry the bug these are its rows,
+        and the harm they show is the fix.
 
-        Returns ``{"rows": (n,) training indices, "labels": (n,) the class the check gives each,
-        "harmed": the harmed classes' names}``. Raises when the last round was not refused for
-        harming a class, or the weights changed since (see :meth:`confirm_disputes`).
+        Returns ``{"rows": (n,) training indices, "labels": (n,) the class the round gives each,
+        "classes": the names of the classes looked at}``. Raises when the last round moved
+        nothing (cancelled, or kept its starting weights without a refused check) or the weights
+        changed since (see :meth:`confirm_disputes`).
         """
-        refusal = self._refusal
-        if refusal is None or refusal[0] != self.active_round:
-            raise RuntimeError(
-                "disputes: the last round did not keep its starting weights for harming a class "
-                "(or the weights changed since); nothing is disputed"
+        with self._lock:  # the weights and labels of one moment
+            last = self._last_round
+            if last is None or last[0] != self.active_round:
+                raise RuntimeError(
+                    "disputes: the last round moved no image (it kept its starting weights without "
+                    "a refused check, or the weights changed since); nothing is disputed"
+                )
+            _, base, refusal = last
+            targets = sorted(set(self.correctable().values()))
+            looked = (
+                list(refusal.harmed)
+                if refusal is not None
+                else [c for c in range(self.data.num_classes) if c not in targets]
             )
-        harmed, targets = list(refusal[1].harmed), sorted(set(self.correctable().values()))
-        stored = self.training_labels()
-        rows = torch.isin(stored, torch.tensor(harmed)).nonzero().flatten()
-        checked = copy.deepcopy(self.classifier)
-        restore(checked, refusal[1].state)
-        moved = predict_labels(checked, self.data.x_train[rows])
-        right = self.predict(self.data.x_train[rows]).argmax(1) == stored[rows]
-        keep = right & torch.isin(moved, torch.tensor(targets))
-        return {"rows": rows[keep], "labels": moved[keep],
-                "harmed": [label_name(c, self.data.classes) for c in harmed]}  # fmt: skip
+            stored = self.training_labels()
+            rows = torch.isin(stored, torch.tensor(looked)).nonzero().flatten()
+            x = self.data.x_train[rows]
+            live = self.classifier
+            after = live if refusal is None else self._with_weights(refusal.state)
+            before = live if refusal is not None else self._with_weights(self._snapshots[base])
+            moved = predict_labels(after, x)
+            right = predict_labels(before, x) == stored[rows]
+            keep = right & torch.isin(moved, torch.tensor(targets))
+            return {"rows": rows[keep], "labels": moved[keep],
+                    "classes": [label_name(c, self.data.classes) for c in looked]}  # fmt: skip
+
+    def _with_weights(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """A copy of the classifier holding ``state``."""
+        model = copy.deepcopy(self.classifier)
+        restore(model, state)
+        return model
 
     def confirm_disputes(self, labeler: Any, who: str | None = None) -> dict[str, Any]:
-        """Let ``labeler`` decide on the last refused round's :meth:`disputes` and relabel each
-        image it confirms as the class the refused check gave it (recorded like any relabel,
-        undone by ``revert(relabels=True)``); then run the round again.
+        """Let ``labeler`` decide on the last round's :meth:`disputes` and relabel each image it
+        confirms as the class the round gave it (recorded like any relabel, undone by
+        ``revert(relabels=True)``); then run the round again.
 
-        ``labeler`` as for :meth:`confirm_audit`. Returns ``{"harmed", "candidates", "confirmed"
+        ``labeler`` as for :meth:`confirm_audit`. Returns ``{"classes", "candidates", "confirmed"
         (indices), "abstained", "disagreed"}``.
         """
         decide = audit_step.labeler_function(labeler)
@@ -227,7 +245,7 @@ class AuditMixin(SessionBase):
             for label in moved[yes].unique().tolist():
                 self.relabel(rows[yes & (moved == label)], label, who=name)
         abstained = int((votes == UNRECOGNIZABLE).sum())
-        return {"harmed": found["harmed"], "candidates": len(rows),
+        return {"classes": found["classes"], "candidates": len(rows),
                 "confirmed": rows[yes].tolist(), "abstained": abstained,
                 "disagreed": len(rows) - int(yes.sum()) - abstained}  # fmt: skip
 

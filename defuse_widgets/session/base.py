@@ -98,8 +98,9 @@ class SessionBase:
         self._labels: dict[int, int] = {}
         self._relabels = RelabelStore(data.y_train, data.num_classes)
         self._snapshots = SnapshotStore([snapshot(self.classifier)])
-        self._refusal: tuple[int, Refusal] | None = None
-        """The last round's number and its refused check, when it kept its starting weights."""
+        self._last_round: tuple[int, int, Refusal | None] | None = None
+        """The last round's number, the round it started from, and its refused check when it
+        kept its starting weights for harming a class (see ``disputes``)."""
         self._codes: dict[str, torch.Tensor] = {}
         self._codes_of: GeneratorAdapter = self.generator
         self._membership: dict[str, torch.Tensor] = {}

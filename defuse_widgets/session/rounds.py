@@ -143,7 +143,8 @@ class RoundsMixin(SessionBase):
 
         self._commit_round(result.state, record, record.seconds, judge)
         assert record.round is not None  # committed
-        self._refusal = None if result.refused is None else (record.round, result.refused)
+        moved = result.refused is not None or record.best_step != 0
+        self._last_round = (record.round, base, result.refused) if moved else None
         return record
 
     def _round_inputs(
