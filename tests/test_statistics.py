@@ -93,7 +93,7 @@ def test_the_guard_refuses_only_a_sure_drop_and_says_what_to_do() -> None:
     stop.check(10, nn.Linear(1, 1))
     reason = stop.finish(10)
     assert "keeps its starting weights" in reason and "cost 0 5.0 points" in reason
-    assert "audit them" in reason and "interval" in reason
+    assert "confirm_disputes" in reason and "interval" in reason
 
 
 def test_a_class_too_small_for_an_interval_is_judged_by_its_plain_drop() -> None:
