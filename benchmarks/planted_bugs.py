@@ -374,10 +374,7 @@ def run(args: argparse.Namespace, name: str, data: dw.ImageDataset, kind: str, s
     record = s.correct(**json.loads(args.correct), **vetting) if s.correctable() else None
     settled: list[dict[str, Any]] = []
     while kind == "mislabeled" and record is not None and len(settled) < args.settle:
-        try:
-            settled.append(settle_disputes(s, auditor, bug["slice_train"]))
-        except RuntimeError:  # the round moved nothing
-            break
+        settled.append(settle_disputes(s, auditor, bug["slice_train"]))
         settled[-1]["round_before"] = record.stopped
         if not settled[-1]["confirmed"]:
             break

@@ -240,7 +240,7 @@ def test_a_refused_round_names_the_rows_it_changed_and_a_labeler_settles_them(
     digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
 ) -> None:
     s = ready_session(digits_classifier, digits_vae, digits)
-    with pytest.raises(RuntimeError, match="nothing is disputed"):
+    with pytest.raises(RuntimeError, match="run a round first"):
         s.disputes()
     rid = s.regions.ids[0]  # type: ignore[union-attr]
     true = s.regions.get(rid).transition[0]  # type: ignore[union-attr]
@@ -263,7 +263,7 @@ def test_a_refused_round_names_the_rows_it_changed_and_a_labeler_settles_them(
     assert {r.new_label for r in s.relabels.values()} == {wrong}
     s.revert(relabels=True)
     assert not s.relabels
-    with pytest.raises(RuntimeError, match="weights changed since"):
+    with pytest.raises(RuntimeError, match="a revert or a load changed them"):
         s.disputes()  # the check was made against weights no longer live
 
 
@@ -276,7 +276,9 @@ def test_a_kept_round_names_the_images_it_moved_to_a_regions_label(
     assert record.best_step != 0
     found = s.disputes()
     stored = s.training_labels()[found["rows"]]
-    assert len(stored) > 0 and set(found["labels"].tolist()) == {label} and not (stored == label).any()
+    assert (
+        len(stored) > 0 and set(found["labels"].tolist()) == {label} and not (stored == label).any()
+    )
     assert digits.classes[label] not in found["classes"]
     # right before the round and moved by it: the clean labels say these are its mistakes
     out = s.confirm_disputes(lambda images: stored, who="truth")

@@ -191,19 +191,22 @@ class AuditMixin(SessionBase):
         and the harm they show is the fix.
 
         Returns ``{"rows": (n,) training indices, "labels": (n,) the class the round gives each,
-        "classes": the names of the classes looked at}``. Raises when the last round moved
-        nothing (cancelled, or kept its starting weights without a refused check) or the weights
-        changed since (see :meth:`confirm_disputes`).
+        "classes": the names of the classes looked at}``; empty when the round kept its starting
+        weights without a refused check. Raises when no round has run on the live weights (see
+        :meth:`confirm_disputes`).
         """
         with self._lock:  # the weights and labels of one moment
             last = self._last_round
             if last is None or last[0] != self.active_round:
                 raise RuntimeError(
-                    "disputes: the last round moved no image (it kept its starting weights without "
-                    "a refused check, or the weights changed since); nothing is disputed"
+                    "disputes: no round has run on the live weights (none yet, or a revert or a "
+                    "load changed them since); run a round first"
                 )
-            _, base, refusal = last
+            _, base, refusal, moved_any = last
             targets = sorted(set(self.correctable().values()))
+            if not moved_any or not targets:  # the weights are the ones it started from
+                return {"rows": torch.zeros(0, dtype=torch.long),
+                        "labels": torch.zeros(0, dtype=torch.long), "classes": []}  # fmt: skip
             looked = (
                 list(refusal.harmed)
                 if refusal is not None

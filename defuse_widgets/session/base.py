@@ -98,9 +98,10 @@ class SessionBase:
         self._labels: dict[int, int] = {}
         self._relabels = RelabelStore(data.y_train, data.num_classes)
         self._snapshots = SnapshotStore([snapshot(self.classifier)])
-        self._last_round: tuple[int, int, Refusal | None] | None = None
-        """The last round's number, the round it started from, and its refused check when it
-        kept its starting weights for harming a class (see ``disputes``)."""
+        self._last_round: tuple[int, int, Refusal | None, bool] | None = None
+        """The last round's number, the round it started from, its refused check when it kept
+        its starting weights for harming a class, and whether it moved any weights (see
+        ``disputes``)."""
         self._codes: dict[str, torch.Tensor] = {}
         self._codes_of: GeneratorAdapter = self.generator
         self._membership: dict[str, torch.Tensor] = {}

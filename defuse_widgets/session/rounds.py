@@ -144,7 +144,7 @@ class RoundsMixin(SessionBase):
         self._commit_round(result.state, record, record.seconds, judge)
         assert record.round is not None  # committed
         moved = result.refused is not None or record.best_step != 0
-        self._last_round = (record.round, base, result.refused) if moved else None
+        self._last_round = (record.round, base, result.refused, moved)
         return record
 
     def _round_inputs(
