@@ -233,7 +233,8 @@ class AuditMixin(SessionBase):
     def confirm_disputes(self, labeler: Any, who: str | None = None) -> dict[str, Any]:
         """Let ``labeler`` decide on the last round's :meth:`disputes` and relabel each image it
         confirms as the class the round gave it (recorded like any relabel, undone by
-        ``revert(relabels=True)``); then run the round again.
+        ``revert(relabels=True)``). Run the round again after it: it is judged by the settled
+        labels.
 
         ``labeler`` as for :meth:`confirm_audit`. Returns ``{"classes", "candidates", "confirmed"
         (indices), "abstained", "disagreed"}``.
