@@ -313,9 +313,9 @@ def settle_disputes(s: dw.DefuseSession, auditor: dw.ReferenceModelLabeler,
     """Let the auditor decide on the images the last round moved (``confirm_disputes``): how
     many it looked at and relabeled, and how many of each lie in the planted slice."""
     planted = set(truth.tolist())
-    rows = s.disputes()["rows"].tolist()
     out = s.confirm_disputes(auditor)
-    return {"candidates": out["candidates"], "candidates_in_slice": len(planted & set(rows)),
+    return {"candidates": out["candidates"],
+            "candidates_in_slice": len(planted & set(out["disputed"])),
             "confirmed": len(out["confirmed"]),
             "confirmed_in_slice": len(planted & set(out["confirmed"])),
             "classes": out["classes"]}  # fmt: skip

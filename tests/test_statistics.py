@@ -255,6 +255,7 @@ def test_a_refused_round_names_the_rows_it_changed_and_a_labeler_settles_them(
     assert set(labels[found["rows"]].tolist()) <= harmed
     # the true labels settle nothing: every disputed image is what its label says
     truth = s.confirm_disputes(lambda images: labels[found["rows"]], who="truth")
+    assert truth["disputed"] == found["rows"].tolist()
     assert truth["confirmed"] == [] and truth["disagreed"] == truth["candidates"]
     assert not s.relabels
     # a labeler that agrees with the round relabels exactly the disputed images

@@ -236,8 +236,8 @@ class AuditMixin(SessionBase):
         ``revert(relabels=True)``). Run the round again after it: it is judged by the settled
         labels.
 
-        ``labeler`` as for :meth:`confirm_audit`. Returns ``{"classes", "candidates", "confirmed"
-        (indices), "abstained", "disagreed"}``.
+        ``labeler`` as for :meth:`confirm_audit`. Returns ``{"classes", "candidates", "disputed"
+        (the indices decided on), "confirmed" (indices), "abstained", "disagreed"}``.
         """
         decide = audit_step.labeler_function(labeler)
         name = who if who is not None else str(getattr(labeler, "name", type(labeler).__name__))
@@ -249,7 +249,7 @@ class AuditMixin(SessionBase):
             for label in moved[yes].unique().tolist():
                 self.relabel(rows[yes & (moved == label)], label, who=name)
         abstained = int((votes == UNRECOGNIZABLE).sum())
-        return {"classes": found["classes"], "candidates": len(rows),
+        return {"classes": found["classes"], "candidates": len(rows), "disputed": rows.tolist(),
                 "confirmed": rows[yes].tolist(), "abstained": abstained,
                 "disagreed": len(rows) - int(yes.sum()) - abstained}  # fmt: skip
 
