@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from defuse_widgets.widgets import projection
+from defuse_widgets.projection import layout as projection
 
 
 def blobs(n: int, seed: int, k: int = 20, d: int = 8) -> np.ndarray:

@@ -50,7 +50,7 @@ import conftest as lab  # noqa: E402  (the e2e fixtures' plain helpers)
 SETUP = r'''
 import time, math, numpy as np, torch
 import defuse_widgets as dw
-from defuse_widgets.widgets import projection
+from defuse_widgets.projection import layout as projection
 from defuse_widgets.regions.distill import Mixture, Region, RegionSet
 from defuse_widgets import ErrorSet
 from defuse_widgets.widgets.explorer import Explorer

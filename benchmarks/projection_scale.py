@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 os.environ.setdefault("DEFUSE_WIDGETS_PROJECTION_CACHE", tempfile.mkdtemp(prefix="dw-bench-"))
-from defuse_widgets.widgets import projection  # noqa: E402
+from defuse_widgets.projection import layout as projection  # noqa: E402
 
 
 def blobs(n: int, d: int = 16, k: int = 20, seed: int = 0) -> np.ndarray:

@@ -19,12 +19,12 @@ from defuse_widgets.correction.validation import DEFAULT_FRACTION, carve
 from defuse_widgets.data import ImageDataset, load_dataset
 from defuse_widgets.models.demo import load_model, save_model, train_classifier, train_vae
 from defuse_widgets.models.files import load_classifier
+from defuse_widgets.projection.layout import project
 from defuse_widgets.regions.labels import ReferenceModelLabeler, label_name
 from defuse_widgets.search.strategies import DEFAULT_STRATEGY, STRATEGIES
 from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.suite.check import check_suite
 from defuse_widgets.utils.jsonio import nan_to_none
-from defuse_widgets.widgets.projection import project
 
 # The demo classifier is deliberately quick (narrow, few epochs) so it has real, unplanted bugs;
 # the reference labeler is a wider model trained longer, standing in for a person.

@@ -17,10 +17,9 @@ from ipywidgets import Widget
 from ipywidgets.widgets.widget import _remove_buffers
 
 import defuse_widgets as dw
-from defuse_widgets.widgets import panels
-from defuse_widgets.widgets._codec import array_from_json, array_to_json
-from defuse_widgets.widgets._selection import cell_bound_host, reason
-from defuse_widgets.widgets.explorer import Explorer, region_color
+from defuse_widgets.widgets.common.codec import array_from_json, array_to_json
+from defuse_widgets.widgets.explorer import Explorer, panels, region_color
+from defuse_widgets.widgets.explorer.selection import cell_bound_host, reason
 from defuse_widgets.widgets.interpolator import Interpolator
 
 
@@ -368,7 +367,7 @@ def test_an_explorer_without_views_catches_up_when_shown(
 def test_fine_tune_waits_for_work_already_running(
     session: dw.DefuseSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from defuse_widgets.widgets import projection
+    from defuse_widgets.projection import layout as projection
 
     fit = projection.fit
 
@@ -489,7 +488,7 @@ def test_bad_arguments(session: dw.DefuseSession, digits, digits_classifier, dig
 
 
 def test_background_of_training_images_on_the_same_map(session: dw.DefuseSession) -> None:
-    from defuse_widgets.widgets import projection
+    from defuse_widgets.projection import layout as projection
 
     x, _ = session.data.split("train")
     w = Explorer(session, projection="pca", background="train", background_limit=300, block=True)
@@ -684,7 +683,7 @@ def test_interpolator_options_and_a_closed_child_is_replaced(
 
 
 def test_first_look_is_pca_then_umap_in_place(session: dw.DefuseSession) -> None:
-    from defuse_widgets.widgets import projection
+    from defuse_widgets.projection import layout as projection
 
     projection.clear_cache()
     shown: list[tuple[str, np.ndarray]] = []

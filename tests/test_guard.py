@@ -17,7 +17,7 @@ from defuse_widgets.correction.training import WeightAverage, blended, keep_loss
 from defuse_widgets.correction.validation import carve, make_validation
 from defuse_widgets.models.inference import predict_labels
 from defuse_widgets.regions.membership import inside_regions
-from defuse_widgets.widgets import panels
+from defuse_widgets.widgets.explorer import panels
 
 
 def score(step: int, region: float, per_class: list[float], counts: int = 100) -> Score:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from defuse_widgets import imaging
-from defuse_widgets.widgets import projection
+from defuse_widgets.projection import layout as projection
 
 
 @pytest.fixture

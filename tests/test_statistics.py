@@ -225,7 +225,7 @@ def test_the_audit_covers_validation_rows_and_revert_undoes_their_relabels(
 
 
 def test_the_explorer_says_what_a_round_trained_on() -> None:
-    from defuse_widgets.widgets.panels import trained_on_note
+    from defuse_widgets.widgets.explorer.panels import trained_on_note
 
     record = dw.RoundRecord(1, False, {"real_weight": 10.0}, [0.1], 1.0, real_images={3: 40, 5: 2},
                             generated_images=640)  # fmt: skip

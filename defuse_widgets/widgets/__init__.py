@@ -1,4 +1,5 @@
-"""anywidgets over a :class:`~defuse_widgets.session.session.DefuseSession`, one module each."""
+"""The anywidgets over a :class:`~defuse_widgets.session.session.DefuseSession`, one package
+each (:mod:`.explorer`, :mod:`.interpolator`) and what they share (:mod:`.common`)."""
 
 from __future__ import annotations
 

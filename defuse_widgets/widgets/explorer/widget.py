@@ -3,20 +3,20 @@
 A thin trait-and-command layer over a
 :class:`~defuse_widgets.session.session.DefuseSession`: every UI action is a public method
 (scriptable without a browser); what the UI shows lives in traits
-(arrays as binary buffers, built by :mod:`defuse_widgets.widgets.panels`); long work runs on one
-background worker (:mod:`._jobs`); the explorer follows the session's change events.
+(arrays as binary buffers, built by :mod:`.panels`); long work runs on one
+background worker (:mod:`.jobs`); the explorer follows the session's change events.
 
 Browser -> kernel: traits ``selected_region``, ``selected_indices``, ``selected_error``,
 ``audit_selection``, ``finetune_params``, ``_has_visible_views`` (whether a view is shown; see
-:mod:`._tuning`), and anywidget commands for actions and thumbnails (:mod:`._commands`).
+:mod:`.tuning`), and anywidget commands for actions and thumbnails (:mod:`.commands`).
 
 The explorer owns its traits and the session's events; each part of its work is a helper object
 given only what it touches (its traits as a small protocol, the session, a note and a job
-starter): :class:`~._layout.MapLayout` (positions, thumbnails, baseline, background),
-:class:`~._selection.Selection` (map selection and interpolation panel),
-:class:`~._tuning.Tuner` (fine-tuning rounds and reverts), :class:`~._audit.AuditPane` (the
-training-label audit), :func:`~._export.export_in_background` and the page's commands
-(:mod:`._commands`, which call only the public methods here).
+starter): :class:`~.map.MapLayout` (positions, thumbnails, baseline, background),
+:class:`~.selection.Selection` (map selection and interpolation panel),
+:class:`~.tuning.Tuner` (fine-tuning rounds and reverts), :class:`~.audit.AuditPane` (the
+training-label audit), :func:`~.export.export_in_background` and the page's commands
+(:mod:`.commands`, which call only the public methods here).
 """
 
 from __future__ import annotations
@@ -36,17 +36,19 @@ from defuse_widgets.regions.labels import label_name
 from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.suite.export import DEFAULT_MIN_ACCURACY, DEFAULT_SAMPLES
 from defuse_widgets.utils.jsonio import nan_to_none
-from defuse_widgets.widgets import _commands, panels
-from defuse_widgets.widgets._audit import AuditPane
-from defuse_widgets.widgets._codec import array_serialization, array_to_json
-from defuse_widgets.widgets._export import export_in_background
-from defuse_widgets.widgets._jobs import Jobs
-from defuse_widgets.widgets._layout import MapLayout
-from defuse_widgets.widgets._live import LiveSearch, check_live, no_errors
-from defuse_widgets.widgets._options import ExplorerOptions, check_known_options
-from defuse_widgets.widgets._selection import Selection
-from defuse_widgets.widgets._tuning import Tuner
-from defuse_widgets.widgets.panels import region_color, require_regions
+from defuse_widgets.widgets.common import STATIC
+from defuse_widgets.widgets.common.codec import array_serialization, array_to_json
+from defuse_widgets.widgets.common.options import check_known_options
+from defuse_widgets.widgets.explorer import commands, panels
+from defuse_widgets.widgets.explorer.audit import AuditPane
+from defuse_widgets.widgets.explorer.export import export_in_background
+from defuse_widgets.widgets.explorer.jobs import Jobs
+from defuse_widgets.widgets.explorer.live import LiveSearch, check_live, no_errors
+from defuse_widgets.widgets.explorer.map import MapLayout
+from defuse_widgets.widgets.explorer.options import ExplorerOptions
+from defuse_widgets.widgets.explorer.panels import region_color, require_regions
+from defuse_widgets.widgets.explorer.selection import Selection
+from defuse_widgets.widgets.explorer.tuning import Tuner
 
 __all__ = ["Explorer", "region_color"]
 DEFAULT_HEIGHT = 700  # pixels: the whole explorer fits a 1,400 x 900 JupyterLab window
@@ -80,7 +82,7 @@ class Explorer(anywidget.AnyWidget):
         A session on which :meth:`identify` has run (and usually :meth:`distill`); with
         ``search``, any session.
     search : dict or True, optional
-        Search live instead (:mod:`._live`): the explorer opens at once, shows the errors on
+        Search live instead (:mod:`.live`): the explorer opens at once, shows the errors on
         the map as the search finds them, regions from a quick fit as soon as there are enough
         errors, then the full fit in their place, with the labels given meanwhile carried over;
         the status line and ``regions_fit`` ("quick", "full") say which regions are shown. The
@@ -112,7 +114,7 @@ class Explorer(anywidget.AnyWidget):
     who : str
         Names the person in the relabel records made here.
     interpolator_options : dict, optional
-        Keyword arguments for the :class:`~.interpolator.Interpolator` of the selected error.
+        Keyword arguments for the :class:`Interpolator` of the selected error.
     on_select, on_label : optional callbacks, see :meth:`on_select` and :meth:`on_label`.
     height : int
         (a trait, as a keyword) The view's height in pixels (default 700, at least 400): the
@@ -134,7 +136,7 @@ class Explorer(anywidget.AnyWidget):
         uses plotly's SVG scatter.
     """
 
-    _esm = Path(__file__).parent.parent / "static" / "explorer.js"
+    _esm = STATIC / "explorer.js"
     _css = Path(__file__).parent / "explorer.css"
 
     classes = t.List(t.Unicode()).tag(sync=True)
@@ -184,19 +186,19 @@ class Explorer(anywidget.AnyWidget):
     # written by the page: None until a view reports, then whether one is shown
     _has_visible_views = t.Bool(None, allow_none=True).tag(sync=True)
 
-    # the page's buttons and hover (anywidget finds commands on the class; see ._commands)
-    _label_command = _commands.label
-    _unlabel_command = _commands.unlabel
-    _add_region_command = _commands.add_region
-    _fine_tune_command = _commands.fine_tune
-    _cancel_command = _commands.cancel
-    _revert_command = _commands.revert
-    _audit_command = _commands.audit
-    _relabel_command = _commands.relabel
-    _unrelabel_command = _commands.unrelabel
-    _export_tests_command = _commands.export_tests
-    _thumb_command = _commands.thumb
-    _generator_command = _commands.generator
+    # the page's buttons and hover (anywidget finds commands on the class; see .commands)
+    _label_command = commands.label
+    _unlabel_command = commands.unlabel
+    _add_region_command = commands.add_region
+    _fine_tune_command = commands.fine_tune
+    _cancel_command = commands.cancel
+    _revert_command = commands.revert
+    _audit_command = commands.audit
+    _relabel_command = commands.relabel
+    _unrelabel_command = commands.unrelabel
+    _export_tests_command = commands.export_tests
+    _thumb_command = commands.thumb
+    _generator_command = commands.generator
 
     def __init__(
         self,
@@ -343,7 +345,7 @@ class Explorer(anywidget.AnyWidget):
     def select_error(self, index: int | None) -> None:
         """Show error ``index`` in the interpolation panel (``None`` or -1 hides the panel).
 
-        The first selection makes the child :class:`~.interpolator.Interpolator` (trait
+        The first selection makes the child :class:`Interpolator` (trait
         ``interpolator``); later ones retarget it. Raises ValueError for an index outside
         ``session.errors`` (nothing changes then).
         """
@@ -698,7 +700,7 @@ class Explorer(anywidget.AnyWidget):
     # ----- background work -----
 
     def _start(self, what: str, fn: Callable[[], None]) -> Any:
-        """Queue ``fn`` on the background worker (see :class:`._jobs.Jobs`)."""
+        """Queue ``fn`` on the background worker (see :class:`.jobs.Jobs`)."""
         if not self._jobs.running:
             self.error = ""
 

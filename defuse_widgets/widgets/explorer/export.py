@@ -27,7 +27,7 @@ def export_in_background(
     include_real: bool,
 ) -> Path:
     """Check the export's arguments, then queue it with ``start(name, fn)``; returns the suite's
-    absolute directory (see :meth:`~.explorer.Explorer.export_tests` for the arguments).
+    absolute directory (see :meth:`~.widget.Explorer.export_tests` for the arguments).
     ``note(status)`` reports progress on the status line."""
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise ValueError(f"path: expected a directory name for the suite, got {path!r}")

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from defuse_widgets.projection import layout as proj
 from defuse_widgets.regions.distill import RegionSet, fit_regions, user_region
 from defuse_widgets.regions.labels import label_name
 from defuse_widgets.regions.progressive import (
@@ -35,7 +36,6 @@ from defuse_widgets.regions.progressive import (
 )
 from defuse_widgets.search.errors import ErrorSet
 from defuse_widgets.session.session import DefuseSession
-from defuse_widgets.widgets import projection as proj
 
 SEARCH_DEFAULTS: dict[str, Any] = {"progress": False}
 

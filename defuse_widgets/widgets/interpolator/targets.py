@@ -18,7 +18,7 @@ import torch
 from defuse_widgets.imaging import to_uint8
 from defuse_widgets.models import interpolation as interp
 from defuse_widgets.session.session import DefuseSession as Session
-from defuse_widgets.widgets._codec import array_to_json
+from defuse_widgets.widgets.common.codec import array_to_json
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """The explorer's audit: the training images inside the selected class-labeled region that carry
 another label, and the relabels a person confirms there.
 
-:class:`AuditPane` holds the audit's logic for :class:`~.explorer.Explorer`, whose public audit
+:class:`AuditPane` holds the audit's logic for :class:`~.widget.Explorer`, whose public audit
 methods delegate here. Only the selected region's audit travels (trait ``audit``, arrays as
-buffers, built by :func:`defuse_widgets.widgets.panels.audit_payload`); a relabel or undo resends
+buffers, built by :func:`.panels.audit_payload`); a relabel or undo resends
 only ``audit_labels`` and ``relabel_count``. After the first :meth:`AuditPane.open`, selecting a
 class-labeled region audits it (in the background: the first audit encodes the training set).
 """
@@ -17,8 +17,8 @@ import numpy as np
 
 from defuse_widgets.regions.labels import label_name
 from defuse_widgets.session.session import DefuseSession
-from defuse_widgets.widgets._options import ExplorerOptions
-from defuse_widgets.widgets.panels import audit_payload, current_labels, require_regions
+from defuse_widgets.widgets.explorer.options import ExplorerOptions
+from defuse_widgets.widgets.explorer.panels import audit_payload, current_labels, require_regions
 
 
 class AuditTraits(Protocol):
@@ -69,7 +69,7 @@ class AuditPane:
 
     def open(self, region_id: int | None = None) -> None:
         """Audit ``region_id`` (default: the selected region) and every labeled region selected
-        from now on (see :meth:`~.explorer.Explorer.open_audit`); ValueError before any change
+        from now on (see :meth:`~.widget.Explorer.open_audit`); ValueError before any change
         for no region or a region without a class label."""
         rid = self.traits.selected_region if region_id is None else int(region_id)
         if rid < 0:

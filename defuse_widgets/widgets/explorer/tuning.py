@@ -1,7 +1,7 @@
 """Fine-tuning in the explorer: starting, cancelling and reverting rounds, and showing what a
 model change did (history entry, region accuracies, then the explorer's fresh views).
 
-:class:`Tuner` holds this for :class:`~.explorer.Explorer`, whose ``fine_tune``, ``cancel`` and
+:class:`Tuner` holds this for :class:`~.widget.Explorer`, whose ``fine_tune``, ``cancel`` and
 ``revert`` delegate here. A model change made while no view of the explorer is shown
 (``_has_visible_views`` false: its cell re-ran) is remembered and shown when a view comes back,
 so explorers of earlier cell runs cost nothing.
@@ -17,8 +17,8 @@ from defuse_widgets.correction.samples import sample_vetter
 from defuse_widgets.correction.settings import RoundSettings
 from defuse_widgets.correction.training import CancelToken
 from defuse_widgets.session.session import DefuseSession
-from defuse_widgets.widgets import panels
-from defuse_widgets.widgets._jobs import Jobs
+from defuse_widgets.widgets.explorer import panels
+from defuse_widgets.widgets.explorer.jobs import Jobs
 
 PROGRESS_INTERVAL_S = 0.1  # at most ~10 progress updates per second reach the browser
 
@@ -89,7 +89,7 @@ class Tuner:
     def start_round(
         self, steps: int | None, lam: float | None, lr: float | None, labeler: Any
     ) -> None:
-        """Check the settings and queue one round (see :meth:`~.explorer.Explorer.fine_tune`)."""
+        """Check the settings and queue one round (see :meth:`~.widget.Explorer.fine_tune`)."""
         p = dict(self.traits.finetune_params)
         p.update({k: v for k, v in (("steps", steps), ("lam", lam), ("lr", lr)) if v is not None})
         settings = RoundSettings(steps=p["steps"], lam=p["lam"], lr=p["lr"])

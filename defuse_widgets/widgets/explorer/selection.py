@@ -1,9 +1,9 @@
 """The explorer's map selection and the selected error's interpolation panel.
 
-:class:`Selection` keeps them for :class:`~.explorer.Explorer`. Selecting exactly one point
+:class:`Selection` keeps them for :class:`~.widget.Explorer`. Selecting exactly one point
 (a click, a lasso around one point, :meth:`Selection.select` or
 :meth:`Selection.select_error`) opens the interpolation panel: the trait ``interpolator``
-holds one :class:`~.interpolator.Interpolator` child (made on the first selection, retargeted with
+holds one :class:`Interpolator` child (made on the first selection, retargeted with
 ``set_error`` later) that the explorer's view renders inside its panel.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from defuse_widgets.search.errors import ErrorSet
 from defuse_widgets.session.session import DefuseSession
-from defuse_widgets.widgets.interpolator import Interpolator
+from defuse_widgets.widgets.interpolator.widget import Interpolator
 
 
 def reason(exc: BaseException) -> str:
@@ -59,7 +59,7 @@ class Selection:
     errors : ErrorSet
         The errors on the map (indices refer to them).
     interp_options : dict
-        Keyword arguments of that :class:`~.interpolator.Interpolator`.
+        Keyword arguments of that :class:`Interpolator`.
     note : callable
         ``note(status, error="")`` writes the status line.
     """

@@ -8,7 +8,7 @@ Three modes, one widget, each with a named constructor; ``Interpolator(session, 
 
 Frames follow a back-pressured protocol modelled on jupyter_rfb (``docs/interpolator.md``): the
 browser sends its latest slider values as ``request`` custom messages (at most ``max_requests``
-unanswered), the kernel keeps the newest one pending (:class:`._frames.FrameQueue`) and renders
+unanswered), the kernel keeps the newest one pending (:class:`.frames.FrameQueue`) and renders
 it once fewer than ``max_in_flight`` frames are unacknowledged; a ``frame`` custom message carries
 the uint8 pixels as one binary buffer and echoes the request's ``id`` and input time ``t``; acks
 are cumulative and ride on the next request (or go alone as an ``ack`` message).
@@ -30,14 +30,14 @@ import traitlets
 
 from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.utils.checks import in_range, one_of, positive_int
-from defuse_widgets.widgets import _targets
-from defuse_widgets.widgets._codec import array_to_json
-from defuse_widgets.widgets._frames import FrameQueue
-from defuse_widgets.widgets._options import check_known_options
-from defuse_widgets.widgets._targets import Frame
+from defuse_widgets.widgets.common import STATIC
+from defuse_widgets.widgets.common.codec import array_to_json
+from defuse_widgets.widgets.common.options import check_known_options
+from defuse_widgets.widgets.interpolator import targets
+from defuse_widgets.widgets.interpolator.frames import FrameQueue
+from defuse_widgets.widgets.interpolator.targets import Frame
 
 HERE = Path(__file__).resolve().parent
-STATIC = HERE.parent / "static"
 
 #: The knobs of the widget and their checks, each called as ``check(name, value)`` (``k`` is
 #: checked against the latent size by ``interpolation.principal_directions``).
@@ -147,7 +147,7 @@ class Interpolator(anywidget.AnyWidget):
         if region is not None:
             if a is not None or b is not None:
                 raise ValueError("region: pass either region= or image/error indices, not both")
-            target = _targets.region_directions(session, region, k, float(limit), scan_points)
+            target = targets.region_directions(session, region, k, float(limit), scan_points)
         elif a is None:
             raise ValueError(
                 "a: expected an error index, two image indices (a, b) or region=; got nothing"
@@ -157,9 +157,9 @@ class Interpolator(anywidget.AnyWidget):
                 raise ValueError(
                     "split: only used with two image indices (a, b); an error knows its split"
                 )
-            target = _targets.error_path(session, a, scan_points)
+            target = targets.error_path(session, a, scan_points)
         else:
-            target = _targets.image_path(session, a, b, split or "test", scan_points)
+            target = targets.image_path(session, a, b, split or "test", scan_points)
         self._target = target
         super().__init__(
             classes=[str(c) for c in session.data.classes],
@@ -238,7 +238,7 @@ class Interpolator(anywidget.AnyWidget):
         RuntimeError once the view is closed.
         """
         self._check_open()
-        target = _targets.error_path(self._session, index, self._scan_points)  # raises first
+        target = targets.error_path(self._session, index, self._scan_points)  # raises first
         self._target = target
         self._frames.pending = None
         self.error = ""
@@ -268,7 +268,7 @@ class Interpolator(anywidget.AnyWidget):
         return Frame(vals, pixels, probs)
 
     def _render(self, code: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        return _targets.render(self._session, code, self.render_threads)
+        return targets.render(self._session, code, self.render_threads)
 
     @property
     def last_values(self) -> tuple[float, ...] | None:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from defuse_widgets.widgets import projection as proj
+from defuse_widgets.projection import layout as proj
 
 
 @dataclass(frozen=True)
 class ExplorerOptions:
-    """What :class:`~.explorer.Explorer` shows and how (see its parameters for each field).
+    """What :class:`~.widget.Explorer` shows and how (see its parameters for each field).
 
     ``projection`` is ``"umap"``, ``"pca"`` or an array (M, 2) of given positions.
     """
@@ -68,16 +67,3 @@ def _count(name: str, value: Any, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         what = "a positive integer" if low == 1 else "a non-negative integer"
         raise ValueError(f"{name}: expected {what}, got {value!r}")
-
-
-def check_known_options(cls: type, kwargs: dict[str, Any]) -> None:
-    """TypeError naming the valid options when ``kwargs`` holds a name that is neither a parameter
-    of ``cls`` nor one of its traits (unknown keywords would otherwise be dropped silently)."""
-    unknown = sorted(set(kwargs) - set(cls.class_trait_names()))  # type: ignore[attr-defined]
-    if unknown:
-        skip = {"session", "kwargs"}
-        params = [p for p in inspect.signature(cls).parameters if p not in skip]
-        raise TypeError(
-            f"{cls.__name__}: unknown option(s) {', '.join(map(repr, unknown))}; expected one of "
-            f"{', '.join(params)}, or a widget trait such as layout"
-        )

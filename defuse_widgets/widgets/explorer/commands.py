@@ -1,7 +1,7 @@
 """The explorer's commands: what the page's buttons and hover ask the kernel for.
 
 Each is an ``anywidget.experimental.command`` the page calls with ``experimental.invoke(name,
-msg)``; :class:`~.explorer.Explorer` lists them as class attributes (anywidget finds commands on
+msg)``; :class:`~.widget.Explorer` lists them as class attributes (anywidget finds commands on
 the class). An action answers ``{"ok": True}`` or ``{"ok": False, "message"}`` (the message also
 goes to the ``error`` trait), so the page can say why a click did nothing. :func:`thumb` answers
 one error's thumbnail as a binary buffer. They call only what :class:`ExplorerActions` lists.

@@ -1,6 +1,6 @@
 """The explorer's map layout: a first look at once, the final projection in place when ready.
 
-:class:`MapLayout` prepares the map for :class:`~.explorer.Explorer`. With ``projection="umap"``
+:class:`MapLayout` prepares the map for :class:`~.widget.Explorer`. With ``projection="umap"``
 and no cached UMAP map, the points first get PCA positions (milliseconds), the thumbnails and the
 baseline evaluation follow, and only then is UMAP computed (numba's first compile alone takes tens
 of seconds); its positions replace the PCA ones in place. Point indices never change, so the
@@ -14,11 +14,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from defuse_widgets.projection import layout as proj
 from defuse_widgets.search.errors import ErrorSet
 from defuse_widgets.session.session import DefuseSession
-from defuse_widgets.widgets import panels
-from defuse_widgets.widgets import projection as proj
-from defuse_widgets.widgets._options import ExplorerOptions
+from defuse_widgets.widgets.explorer import panels
+from defuse_widgets.widgets.explorer.options import ExplorerOptions
 
 
 class MapTraits(Protocol):
