@@ -104,8 +104,15 @@ def run_pipeline(
     models = demo_models(data, seed, device, progress)
     lap("models")
     # the validation rows demo_models kept the classifier away from (same fraction, same seed)
-    s = DefuseSession(models["classifier"], models["vae"], data, device=device, seed=seed,
-                      progress=progress, validation=DEFAULT_FRACTION)  # fmt: skip
+    s = DefuseSession(
+        models["classifier"],
+        models["vae"],
+        data,
+        device=device,
+        seed=seed,
+        progress=progress,
+        validation=DEFAULT_FRACTION,
+    )
     s.identify(strategy=strategy, split="test")
     lap("identify")
     s.distill(max_regions=max_regions)
@@ -320,9 +327,10 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--steps", type=int, default=300)
     run.add_argument(
-        "--no-auto", action="store_true",
+        "--no-auto",
+        action="store_true",
         help="one round with correct()'s defaults instead of its small settings grid (auto=True)",
-    )  # fmt: skip
+    )
     run.add_argument("--max-regions", type=int, default=100)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 

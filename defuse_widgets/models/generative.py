@@ -286,8 +286,9 @@ def check_logits(out: torch.Tensor, n: int, num_classes: int) -> None:
         )
 
 
-def check_models(generator: GeneratorAdapter, classifier: nn.Module, images: torch.Tensor,
-                 num_classes: int) -> None:  # fmt: skip
+def check_models(
+    generator: GeneratorAdapter, classifier: nn.Module, images: torch.Tensor, num_classes: int
+) -> None:
     """Check on a few ``images`` (n, C, H, W) that the models fit the data and each other.
 
     The generator must decode its encoder's codes to images of the data's shape, and the
@@ -323,8 +324,9 @@ def check_models(generator: GeneratorAdapter, classifier: nn.Module, images: tor
         )
 
 
-def _call(name: str, doing: str, fn: Callable[[torch.Tensor], Any], images: torch.Tensor,
-          shape: str) -> Any:  # fmt: skip
+def _call(
+    name: str, doing: str, fn: Callable[[torch.Tensor], Any], images: torch.Tensor, shape: str
+) -> Any:
     try:
         return fn(images)
     except RuntimeError as exc:

@@ -116,7 +116,7 @@ class GeneratorReport:
                     "message": c.message,
                 }
                 for c in self.flagged
-            ],  # fmt: skip
+            ],
             "settings": dict(self.settings),
         }
 
@@ -300,8 +300,9 @@ def generator_report(
     ratio = in_range("min_ratio", min_ratio, 0, 1)
     positive_int("batch_size", batch_size)
     if not isinstance(judge, nn.Module):
-        raise TypeError(f"judge: expected a torch.nn.Module returning logits, got "
-                        f"{type(judge).__name__}")  # fmt: skip
+        raise TypeError(
+            f"judge: expected a torch.nn.Module returning logits, got {type(judge).__name__}"
+        )
     gen: GeneratorAdapter = as_generator(generator)
     labels = labels.long().cpu()
     real_pred, real_feat = judge_outputs(judge, images, batch_size)
@@ -327,9 +328,19 @@ def generator_report(
         wrong = recon_pred[mine & (recon_pred != k)]
         looks = classes[int(torch.bincount(wrong).argmax())] if len(wrong) else None
         r = rec / real if n and real > 0 else float("nan")
-        rows.append(ClassRecognition(k, str(name), n, real, rec, r, looks,
-                                     float(sq_err[mine].mean()) if n else float("nan"),
-                                     flagged=bool(r == r and r < ratio)))  # fmt: skip
+        rows.append(
+            ClassRecognition(
+                k,
+                str(name),
+                n,
+                real,
+                rec,
+                r,
+                looks,
+                float(sq_err[mine].mean()) if n else float("nan"),
+                flagged=bool(r == r and r < ratio),
+            )
+        )
     return GeneratorReport(
         classes=rows,
         frechet=frechet_distance(recon_feat, real_feat),

@@ -199,8 +199,9 @@ def fused_upsampling(*modules: nn.Module) -> Iterator[int]:
     """
     swaps: list[tuple[nn.Sequential, list[tuple[str, nn.Module]]]] = []
     try:
-        for seq in {id(s): s for m in modules for s in m.modules()
-                    if isinstance(s, nn.Sequential)}.values():  # fmt: skip
+        for seq in {
+            id(s): s for m in modules for s in m.modules() if isinstance(s, nn.Sequential)
+        }.values():
             layers = list(seq._modules.items())
             fused: list[tuple[str, nn.Module]] = []
             i = 0

@@ -216,8 +216,13 @@ def _remember(key: str, xy: np.ndarray, placer: Placer) -> None:
             _CACHE.popitem(last=False)
 
 
-def _umap_fit(arr: np.ndarray, seed: int | None, n_neighbors: int, min_dist: float,
-              report: Callable[[str], None]) -> tuple[np.ndarray, Placer]:  # fmt: skip
+def _umap_fit(
+    arr: np.ndarray,
+    seed: int | None,
+    n_neighbors: int,
+    min_dist: float,
+    report: Callable[[str], None],
+) -> tuple[np.ndarray, Placer]:
     """UMAP of ``arr``; above ``FIT_POINTS`` fitted on a seeded subsample, the rest transformed."""
     report("importing umap")
     import umap  # lazy: ~10 s the first time

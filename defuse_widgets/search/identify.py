@@ -177,8 +177,9 @@ def identify(
         positive_int("limit", limit)
     ray_backend = check_backend(backend, ray_options)
     if on_errors is not None and ray_backend is not None:
-        raise ValueError("on_errors: reports errors step by step on the local backend only, "
-                         "got backend='ray'")  # fmt: skip
+        raise ValueError(
+            "on_errors: reports errors step by step on the local backend only, got backend='ray'"
+        )
     if step_images is not None:
         positive_int("step_images", step_images)
     x, y = check_images(images, labels)
@@ -198,8 +199,11 @@ def identify(
         run = SearchRun(classifier, gen, y[rows], mu, std, dev, chunk_size, autocast, seed, rows)
         settings = _settings(search, run, min_validity, fuse, bool(last), num_classes, ray_backend)
         if ray_backend is None:
-            report = None if on_errors is None else _reporter(
-                on_errors, run, settings, split, min_validity, start)  # fmt: skip
+            report = (
+                None
+                if on_errors is None
+                else _reporter(on_errors, run, settings, split, min_validity, start)
+            )
             step = step_images or max(chunk_size // search.width(), -(-len(rows) // 20))
             with seeded(seed):
                 found = run.search_all(search, progress, step, report)

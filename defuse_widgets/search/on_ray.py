@@ -61,8 +61,9 @@ class SearchActor:
 
         loaded = ray.get(job[0])
         self.device = torch.device(device)
-        threads = max(1, int(float(ray.get_runtime_context().get_assigned_resources().get(
-            "CPU", 1))))  # fmt: skip
+        threads = max(
+            1, int(float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+        )
         torch.set_num_threads(threads)
         self.strategy = loaded.pop("strategy")
         self.modules = loaded.pop("modules")
@@ -89,9 +90,13 @@ class SearchActor:
         with evaluating(*self.modules), seeded(run.seed):
             found = run.search_rows(self.strategy, rows)
         cols = {k: torch.cat(v).detach().cpu() for k, v in found.items()}
-        header = {"codes": torch.zeros(1, run.latent_dim), "source_index": torch.tensor([-1]),
-                  "pred_label": torch.tensor([0]), "confidence": torch.zeros(1),
-                  "validity": torch.zeros(1)}  # fmt: skip
+        header = {
+            "codes": torch.zeros(1, run.latent_dim),
+            "source_index": torch.tensor([-1]),
+            "pred_label": torch.tensor([0]),
+            "confidence": torch.zeros(1),
+            "validity": torch.zeros(1),
+        }
         out = {k: torch.cat([header[k].to(cols[k].dtype), cols[k]]).numpy() for k in COLUMNS}
         out["rank"] = np.arange(len(out["codes"]), dtype=np.int64)
         out["decodes"] = np.array([run.decodes] + [0] * len(cols["codes"]), dtype=np.int64)

@@ -156,8 +156,10 @@ class SearchRun:
         if len(wrong) == 0:
             return logits
         with torch.inference_mode():
-            exact = [self.classifier(self.generator.decode(piece)).float()
-                     for piece in z[wrong].detach().split(self.chunk_size)]  # fmt: skip
+            exact = [
+                self.classifier(self.generator.decode(piece)).float()
+                for piece in z[wrong].detach().split(self.chunk_size)
+            ]
         logits = logits.clone()
         logits[wrong] = torch.cat(exact)
         return logits

@@ -108,9 +108,15 @@ def export_suite(
         The suite directory.
     """
     chosen = check_export(
-        source.regions, source.labels, path, regions, samples, min_accuracy, min_real_accuracy,
+        source.regions,
+        source.labels,
+        path,
+        regions,
+        samples,
+        min_accuracy,
+        min_real_accuracy,
         overwrite,
-    )  # fmt: skip
+    )
     scale = check_scale(scale)
     if include_real and (source.test_codes is None or source.test_probability is None):
         raise ValueError(

@@ -32,16 +32,20 @@ def export_in_background(
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise ValueError(f"path: expected a directory name for the suite, got {path!r}")
     target = Path(str(path).strip()).expanduser().absolute()
-    chosen = check_export(session.regions, session.labels, target, regions, samples, min_accuracy,
-                          None, True)  # fmt: skip
+    chosen = check_export(
+        session.regions, session.labels, target, regions, samples, min_accuracy, None, True
+    )
     what = f"{len(chosen)} labeled region{'s' if len(chosen) != 1 else ''}"
 
     def job() -> None:
         note(f"Exporting {what} as a test suite…")
-        session.export_tests(target, list(chosen), samples, min_accuracy, include_real,
-                             overwrite=True)  # fmt: skip
-        note(f"Exported {what} as a test suite to {target}; check a model with "
-             f"dw.check_suite(model, {str(target)!r}).")  # fmt: skip
+        session.export_tests(
+            target, list(chosen), samples, min_accuracy, include_real, overwrite=True
+        )
+        note(
+            f"Exported {what} as a test suite to {target}; check a model with "
+            f"dw.check_suite(model, {str(target)!r})."
+        )
 
     start("exporting tests", job)
     return target

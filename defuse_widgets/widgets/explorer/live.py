@@ -60,18 +60,23 @@ def check_live(
     if search is True:
         search = {}
     if not isinstance(search, Mapping):
-        raise TypeError(f"search: expected a dict of session.search arguments or True, got "
-                        f"{type(search).__name__}")  # fmt: skip
+        raise TypeError(
+            f"search: expected a dict of session.search arguments or True, got "
+            f"{type(search).__name__}"
+        )
     if not isinstance(distill, (Mapping, type(None))):
-        raise TypeError(f"distill: expected a dict of session.distill arguments, got "
-                        f"{type(distill).__name__}")  # fmt: skip
+        raise TypeError(
+            f"distill: expected a dict of session.distill arguments, got {type(distill).__name__}"
+        )
     if "on_errors" in search:
         raise ValueError("search: on_errors is the explorer's own (it shows each report)")
     if search.get("backend") == "ray":
         raise ValueError("search: a live search runs on the local backend, got backend='ray'")
     if not isinstance(projection, str):
-        raise ValueError("projection: a live search lays out its own errors: expected 'umap' "
-                         "or 'pca', got an array")  # fmt: skip
+        raise ValueError(
+            "projection: a live search lays out its own errors: expected 'umap' "
+            "or 'pca', got an array"
+        )
     distill = dict(distill or {})
     min_errors = distill.get("min_errors", QUICK_MIN_ERRORS)
     if isinstance(min_errors, bool) or not isinstance(min_errors, int) or min_errors < 2:
@@ -82,8 +87,9 @@ def check_live(
 def keep_user_regions(quick: RegionSet, full: RegionSet, errors: ErrorSet) -> dict[int, int]:
     """Add each user-defined (lasso) region of ``quick`` to ``full`` with the same member errors;
     return old id -> new id."""
-    return {r.id: user_region(full, errors, quick.members(r.id)).id
-            for r in quick if r.user_defined}  # fmt: skip
+    return {
+        r.id: user_region(full, errors, quick.members(r.id)).id for r in quick if r.user_defined
+    }
 
 
 def no_errors(latent_dim: int, split: str) -> ErrorSet:
@@ -155,9 +161,11 @@ class LiveSearch:
             if regions is not None:
                 self.traits.regions_fit = "quick"
         searched, total = errors.images_searched, self._total()
-        shown = (f"quick regions ({len(regions)}, fitted on "
-                 f"{regions.settings['fitted_on']:,} errors)" if regions is not None else
-                 f"regions once {self.min_errors:,} errors are in")  # fmt: skip
+        shown = (
+            f"quick regions ({len(regions)}, fitted on {regions.settings['fitted_on']:,} errors)"
+            if regions is not None
+            else f"regions once {self.min_errors:,} errors are in"
+        )
         self._note(f"Searching: {searched:,} of {total:,} images, {len(errors):,} errors; {shown}…")
 
     def finish(self, errors: ErrorSet) -> None:
@@ -166,12 +174,15 @@ class LiveSearch:
         meanwhile = " (the quick regions stay meanwhile)" if quick is not None else ""
         self._note(f"Search done: {len(errors):,} errors. Fitting the full mixture{meanwhile}…")
         if len(errors) < 2:
-            self.summary = (f"Search done: {len(errors)} error{'s' * (len(errors) != 1)}, too "
-                            "few for regions; search more images or another strategy.")  # fmt: skip
+            self.summary = (
+                f"Search done: {len(errors)} error{'s' * (len(errors) != 1)}, too "
+                "few for regions; search more images or another strategy."
+            )
             return
         options = {"seed": self.session.seed, **self.distill}
-        full = fit_regions(errors, decode=self.session.decode, predict=self.session.predict,
-                           **options)  # fmt: skip
+        full = fit_regions(
+            errors, decode=self.session.decode, predict=self.session.predict, **options
+        )
         labels = self.session.labels if quick is not None else {}
         kept = keep_user_regions(quick, full, errors) if quick is not None else {}
         fitted = {rid: label for rid, label in labels.items() if rid not in kept}
@@ -196,8 +207,13 @@ class LiveSearch:
             return None, False
         fit = {k: v for k, v in self.distill.items() if k != "max_fit"}
         fit.setdefault("seed", self.session.seed)
-        regions = quick_regions(errors, min_errors=self.min_errors, decode=self.session.decode,
-                                predict=self.session.predict, **fit)  # fmt: skip
+        regions = quick_regions(
+            errors,
+            min_errors=self.min_errors,
+            decode=self.session.decode,
+            predict=self.session.predict,
+            **fit,
+        )
         return regions, True
 
     def _total(self) -> int:
@@ -214,12 +230,16 @@ class LiveSearch:
         replaced: bool,
     ) -> str:
         classes = self.session.data.classes
-        parts = [f"Full fit: {len(full)} regions over {len(errors):,} errors"
-                 + (" (replaced the quick fit)" if replaced else "")]  # fmt: skip
+        parts = [
+            f"Full fit: {len(full)} regions over {len(errors):,} errors"
+            + (" (replaced the quick fit)" if replaced else "")
+        ]
         if labels:
             reached = len(labels) - len(carried.unmatched)
-            parts.append(f"labels of {reached} of {len(labels)} labeled quick regions carried "
-                         f"over to {len(carried.labels)} full regions")  # fmt: skip
+            parts.append(
+                f"labels of {reached} of {len(labels)} labeled quick regions carried "
+                f"over to {len(carried.labels)} full regions"
+            )
         lost = [f"region {rid} ({label_name(labels[rid], classes)})" for rid in carried.unmatched]
         if lost:
             parts.append(f"no full region matches quick {', '.join(lost)}: label again")

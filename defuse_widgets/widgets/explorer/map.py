@@ -96,8 +96,9 @@ class MapLayout:
         return panels.thumbnails(self.session, codes, self.options.thumbnail_side)
 
     def _fit(self, method: str) -> proj.Placer:
-        xy, place = proj.fit(self.errors.codes, method,
-                             progress=lambda msg: self._note(msg.capitalize()))  # fmt: skip
+        xy, place = proj.fit(
+            self.errors.codes, method, progress=lambda msg: self._note(msg.capitalize())
+        )
         self._show(xy, method)
         return place
 
@@ -111,8 +112,9 @@ class MapLayout:
 
     def _prepare_panels(self) -> None:
         opts = self.options
-        thumbs = panels.thumbnails(self.session, self.errors.codes, opts.thumbnail_side,
-                                   opts.max_thumbnail_bytes)  # fmt: skip
+        thumbs = panels.thumbnails(
+            self.session, self.errors.codes, opts.thumbnail_side, opts.max_thumbnail_bytes
+        )
         self.traits.thumbs = thumbs
         if self.traits.baseline is None:
             ev = self.session.evaluate()

@@ -60,8 +60,9 @@ def lab_views(rgb: np.ndarray) -> np.ndarray:
     for v in views:
         xyz = v @ _SRGB_TO_XYZ.T / _WHITE
         f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-        out.append(np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]),
-                             200 * (f[:, 1] - f[:, 2])], 1))  # fmt: skip
+        out.append(
+            np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
+        )
     return np.stack(out)
 
 
@@ -316,8 +317,14 @@ def audit_payload(
         other_class = (label + 1) % len(session.data.classes)
         other = session.audit(region_id, min_probability, label=other_class)
         keep = torch.isin(other.indices, torch.tensor(fixed, dtype=torch.long))
-        parts.append((other.indices[keep], other.predictions[keep], other.probabilities[keep],
-                      other.evidence[keep]))  # fmt: skip
+        parts.append(
+            (
+                other.indices[keep],
+                other.predictions[keep],
+                other.probabilities[keep],
+                other.evidence[keep],
+            )
+        )
     idx = torch.cat([p[0] for p in parts]).long()
     pred = torch.cat([p[1] for p in parts]).long()
     prob = torch.cat([p[2] for p in parts]).float()
@@ -420,8 +427,10 @@ def samples_note(record: Any) -> str:
     if not _field(record, "vetted", False) or kept is None:
         return ""
     if kept == 0:
-        return ("The labeler rejected every region sample, so this round trained without the "
-                "region term (extra training only).")  # fmt: skip
+        return (
+            "The labeler rejected every region sample, so this round trained without the "
+            "region term (extra training only)."
+        )
     return f"The labeler kept {100 * kept:.0f}% of the region samples drawn."
 
 

@@ -23,6 +23,13 @@ from defuse_widgets.widgets.explorer.jobs import Jobs
 PROGRESS_INTERVAL_S = 0.1  # at most ~10 progress updates per second reach the browser
 
 
+def progress(
+    running: bool, step: int, total: int, loss: float | None, outcome: str
+) -> dict[str, Any]:
+    """The ``progress`` trait: whether a round runs, its step of ``total``, loss and outcome."""
+    return {"running": running, "step": step, "total": total, "loss": loss, "outcome": outcome}
+
+
 class TuningTraits(Protocol):
     """The explorer's traits fine-tuning writes (and ``_has_visible_views``, read)."""
 
@@ -106,8 +113,7 @@ class Tuner:
         self.traits.finetune_params = {"steps": steps_, "lam": lam_, "lr": lr_}
         self._token = CancelToken()
         # at once, so the page never shows the previous round's "300/300" as if it were this one
-        self.traits.progress = {"running": True, "step": 0, "total": steps_, "loss": None,
-                                "outcome": "Waiting to start…"}  # fmt: skip
+        self.traits.progress = progress(True, 0, steps_, None, "Waiting to start…")
         self._start("fine-tuning", lambda: self._run_round(steps_, lam_, lr_, labeler))
 
     def absorb(self, ev: Any) -> None:
@@ -164,14 +170,15 @@ class Tuner:
             now = time.monotonic()
             if now - last[0] >= PROGRESS_INTERVAL_S or step >= total:
                 last[0] = now
-                self.traits.progress = {"running": True, "step": int(step), "total": int(total),
-                                 "loss": float(loss), "outcome": "Fine-tuning…"}  # fmt: skip
+                self.traits.progress = progress(
+                    True, int(step), int(total), float(loss), "Fine-tuning…"
+                )
 
-        self.traits.progress = {"running": True, "step": 0, "total": steps, "loss": None,
-                         "outcome": "Fine-tuning…"}  # fmt: skip
+        self.traits.progress = progress(True, 0, steps, None, "Fine-tuning…")
         self._note(f"Fine-tuning for {steps} steps…")
-        record = s.correct(steps=steps, lam=lam, lr=lr, cancel=self._token, callback=callback,
-                           labeler=labeler)  # fmt: skip
+        record = s.correct(
+            steps=steps, lam=lam, lr=lr, cancel=self._token, callback=callback, labeler=labeler
+        )
         if record.cancelled:
             done = self.traits.progress.get("step", 0)
             message = (
@@ -181,8 +188,7 @@ class Tuner:
             self._note(message)
             return
         last_loss = record.losses[-1] if record.losses else None
-        self.traits.progress = {"running": False, "step": steps, "total": steps, "loss": last_loss,
-                                "outcome": "Evaluating the new model…"}  # fmt: skip
+        self.traits.progress = progress(False, steps, steps, last_loss, "Evaluating the new model…")
         self._after_model_change("round", record.evaluation, record)
 
     def _after_model_change(self, event: str, ev: Any = None, record: Any = None) -> None:
@@ -193,15 +199,17 @@ class Tuner:
         entry = panels.history_entry(self.session, event, ev, record)
         self.traits.history = [*self.traits.history, entry]
         self._refresh_views()  # predictions changed
-        verb = f"Reverted to round {entry['round']}" if event == "revert" else (
-            f"Round {entry['round']} done")  # fmt: skip
+        verb = (
+            f"Reverted to round {entry['round']}"
+            if event == "revert"
+            else f"Round {entry['round']} done"
+        )
         message = f"{verb}: test accuracy {100 * entry['test_accuracy']:.1f}%."
         if entry.get("harm"):
             hurt = ", ".join(f"{h['name']} -{h['drop']:.1f} points" for h in entry["harm"])
             message += f" It hurt: {hurt}; revert is one click away."
         self._note(message)
         if event == "revert":
-            self.traits.progress = {"running": False, "step": 0, "total": 0, "loss": None,
-                             "outcome": message}  # fmt: skip
+            self.traits.progress = progress(False, 0, 0, None, message)
         else:
             self.traits.progress = {**self.traits.progress, "running": False, "outcome": message}

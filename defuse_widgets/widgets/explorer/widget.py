@@ -230,12 +230,22 @@ class Explorer(anywidget.AnyWidget):
         if live is not None:
             errors = no_errors(session.generator.latent_dim, live[0].get("split", "test"))
         if errors is None:
-            raise ValueError("session: has no errors yet; run session.identify() first, or "
-                             "search live with s.explorer(search={'limit': ...})")  # fmt: skip
+            raise ValueError(
+                "session: has no errors yet; run session.identify() first, or "
+                "search live with s.explorer(search={'limit': ...})"
+            )
         self.options = ExplorerOptions(
-            projection, background, background_limit, samples, members, thumbnail_side,
-            max_thumbnail_bytes, min_probability, audit_limit, who,
-        ).check(len(errors))  # fmt: skip
+            projection,
+            background,
+            background_limit,
+            samples,
+            members,
+            thumbnail_side,
+            max_thumbnail_bytes,
+            min_probability,
+            audit_limit,
+            who,
+        ).check(len(errors))
         RoundSettings(steps=steps, lam=lam, lr=lr).check()
         recognises = getattr(session, "sample_recognition", None) is not None
         sorts = [*SORTS[:2], *(["recognition"] if recognises else []), SORTS[2]]
@@ -250,11 +260,13 @@ class Explorer(anywidget.AnyWidget):
         self._recognition: dict[int, float] | None = None  # None: not measured (or no API)
         self._jobs = Jobs(on_busy=self._set_busy, on_error=self._job_failed, name="explorer")
         opts = self.options
-        self._selection = Selection(self, session, errors, dict(interpolator_options or {}),
-                                    self._note)  # fmt: skip
+        self._selection = Selection(
+            self, session, errors, dict(interpolator_options or {}), self._note
+        )
         self._audit = AuditPane(self, session, opts, self._start, self._jobs.in_worker, self._note)
-        self._tuner = Tuner(self, session, self._jobs, self._start, self._note, self._absorb,
-                            self._refresh_views)  # fmt: skip
+        self._tuner = Tuner(
+            self, session, self._jobs, self._start, self._note, self._absorb, self._refresh_views
+        )
         self._map = MapLayout(self, session, errors, opts, self._note, self._tuner.absorb)
         if on_select is not None:
             self.on_select(on_select)
@@ -477,8 +489,16 @@ class Explorer(anywidget.AnyWidget):
         ValueError, RuntimeError
             For a bad argument or no class-labeled region, before anything starts.
         """
-        target = export_in_background(self.session, self._start, self._note, path, regions,
-                                      samples, min_accuracy, include_real)  # fmt: skip
+        target = export_in_background(
+            self.session,
+            self._start,
+            self._note,
+            path,
+            regions,
+            samples,
+            min_accuracy,
+            include_real,
+        )
         if block:
             self.wait()
         return target
@@ -556,8 +576,11 @@ class Explorer(anywidget.AnyWidget):
     def _on_session_event(self, event: str) -> None:
         """Follow a change made on the session (by this widget or directly)."""
         if self.session.errors is not self._errors:
-            self._note("", "The session has new errors (identify ran again): this explorer shows "
-                       "the old ones; show s.explorer() again.")  # fmt: skip
+            self._note(
+                "",
+                "The session has new errors (identify ran again): this explorer shows "
+                "the old ones; show s.explorer() again.",
+            )
             return
         if event == "regions":
             self._panel_cache.clear()
@@ -633,8 +656,9 @@ class Explorer(anywidget.AnyWidget):
     def _on_region_sort(self, change: dict[str, Any]) -> None:
         if change["new"] not in self.region_sorts:  # from the page: keep the order, say why
             self.region_sort = change["old"]
-            self._note("", f"region_sort: expected one of {self.region_sorts}, got "
-                           f"{change['new']!r}")  # fmt: skip
+            self._note(
+                "", f"region_sort: expected one of {self.region_sorts}, got {change['new']!r}"
+            )
             return
         self._start_recognition()
 
@@ -692,8 +716,9 @@ class Explorer(anywidget.AnyWidget):
         panel = self._panel_cache.get(key)
         if panel is None:
             opts = self.options
-            panel = panels.region_panel(self.session, self._errors, region_id, opts.samples,
-                                        opts.members)  # fmt: skip
+            panel = panels.region_panel(
+                self.session, self._errors, region_id, opts.samples, opts.members
+            )
             self._panel_cache[key] = panel
         self.panel = panel
 
