@@ -1,4 +1,4 @@
-// Live latent interpolation: the browser side of the frame protocol (see widgets/interpolator.py).
+// Live latent interpolation: the browser side of the frame protocol (see widgets/interpolator/widget.py).
 //
 // Sliders send only their latest values as "request" custom messages (an input id and the input
 // event's timestamp), at most `max_requests` unanswered; the kernel answers with "frame" custom
@@ -7,7 +7,7 @@
 // `image-rendering: pixelated`; older unpainted frames are dropped. Acks name the newest frame
 // received: it is painted in the next animation frame unless a newer one supersedes it, so the
 // browser never queues more than one frame, and the kernel's frame slot frees up without waiting
-// for the paint. Styles come from widgets/interpolator.css (the widget's `_css`).
+// for the paint. Styles come from widgets/interpolator/interpolator.css (the widget's `_css`).
 import type { RenderProps } from "@anywidget/types";
 import { bytesOf, drawPixels, type Wire } from "./common/codec";
 import { freeze, LOST_MESSAGE, watchKernel } from "./common/kernel";
@@ -26,7 +26,7 @@ interface Marker {
   text: string;
 }
 
-/** The synced traits of widgets/interpolator.py's Interpolator. */
+/** The synced traits of widgets/interpolator/widget.py's Interpolator. */
 interface Traits {
   mode: "path" | "directions";
   title: string;

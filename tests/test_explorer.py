@@ -17,8 +17,9 @@ from ipywidgets import Widget
 from ipywidgets.widgets.widget import _remove_buffers
 
 import defuse_widgets as dw
+from defuse_widgets.projection import colors
 from defuse_widgets.widgets.common.codec import array_from_json, array_to_json
-from defuse_widgets.widgets.explorer import Explorer, panels, region_color
+from defuse_widgets.widgets.explorer import Explorer, region_color
 from defuse_widgets.widgets.explorer.selection import cell_bound_host, reason
 from defuse_widgets.widgets.interpolator import Interpolator
 
@@ -101,31 +102,31 @@ def test_state_travels_as_binary_buffers(widget: Explorer, session: dw.DefuseSes
 
 
 def test_region_colors_stay_apart_for_every_common_vision() -> None:
-    colors = [region_color(i) for i in range(256)]
-    assert len(set(colors)) == 256 and region_color(256) == region_color(0)
+    palette = [region_color(i) for i in range(256)]
+    assert len(set(palette)) == 256 and region_color(256) == region_color(0)
     assert region_color(-1) == "#b8b8b8" and region_color(0) == "#1f77b4"
-    rgb = panels._rgb(colors)
+    rgb = colors.hex_rgb(palette)
     for n, least in ((30, 11.0), (50, 8.5)):
         i, j = np.triu_indices(n, 1)
         # delta E between every pair, for normal vision and simulated protan-, deuter- and
         # tritanopia (the smallest of the four)
-        assert panels.color_distance(rgb[i], rgb[j]).min() >= least, n
-    grey = panels._rgb([panels.UNASSIGNED] * 50)
-    assert panels.color_distance(rgb[:50], grey).min() >= 8.5  # never the unassigned grey
-    lightness = panels.lab_views(rgb)[0, :, 0]
+        assert colors.color_distance(rgb[i], rgb[j]).min() >= least, n
+    grey = colors.hex_rgb([colors.UNASSIGNED] * 50)
+    assert colors.color_distance(rgb[:50], grey).min() >= 8.5  # never the unassigned grey
+    lightness = colors.lab_views(rgb)[0, :, 0]
     assert lightness.min() >= 30 and lightness.max() <= 80  # visible on white
     # the former palette (tab20 first): two of its colors are one for a dichromat
-    tab20 = panels._rgb(["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+    tab20 = colors.hex_rgb(["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
                          "#e377c2", "#bcbd22", "#17becf", "#393b79", "#e6550d", "#31a354",
                          "#843c39", "#7b4173", "#3182bd", "#fd8d3c", "#74c476", "#ad494a",
                          "#a55194", "#637939"])  # fmt: skip
     i, j = np.triu_indices(20, 1)
-    assert panels.color_distance(tab20[i], tab20[j]).min() < 2
+    assert colors.color_distance(tab20[i], tab20[j]).min() < 2
 
 
 def test_the_simulated_dichromacies_keep_grey_and_merge_red_with_green() -> None:
-    grey, red, green = panels._rgb(["#808080", "#d62728", "#2ca02c"])
-    views = panels.lab_views(np.stack([grey, red, green]))
+    grey, red, green = colors.hex_rgb(["#808080", "#d62728", "#2ca02c"])
+    views = colors.lab_views(np.stack([grey, red, green]))
     assert np.allclose(views[:, 0], views[0, 0], atol=1.5)  # grey looks grey to everyone
     normal, deutan = (np.linalg.norm(views[k, 1] - views[k, 2]) for k in (0, 2))
     assert deutan < 0.5 * normal  # red and green move together for a deuteranope

@@ -1,5 +1,5 @@
-// Binary arrays and uint8 images, the JS half of defuse_widgets/widgets/_codec.py; used by both
-// widgets (the explorer's traits and thumbnails, the interpolator's panels and frames).
+// Binary arrays and uint8 images, the JS half of defuse_widgets/widgets/common/codec.py; used by
+// both widgets (the explorer's traits and thumbnails, the interpolator's panels and frames).
 export type Wire = { buffer: DataView | ArrayBuffer | Uint8Array; dtype: string; shape: number[] };
 export type Arr = {
   data: Float32Array | Float64Array | Int8Array | Int16Array | Int32Array | Uint8Array | Uint16Array | Uint32Array;

@@ -14,11 +14,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from defuse_widgets.regions.labels import label_name
 from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.widgets.explorer.options import ExplorerOptions
-from defuse_widgets.widgets.explorer.panels import audit_payload, current_labels, require_regions
+from defuse_widgets.widgets.explorer.panels import audit_payload, require_regions
 
 
 class AuditTraits(Protocol):
@@ -145,7 +146,9 @@ class AuditPane:
     def sync_relabels(self) -> None:
         self.traits.relabel_count = len(self.session.relabels)
         if self.traits.audit is not None:
-            self.traits.audit_labels = current_labels(self.session, self.traits.audit["indices"])
+            rows = torch.as_tensor(self.traits.audit["indices"], dtype=torch.long)
+            labels = self.session.training_labels()[rows]
+            self.traits.audit_labels = labels.numpy().astype(np.int32)
 
     def _audit_indices(self) -> np.ndarray:
         audit = self.traits.audit

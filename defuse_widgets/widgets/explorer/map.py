@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from defuse_widgets.projection import layout as proj
+from defuse_widgets.projection import points
 from defuse_widgets.search.errors import ErrorSet
 from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.widgets.explorer import panels
@@ -93,7 +94,12 @@ class MapLayout:
         if not 0 <= index < len(self.errors):
             return None
         codes = self.errors.codes[index : index + 1]
-        return panels.thumbnails(self.session, codes, self.options.thumbnail_side)
+        return points.thumbnails(
+            self.session.decode, codes, self._shape(), self.options.thumbnail_side
+        )
+
+    def _shape(self) -> tuple[int, ...]:
+        return tuple(self.session.data.image_shape)
 
     def _fit(self, method: str) -> proj.Placer:
         xy, place = proj.fit(
@@ -112,8 +118,12 @@ class MapLayout:
 
     def _prepare_panels(self) -> None:
         opts = self.options
-        thumbs = panels.thumbnails(
-            self.session, self.errors.codes, opts.thumbnail_side, opts.max_thumbnail_bytes
+        thumbs = points.thumbnails(
+            self.session.decode,
+            self.errors.codes,
+            self._shape(),
+            opts.thumbnail_side,
+            opts.max_thumbnail_bytes,
         )
         self.traits.thumbs = thumbs
         if self.traits.baseline is None:
@@ -123,9 +133,10 @@ class MapLayout:
 
     def _place_background(self, place: proj.Placer, split: str) -> None:
         m = len(self.errors)
-        n, what = panels.background_size(self.session, split, self.options.background_limit)
+        images, _ = self.session.data.split(split)
+        n, what = points.background_size(len(images), split, self.options.background_limit)
         self._note(f"Placing {n:,} {what} on the map…")
-        points = panels.background_points(self.session, split, n, place)
+        placed = points.background_points(images, self.session.encode, n, place)
         self.traits.background_label = what  # first: the page draws the note when points come
-        self.traits.background_points = points
+        self.traits.background_points = placed
         self._note(f"{m:,} errors, {len(self.traits.regions)} regions; {n:,} {what} in faint grey.")

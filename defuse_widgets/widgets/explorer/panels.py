@@ -1,113 +1,29 @@
-"""What the explorer shows, as plain arrays: region panels, region rows, fixed errors, thumbnails,
-audits and history entries.
+"""What the explorer's panes show, as plain arrays and JSON-ready dicts: region rows, a region's
+panel, which errors the current model fixes, the audit and the accuracy chart's entries.
 
-Engine code: every function takes a :class:`~defuse_widgets.session.session.DefuseSession` (and its
-``errors`` / ``regions``) through their public API and returns numpy arrays and dicts ready for
-the widgets' binary codec. No widget is imported here; the explorer only moves the results into
-its traits.
+Each function reads a :class:`~defuse_widgets.session.session.DefuseSession` through its public
+API; no widget is imported here, the explorer only moves the results into its traits. The map's
+own data (layout, colors, thumbnails, background) is the :mod:`defuse_widgets.projection` stage.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from defuse_widgets.imaging import downsample, to_uint8
+from defuse_widgets.imaging import to_uint8
 from defuse_widgets.models.inference import batched
+from defuse_widgets.projection.colors import region_color
 from defuse_widgets.regions.distill import RegionSet
 from defuse_widgets.search.errors import ErrorSet
 from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.utils.jsonio import nan_to_none
 
-UNASSIGNED = "#b8b8b8"
-CHUNK = 4096  # codes decoded per batch for the map-wide passes (thumbnails, fixed points)
-PALETTE_SIZE = 256  # distinct region colors, then they repeat
-FIRST_COLOR = "#1f77b4"  # the first region's color (the palette grows from it)
-
-# Machado, Oliveira & Fernandes (2009), severity 1.0: linear-RGB matrices simulating protanopia,
-# deuteranopia and tritanopia (the three dichromacies; anomalous trichromats see more than these)
-CVD_MATRICES = {
-    "protanopia": ((0.152286, 1.052583, -0.204868), (0.114503, 0.786281, 0.099216),
-                   (-0.003882, -0.048116, 1.051998)),
-    "deuteranopia": ((0.367322, 0.860646, -0.227968), (0.280085, 0.672501, 0.047413),
-                     (-0.011820, 0.042940, 0.968881)),
-    "tritanopia": ((1.255528, -0.076749, -0.178779), (-0.078411, 0.930809, 0.147602),
-                   (0.004733, 0.691367, 0.303900)),
-}  # fmt: skip
-_SRGB_TO_XYZ = np.array(
-    [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]
-)
-_WHITE = _SRGB_TO_XYZ.sum(1)  # D65
-
-
-def _rgb(colors: Any) -> np.ndarray:
-    """(n, 3) sRGB in [0, 1] of ``#rrggbb`` strings."""
-    return np.array([[int(c[i : i + 2], 16) / 255 for i in (1, 3, 5)] for c in colors], np.float64)
-
-
-def lab_views(rgb: np.ndarray) -> np.ndarray:
-    """CIELAB (4, n, 3) of sRGB colors ``rgb`` (n, 3) in [0, 1] as seen with normal vision, then
-    as simulated for protanopia, deuteranopia and tritanopia (:data:`CVD_MATRICES`)."""
-    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    views = [lin] + [np.clip(lin @ np.array(m).T, 0, 1) for m in CVD_MATRICES.values()]
-    out = []
-    for v in views:
-        xyz = v @ _SRGB_TO_XYZ.T / _WHITE
-        f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-        out.append(
-            np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
-        )
-    return np.stack(out)
-
-
-def color_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The smallest CIELAB distance (delta E 1976) between colors ``a`` (n, 3) and ``b`` (n, 3)
-    (sRGB in [0, 1]) over normal vision and the three simulated dichromacies: (n,)."""
-    return np.linalg.norm(lab_views(a) - lab_views(b), axis=2).min(0)
-
-
-@functools.lru_cache(maxsize=1)
-def _palette() -> tuple[str, ...]:
-    """Region colors, picked greedily from a grid of sRGB colors: each the one farthest from
-    every color picked before it (and from the grey of unassigned points and the white
-    background) in the smallest delta E over normal vision and the three dichromacies, with
-    lightness L* in [30, 80] so points stay visible on white. Deterministic; the first colors
-    are the farthest apart (measured: the first 30 at least 11 delta E apart for every vision,
-    the first 50 at least 8.5; tab20's closest pair is 0.6 apart for a dichromat)."""
-    levels = np.arange(0, 256, 17)
-    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3) / 255
-    views = lab_views(grid)
-    light = views[0, :, 0]
-    cand, views = grid[(light >= 30) & (light <= 80)], views[:, (light >= 30) & (light <= 80)]
-
-    def nearest_to(rgb: np.ndarray) -> np.ndarray:
-        return np.linalg.norm(views - lab_views(rgb[None])[:, 0][:, None], axis=2).min(0)
-
-    near = np.minimum(nearest_to(_rgb([UNASSIGNED])[0]), nearest_to(np.ones(3)))
-    first = _rgb([FIRST_COLOR])[0]
-    picked = [first]
-    near = np.minimum(near, nearest_to(first))
-    for _ in range(PALETTE_SIZE - 1):
-        k = int(near.argmax())
-        picked.append(cand[k])
-        near = np.minimum(near, nearest_to(cand[k]))
-        near[k] = -1.0
-    return tuple("#" + "".join(f"{round(255 * c):02x}" for c in rgb) for rgb in picked)
-
-
-def region_color(region_id: int) -> str:
-    """Stable color of a region (grey for -1): colors picked to stay apart for normal vision and
-    the common color-vision deficiencies, the first ones farthest apart (256, then repeating)."""
-    if region_id < 0:
-        return UNASSIGNED
-    colors = _palette()
-    return colors[region_id % len(colors)]
+CHUNK = 4096  # codes decoded per batch for the map-wide fixed-points pass
 
 
 def require_regions(session: DefuseSession) -> RegionSet:
@@ -195,9 +111,7 @@ def region_panel(
         ``member_index``, ``member_pred``, ``member_conf``, ``member_true`` and ``sources`` (the
         members' source images, uint8 like ``members``).
     """
-    regions = session.regions
-    if regions is None:
-        raise RuntimeError("no regions yet: call session.distill() first")
+    regions = require_regions(session)
     regions.get(region_id)
     out: dict[str, Any] = {"region": int(region_id)}
     if samples:
@@ -243,54 +157,6 @@ def fixed_points(session: DefuseSession, errors: ErrorSet) -> np.ndarray | None:
         empty_dtype=torch.long,
     )
     return (pred == target).numpy().astype(np.uint8)
-
-
-def thumbnail_side(image_shape: tuple[int, ...], side: int) -> tuple[int, int, int]:
-    """(h, w, c) of a thumbnail of images ``image_shape`` (C, H, W) shrunk to at most ``side``."""
-    c, h, w = image_shape
-    f = max(1, -(-max(h, w) // side))
-    return h // f, w // f, min(c, 3)
-
-
-def thumbnails(
-    session: DefuseSession, codes: torch.Tensor, side: int, max_bytes: int | None = None
-) -> np.ndarray | None:
-    """uint8 (n, h, w, c) decoded thumbnails of ``codes`` (n, d), at most ``side`` pixels a side.
-
-    Returns None when they would take more than ``max_bytes`` (then a view asks for one
-    hovered point at a time).
-    """
-    shape = thumbnail_side(tuple(session.data.image_shape), side)
-    if max_bytes is not None and int(np.prod(shape)) * len(codes) > max_bytes:
-        return None
-    out = batched(
-        lambda z: torch.from_numpy(downsample(to_uint8(session.decode(z)), side)),
-        codes,
-        device="cpu",
-        batch_size=CHUNK,
-        empty_shape=(0, *shape),
-        empty_dtype=torch.uint8,
-    )
-    return out.numpy()
-
-
-def background_size(session: DefuseSession, split: str, limit: int) -> tuple[int, str]:
-    """How many of ``split``'s images make the map's background (at most ``limit``), and how the
-    map names them (``"training images"``, ``"of 1,347 training images"``...)."""
-    x, _ = session.data.split(split)
-    n = min(len(x), limit)
-    name = "training images" if split == "train" else f"{split} images"
-    return n, name if n == len(x) else f"of {len(x):,} {name}"
-
-
-def background_points(
-    session: DefuseSession, split: str, n: int, place: Callable[[Any], np.ndarray]
-) -> np.ndarray:
-    """float32 (n, 2): a seeded random subset of ``n`` images of ``split``, encoded and placed on
-    the errors' map by ``place`` (the fitted projection's transform)."""
-    x, _ = session.data.split(split)
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n].sort().values
-    return np.ascontiguousarray(place(session.encode(x[idx])), dtype=np.float32)
 
 
 def audit_payload(
@@ -349,17 +215,6 @@ def audit_payload(
         "predictions": pred.numpy().astype(np.int32),
         "probabilities": prob.numpy().astype(np.float32),
     }
-
-
-def current_labels(session: DefuseSession, indices: np.ndarray) -> np.ndarray:
-    """int32 (n,): the training labels of ``indices`` with the confirmed relabels applied."""
-    labels = session.data.y_train[torch.as_tensor(indices, dtype=torch.long)].clone()
-    relabels = session.relabels
-    for k, i in enumerate(np.asarray(indices).tolist()):
-        record = relabels.get(int(i))
-        if record is not None:
-            labels[k] = record.new_label
-    return labels.numpy().astype(np.int32)
 
 
 def history_entry(

@@ -32,6 +32,7 @@ import torch
 import traitlets as t
 
 from defuse_widgets.correction.settings import RoundSettings
+from defuse_widgets.projection.colors import region_color
 from defuse_widgets.regions.labels import label_name
 from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.suite.export import DEFAULT_MIN_ACCURACY, DEFAULT_SAMPLES
@@ -46,7 +47,7 @@ from defuse_widgets.widgets.explorer.jobs import Jobs
 from defuse_widgets.widgets.explorer.live import LiveSearch, check_live, no_errors
 from defuse_widgets.widgets.explorer.map import MapLayout
 from defuse_widgets.widgets.explorer.options import ExplorerOptions
-from defuse_widgets.widgets.explorer.panels import region_color, require_regions
+from defuse_widgets.widgets.explorer.panels import require_regions
 from defuse_widgets.widgets.explorer.selection import Selection
 from defuse_widgets.widgets.explorer.tuning import Tuner
 
