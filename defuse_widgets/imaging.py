@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 
 def to_uint8(images: Any) -> np.ndarray:
@@ -58,17 +59,20 @@ def sprite_sheet(images: Any, columns: int | None = None) -> np.ndarray:
 
     Image ``i`` sits at row ``i // columns``, column ``i % columns``; empty tiles are black.
     """
+    from torchvision.utils import make_grid
+
     arr = (
         images if isinstance(images, np.ndarray) and images.dtype == np.uint8 else to_uint8(images)
     )
     n, h, w, c = arr.shape
     cols = columns or max(1, int(np.ceil(np.sqrt(max(n, 1)))))
     rows = max(1, -(-n // cols))
-    sheet = np.zeros((rows * cols, h, w, c), np.uint8)
-    sheet[:n] = arr
-    return np.ascontiguousarray(
-        sheet.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
-    )
+    # make_grid narrows the grid to N tiles when N < cols, and makes grey images RGB: black tiles
+    # fill the last row, and the grey channel is taken back out
+    tiles = torch.zeros((rows * cols, c, h, w), dtype=torch.uint8)
+    tiles[:n] = torch.from_numpy(arr).permute(0, 3, 1, 2)
+    grid = make_grid(tiles, nrow=cols, padding=0)[:c]
+    return np.ascontiguousarray(grid.permute(1, 2, 0).numpy())
 
 
 class ImageGrid:

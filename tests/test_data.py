@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,12 @@ needs_fashion = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def _data_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the loaders' cache at a temp dir so no test writes under the user's home."""
+    """Point the cache at a temp dir so no test writes under the user's home; the datasets'
+    folder in it."""
     cache = tmp_path_factory.mktemp("dw-data-cache")
-    monkeypatch.setenv("DEFUSE_WIDGETS_DATA", str(cache))
-    return cache
+    monkeypatch.setenv("DEFUSE_WIDGETS_CACHE", str(cache))
+    monkeypatch.delenv("DEFUSE_WIDGETS_DATA", raising=False)
+    return cache / "datasets"
 
 
 # ---------------------------------------------------------------- digits
@@ -361,3 +364,80 @@ def test_load_dataset_limits_take_a_seeded_stratified_subsample(digits: dw.Image
     assert dw.load_dataset("digits", train_limit=10_000) is not None  # more than there are: all
     with pytest.raises(ValueError, match=r"train_limit: expected an integer >= 2, got 0"):
         dw.load_dataset("digits", train_limit=0)
+
+
+# ---------------------------------------------------------------- fingerprint and cache folder
+
+
+def test_fingerprint_hashes_images_and_labels(digits: dw.ImageDataset) -> None:
+    from defuse_widgets.data.fingerprint import dataset_fingerprint, fingerprint_matches
+
+    fp = dataset_fingerprint(digits)
+    assert fp["hash"].startswith("sha256:") and len(fp["hash"].split(":")[1]) == 64
+    assert dataset_fingerprint(dw.load_dataset("digits")) == fp  # the same data, the same hash
+    assert fingerprint_matches(digits, fp)
+    parts = {"x_train": digits.x_train, "y_train": digits.y_train}
+    parts |= {"x_test": digits.x_test, "y_test": digits.y_test}
+    changed = {
+        "x_train": digits.x_train.clone().index_fill_(0, torch.tensor([7]), 0.5),
+        "y_train": digits.y_train.roll(1),  # same label counts, other order
+        "x_test": digits.x_test.flip(-1),
+        "y_test": digits.y_test.roll(1),
+    }
+    for key, value in changed.items():
+        other = dw.from_tensors(**{**parts, key: value}, classes=digits.classes, name=digits.name)
+        assert dataset_fingerprint(other)["hash"] != fp["hash"], key
+        assert not fingerprint_matches(other, fp), key
+    wider = dw.from_tensors(
+        **{**parts, "x_train": digits.x_train.double(), "y_test": digits.y_test.int()},
+        classes=digits.classes,
+        name=digits.name,
+    )
+    assert dataset_fingerprint(wider) == fp  # from_tensors stores float32 images, int64 labels
+
+
+def test_fingerprint_accepts_the_first_format(digits: dw.ImageDataset) -> None:
+    """Files of earlier versions stored ``label_sum``, the weighted test-label sum."""
+    from defuse_widgets.data.fingerprint import dataset_fingerprint, fingerprint_matches
+
+    fp = dataset_fingerprint(digits)
+    fp.pop("hash")
+    weights = np.arange(1, len(digits.y_test) + 1)
+    old = {**fp, "label_sum": int((digits.y_test.numpy() * weights).sum() % 1_000_003)}
+    assert fingerprint_matches(digits, old)
+    assert not fingerprint_matches(digits, {**old, "label_sum": old["label_sum"] + 1})
+    assert not fingerprint_matches(digits, {**old, "n_train": old["n_train"] - 1})
+    assert not fingerprint_matches(digits, fp)  # neither hash nor label_sum
+    assert not fingerprint_matches(digits, None)
+
+
+def test_one_cache_root_moved_by_one_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from defuse_widgets.utils import cache
+
+    monkeypatch.delenv("DEFUSE_WIDGETS_CACHE")
+    for variable in cache.LEGACY.values():  # conftest.py moves the projections this way
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if sys.platform.startswith("linux"):  # platformdirs honours XDG_CACHE_HOME there
+        assert cache.cache_root() == tmp_path / "xdg" / "defuse-widgets"
+    monkeypatch.setenv("DEFUSE_WIDGETS_CACHE", str(tmp_path / "mine"))
+    assert cache.cache_root() == tmp_path / "mine"
+    for kind in cache.KINDS:
+        assert cache.cache_dir(kind) == tmp_path / "mine" / kind
+    assert data_mod.default_root() == tmp_path / "mine" / "datasets"
+    assert not (tmp_path / "mine").exists(), "asking creates nothing"
+    with pytest.raises(ValueError, match=r"kind: expected one of .*got 'thumbnails'"):
+        cache.cache_dir("thumbnails")
+
+
+def test_the_old_cache_variables_still_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from defuse_widgets.utils import cache
+
+    monkeypatch.setattr(cache, "_warned", set())
+    for kind, variable in cache.LEGACY.items():
+        monkeypatch.setenv(variable, str(tmp_path / variable))
+        with pytest.warns(DeprecationWarning, match=f"{variable} is deprecated.*CACHE/{kind}"):
+            assert cache.cache_dir(kind) == tmp_path / variable
+    assert data_mod.default_root() == tmp_path / "DEFUSE_WIDGETS_DATA"

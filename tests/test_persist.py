@@ -352,6 +352,34 @@ def test_a_different_dataset(
         name="digits",
     )
     refused(saved[1], digits_classifier, digits_vae, "different dataset", data=shuffled)
+    x_test = digits.x_test.clone()
+    x_test[0, 0, 0, 0] = 1.0 - x_test[0, 0, 0, 0]  # one pixel: the labels alone would not see it
+    one_pixel = dw.from_tensors(
+        digits.x_train, digits.y_train, x_test, digits.y_test, classes=digits.classes, name="digits"
+    )
+    refused(saved[1], digits_classifier, digits_vae, "different dataset", data=one_pixel)
+
+
+def test_a_session_with_the_first_fingerprint_still_loads(
+    saved: tuple[dw.DefuseSession, Path],
+    tmp_path: Path,
+    digits_classifier: nn.Module,
+    digits_vae: nn.Module,
+    digits: dw.ImageDataset,
+) -> None:
+    """Sessions saved before the fingerprint held a hash recorded ``label_sum`` instead."""
+    from defuse_widgets.data.fingerprint import legacy_label_sum
+
+    def first_fingerprint(doc: dict[str, Any], label_sum: int) -> None:
+        assert doc["dataset"].pop("hash").startswith("sha256:")
+        doc["dataset"]["label_sum"] = label_sum
+
+    path = damaged(saved, tmp_path)
+    edit_json(path, lambda d: first_fingerprint(d, legacy_label_sum(digits)))
+    s = load(path, digits_classifier, digits_vae, data=digits)
+    assert s.active_round == saved[0].active_round
+    edit_json(path, lambda d: d["dataset"].update(label_sum=legacy_label_sum(digits) + 1))
+    refused(path, digits_classifier, digits_vae, "different dataset", data=digits)
 
 
 def test_a_session_of_another_named_dataset_needs_data(

@@ -110,6 +110,33 @@ def test_large_sets_fit_umap_on_a_subsample_and_place_the_rest(
     assert np.array_equal(again, xy)  # the subsample is seeded
 
 
+def test_sprite_sheet_tiles_row_by_row_with_black_fill() -> None:
+    """The layout the suite's contact sheets and image grids rely on, for grey and colour images,
+    fewer images than columns, one image and none."""
+    rng = np.random.default_rng(0)
+    for n, c, cols in [
+        (7, 1, 3),
+        (7, 3, 3),
+        (2, 1, 5),
+        (1, 3, 4),
+        (1, 1, 1),
+        (0, 1, 2),
+        (9, 3, None),
+    ]:
+        u8 = rng.integers(1, 256, size=(n, 5, 4, c), dtype=np.uint8)  # no black pixel
+        sheet = imaging.sprite_sheet(u8, columns=cols)
+        k = cols or max(1, int(np.ceil(np.sqrt(max(n, 1)))))
+        rows = max(1, -(-n // k))
+        assert sheet.shape == (rows * 5, k * 4, c) and sheet.dtype == np.uint8
+        for i in range(rows * k):
+            tile = sheet[(i // k) * 5 : (i // k + 1) * 5, (i % k) * 4 : (i % k + 1) * 4]
+            assert np.array_equal(tile, u8[i]) if i < n else not tile.any(), (n, c, cols, i)
+    floats = torch.rand(3, 1, 8, 8)
+    assert np.array_equal(
+        imaging.sprite_sheet(floats, 2), imaging.sprite_sheet(imaging.to_uint8(floats), 2)
+    )
+
+
 def test_imaging_converts_and_downsamples() -> None:
     from PIL import Image
 

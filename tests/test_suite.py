@@ -285,6 +285,24 @@ def test_a_suite_from_another_dataset_is_refused(labeled: dw.DefuseSession, suit
         dw.check_suite(labeled.classifier, suite, device="cpu", data=other)
 
 
+def test_a_suite_with_the_first_fingerprint_still_checks(
+    labeled: dw.DefuseSession, suite: Path, copied: Path
+) -> None:
+    """Suites exported before the fingerprint held a hash recorded ``label_sum`` instead."""
+    from defuse_widgets.data.fingerprint import legacy_label_sum
+
+    doc = json.loads((copied / "manifest.json").read_text())
+    doc["dataset"].pop("hash")
+    doc["dataset"]["label_sum"] = legacy_label_sum(labeled.data)
+    (copied / "manifest.json").write_text(json.dumps(doc))
+    data = labeled.data
+    assert len(load_suite(copied, data=data).regions) == len(load_suite(suite).regions)
+    doc["dataset"]["label_sum"] += 1
+    (copied / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="data: the suite .* was exported from another dataset"):
+        load_suite(copied, data=data)
+
+
 def test_models_that_do_not_fit_are_refused(labeled: dw.DefuseSession, suite: Path) -> None:
     clf = copy.deepcopy(labeled.classifier)
     cases = {

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from defuse_widgets.data.dataset import ImageDataset, from_tensors, subsample
+from defuse_widgets.utils.cache import cache_dir
 from defuse_widgets.utils.checks import positive_int
 
 SUPPORTED = ("digits", "fashion-mnist", "mnist", "cifar10", "gtsrb")
@@ -252,9 +253,9 @@ def from_image_folder(
 
 
 def default_root() -> Path:
-    """Where datasets are looked for and downloaded when no ``root`` is given."""
-    env = os.environ.get("DEFUSE_WIDGETS_DATA")
-    return Path(env) if env else Path.home() / ".cache" / "defuse-widgets" / "datasets"
+    """Where datasets are looked for and downloaded when no ``root`` is given: the ``datasets``
+    folder of the cache (:func:`defuse_widgets.utils.cache.cache_dir`)."""
+    return cache_dir("datasets")
 
 
 def load_dataset(
@@ -271,9 +272,10 @@ def load_dataset(
     ----------
     name : "digits" (scikit-learn's bundled 8x8 digits, offline), "fashion-mnist", "mnist",
         "cifar10" or "gtsrb" (through torchvision, read from ``root``).
-    root : folder holding the files; defaults to ``$DEFUSE_WIDGETS_DATA`` or
-        ``~/.cache/defuse-widgets/datasets``. For Fashion-MNIST and MNIST the four IDX files may lie
-        directly in ``root``, gzipped or not (e.g. Debian's ``/usr/share/datasets/fashion-mnist``).
+    root : folder holding the files; defaults to the ``datasets`` folder of the package's cache
+        (the user cache folder, moved by ``$DEFUSE_WIDGETS_CACHE``: see the install page). For
+        Fashion-MNIST and MNIST the four IDX files may lie directly in ``root``, gzipped or not
+        (e.g. Debian's ``/usr/share/datasets/fashion-mnist``).
     download : let torchvision download missing files (needs internet).
     train_limit, test_limit : keep at most this many images of each split, a seeded subsample
         stratified by class (a quick try of a large set); the name then says so.

@@ -18,7 +18,7 @@ from torch import nn
 
 from defuse_widgets.correction.evaluation import RoundRecord
 from defuse_widgets.data.dataset import ImageDataset
-from defuse_widgets.data.fingerprint import dataset_fingerprint
+from defuse_widgets.data.fingerprint import fingerprint_matches
 from defuse_widgets.data.loaders import load_dataset
 from defuse_widgets.persist.schema import FORMAT, READS, FieldError, check_document
 from defuse_widgets.regions.distill import Region, RegionSet
@@ -185,7 +185,7 @@ def dataset_of(path: Path, fingerprint: dict[str, Any], data: ImageDataset | Non
         data = load_dataset("digits")
     if not isinstance(data, ImageDataset):
         raise TypeError(f"data: expected an ImageDataset or None, got {type(data).__name__}")
-    if dataset_fingerprint(data) != fingerprint:
+    if not fingerprint_matches(data, fingerprint):
         raise fail(
             path,
             f"it was made on a different dataset ({fingerprint['name']}, "

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from defuse_widgets.data.dataset import ImageDataset
-from defuse_widgets.data.fingerprint import dataset_fingerprint
+from defuse_widgets.data.fingerprint import dataset_fingerprint, fingerprint_matches
 from defuse_widgets.utils.manifest import ManifestError, read_manifest
 from defuse_widgets.utils.tensorfiles import parse_safetensors
 
@@ -214,7 +214,7 @@ def _unit(entry: dict[str, Any], key: str, where: str) -> float:
 
 def _check_dataset(path: Path, doc: dict[str, Any], data: ImageDataset) -> None:
     theirs, ours = doc.get("dataset"), dataset_fingerprint(data)
-    if theirs != ours:
+    if not fingerprint_matches(data, theirs):
         name = theirs.get("name") if isinstance(theirs, dict) else None
         raise ValueError(
             f"data: the suite in {path} was exported from another dataset ({name!r}, fingerprint "
