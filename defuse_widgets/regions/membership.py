@@ -10,11 +10,13 @@ probability near 1; the ellipsoid keeps "inside" to what the region covers.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from defuse_widgets.regions.distill import RegionSet
 from defuse_widgets.regions.mixture import chi_square_quantile, mahalanobis_sq
+from defuse_widgets.utils.checks import positive_int
 
 COVERAGE = 0.99
 """Share of a region's Gaussian whose ellipsoid bounds "inside"."""
@@ -67,3 +69,113 @@ def members(
         .nonzero()
         .flatten()
     )
+
+
+NEAREST = 10
+"""Rows each source image of a region's errors reaches (see :func:`reach`)."""
+
+
+@dataclass(frozen=True)
+class Reach:
+    """The real rows each region points to (see :func:`reach`).
+
+    Attributes
+    ----------
+    rows : dict
+        Region id -> (m,) int64 sorted indices of the rows it reaches.
+    total : int
+        The number of rows looked at (N).
+    """
+
+    rows: dict[int, torch.Tensor]
+    total: int
+
+    def mask(self, region_id: int | None = None) -> torch.Tensor:
+        """(N,) bool: the rows region ``region_id`` reaches (None: any region)."""
+        out = torch.zeros(self.total, dtype=torch.bool)
+        for rid in self.rows if region_id is None else [region_id]:
+            if rid not in self.rows:
+                raise KeyError(f"region_id: no reach for region {rid!r}; known {list(self.rows)}")
+            out[self.rows[rid]] = True
+        return out
+
+    def matrix(self, region_ids: Sequence[int]) -> torch.Tensor:
+        """(N, len(region_ids)) bool, one column per region (like :func:`inside_regions`)."""
+        if not region_ids:
+            return torch.zeros(self.total, 0, dtype=torch.bool)
+        return torch.stack([self.mask(rid) for rid in region_ids], 1)
+
+    def counts(self) -> dict[int, int]:
+        """Region id -> how many rows it reaches."""
+        return {rid: len(rows) for rid, rows in self.rows.items()}
+
+
+def nearest_rows(query: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
+    """(q, min(k, N)) int64: the ``k`` rows of ``points`` (N, f) nearest (Euclidean) to each
+    row of ``query`` (q, f), nearest first."""
+    k = min(k, len(points))
+    if not len(query) or not k:
+        return torch.zeros(len(query), k, dtype=torch.long)
+    pool = points.float()
+    found = [torch.cdist(q.float(), pool).topk(k, largest=False).indices for q in query.split(512)]
+    return torch.cat(found)
+
+
+def reach(
+    regions: RegionSet,
+    source_index: torch.Tensor,
+    source_points: torch.Tensor,
+    row_points: torch.Tensor,
+    region_ids: Sequence[int] | None = None,
+    k: int = NEAREST,
+) -> Reach:
+    """The one rule for which real rows a region points to: the ``k`` rows nearest to each
+    source image of its member errors.
+
+    A region's errors are perturbed codes; the real rows of a bug (a mislabeled slice's training
+    rows, a rare slice's few images) lie near the *images* those errors came from, not inside
+    the Gaussian fitted to the perturbations (measured in ``benchmarks/reach.py``).
+
+    Parameters
+    ----------
+    regions : RegionSet
+        Its ``assignments`` (M,) give each error's region.
+    source_index : (M,) int64
+        The searched image each error came from (``ErrorSet.source_index``).
+    source_points : (S, f)
+        The searched split's images as points (every index of ``source_index`` below S).
+    row_points : (N, f)
+        The rows to reach (a training or validation split) in the same space.
+    region_ids : the regions to reach from (default: every region).
+    k : rows reached per source image.
+
+    Returns
+    -------
+    Reach
+    """
+    positive_int("k", k)
+    if source_index.shape != regions.assignments.shape:
+        raise ValueError(
+            f"source_index: expected one index per error, shape {tuple(regions.assignments.shape)}"
+            f", got {tuple(source_index.shape)}"
+        )
+    if (
+        source_points.ndim != 2
+        or row_points.ndim != 2
+        or source_points.shape[1] != row_points.shape[1]
+    ):
+        raise ValueError(
+            "source_points, row_points: expected (S, f) and (N, f) points of one space, got "
+            f"{tuple(source_points.shape)} and {tuple(row_points.shape)}"
+        )
+    if len(source_index) and int(source_index.max()) >= len(source_points):
+        raise ValueError(
+            f"source_index: expected indices below {len(source_points)} (source_points' rows), "
+            f"got {int(source_index.max())}"
+        )
+    ids = regions.ids if region_ids is None else [regions.get(r).id for r in region_ids]
+    rows = {}
+    for rid in ids:
+        sources = source_index[regions.assignments == rid].unique()
+        rows[rid] = nearest_rows(source_points[sources], row_points, k).flatten().unique()
+    return Reach(rows, len(row_points))
