@@ -1,9 +1,9 @@
-"""What the error map draws besides its points' positions: thumbnails of the points' decoded codes
-and a split's images, placed on a fitted map, as a faint background."""
+"""What the error map draws besides its points' positions: thumbnails of the points' decoded codes,
+which errors the current model fixes, and a split's images placed on the map as a background."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -11,8 +11,10 @@ import torch
 
 from defuse_widgets.imaging import downsample, to_uint8
 from defuse_widgets.models.inference import batched
+from defuse_widgets.regions.distill import RegionSet
+from defuse_widgets.search.errors import ErrorSet
 
-CHUNK = 4096  # codes decoded per batch for a map-wide thumbnail pass
+CHUNK = 4096  # codes decoded per batch for the map-wide passes (thumbnails, fixed points)
 Coder = Callable[[torch.Tensor], torch.Tensor]  # a generator's decode (codes -> images) or encode
 
 
@@ -58,6 +60,43 @@ def thumbnails(
         empty_dtype=torch.uint8,
     )
     return out.numpy()
+
+
+def fixed_points(
+    errors: ErrorSet,
+    regions: RegionSet | None,
+    labels: Mapping[int, int],
+    classify: Callable[[torch.Tensor], torch.Tensor],
+) -> np.ndarray:
+    """uint8 (M,): 1 where the model no longer makes error ``i``.
+
+    Parameters
+    ----------
+    errors : ErrorSet
+        The map's errors.
+    regions : RegionSet or None
+        The regions fitted on them, if any.
+    labels : mapping
+        Region id -> its label; class labels (>= 0) set the target of the region's errors.
+    classify : callable
+        Codes (b, d) -> logits (b, K) of the current model on their decodes.
+
+    The target of an error is its region's class label when the region has one, else the
+    error's true label; the error is fixed when the model now predicts that target.
+    """
+    target = errors.true_label.clone()
+    if regions is not None:
+        for rid, label in labels.items():
+            if label >= 0:
+                target[regions.assignments == rid] = label
+    pred = batched(
+        lambda z: classify(z).argmax(1),
+        errors.codes,
+        device="cpu",
+        batch_size=CHUNK,
+        empty_dtype=torch.long,
+    )
+    return (pred == target).numpy().astype(np.uint8)
 
 
 def background_size(images: int, split: str, limit: int) -> tuple[int, str]:

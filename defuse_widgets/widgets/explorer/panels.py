@@ -1,9 +1,10 @@
 """What the explorer's panes show, as plain arrays and JSON-ready dicts: region rows, a region's
-panel, which errors the current model fixes, the audit and the accuracy chart's entries.
+panel, the audit and the accuracy chart's entries.
 
 Each function reads a :class:`~defuse_widgets.session.session.DefuseSession` through its public
 API; no widget is imported here, the explorer only moves the results into its traits. The map's
-own data (layout, colors, thumbnails, background) is the :mod:`defuse_widgets.projection` stage.
+own data (layout, colors, thumbnails, fixed errors, background) is the
+:mod:`defuse_widgets.projection` stage.
 """
 
 from __future__ import annotations
@@ -16,14 +17,11 @@ import numpy as np
 import torch
 
 from defuse_widgets.imaging import to_uint8
-from defuse_widgets.models.inference import batched
 from defuse_widgets.projection.colors import region_color
 from defuse_widgets.regions.distill import RegionSet
 from defuse_widgets.search.errors import ErrorSet
 from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.utils.jsonio import nan_to_none
-
-CHUNK = 4096  # codes decoded per batch for the map-wide fixed-points pass
 
 
 def require_regions(session: DefuseSession) -> RegionSet:
@@ -133,30 +131,6 @@ def region_panel(
         out["member_true"] = errors.true_label[idx].numpy().astype(np.int32)
         out["sources"] = to_uint8(x[errors.source_index[idx]])
     return out
-
-
-def fixed_points(session: DefuseSession, errors: ErrorSet) -> np.ndarray | None:
-    """uint8 (M,): 1 where the current model no longer makes error ``i``, None before any round.
-
-    The target of an error is its region's class label when the region has one, else the
-    error's true label; the error is fixed when the model now predicts that target.
-    """
-    if int(session.active_round) == 0:
-        return None
-    target = errors.true_label.clone()
-    regions = session.regions
-    if regions is not None:
-        for rid, label in session.labels.items():
-            if label >= 0:
-                target[regions.assignments == rid] = label
-    pred = batched(
-        lambda z: session.predict(session.decode(z)).argmax(1),
-        errors.codes,
-        device="cpu",
-        batch_size=CHUNK,
-        empty_dtype=torch.long,
-    )
-    return (pred == target).numpy().astype(np.uint8)
 
 
 def audit_payload(

@@ -32,6 +32,7 @@ import torch
 import traitlets as t
 
 from defuse_widgets.correction.settings import RoundSettings
+from defuse_widgets.projection import points
 from defuse_widgets.projection.colors import region_color
 from defuse_widgets.regions.labels import label_name
 from defuse_widgets.session.session import DefuseSession
@@ -648,7 +649,13 @@ class Explorer(anywidget.AnyWidget):
     def _refresh_views(self) -> None:
         """After a model change: fixed errors, the open panel and the audit anew."""
         self._panel_cache.clear()
-        self.point_fixed = panels.fixed_points(self.session, self._errors)
+        s = self.session
+        if int(s.active_round) == 0:
+            self.point_fixed = None  # before any round, nothing is fixed
+        else:
+            self.point_fixed = points.fixed_points(
+                self._errors, s.regions, s.labels, lambda z: s.predict(s.decode(z))
+            )
         if self.selected_region >= 0:
             self._send_panel(self.selected_region)
         self._audit.refresh()
