@@ -143,8 +143,9 @@ def _field(doc: Any, key: str, kind: type | tuple[type, ...], what: str, where: 
 
 def _image_shape(doc: dict[str, Any]) -> tuple[int, int, int]:
     shape = _field(doc, "image_shape", list, "[channels, height, width]")
-    if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                                  for v in shape):  # fmt: skip
+    if len(shape) != 3 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape
+    ):
         raise SuiteFileError(
             f"{MANIFEST}: field 'image_shape': expected [channels, height, width], got {shape!r}"
         )
@@ -207,8 +208,9 @@ def _load_region(path: Path, i: int, entry: Any, shape: tuple[int, ...], k: int)
 def _unit(entry: dict[str, Any], key: str, where: str) -> float:
     out = float(_field(entry, key, (int, float), "a number in [0, 1]", where))
     if math.isnan(out) or not 0 <= out <= 1:
-        raise SuiteFileError(f"{MANIFEST}: field '{where}.{key}': expected a number in [0, 1], "
-                             f"got {out!r}")  # fmt: skip
+        raise SuiteFileError(
+            f"{MANIFEST}: field '{where}.{key}': expected a number in [0, 1], got {out!r}"
+        )
     return out
 
 
