@@ -23,7 +23,13 @@ from defuse_widgets.models.generative import Generator, GeneratorAdapter, as_gen
 from defuse_widgets.models.normalized import Normalized
 from defuse_widgets.models.validity import validity_score
 from defuse_widgets.regions.distill import Region, RegionSample, RegionSet, fit_regions
-from defuse_widgets.regions.labels import MODEL_IS_RIGHT, UNRECOGNIZABLE, ReferenceModelLabeler
+from defuse_widgets.regions.labels import (
+    MODEL_IS_RIGHT,
+    UNRECOGNIZABLE,
+    Labeler,
+    ReferenceModelLabeler,
+    as_labeler,
+)
 from defuse_widgets.search.errors import ErrorSet
 from defuse_widgets.search.identify import identify
 from defuse_widgets.search.strategies import (
@@ -56,6 +62,7 @@ __all__ = [
     "GradientSearch",
     "ImageDataset",
     "ImageGrid",
+    "Labeler",
     "RayBackend",
     "ReferenceModelLabeler",
     "ReferenceSearch",
@@ -71,6 +78,7 @@ __all__ = [
     "Table",
     "Tables",
     "as_generator",
+    "as_labeler",
     "check_suite",
     "fit_regions",
     "from_image_folder",

@@ -160,9 +160,11 @@ def test_report_refuses_bad_arguments(
     digits: dw.ImageDataset, digits_classifier: nn.Module
 ) -> None:
     s = new_session(digits_classifier, Identity(digits.image_shape), digits)
-    with pytest.raises(ValueError, match="limit: expected a positive integer"):
+    with pytest.raises(ValueError, match="limit: expected None or a positive integer"):
         s.generator_report(limit=0)
-    with pytest.raises(TypeError, match="labeler: expected None, a classifier module"):
+    with pytest.raises(
+        TypeError, match="labeler: expected a ReferenceModelLabeler, a classifier module"
+    ):
         s.generator_report(labeler="reference")
     with pytest.raises(ValueError, match="min_ratio"):
         s.generator_report(min_ratio=1.5)

@@ -355,7 +355,7 @@ def test_evaluate_reports_the_validation_split_per_class(s: dw.DefuseSession) ->
     x, y = s.validation_data()
     pred = predict_labels(s.classifier, x)
     assert val.test_accuracy == pytest.approx(float((pred == y).float().mean()))
-    with pytest.raises(ValueError, match="split: expected 'test' or 'validation'"):
+    with pytest.raises(ValueError, match=r"split: expected one of \('test', 'validation'\)"):
         s.evaluate(split="train")
 
 

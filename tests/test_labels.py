@@ -12,7 +12,13 @@ from session_fixtures import ready_session
 from torch import nn
 
 import defuse_widgets as dw
-from defuse_widgets.regions.labels import SPECIAL_LABELS, check_label, label_name
+from defuse_widgets.regions.labels import (
+    SPECIAL_LABELS,
+    as_labeler,
+    check_label,
+    label_name,
+    region_vote,
+)
 
 
 @pytest.fixture(scope="module")
@@ -280,6 +286,51 @@ def test_labeler_per_image_mode() -> None:
     images[2, 0, 0, 1] = 1.0
     labeler = dw.ReferenceModelLabeler(Unsure(), min_confidence=0.9)
     assert labeler.label_images(images).tolist() == [1, 2, dw.UNRECOGNIZABLE, 4]
+
+
+# ----- the Labeler protocol and its one adapter -----
+
+
+def test_as_labeler_makes_one_kind_of_labeler_of_what_a_step_takes() -> None:
+    reference = dw.ReferenceModelLabeler(Oracle())
+    assert as_labeler(reference) is reference
+    wrapped = as_labeler(Oracle())
+    assert isinstance(wrapped, dw.ReferenceModelLabeler) and wrapped.samples == 16
+    person = as_labeler(lambda images: (images[:, 0, 0, 0] * 10).round().long())
+    assert person.model is None and person.name == "function"
+    assert person.label_images(images_of([1, 2, 3])).tolist() == [1, 2, 3]
+    # a callable labels a region by the same vote as the reference labeler
+    for votes, preds in (([3] * 12 + [1, 2, 4, 6], 5), ([5] * 16, 5), ([3] * 8 + [8] * 8, 5)):
+        images = images_of(votes)
+        expected = reference.label_region(images, torch.full((len(votes),), preds))
+        assert person.label_region(images, torch.full((len(votes),), preds)) == expected
+
+
+def test_abstentions_count_against_a_regions_majority() -> None:
+    votes = torch.tensor([3] * 6 + [dw.UNRECOGNIZABLE] * 4)
+    assert region_vote(votes, torch.full((10,), 5), 0.7) == dw.UNRECOGNIZABLE
+    assert region_vote(votes, torch.full((10,), 5), 0.6) == 3
+    none = torch.full((4,), dw.UNRECOGNIZABLE)
+    assert region_vote(none, torch.full((4,), 5), 0.5) == dw.UNRECOGNIZABLE
+
+
+def test_as_labeler_refuses_what_a_step_needs_and_the_labeler_lacks() -> None:
+    class RegionsOnly:
+        samples = 4
+
+        def label_region(self, images: torch.Tensor, predictions: torch.Tensor) -> int:
+            return 0
+
+    assert as_labeler(RegionsOnly(), "regions").label_region(images_of([1]), torch.ones(1)) == 0
+    with pytest.raises(TypeError, match=r"labeler: .*needs label_images\(images\); RegionsOnly"):
+        as_labeler(RegionsOnly(), "images")
+    with pytest.raises(TypeError, match="labeler: judging the generator needs a classifier"):
+        as_labeler(lambda images: images, "model")
+    assert as_labeler(Oracle(), "model").model is not None
+    with pytest.raises(TypeError, match=r"labeler: expected a ReferenceModelLabeler.*got str"):
+        as_labeler("reference")
+    with pytest.raises(ValueError, match="need: expected one of"):
+        as_labeler(Oracle(), "everything")
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ handler raises KeyboardInterrupt in the main thread, wherever the round happens 
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import signal
 import threading
@@ -116,6 +117,37 @@ def test_ctrl_c_during_correct_leaves_the_weights_before_or_after_the_round(
     s.revert()
     assert state_equal(weights(s.classifier), s._snapshots[0])
     check_invariants(s)
+
+
+def test_ctrl_c_while_the_round_loads_its_weights_puts_the_previous_ones_back(
+    session: dw.DefuseSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGINT that arrives while ``_commit_round`` loads a finished round's weights is held
+    back until the load ends: the round is then rolled back whole, weights and record."""
+    s = session
+    first = s.correct(**ROUND)
+    before, rounds, active = weights(s.classifier), s.rounds, s.active_round
+    load, fired = nn.Module.load_state_dict, []
+
+    def load_then_interrupt(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        out = load(self, *args, **kwargs)
+        committing = any(f.function == "_commit_round" for f in inspect.stack(0))
+        if self is s.classifier and committing and not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C came during the load
+            time.sleep(0.05)
+        return out
+
+    monkeypatch.setattr(nn.Module, "load_state_dict", load_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        s.correct(**ROUND)
+    monkeypatch.undo()
+    assert fired, "the round never loaded its weights into the classifier"
+    assert s.rounds == rounds and s.active_round == active
+    assert state_equal(weights(s.classifier), before), "the model kept the refused round's weights"
+    check_invariants(s)
+    assert s.history[-1] is first
+    assert s.correct(**ROUND).round == rounds + 1  # and the session goes on
 
 
 def test_ctrl_c_inside_a_deferred_block_arrives_after_it() -> None:

@@ -69,7 +69,7 @@ def test_a_byte_bound_spills_too_and_bounds_are_checked(tmp_path: Path) -> None:
                           max_bytes=2 * size, parent=tmp_path)  # fmt: skip
     assert store.report().in_memory == 2 and store.report().on_disk == 3
     for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="max_in_memory: expected None or an integer >= 1"):
+        with pytest.raises(ValueError, match="max_in_memory: expected None or a positive integer"):
             store.configure(max_in_memory=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="parent: expected an existing folder"):
         store.configure(parent=tmp_path / "absent")

@@ -38,6 +38,7 @@ from defuse_widgets.correction.training import (
 from defuse_widgets.models.generative import GeneratorAdapter
 from defuse_widgets.models.inference import predict_labels
 from defuse_widgets.regions.distill import RegionSet
+from defuse_widgets.regions.labels import Labeler
 from defuse_widgets.regions.membership import COVERAGE, inside_regions
 
 MIN_VALIDATION_IMAGES = 10
@@ -59,7 +60,8 @@ class RoundInputs:
         (relabels applied) and encoder means (n, d).
     validation : (images, labels, codes) of the validation split, or None without one.
     num_classes, device, seed : the task's class count, the device, the session's seed.
-    vet : ``images -> (n,) class`` vetting decoded region samples, or None.
+    labeler : the :class:`~defuse_widgets.regions.labels.Labeler` whose ``label_images`` vets the
+        decoded region samples (those it does not call their region's label are dropped), or None.
     relabeled : (n,) bool, the rows of ``x_fit`` with a confirmed relabel; None: none.
     """
 
@@ -74,7 +76,7 @@ class RoundInputs:
     num_classes: int
     device: torch.device
     seed: int = 0
-    vet: Callable[[torch.Tensor], torch.Tensor] | None = None
+    labeler: Labeler | None = None
     relabeled: torch.Tensor | None = None
     """(n,) bool: the rows whose label a person or labeler confirmed (see the audit)."""
     classes: tuple[str, ...] = ()
@@ -120,16 +122,27 @@ def run_round(
         for i, settings in enumerate(grid):
             tried.append(fixed.train(settings, cancel, _offset(callback, i, len(grid))))
     except Cancelled:
-        return RoundResult(None, RoundRecord(None, True, vars(grid[0]), [],
-                                             time.perf_counter() - start))  # fmt: skip
+        return RoundResult(
+            None, RoundRecord(None, True, vars(grid[0]), [], time.perf_counter() - start)
+        )
     best = max(range(len(tried)), key=lambda i: tried[i][0])
     _, state, losses, checker = tried[best]
     record = RoundRecord(
-        None, False, vars(grid[best]), losses, 0.0, None, None, dict(inputs.targets),
-        scales=dict(fixed.scales), min_validity=fixed.min_validity,
-        vetted=inputs.vet is not None, samples_kept=_share(fixed.tally),
-        real_images=fixed.real_images(), generated_images=fixed.tally.get("kept", 0),
-    )  # fmt: skip
+        None,
+        False,
+        vars(grid[best]),
+        losses,
+        0.0,
+        None,
+        None,
+        dict(inputs.targets),
+        scales=dict(fixed.scales),
+        min_validity=fixed.min_validity,
+        vetted=inputs.labeler is not None,
+        samples_kept=_share(fixed.tally),
+        real_images=fixed.real_images(),
+        generated_images=fixed.tally.get("kept", 0),
+    )
     if checker is not None:
         record.stopped = checker.finish(len(losses))
         record.best_step = checker.best.step
@@ -228,15 +241,31 @@ class _FixedParts:
         draw = inputs.regions.training_sampler(
             inputs.targets, self.scales, settings.seed, inputs.device, coverage=COVERAGE
         )
-        batch = region_batches(draw, inputs.generator, self.min_validity, inputs.vet, self.tally)
+        vet = None if inputs.labeler is None else inputs.labeler.label_images
+        batch = region_batches(draw, inputs.generator, self.min_validity, vet, self.tally)
         checker = None
         if inputs.validation is not None and settings.early_stopping:
-            checker = EarlyStopping(self._measure(), inputs.classifier, settings.tolerance,
-                                    settings.patience, settings.confidence,
-                                    inputs.classes)  # fmt: skip
-        state, losses = fine_tune(inputs.classifier, inputs.x_fit, inputs.y_fit, batch, settings,
-                                  cancel, callback, self.outside, checker, BLENDS,
-                                  self.weights(settings))  # fmt: skip
+            checker = EarlyStopping(
+                self._measure(),
+                inputs.classifier,
+                settings.tolerance,
+                settings.patience,
+                settings.confidence,
+                inputs.classes,
+            )
+        state, losses = fine_tune(
+            inputs.classifier,
+            inputs.x_fit,
+            inputs.y_fit,
+            batch,
+            settings,
+            cancel,
+            callback,
+            self.outside,
+            checker,
+            BLENDS,
+            self.weights(settings),
+        )
         score = (0.0, 0.0) if checker is None else (checker.best.region, checker.best.overall)
         return score, state, losses, checker
 

@@ -23,7 +23,7 @@ import torch
 
 from defuse_widgets.models.validity import reencoding_validity, validity_score
 from defuse_widgets.regions.distill import DEFAULT_SCALE, RegionSet
-from defuse_widgets.regions.labels import as_labeler
+from defuse_widgets.regions.labels import LabelerLike, as_labeler
 from defuse_widgets.regions.mixture import mahalanobis_sq
 
 MIN_SCALE, MAX_SCALE = 0.01, 1.0
@@ -70,16 +70,10 @@ def validity_floor(
     return float(torch.quantile(scores, VALIDITY_QUANTILE))
 
 
-def sample_vetter(labeler: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``images -> (n,) class per image`` from a labeler's per-image mode (``label_images``;
-    a classifier module is wrapped in a ReferenceModelLabeler); TypeError for anything else."""
-    judge = as_labeler(labeler)
-    if not callable(getattr(judge, "label_images", None)):
-        raise TypeError(
-            "labeler: vetting region samples needs a labeler with label_images(images), such as "
-            f"a ReferenceModelLabeler or a classifier module; got {type(labeler).__name__}"
-        )
-    return judge.label_images
+def sample_vetter(labeler: LabelerLike) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``images -> (n,) class per image``: the per-image mode of ``as_labeler(labeler,
+    "images")`` (kept for callers that only check a labeler can vet)."""
+    return as_labeler(labeler, "images").label_images
 
 
 def region_batches(
@@ -90,7 +84,7 @@ def region_batches(
     tally: dict[str, int] | None = None,
 ) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
     """``n -> (images, labels)``: decoded draws whose validity is at least ``min_validity``
-    (and, with ``vet``, that it labels with their region's label; see :func:`sample_vetter`).
+    (and, with ``vet``, a labeler's ``label_images``, that it labels with their region's label).
 
     Up to ``MAX_TRIES`` draws of ``n`` are made to fill the batch; if too few pass, the batch is
     what passed; if none is natural, the single most natural sample, so a step always has one

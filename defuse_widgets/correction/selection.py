@@ -54,9 +54,14 @@ class Score:
     """(n,) the validation labels, to split ``correct`` by class."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "overall": self.overall, "per_class": list(self.per_class),
-                "region": self.region, "counts": list(self.counts),
-                "blend": self.blend}  # fmt: skip
+        return {
+            "step": self.step,
+            "overall": self.overall,
+            "per_class": list(self.per_class),
+            "region": self.region,
+            "counts": list(self.counts),
+            "blend": self.blend,
+        }
 
 
 def class_drops(before: Sequence[float], after: Sequence[float]) -> list[float]:
@@ -86,13 +91,27 @@ def harm(
     for c, drop in enumerate(class_drops(before_per_class, after_per_class)):
         if plain_harm(drop, tolerance, counts[c] if c < len(counts) else 0):
             name = classes[c] if c < len(classes) else str(c)
-            out.append({"class": c, "name": name, "before": before_per_class[c],
-                        "after": after_per_class[c], "drop": drop})  # fmt: skip
+            out.append(
+                {
+                    "class": c,
+                    "name": name,
+                    "before": before_per_class[c],
+                    "after": after_per_class[c],
+                    "drop": drop,
+                }
+            )
     out.sort(key=lambda e: -float(e["drop"]))
     overall = 100.0 * (before_overall - after_overall)
     if plain_harm(overall, OVERALL_TOLERANCE, sum(counts)):
-        out.append({"class": None, "name": "overall", "before": before_overall,
-                    "after": after_overall, "drop": overall})  # fmt: skip
+        out.append(
+            {
+                "class": None,
+                "name": "overall",
+                "before": before_overall,
+                "after": after_overall,
+                "drop": overall,
+            }
+        )
     return out
 
 
@@ -102,10 +121,11 @@ def changes(start: Score, score: Score, confidence: float = DEFAULT_CONFIDENCE) 
     if start.correct is None or score.correct is None or start.labels is None:
         raise ValueError("changes: both scores need their per-image correctness")
     out = [
-        paired_change(start.correct[start.labels == c], score.correct[start.labels == c],
-                      confidence)
+        paired_change(
+            start.correct[start.labels == c], score.correct[start.labels == c], confidence
+        )
         for c in range(len(start.per_class))
-    ]  # fmt: skip
+    ]
     return [*out, paired_change(start.correct, score.correct, confidence)]
 
 
@@ -126,14 +146,30 @@ def paired_harm(
     for c, change in enumerate(per_class):
         if change.exceeds(tolerance) or coarse(change, tolerance, confidence):
             name = classes[c] if c < len(classes) else str(c)
-            out.append({"class": c, "name": name, "before": start.per_class[c],
-                        "after": score.per_class[c], "drop": change.drop, "low": change.low,
-                        "high": change.high})  # fmt: skip
+            out.append(
+                {
+                    "class": c,
+                    "name": name,
+                    "before": start.per_class[c],
+                    "after": score.per_class[c],
+                    "drop": change.drop,
+                    "low": change.low,
+                    "high": change.high,
+                }
+            )
     out.sort(key=lambda e: -float(e["drop"]))
     if overall.exceeds(OVERALL_TOLERANCE):
-        out.append({"class": None, "name": "overall", "before": start.overall,
-                    "after": score.overall, "drop": overall.drop, "low": overall.low,
-                    "high": overall.high})  # fmt: skip
+        out.append(
+            {
+                "class": None,
+                "name": "overall",
+                "before": start.overall,
+                "after": score.overall,
+                "drop": overall.drop,
+                "low": overall.low,
+                "high": overall.high,
+            }
+        )
     return out
 
 
@@ -175,8 +211,15 @@ class EarlyStopping:
         """What ``score`` broke against the start (see :func:`paired_harm` and :func:`harm`)."""
         if self.start.correct is not None and score.correct is not None:
             return paired_harm(self.start, score, self.tolerance, self.classes, self.confidence)
-        return harm(self.start.overall, self.start.per_class, score.overall,
-                    score.per_class, self.tolerance, self.classes, score.counts)  # fmt: skip
+        return harm(
+            self.start.overall,
+            self.start.per_class,
+            score.overall,
+            score.per_class,
+            self.tolerance,
+            self.classes,
+            score.counts,
+        )
 
     def check(self, step: int, model: nn.Module, blend: float = 1.0) -> bool:
         """Score ``model`` after ``step`` steps (``blend``: its share in a blend with the

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from defuse_widgets.correction.statistics import DEFAULT_CONFIDENCE
-from defuse_widgets.utils.checks import in_range, one_of, positive_int, positive_number
+from defuse_widgets.utils.checks import Boolean, Constraints, Interval, Options, validate_params
 
 OPTIMIZERS = ("sgd", "adam")
 DEFAULT_EMA = 0.99
@@ -33,6 +33,26 @@ AUTO_GRID: tuple[dict[str, Any], ...] = (
     {"lam": 1.0, "lr": 0.01},
 )
 """The settings ``correct(auto=True)`` tries (over the round's other settings)."""
+
+_COUNT = Interval(int, 1, None)
+_POSITIVE = Interval(float, 0, None, closed="neither")
+CONSTRAINTS: Constraints = {
+    "steps": [_COUNT],
+    "batch_size": [_COUNT],
+    "lam": [_POSITIVE],
+    "lr": [_POSITIVE],
+    "scale": [None, _POSITIVE],
+    "optimizer": [Options(OPTIMIZERS)],
+    "keep": [Interval(float, 0.0, 1e6)],
+    "tolerance": [Interval(float, 0.0, 100.0)],
+    "early_stopping": [Boolean()],
+    "check_every": [None, _COUNT],
+    "patience": [_COUNT],
+    "ema": [Interval(float, 0.0, 1.0, closed="left")],
+    "real_weight": [Interval(float, 1.0, 1e6)],
+    "confidence": [Interval(float, 0.5, 1.0, closed="left")],
+}
+"""The declared checks of a round's knobs (``momentum`` and ``seed`` are free)."""
 
 
 @dataclass(frozen=True)
@@ -74,23 +94,9 @@ class RoundSettings:
         self.check()
 
     def check(self) -> None:
-        """Raise ValueError naming the first knob out of range."""
-        positive_int("steps", self.steps)
-        positive_int("batch_size", self.batch_size)
-        positive_number("lam", self.lam)
-        positive_number("lr", self.lr)
-        if self.scale is not None:
-            positive_number("scale", self.scale)
-        one_of("optimizer", self.optimizer, OPTIMIZERS)
-        in_range("keep", self.keep, 0.0, 1e6)
-        in_range("tolerance", self.tolerance, 0.0, 100.0)
-        one_of("early_stopping", self.early_stopping, (True, False))
-        if self.check_every is not None:
-            positive_int("check_every", self.check_every)
-        positive_int("patience", self.patience)
-        in_range("ema", self.ema, 0.0, 1.0, high_open=True)
-        in_range("real_weight", self.real_weight, 1.0, 1e6)
-        in_range("confidence", self.confidence, 0.5, 1.0, high_open=True)
+        """Raise ValueError naming the first knob out of range (see :data:`CONSTRAINTS`)."""
+        knobs = {name: getattr(self, name) for name in CONSTRAINTS}
+        validate_params(CONSTRAINTS, **knobs)
 
     @property
     def every(self) -> int:

@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import save
 
 from defuse_widgets.utils.atomic import fsync_directory, new_generation, write_durable
+from defuse_widgets.utils.checks import Constraints, Interval, validate_params
 from defuse_widgets.utils.tensorfiles import parse_safetensors
 
 DEFAULT_IN_MEMORY = 8
@@ -35,6 +36,11 @@ DEFAULT_IN_MEMORY = 8
 DEFAULT_MAX_BYTES = 1 << 30
 """Bytes of snapshots kept in memory by default (1 GiB)."""
 PREFIX = "defuse-snapshots-"
+CONSTRAINTS: Constraints = {
+    "max_in_memory": [None, Interval(int, 1, None)],
+    "max_bytes": [None, Interval(int, 0, None)],
+}
+"""The declared checks of the store's bounds."""
 
 State = dict[str, torch.Tensor]
 
@@ -132,17 +138,7 @@ class SnapshotStore:
         parent: str | os.PathLike | None = None,
     ) -> None:
         """Set the bounds (checked first) and spill what they no longer allow."""
-        if max_in_memory is not None and (
-            isinstance(max_in_memory, bool) or not isinstance(max_in_memory, int)
-            or max_in_memory < 1
-        ):  # fmt: skip
-            raise ValueError(
-                f"max_in_memory: expected None or an integer >= 1, got {max_in_memory!r}"
-            )
-        if max_bytes is not None and (
-            isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0
-        ):
-            raise ValueError(f"max_bytes: expected None or an integer >= 0, got {max_bytes!r}")
+        validate_params(CONSTRAINTS, max_in_memory=max_in_memory, max_bytes=max_bytes)
         if parent is not None and not Path(parent).is_dir():
             raise ValueError(f"parent: expected an existing folder, got {parent!r}")
         if parent is not None and self._disk and Path(parent) != self.parent:

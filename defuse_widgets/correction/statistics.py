@@ -53,8 +53,14 @@ class Change:
         return self.low > 0 and self.drop > tolerance
 
     def to_dict(self) -> dict[str, float | int]:
-        return {"drop": self.drop, "low": self.low, "high": self.high, "images": self.images,
-                "lost": self.lost, "gained": self.gained}  # fmt: skip
+        return {
+            "drop": self.drop,
+            "low": self.low,
+            "high": self.high,
+            "images": self.images,
+            "lost": self.lost,
+            "gained": self.gained,
+        }
 
 
 def paired_change(
@@ -73,8 +79,14 @@ def paired_change(
         return Change(0.0, -math.inf, math.inf, 0, 0, 0)
     low_p, high_p = _share_interval(lost, lost + gained, confidence)
     scale = 100.0 * (lost + gained) / n
-    return Change(100.0 * (lost - gained) / n, scale * (2 * low_p - 1), scale * (2 * high_p - 1),
-                  n, lost, gained)  # fmt: skip
+    return Change(
+        100.0 * (lost - gained) / n,
+        scale * (2 * low_p - 1),
+        scale * (2 * high_p - 1),
+        n,
+        lost,
+        gained,
+    )
 
 
 def _share_interval(hits: int, trials: int, confidence: float) -> tuple[float, float]:

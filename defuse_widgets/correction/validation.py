@@ -166,8 +166,9 @@ def leak_note(
     )
 
 
-def _gap_beyond_noise(validation_right: torch.Tensor, test_right: torch.Tensor,
-                      min_gap: float) -> bool:  # fmt: skip
+def _gap_beyond_noise(
+    validation_right: torch.Tensor, test_right: torch.Tensor, min_gap: float
+) -> bool:
     """Whether validation accuracy sits above test accuracy by more than ``min_gap`` points and
     three standard errors of the difference."""
     if len(validation_right) == 0 or len(test_right) == 0:

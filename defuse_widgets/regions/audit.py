@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
-from defuse_widgets.regions.labels import ReferenceModelLabeler
+from defuse_widgets.regions.labels import Labeler
 from defuse_widgets.utils.checks import in_range, positive_int
 
 
@@ -58,10 +57,12 @@ class AuditResult:
         return [
             {"index": int(i), "label": int(lab), "prediction": int(p), "probability": float(q)}
             for i, lab, p, q in zip(
-                self.indices.tolist(), self.labels.tolist(), self.predictions.tolist(),
+                self.indices.tolist(),
+                self.labels.tolist(),
+                self.predictions.tolist(),
                 self.probabilities.tolist(),
             )
-        ]  # fmt: skip
+        ]
 
 
 def select_conflicts(
@@ -124,9 +125,18 @@ def audit_region(
     else:
         preds, evidence = torch.zeros(0, dtype=torch.long), torch.zeros(0)
     order = torch.argsort(-evidence, stable=True)  # ties keep select_conflicts' order
-    return AuditResult(int(region_id), int(region_label), float(min_probability), idx[order],
-                       chosen[order], stored[order], preds[order], p[order], inside,
-                       evidence[order])  # fmt: skip
+    return AuditResult(
+        int(region_id),
+        int(region_label),
+        float(min_probability),
+        idx[order],
+        chosen[order],
+        stored[order],
+        preds[order],
+        p[order],
+        inside,
+        evidence[order],
+    )
 
 
 def check_probability(value: float) -> None:
@@ -157,28 +167,11 @@ def count_inside(
     }
 
 
-def labeler_function(labeler: Any) -> Callable[[torch.Tensor], Any]:
-    """``labeler.label_images``, or ``labeler`` itself if it is a callable; TypeError otherwise.
-
-    A classifier module is wrapped in a
-    :class:`~defuse_widgets.regions.labels.ReferenceModelLabeler`
-    (calling it would give logits, not labels).
-    """
-    if isinstance(labeler, nn.Module):
-        labeler = ReferenceModelLabeler(labeler)
-    decide = getattr(labeler, "label_images", labeler)
-    if not callable(decide):
-        raise TypeError(
-            f"labeler: expected an object with label_images(images) or a callable, got {labeler!r}"
-        )
-    return decide
-
-
-def ask_labeler(decide: Callable[[torch.Tensor], Any], images: torch.Tensor) -> torch.Tensor:
-    """(n,) the classes ``decide(images)`` gives ``images`` (``UNRECOGNIZABLE``: none)."""
+def ask_labeler(labeler: Labeler, images: torch.Tensor) -> torch.Tensor:
+    """(n,) the classes ``labeler.label_images`` gives ``images`` (``UNRECOGNIZABLE``: none)."""
     if not len(images):
         return torch.zeros(0, dtype=torch.long)
-    votes = torch.as_tensor(decide(images)).cpu().long().flatten()
+    votes = torch.as_tensor(labeler.label_images(images)).cpu().long().flatten()
     if votes.shape != (len(images),):
         raise ValueError(f"labeler: returned {tuple(votes.shape)} labels for {len(images)} images")
     return votes

@@ -1,19 +1,20 @@
-"""Region labels: the special values, and a reference model that labels regions automatically."""
+"""Region labels and who gives them: the special values, the :class:`Labeler` protocol with its one
+adapter :func:`as_labeler`, the reference model that labels automatically, label documents."""
 
 from __future__ import annotations
 
 import json
 import operator
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from defuse_widgets.models.inference import predict_proba
-from defuse_widgets.utils.checks import in_range, positive_int
+from defuse_widgets.utils.checks import Constraints, Interval, positive_int, validate_params
 
 MODEL_IS_RIGHT = -1
 """The region's decoded images really are the predicted class: excluded from correction."""
@@ -48,10 +49,67 @@ def label_name(label: int, classes: Sequence[str]) -> str:
     return SPECIAL_LABELS.get(label) or classes[label]
 
 
+class Labeler(Protocol):
+    """What labels in place of a person: the one rule every step that takes a ``labeler`` uses.
+
+    A labeler has
+
+    - ``label_images(images) -> (n,)`` a class per image, or ``UNRECOGNIZABLE`` where it abstains:
+      it vets a round's region samples (``correct``) and confirms audited images and disputes
+      (``confirm_audit``, ``confirm_disputes``);
+    - ``label_region(images, predictions) -> int`` one label for a region from its decoded
+      ``images`` and the debugged classifier's ``predictions`` on them (``auto_label``), looking at
+      ``samples`` images per region;
+    - ``model``: the classifier module it judges with, or None; it judges the generator
+      (``generator_report``, ``sample_recognition``);
+    - ``name``: who it is, recorded with the relabels it confirms.
+
+    The package gives :class:`ReferenceModelLabeler` (an independent classifier votes), and
+    :func:`as_labeler` makes one of a classifier module (a ``ReferenceModelLabeler`` with its
+    defaults), of a callable ``images -> (n,) classes`` (a person's decisions; it has no model) or
+    of an object with only some of these methods (what it lacks is refused where it is needed).
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def samples(self) -> int: ...
+
+    @property
+    def model(self) -> nn.Module | None: ...
+
+    def label_images(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def label_region(self, images: torch.Tensor, predictions: torch.Tensor) -> int: ...
+
+
+LabelerLike = Labeler | nn.Module | Callable[[torch.Tensor], Any]
+"""What a step's ``labeler`` argument takes: anything :func:`as_labeler` adapts."""
+
+DEFAULT_SAMPLES = 16
+DEFAULT_AGREEMENT = 0.7
+
+
+def region_vote(votes: torch.Tensor, predictions: torch.Tensor, min_agreement: float) -> int:
+    """A region's label from per-sample ``votes`` (``UNRECOGNIZABLE``: an abstention): the
+    majority class when it reaches ``min_agreement`` of the votes (``MODEL_IS_RIGHT`` when it is
+    the class the debugged classifier mostly ``predicts``), else ``UNRECOGNIZABLE``."""
+    votes = votes.cpu().long()
+    counts = torch.bincount(votes[votes >= 0])
+    if not len(votes) or not len(counts):
+        return UNRECOGNIZABLE
+    majority = int(counts.argmax())
+    if float(counts[majority]) / len(votes) < min_agreement:
+        return UNRECOGNIZABLE
+    model_majority = int(torch.bincount(predictions.cpu()).argmax())
+    return MODEL_IS_RIGHT if majority == model_majority else majority
+
+
 class ReferenceModelLabeler:
     """Labels a region by the majority vote of an independent model over its decoded samples.
 
-    It stands in for a person in automated runs, demos and benchmarks.
+    It stands in for a person in automated runs, demos and benchmarks (see :class:`Labeler`).
 
     Parameters
     ----------
@@ -71,18 +129,25 @@ class ReferenceModelLabeler:
     """
 
     name = "reference-model"
+    CONSTRAINTS: Constraints = {
+        "samples": [Interval(int, 1, None)],
+        "min_agreement": [Interval(float, 0, 1, closed="right")],
+        "min_confidence": [Interval(float, 0, 1, closed="right")],
+    }
 
     def __init__(
         self,
         model: nn.Module,
-        samples: int = 16,
-        min_agreement: float = 0.7,
+        samples: int = DEFAULT_SAMPLES,
+        min_agreement: float = DEFAULT_AGREEMENT,
         min_confidence: float = 0.9,
     ):
-        positive_int("samples", samples)
-        for name, value in (("min_agreement", min_agreement), ("min_confidence", min_confidence)):
-            if in_range(name, value, 0, 1) == 0:
-                raise ValueError(f"{name}: expected a number in (0, 1], got {value!r}")
+        validate_params(
+            self.CONSTRAINTS,
+            samples=samples,
+            min_agreement=min_agreement,
+            min_confidence=min_confidence,
+        )
         self.model = model
         self.samples = samples
         self.min_agreement = min_agreement
@@ -94,14 +159,8 @@ class ReferenceModelLabeler:
 
     def label_region(self, images: torch.Tensor, predictions: torch.Tensor) -> int:
         """One label for a region from its decoded ``images`` and the debugged model's
-        ``predictions``."""
-        votes = self.probabilities(images).argmax(1)
-        counts = torch.bincount(votes)
-        majority = int(counts.argmax())
-        if float(counts[majority]) / len(votes) < self.min_agreement:
-            return UNRECOGNIZABLE
-        model_majority = int(torch.bincount(predictions.cpu()).argmax())
-        return MODEL_IS_RIGHT if majority == model_majority else majority
+        ``predictions`` (every sample votes its likeliest class; see :func:`region_vote`)."""
+        return region_vote(self.probabilities(images).argmax(1), predictions, self.min_agreement)
 
     def label_images(self, images: torch.Tensor) -> torch.Tensor:
         """Per-image mode: (n,) class per image, or ``UNRECOGNIZABLE`` where the model is unsure."""
@@ -109,20 +168,86 @@ class ReferenceModelLabeler:
         return torch.where(conf >= self.min_confidence, pred, torch.full_like(pred, UNRECOGNIZABLE))
 
 
-def as_labeler(labeler: Any) -> Any:
-    """``labeler`` if it labels regions (``samples`` and ``label_region``); a classifier module is
-    wrapped in a :class:`ReferenceModelLabeler`; TypeError otherwise."""
+class AdaptedLabeler:
+    """A :class:`Labeler` made by :func:`as_labeler` of a callable or of an object with only
+    some of a labeler's methods: what it lacks is refused when asked for (see ``lacks``)."""
+
+    def __init__(self, source: Any):
+        images = getattr(source, "label_images", None)
+        self._images = images if callable(images) else None
+        if self._images is None and callable(source) and not hasattr(source, "label_region"):
+            self._images = source  # a callable images -> classes, such as a person's decisions
+        region = getattr(source, "label_region", None)
+        self._region = region if callable(region) else None
+        model = getattr(source, "model", None)
+        self.model: nn.Module | None = model if isinstance(model, nn.Module) else None
+        self.samples: int = getattr(source, "samples", DEFAULT_SAMPLES)
+        self.name: str = str(getattr(source, "name", type(source).__name__))
+        self.source = source
+
+    def lacks(self, need: str) -> str | None:
+        """What the labeler lacks to do ``need`` ("images", "regions", "model"), or None."""
+        if need == "images" and self._images is None:
+            return "label_images(images)"
+        if need == "regions" and self._region is None and self._images is None:
+            return "label_region(images, predictions)"
+        if need == "model" and self.model is None:
+            return "a model (a classifier module)"
+        return None
+
+    def label_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(n,) the class the source gives each image."""
+        if self._images is None:
+            raise TypeError(f"labeler: {self.name} has no label_images(images)")
+        return torch.as_tensor(self._images(images))
+
+    def label_region(self, images: torch.Tensor, predictions: torch.Tensor) -> int:
+        """The source's own label for the region, else the vote of its per-image labels."""
+        if self._region is not None:
+            return int(self._region(images, predictions))
+        return region_vote(self.label_images(images).flatten(), predictions, DEFAULT_AGREEMENT)
+
+
+NEEDS = {
+    "images": "labeling image by image needs label_images(images)",
+    "regions": "labeling regions needs label_region(images, predictions) or label_images(images)",
+    "model": "judging the generator needs a classifier module",
+}
+
+
+def as_labeler(labeler: LabelerLike, need: str | None = None) -> Labeler:
+    """``labeler`` as a :class:`Labeler`: the one adapter every step that takes one uses.
+
+    A :class:`ReferenceModelLabeler` (or any object with every part of a labeler) is returned as
+    it is; a classifier module is wrapped in a ``ReferenceModelLabeler`` with its defaults (calling
+    it would give logits, not labels); a callable ``images -> classes`` or an object with
+    ``label_images`` and/or ``label_region`` in an :class:`AdaptedLabeler`. ``need`` ("images",
+    "regions" or "model") is what the caller will ask of it: TypeError now if it lacks it.
+    """
+    if need is not None and need not in NEEDS:
+        raise ValueError(f"need: expected one of {tuple(NEEDS)}, got {need!r}")
     if isinstance(labeler, nn.Module):
         return ReferenceModelLabeler(labeler)
-    if isinstance(getattr(labeler, "samples", None), int) and callable(
-        getattr(labeler, "label_region", None)
-    ):
+    if isinstance(labeler, ReferenceModelLabeler):
+        if need == "model" and not isinstance(labeler.model, nn.Module):
+            raise TypeError(f"labeler: {NEEDS[need]}; {labeler.name} has no model")
         return labeler
-    raise TypeError(
-        "labeler: expected a ReferenceModelLabeler (or an object with samples and "
-        "label_region(images, predictions)), or a classifier module to wrap in one, "
-        f"got {type(labeler).__name__}"
-    )
+    if not (
+        callable(labeler)
+        or callable(getattr(labeler, "label_images", None))
+        or callable(getattr(labeler, "label_region", None))
+    ):
+        raise TypeError(
+            "labeler: expected a ReferenceModelLabeler, a classifier module, a callable "
+            "images -> classes, or an object with label_images(images) and/or "
+            f"label_region(images, predictions) (see Labeler), got {type(labeler).__name__}"
+        )
+    adapted = AdaptedLabeler(labeler)
+    positive_int("labeler.samples", adapted.samples)
+    missing = None if need is None else adapted.lacks(need)
+    if need is not None and missing is not None:
+        raise TypeError(f"labeler: {NEEDS[need]}; {type(labeler).__name__} has no {missing}")
+    return adapted
 
 
 def labels_document(labels: Mapping[int, int], classes: Sequence[str]) -> dict[str, Any]:

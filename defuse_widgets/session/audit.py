@@ -17,10 +17,17 @@ import torch
 from defuse_widgets.correction.training import restore
 from defuse_widgets.models.inference import batched, predict_labels
 from defuse_widgets.regions import audit as audit_step
-from defuse_widgets.regions.labels import UNRECOGNIZABLE, check_label, label_name
+from defuse_widgets.regions.labels import (
+    UNRECOGNIZABLE,
+    LabelerLike,
+    as_labeler,
+    check_label,
+    label_name,
+)
 from defuse_widgets.regions.membership import within_ellipsoid
 from defuse_widgets.regions.relabels import Relabel, read_relabel_source
 from defuse_widgets.session.base import SessionBase
+from defuse_widgets.utils.checks import Options, check
 
 
 class AuditMixin(SessionBase):
@@ -142,7 +149,7 @@ class AuditMixin(SessionBase):
     def confirm_audit(
         self,
         region_id: int,
-        labeler: Any,
+        labeler: LabelerLike,
         min_probability: float = 0.5,
         who: str | None = None,
         coverage: float | None = 0.99,
@@ -155,16 +162,17 @@ class AuditMixin(SessionBase):
         ``stop_after`` ends the walk after that many images in a row it does not confirm (None:
         it looks at every candidate).
 
-        ``labeler`` has ``label_images(images) -> (n,)`` classes (``UNRECOGNIZABLE`` to abstain),
-        like :class:`~defuse_widgets.regions.labels.ReferenceModelLabeler`, or is such a callable.
+        ``labeler``: a :class:`~defuse_widgets.regions.labels.Labeler` (its ``label_images(images)
+        -> (n,)`` classes decide, ``UNRECOGNIZABLE`` to abstain), a classifier module or a callable
+        ``images -> classes`` (see ``as_labeler``); ``who`` defaults to its name.
         Returns ``{"region", "label", "candidates", "confirmed" (indices), "abstained",
         "disagreed"}``.
         """
-        decide = audit_step.labeler_function(labeler)
-        name = who if who is not None else str(getattr(labeler, "name", type(labeler).__name__))
+        judge = as_labeler(labeler, "images")
+        name = who if who is not None else judge.name
         with self._lock:  # the audit and its relabels see the same regions
             result = self.audit(region_id, min_probability, coverage=coverage)
-            votes = audit_step.ask_labeler(decide, result.images)
+            votes = audit_step.ask_labeler(judge, result.images)
             yes = audit_step.walk_down(votes == result.region_label, stop_after)
             confirmed = result.indices[yes]
             self.relabel(confirmed, result.region_label, who=name)
@@ -197,16 +205,19 @@ class AuditMixin(SessionBase):
         """
         with self._lock:  # the weights and labels of one moment
             last = self._last_round
-            if last is None or last[0] != self.active_round:
+            if last is None or last.round != self.active_round:
                 raise RuntimeError(
                     "disputes: no round has run on the live weights (none yet, or a revert or a "
                     "load changed them since); run a round first"
                 )
-            _, base, refusal, moved_any = last
+            refusal = last.refusal
             targets = sorted(set(self.correctable().values()))
-            if not moved_any or not targets:  # the weights are the ones it started from
-                return {"rows": torch.zeros(0, dtype=torch.long),
-                        "labels": torch.zeros(0, dtype=torch.long), "classes": []}  # fmt: skip
+            if not last.moved or not targets:  # the weights are the ones it started from
+                return {
+                    "rows": torch.zeros(0, dtype=torch.long),
+                    "labels": torch.zeros(0, dtype=torch.long),
+                    "classes": [],
+                }
             looked = (
                 list(refusal.harmed)
                 if refusal is not None
@@ -217,12 +228,15 @@ class AuditMixin(SessionBase):
             x = self.data.x_train[rows]
             live = self.classifier
             after = live if refusal is None else self._with_weights(refusal.state)
-            before = live if refusal is not None else self._with_weights(self._snapshots[base])
+            before = live if refusal is not None else self._with_weights(self._snapshots[last.base])
             moved = predict_labels(after, x)
             right = predict_labels(before, x) == stored[rows]
             keep = right & torch.isin(moved, torch.tensor(targets))
-            return {"rows": rows[keep], "labels": moved[keep],
-                    "classes": [label_name(c, self.data.classes) for c in looked]}  # fmt: skip
+            return {
+                "rows": rows[keep],
+                "labels": moved[keep],
+                "classes": [label_name(c, self.data.classes) for c in looked],
+            }
 
     def _with_weights(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:
         """A copy of the classifier holding ``state``."""
@@ -230,7 +244,7 @@ class AuditMixin(SessionBase):
         restore(model, state)
         return model
 
-    def confirm_disputes(self, labeler: Any, who: str | None = None) -> dict[str, Any]:
+    def confirm_disputes(self, labeler: LabelerLike, who: str | None = None) -> dict[str, Any]:
         """Let ``labeler`` decide on the last round's :meth:`disputes` and relabel each image it
         confirms as the class the round gave it (recorded like any relabel, undone by
         ``revert(relabels=True)``). Run the round again after it: it is judged by the settled
@@ -239,19 +253,24 @@ class AuditMixin(SessionBase):
         ``labeler`` as for :meth:`confirm_audit`. Returns ``{"classes", "candidates", "disputed"
         (the indices decided on), "confirmed" (indices), "abstained", "disagreed"}``.
         """
-        decide = audit_step.labeler_function(labeler)
-        name = who if who is not None else str(getattr(labeler, "name", type(labeler).__name__))
+        judge = as_labeler(labeler, "images")
+        name = who if who is not None else judge.name
         with self._lock:
             found = self.disputes()
             rows, moved = found["rows"], found["labels"]
-            votes = audit_step.ask_labeler(decide, self.data.x_train[rows])
+            votes = audit_step.ask_labeler(judge, self.data.x_train[rows])
             yes = votes == moved
             for label in moved[yes].unique().tolist():
                 self.relabel(rows[yes & (moved == label)], label, who=name)
         abstained = int((votes == UNRECOGNIZABLE).sum())
-        return {"classes": found["classes"], "candidates": len(rows), "disputed": rows.tolist(),
-                "confirmed": rows[yes].tolist(), "abstained": abstained,
-                "disagreed": len(rows) - int(yes.sum()) - abstained}  # fmt: skip
+        return {
+            "classes": found["classes"],
+            "candidates": len(rows),
+            "disputed": rows.tolist(),
+            "confirmed": rows[yes].tolist(),
+            "abstained": abstained,
+            "disagreed": len(rows) - int(yes.sum()) - abstained,
+        }
 
     def export_relabels(
         self, path: str | os.PathLike | None = None, format: str | None = None
@@ -259,8 +278,7 @@ class AuditMixin(SessionBase):
         """The relabels as a JSON-ready dict; written to ``path`` when given, as CSV when ``format``
         is "csv" or the path ends in ``.csv`` (columns index, old_label, new_label, who, when),
         else as JSON."""
-        if format not in (None, "json", "csv"):
-            raise ValueError(f"format: expected 'json', 'csv' or None, got {format!r}")
+        check("format", format, [None, Options(("json", "csv"))])
         doc = self._relabels.document(self.data.name, self.data.classes)
         if path is not None:
             self._relabels.write(path, doc, format)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,6 +47,24 @@ EVENTS = ("errors", "regions", "labels", "relabels", "model")
 RAY_MIN_IMAGES = 8192
 """With a Ray backend, ``predict``/``encode`` on fewer images stay local: starting an actor pool
 takes seconds, a batch of thumbnails or a panel takes milliseconds here. Whole splits always go."""
+
+
+@dataclass(frozen=True)
+class LastRound:
+    """What the last round left for :meth:`~defuse_widgets.DefuseSession.disputes`.
+
+    Attributes
+    ----------
+    round : its number.
+    base : the round it started from.
+    refusal : its best refused check, when it kept its starting weights for harming a class.
+    moved : whether it moved any weights (a refused check counts).
+    """
+
+    round: int
+    base: int
+    refusal: Refusal | None
+    moved: bool
 
 
 class SessionBase:
@@ -98,10 +117,7 @@ class SessionBase:
         self._labels: dict[int, int] = {}
         self._relabels = RelabelStore(data.y_train, data.num_classes)
         self._snapshots = SnapshotStore([snapshot(self.classifier)])
-        self._last_round: tuple[int, int, Refusal | None, bool] | None = None
-        """The last round's number, the round it started from, its refused check when it kept
-        its starting weights for harming a class, and whether it moved any weights (see
-        ``disputes``)."""
+        self._last_round: LastRound | None = None
         self._codes: dict[str, torch.Tensor] = {}
         self._codes_of: GeneratorAdapter = self.generator
         self._membership: dict[str, torch.Tensor] = {}
@@ -114,18 +130,21 @@ class SessionBase:
         """Note and warn when the validation split is too small to resolve the default
         tolerance, or when the classifier probably trained on it (see ``validation_notes``)."""
         x_val, y_val = self.validation_data()
-        resolution = resolution_note(y_val, self.data.num_classes, DEFAULTS.tolerance,
-                                     DEFAULTS.confidence)  # fmt: skip
+        resolution = resolution_note(
+            y_val, self.data.num_classes, DEFAULTS.tolerance, DEFAULTS.confidence
+        )
         x_test, y_test = self.data.split("test")
         assert self.validation is not None
         fit = self.validation.fit_rows
         pick = torch.randperm(len(fit), generator=torch.Generator().manual_seed(self.seed))
         trained = fit[pick[: len(y_val)]]  # as many training rows as validation rows
-        leak = leak_note(self.predict(x_val).argmax(1) == y_val,
-                         self.predict(x_test).argmax(1) == y_test,
-                         self.predict(self.data.x_train[trained]).argmax(1)
-                         == self.data.y_train[trained],
-                         labels=(y_val, y_test), class_names=self.data.classes)  # fmt: skip
+        leak = leak_note(
+            self.predict(x_val).argmax(1) == y_val,
+            self.predict(x_test).argmax(1) == y_test,
+            self.predict(self.data.x_train[trained]).argmax(1) == self.data.y_train[trained],
+            labels=(y_val, y_test),
+            class_names=self.data.classes,
+        )
         self.validation_notes = [note for note in (leak, resolution) if note]
         for note in self.validation_notes:
             warnings.warn(note, ValidationWarning, stacklevel=3)
@@ -197,11 +216,19 @@ class SessionBase:
         input, else on the session's device; (n, ...) on the CPU."""
         ray = self._ray
         if ray is not None and len(inputs) and (whole or len(inputs) >= self.ray_min_images):
-            return ray_map.map_model(module, inputs, ray, batch_size=batch_size, progress=progress,
-                             desc=desc)  # fmt: skip
-        return batched(module, inputs, device=self.device, batch_size=batch_size,
-                       empty_shape=empty_shape, empty_dtype=empty_dtype, progress=progress,
-                       desc=desc)  # fmt: skip
+            return ray_map.map_model(
+                module, inputs, ray, batch_size=batch_size, progress=progress, desc=desc
+            )
+        return batched(
+            module,
+            inputs,
+            device=self.device,
+            batch_size=batch_size,
+            empty_shape=empty_shape,
+            empty_dtype=empty_dtype,
+            progress=progress,
+            desc=desc,
+        )
 
     # ----- models, batched (CPU in, CPU out) -----
 
@@ -214,9 +241,15 @@ class SessionBase:
     def _encode(
         self, images: torch.Tensor, batch_size: int, progress: bool, whole: bool
     ) -> torch.Tensor:
-        return self._run(EncoderMeans(self.generator), images, batch_size, whole=whole,
-                         empty_shape=(0, self.generator.latent_dim), progress=progress,
-                         desc="encode")  # fmt: skip
+        return self._run(
+            EncoderMeans(self.generator),
+            images,
+            batch_size,
+            whole=whole,
+            empty_shape=(0, self.generator.latent_dim),
+            progress=progress,
+            desc="encode",
+        )
 
     def decode(self, codes: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """(n, C, H, W) decoded images of codes (n, d), on the CPU."""
@@ -232,8 +265,12 @@ class SessionBase:
         """(n, K) class probabilities of the current classifier, on the CPU (on Ray for a
         large input)."""
         with self._lock:
-            return self._run(Probabilities(self.classifier), images, batch_size,
-                             empty_shape=(0, self.data.num_classes))  # fmt: skip
+            return self._run(
+                Probabilities(self.classifier),
+                images,
+                batch_size,
+                empty_shape=(0, self.data.num_classes),
+            )
 
     def split_codes(self, split: str) -> torch.Tensor:
         """Encoder means of a whole split (cached per generator), (N, d) on the CPU.

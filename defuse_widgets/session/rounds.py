@@ -9,19 +9,34 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 import torch
 
 from defuse_widgets.correction import evaluation
 from defuse_widgets.correction.evaluation import Evaluation, RoundRecord
 from defuse_widgets.correction.round import RoundInputs, judge_on_test, run_round
-from defuse_widgets.correction.samples import sample_vetter
 from defuse_widgets.correction.settings import AUTO_GRID, DEFAULTS, EVAL_SAMPLES, RoundSettings
 from defuse_widgets.correction.training import CancelToken, StepCallback, check_hooks, restore
 from defuse_widgets.models.inference import Classes, evaluating
-from defuse_widgets.session.base import SessionBase
+from defuse_widgets.regions.labels import Labeler, LabelerLike, as_labeler
+from defuse_widgets.session.base import LastRound, SessionBase
+from defuse_widgets.utils.checks import (
+    Boolean,
+    Constraints,
+    Interval,
+    Options,
+    check,
+    validate_params,
+)
 from defuse_widgets.utils.critical import deferred_interrupt
+
+CONSTRAINTS: Constraints = {
+    "auto": [Boolean()],
+    "relabels": [Boolean()],
+    "split": [Options(("test", "validation"))],
+}
+"""The declared checks of the rounds' entry points (``round`` of :meth:`revert` depends on the
+rounds made, so it is checked against them when called)."""
 
 
 class RoundsMixin(SessionBase):
@@ -47,7 +62,7 @@ class RoundsMixin(SessionBase):
         real_weight: float = DEFAULTS.real_weight,
         confidence: float = DEFAULTS.confidence,
         auto: bool = False,
-        labeler: Any = None,
+        labeler: LabelerLike | None = None,
     ) -> RoundRecord:
         """Run one fine-tuning round on the class-labeled regions and return its record.
 
@@ -59,10 +74,10 @@ class RoundsMixin(SessionBase):
         Samples come from N(mean, scale x covariance), ``scale`` measured per region on the
         validation split (None) or given; draws outside a region's 99% ellipsoid are drawn again
         and decodes the generator calls unnatural are dropped; with a ``labeler`` (a
-        :class:`~defuse_widgets.regions.labels.ReferenceModelLabeler` or a classifier module, such
-        as the
-        one given to :meth:`auto_label`) so are decodes it does not confidently call their
-        region's label (see :mod:`~defuse_widgets.correction.samples`).
+        :class:`~defuse_widgets.regions.labels.Labeler`: a ``ReferenceModelLabeler``, a classifier
+        module such as the one given to :meth:`auto_label`, or a callable ``images -> classes``)
+        so are decodes it does not confidently call their region's label (see
+        :mod:`~defuse_widgets.correction.samples`).
 
         With a validation split (see the session's ``validation``) the round trains on the other
         training images, checks every ``check_every`` steps, and keeps its best step: the one
@@ -86,19 +101,29 @@ class RoundsMixin(SessionBase):
         (KeyboardInterrupt) before the round is added, after which it is added whole.
         """
         check_hooks(cancel, callback)
+        validate_params(CONSTRAINTS, auto=auto)
+        judge = None if labeler is None else as_labeler(labeler, "images")
         mine = False
         try:
             with self._lock:
                 self._check_idle("correct")
                 settings = RoundSettings(
-                    steps, lam, lr, batch_size, optimizer, scale=scale,
-                    seed=self.seed + len(self.history), keep=keep, tolerance=tolerance,
-                    early_stopping=early_stopping, check_every=check_every, patience=patience,
-                    ema=ema, real_weight=real_weight, confidence=confidence,
-                )  # fmt: skip
-                vet = None if labeler is None else sample_vetter(labeler)
-                if not isinstance(auto, bool):
-                    raise TypeError(f"auto: expected True or False, got {auto!r}")
+                    steps,
+                    lam,
+                    lr,
+                    batch_size,
+                    optimizer,
+                    scale=scale,
+                    seed=self.seed + len(self.history),
+                    keep=keep,
+                    tolerance=tolerance,
+                    early_stopping=early_stopping,
+                    check_every=check_every,
+                    patience=patience,
+                    ema=ema,
+                    real_weight=real_weight,
+                    confidence=confidence,
+                )
                 if auto and self.validation is None:
                     raise ValueError(
                         "auto: choosing settings needs a validation split; make the session "
@@ -111,7 +136,7 @@ class RoundsMixin(SessionBase):
                     )
                 self._running = mine = True
             grid = [replace(settings, **g) for g in AUTO_GRID] if auto else [settings]
-            return self._run_round(grid, targets, cancel, callback, vet)
+            return self._run_round(grid, targets, cancel, callback, judge)
         finally:
             if mine:
                 self._running = False
@@ -122,10 +147,10 @@ class RoundsMixin(SessionBase):
         targets: dict[int, int],
         cancel: CancelToken | None,
         callback: StepCallback | None,
-        vet: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        labeler: Labeler | None = None,
     ) -> RoundRecord:
         base = self.active_round
-        result = run_round(self._round_inputs(targets, vet), grid, cancel, callback)
+        result = run_round(self._round_inputs(targets, labeler), grid, cancel, callback)
         record = result.record
         if result.state is None:
             return record
@@ -137,19 +162,18 @@ class RoundsMixin(SessionBase):
         def judge() -> None:
             assert record.evaluation is not None
             after = (record.evaluation.test_accuracy, list(record.evaluation.per_class))
-            for key, value in judge_on_test(before, after, tolerance, self.data.classes,
-                                            counts).items():  # fmt: skip
+            for key, value in judge_on_test(
+                before, after, tolerance, self.data.classes, counts
+            ).items():
                 setattr(record, key, value)
 
         self._commit_round(result.state, record, record.seconds, judge)
         assert record.round is not None  # committed
         moved = result.refused is not None or record.best_step != 0
-        self._last_round = (record.round, base, result.refused, moved)
+        self._last_round = LastRound(record.round, base, result.refused, moved)
         return record
 
-    def _round_inputs(
-        self, targets: dict[int, int], vet: Callable[[torch.Tensor], torch.Tensor] | None
-    ) -> RoundInputs:
+    def _round_inputs(self, targets: dict[int, int], labeler: Labeler | None) -> RoundInputs:
         """What a round works with: the training rows outside the validation split, the
         validation images, their codes (encodes each split once)."""
         regions = self._require_regions()
@@ -160,11 +184,21 @@ class RoundsMixin(SessionBase):
             x_val, y_val = self.validation_data()
             validation = (x_val, y_val, self.split_codes("validation"))
         return RoundInputs(
-            self.classifier, self.generator, regions, dict(targets), self.data.x_train[rows],
-            self.training_labels()[rows], self.split_codes("train")[rows], validation,
-            self.data.num_classes, self.device, self.seed, vet, self._relabels.mask()[rows],
-            self.data.classes,
-        )  # fmt: skip
+            classifier=self.classifier,
+            generator=self.generator,
+            regions=regions,
+            targets=dict(targets),
+            x_fit=self.data.x_train[rows],
+            y_fit=self.training_labels()[rows],
+            fit_codes=self.split_codes("train")[rows],
+            validation=validation,
+            num_classes=self.data.num_classes,
+            device=self.device,
+            seed=self.seed,
+            labeler=labeler,
+            relabeled=self._relabels.mask()[rows],
+            classes=self.data.classes,
+        )
 
     def _test_scores(self, round: int) -> tuple[float, list[float]]:
         """Overall and per-class test accuracy of a round's weights (the live ones if needed)."""
@@ -184,27 +218,31 @@ class RoundsMixin(SessionBase):
         """Evaluate the new weights, ``complete()`` the record, then add the round whole
         (weights, snapshot, history) and tell the listeners, who so see a finished record.
 
-        An interrupt while evaluating puts the previous weights back; the bookkeeping itself
-        runs with Ctrl-C held back, so the session never has a snapshot without its record.
+        Either all of it happens or none: an interrupt (or error) before the round is added,
+        loading its weights included, puts the previous weights back; the adding runs with
+        Ctrl-C held back, and an interrupt held there is raised once the round is added whole.
         """
         start = time.perf_counter() - trained_seconds
         with self._lock:
             record.round = self.rounds + 1
-            with deferred_interrupt():
-                restore(self.classifier, state)
+            added = False
             try:
+                with deferred_interrupt():  # an interrupt held here is raised inside the try
+                    restore(self.classifier, state)
                 record.evaluation = self._evaluate(record.round, EVAL_SAMPLES)
                 complete()
-            except BaseException:
+                record.seconds = time.perf_counter() - start
                 with deferred_interrupt():
-                    restore(self.classifier, self._snapshots[self.active_round])
+                    self._snapshots.append(state)
+                    self.active_round = self.rounds
+                    self.history.append(record)
+                    added = True
+                    self._emit("model")
+            except BaseException:
+                if not added:
+                    with deferred_interrupt():
+                        restore(self.classifier, self._snapshots[self.active_round])
                 raise
-            record.seconds = time.perf_counter() - start
-            with deferred_interrupt():
-                self._snapshots.append(state)
-                self.active_round = self.rounds
-                self.history.append(record)
-                self._emit("model")
 
     def evaluate(self, samples: int = EVAL_SAMPLES, split: str = "test") -> Evaluation:
         """Accuracy (overall, per class) and per labeled region accuracy on held-out decoded
@@ -215,8 +253,7 @@ class RoundsMixin(SessionBase):
         is the honest measure of a fix; the held-out samples come from a stream that fine-tuning
         never trains on.
         """
-        if split not in ("test", "validation"):
-            raise ValueError(f"split: expected 'test' or 'validation', got {split!r}")
+        validate_params(CONSTRAINTS, split=split)
         with self._lock:
             return self._evaluate(self.active_round, samples, split=split)
 
@@ -243,8 +280,9 @@ class RoundsMixin(SessionBase):
     def _test_classes(self, images: torch.Tensor) -> torch.Tensor:
         """(N,) classes of a whole split on the Ray backend, as ``predict_labels`` gives here."""
         with evaluating(self.classifier):
-            return self._run(Classes(self.classifier), images, 1024, whole=True,
-                             empty_dtype=torch.long)  # fmt: skip
+            return self._run(
+                Classes(self.classifier), images, 1024, whole=True, empty_dtype=torch.long
+            )
 
     @property
     def rounds(self) -> int:
@@ -258,18 +296,10 @@ class RoundsMixin(SessionBase):
         the data, not the model. ``relabels=True`` also undoes them all, so ``revert(None,
         relabels=True)`` returns the session to its exact starting point (weights and labels).
         """
-        target = 0 if round is None else round
-        if not isinstance(relabels, bool):
-            raise TypeError(f"relabels: expected True or False, got {relabels!r}")
+        validate_params(CONSTRAINTS, relabels=relabels)
         with self._lock:
-            if (
-                isinstance(target, bool)
-                or not isinstance(target, int)
-                or not 0 <= target <= self.rounds
-            ):
-                raise ValueError(
-                    f"round: expected None or an integer in [0, {self.rounds}], got {round!r}"
-                )
+            check("round", round, [None, Interval(int, 0, self.rounds)])
+            target = 0 if round is None else round
             self._check_idle("revert")
             with deferred_interrupt():
                 restore(self.classifier, self._snapshots[target])

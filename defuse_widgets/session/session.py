@@ -31,7 +31,7 @@ from defuse_widgets.persist.read import fail, read_session
 from defuse_widgets.persist.write import save_state
 from defuse_widgets.regions.distill import RegionSet, fit_regions, user_region
 from defuse_widgets.regions.labels import (
-    ReferenceModelLabeler,
+    LabelerLike,
     as_labeler,
     check_label,
     check_labels,
@@ -46,8 +46,14 @@ from defuse_widgets.session.audit import AuditMixin
 from defuse_widgets.session.base import EVENTS  # noqa: F401  (the event names, public here too)
 from defuse_widgets.session.rounds import RoundsMixin
 from defuse_widgets.suite.export import SuiteSource, check_export, export_suite
-from defuse_widgets.utils.checks import positive_int
+from defuse_widgets.utils.checks import Constraints, Interval, validate_params
 from defuse_widgets.utils.critical import deferred_interrupt
+
+CONSTRAINTS: Constraints = {
+    "limit": [None, Interval(int, 1, None)],
+    "samples": [Interval(int, 1, None)],
+}
+"""The declared checks of the session's own arguments (the steps it runs check theirs)."""
 
 VIEWS: dict[str, Callable[..., Any]] = {}
 """The widgets a session builds (``s.explorer()``, ``s.interpolator()``), registered by the
@@ -129,10 +135,7 @@ class DefuseSession(AuditMixin, RoundsMixin):
         the session's). With ``on_errors`` (see :func:`~defuse_widgets.search.identify.identify`)
         it reports the errors found so far step by step, as the explorer's live search does.
         """
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
-        ):
-            raise ValueError(f"limit: expected None or a positive integer, got {limit!r}")
+        validate_params(CONSTRAINTS, limit=limit)
         x, y = self.data.split(split)
         options.setdefault("seed", self.seed)
         options.setdefault("progress", self.progress)
@@ -262,14 +265,13 @@ class DefuseSession(AuditMixin, RoundsMixin):
             self._labels = read_labels(source, self.data.classes, self._require_regions().ids)
         self._emit("labels")
 
-    def auto_label(
-        self, labeler: ReferenceModelLabeler | nn.Module, overwrite: bool = False
-    ) -> dict[int, int]:
+    def auto_label(self, labeler: LabelerLike, overwrite: bool = False) -> dict[int, int]:
         """Label every region (unlabeled ones unless ``overwrite``) with an automatic labeler.
 
-        A classifier module is wrapped in a :class:`ReferenceModelLabeler` with its defaults.
+        ``labeler``: a :class:`~defuse_widgets.regions.labels.Labeler` (see ``as_labeler``); a
+        classifier module is wrapped in a ``ReferenceModelLabeler`` with its defaults.
         """
-        judge = as_labeler(labeler)
+        judge = as_labeler(labeler, "regions")
         with self._lock:
             regions, new = self._require_regions(), dict(self._labels)
             for region in regions:
@@ -292,8 +294,16 @@ class DefuseSession(AuditMixin, RoundsMixin):
         """Write the class-labeled regions as a regression suite for :func:`check_suite`; see
         :func:`~defuse_widgets.suite.export.export_suite` (``min_real_accuracy``, ``scale``,
         ``overwrite``). Returns the suite directory."""
-        check_export(self.regions, self._labels, path, regions, samples, min_accuracy,
-                     options.get("min_real_accuracy"), options.get("overwrite", False))  # fmt: skip
+        check_export(
+            self.regions,
+            self._labels,
+            path,
+            regions,
+            samples,
+            min_accuracy,
+            options.get("min_real_accuracy"),
+            options.get("overwrite", False),
+        )
         source = SuiteSource(
             regions=self._require_regions(),
             labels=self.correctable(),
@@ -353,8 +363,9 @@ class DefuseSession(AuditMixin, RoundsMixin):
         if not snapshots or not 0 <= active < len(snapshots):
             raise ValueError(f"state: active round {active!r} out of range for {len(snapshots)}")
         old = self._snapshots
-        store = SnapshotStore(snapshots, max_in_memory=old.max_in_memory,
-                              max_bytes=old.max_bytes, parent=old.parent)  # fmt: skip
+        store = SnapshotStore(
+            snapshots, max_in_memory=old.max_in_memory, max_bytes=old.max_bytes, parent=old.parent
+        )
         if regions is not None:
             regions.decode, regions.predict = self.decode, self.predict
         with self._lock:
@@ -434,8 +445,15 @@ class DefuseSession(AuditMixin, RoundsMixin):
         saved = read_session(path, classifier, as_generator(generator).latent_dim, data)
         if isinstance(validation, str) and validation == "saved":
             validation = saved.validation
-        session = cls(classifier, generator, saved.data, device=device,
-                      seed=saved.state["seed"], progress=False, validation=validation)  # fmt: skip
+        session = cls(
+            classifier,
+            generator,
+            saved.data,
+            device=device,
+            seed=saved.state["seed"],
+            progress=False,
+            validation=validation,
+        )
         try:
             session.load_state_dict(saved.state)
         except (ValueError, KeyError) as exc:
@@ -457,7 +475,7 @@ class DefuseSession(AuditMixin, RoundsMixin):
 
     def generator_report(
         self,
-        labeler: ReferenceModelLabeler | nn.Module | None = None,
+        labeler: LabelerLike | None = None,
         limit: int | None = 2000,
         min_ratio: float = MIN_RATIO,
     ) -> GeneratorReport:
@@ -471,17 +489,23 @@ class DefuseSession(AuditMixin, RoundsMixin):
         is flagged (``report.flagged``, ``report.messages``): its regions will look like another
         class, so fix the generator first.
         """
-        if limit is not None:
-            positive_int("limit", limit)
+        validate_params(CONSTRAINTS, limit=limit)
         judge, is_classifier = self._judge(labeler)
         x, y = self.validation_data() if self.validation is not None else self.data.split("test")
         with self._lock:
-            return generator_report(self.generator, judge, x[:limit], y[:limit],
-                                    self.data.classes, judge_is_classifier=is_classifier,
-                                    min_ratio=min_ratio, device=self.device)  # fmt: skip
+            return generator_report(
+                self.generator,
+                judge,
+                x[:limit],
+                y[:limit],
+                self.data.classes,
+                judge_is_classifier=is_classifier,
+                min_ratio=min_ratio,
+                device=self.device,
+            )
 
     def sample_recognition(
-        self, labeler: ReferenceModelLabeler | nn.Module | None = None, samples: int = 32
+        self, labeler: LabelerLike | None = None, samples: int = 32
     ) -> dict[int, float]:
         """Region id -> the share of the region's decoded samples that ``labeler`` (None: the
         session's classifier) calls the region's class: its label when it has a class label,
@@ -492,7 +516,7 @@ class DefuseSession(AuditMixin, RoundsMixin):
         per region. Without a labeler the classifier judges its own errors' neighbourhood, so
         the share is the region's sample accuracy; pass a labeler to judge the generator.
         """
-        positive_int("samples", samples)
+        validate_params(CONSTRAINTS, samples=samples)
         judge, _ = self._judge(labeler)
         with self._lock:
             regions, labels = self._require_regions(), dict(self._labels)
@@ -504,14 +528,11 @@ class DefuseSession(AuditMixin, RoundsMixin):
                 out[region.id] = recognition(judge, self.decode(codes), expected)
         return out
 
-    def _judge(self, labeler: Any) -> tuple[nn.Module, bool]:
-        """The model that judges the generator, and whether it is the session's classifier."""
+    def _judge(self, labeler: LabelerLike | None) -> tuple[nn.Module, bool]:
+        """The model that judges the generator (the labeler's; None: the session's classifier),
+        and whether it is the session's classifier."""
         if labeler is None:
             return self.classifier, True
-        model = labeler if isinstance(labeler, nn.Module) else getattr(labeler, "model", None)
-        if not isinstance(model, nn.Module):
-            raise TypeError(
-                "labeler: expected None, a classifier module or a ReferenceModelLabeler (a "
-                f"labeler with a .model module), got {type(labeler).__name__}"
-            )
+        model = as_labeler(labeler, "model").model
+        assert model is not None  # as_labeler refuses a labeler without one
         return model, False

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from defuse_widgets.correction.samples import sample_vetter
 from defuse_widgets.correction.settings import RoundSettings
 from defuse_widgets.correction.training import CancelToken
+from defuse_widgets.regions.labels import LabelerLike, as_labeler
 from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.widgets.explorer import panels
 from defuse_widgets.widgets.explorer.jobs import Jobs
@@ -80,21 +80,21 @@ class Tuner:
         self._token: CancelToken | None = None
         self._deferred: tuple[str, Any, Any] | None = None  # a model change to show once shown
         self._evaluated_labels: dict[int, int] | None = None  # the labels last evaluated for
-        self._labeler: Any = None
+        self._labeler: LabelerLike | None = None
 
     @property
-    def labeler(self) -> Any:
+    def labeler(self) -> LabelerLike | None:
         """Vets the samples of every round started here (None: not vetted)."""
         return self._labeler
 
     @labeler.setter
-    def labeler(self, value: Any) -> None:
+    def labeler(self, value: LabelerLike | None) -> None:
         if value is not None:
-            sample_vetter(value)  # TypeError for a labeler that cannot vet
+            as_labeler(value, "images")  # TypeError for a labeler that cannot vet
         self._labeler = value
 
     def start_round(
-        self, steps: int | None, lam: float | None, lr: float | None, labeler: Any
+        self, steps: int | None, lam: float | None, lr: float | None, labeler: LabelerLike | None
     ) -> None:
         """Check the settings and queue one round (see :meth:`~.widget.Explorer.fine_tune`)."""
         p = dict(self.traits.finetune_params)
@@ -104,7 +104,7 @@ class Tuner:
         if labeler is None:
             labeler = self.labeler
         else:
-            sample_vetter(labeler)  # TypeError now rather than in the job
+            as_labeler(labeler, "images")  # TypeError now rather than in the job
         if not self.session.correctable():
             raise RuntimeError("no region is labeled with a class: label at least one region first")
         if self._jobs.scheduled("fine-tuning"):
@@ -156,7 +156,9 @@ class Tuner:
             (what, ev, record), self._deferred = self._deferred, None
             self._start("evaluating", lambda: self._after_model_change(what, ev, record))
 
-    def _run_round(self, steps: int, lam: float, lr: float, labeler: Any = None) -> None:
+    def _run_round(
+        self, steps: int, lam: float, lr: float, labeler: LabelerLike | None = None
+    ) -> None:
         s = self.session
         if self._evaluated_labels != s.correctable():
             # "before" numbers for the labels in use, so the chart compares like with like
