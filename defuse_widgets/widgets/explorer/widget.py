@@ -34,7 +34,7 @@ import traitlets as t
 from defuse_widgets.correction.settings import RoundSettings
 from defuse_widgets.projection import points
 from defuse_widgets.projection.colors import region_color
-from defuse_widgets.regions.labels import label_name
+from defuse_widgets.regions.labels import LabelerLike, label_name
 from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.suite.export import DEFAULT_MIN_ACCURACY, DEFAULT_SAMPLES
 from defuse_widgets.utils.jsonio import nan_to_none
@@ -366,14 +366,14 @@ class Explorer(anywidget.AnyWidget):
         self._selection.select_error(index)
 
     @property
-    def labeler(self) -> Any:
+    def labeler(self) -> LabelerLike | None:
         """Vets the region samples of every round started here, the Fine-tune button's too (see
         ``DefuseSession.correct``); None (the default): not vetted. A labeler that cannot vet
         is refused with a TypeError when set."""
         return self._tuner.labeler
 
     @labeler.setter
-    def labeler(self, value: Any) -> None:
+    def labeler(self, value: LabelerLike | None) -> None:
         self._tuner.labeler = value
 
     def fine_tune(
@@ -382,7 +382,7 @@ class Explorer(anywidget.AnyWidget):
         lam: float | None = None,
         lr: float | None = None,
         block: bool = False,
-        labeler: Any = None,
+        labeler: LabelerLike | None = None,
     ) -> dict[str, Any] | None:
         """Start one fine-tuning round in the background (after work already running).
 
@@ -684,7 +684,7 @@ class Explorer(anywidget.AnyWidget):
         self._recognition = {int(k): float(v) for k, v in measure(self._judge()).items()}
         self._sync_regions()
 
-    def _judge(self) -> Any:
+    def _judge(self) -> LabelerLike | None:
         """The labeler when it holds a model (it judges the generator), else None (the
         classifier judges)."""
         judge = self.labeler
