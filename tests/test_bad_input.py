@@ -15,6 +15,13 @@ from torch import nn
 
 import defuse_widgets as dw
 from defuse_widgets.models.generative import as_generator
+from defuse_widgets.utils.checks import (
+    Boolean,
+    Interval,
+    InvalidParameterError,
+    Options,
+    validate_params,
+)
 
 
 def small_set(x: torch.Tensor, classes: list[str] | None = None) -> dw.ImageDataset:
@@ -85,8 +92,8 @@ def test_a_corrupt_image_file_is_named_and_can_be_skipped(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("knob", "match"),
     [
-        ({"epochs": -1}, r"epochs: expected a positive integer, got -1"),
-        ({"epochs": 0}, r"epochs: expected a positive integer, got 0"),
+        ({"epochs": -1}, r"epochs: expected None or a positive integer, got -1"),
+        ({"epochs": 0}, r"epochs: expected None or a positive integer, got 0"),
         ({"lr": float("nan")}, r"lr: expected a positive finite number, got nan"),
         ({"lr": -0.1}, r"lr: expected a positive finite number"),
         ({"batch_size": 0}, r"batch_size: expected a positive integer"),
@@ -107,6 +114,31 @@ def test_train_classifier_checks_replacement_labels(digits: dw.ImageDataset) -> 
         dw.train_classifier(digits, labels=digits.y_train.float(), progress=False)
     with pytest.raises(ValueError, match=r"beta: expected a finite number >= 0"):
         dw.train_vae(digits, beta=-1.0, progress=False)
+    for latent_dim in (0, -3, 2.5, True):  # 0 once fell through to the default and trained
+        with pytest.raises(ValueError, match=r"latent_dim: expected a positive integer, got"):
+            dw.train_vae(digits, latent_dim=latent_dim, epochs=1, progress=False)
+
+
+def test_declared_checks_name_the_argument_the_expectation_and_the_value() -> None:
+    constraints = {
+        "n": [None, Interval(int, 1, None)],
+        "p": [Interval(float, 0, 1, closed="right")],
+        "how": [Options(("a", "b"))],
+        "flag": [Boolean()],
+    }
+    validate_params(constraints, n=None, p=1, how="a", flag=False)
+    for bad, message in (
+        ({"n": 0}, "n: expected None or a positive integer, got 0"),
+        ({"n": 2.0}, "n: expected None or a positive integer, got 2.0"),
+        ({"p": 0.0}, "p: expected a number in (0, 1], got 0.0"),
+        ({"p": float("nan")}, "p: expected a number in (0, 1], got nan"),
+        ({"how": "c"}, "how: expected one of ('a', 'b'), got 'c'"),
+        ({"flag": 1}, "flag: expected True or False, got 1"),
+    ):
+        with pytest.raises(InvalidParameterError) as caught:
+            validate_params(constraints, **bad)
+        assert str(caught.value) == message
+        assert isinstance(caught.value, ValueError) and isinstance(caught.value, TypeError)
 
 
 # ---------------------------------------------------------------- models that do not fit

@@ -16,12 +16,28 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from defuse_widgets.data.dataset import ImageDataset
-from defuse_widgets.utils.checks import is_number, positive_int, positive_number
+from defuse_widgets.utils.checks import Constraints, Interval, Options, validate_params
 from defuse_widgets.utils.device import resolve_device
 from defuse_widgets.utils.seeding import seeded
 from defuse_widgets.utils.tensorfiles import parse_safetensors
 
 MIN_SIDE, MAX_SIDE = 8, 64
+LIKELIHOODS = ("bernoulli", "gaussian")
+CNN_ARCHS = ("small", "standard")
+
+CONSTRAINTS: Constraints = {
+    "latent_dim": [Interval(int, 1, None)],
+    "width": [Interval(int, 1, None)],
+    "num_classes": [Interval(int, 2, None)],
+    "arch": [Options(CNN_ARCHS)],
+    "epochs": [None, Interval(int, 1, None)],
+    "batch_size": [Interval(int, 1, None)],
+    "lr": [Interval(float, 0, None, closed="neither")],
+    "beta": [Interval(float, 0, None)],
+    "likelihood": [None, Options(LIKELIHOODS)],
+}
+"""The declared checks of the demo models and their trainers (``train_vae``'s ``latent_dim`` may
+also be None: the default for the images' size)."""
 
 
 def _check_image_shape(image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -62,8 +78,7 @@ class ConvVAE(nn.Module):
     def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 8, width: int = 32):
         super().__init__()
         c, h, w = _check_image_shape(image_shape)
-        if latent_dim < 1:
-            raise ValueError(f"latent_dim: expected a positive integer, got {latent_dim}")
+        validate_params(CONSTRAINTS, latent_dim=latent_dim, width=width)
         self.config = {"image_shape": [c, h, w], "latent_dim": int(latent_dim), "width": int(width)}
         self.image_shape = (c, h, w)
         self.latent_dim = int(latent_dim)
@@ -127,10 +142,7 @@ class SmallCNN(nn.Module):
     ):
         super().__init__()
         c, h, w = _check_image_shape(image_shape)
-        if num_classes < 2:
-            raise ValueError(f"num_classes: expected at least 2, got {num_classes}")
-        if arch not in CNN_ARCHS:
-            raise ValueError(f"arch: expected one of {CNN_ARCHS}, got {arch!r}")
+        validate_params(CONSTRAINTS, num_classes=num_classes, width=width, arch=arch)
         self.config = {
             "image_shape": [c, h, w],
             "num_classes": int(num_classes),
@@ -153,9 +165,6 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-
-CNN_ARCHS = ("small", "standard")
 
 
 def _small_features(c: int, width: int) -> nn.Sequential:
@@ -189,20 +198,9 @@ def _default_epochs(n: int, batch_size: int, target_steps: int) -> int:
     return int(min(100, max(2, round(target_steps / batches))))
 
 
-def _check_training(epochs: int | None, batch_size: int, lr: float) -> None:
-    """Refuse bad trainer knobs before any model is built (torch's own errors come mid-loop)."""
-    if epochs is not None:
-        positive_int("epochs", epochs)
-    positive_int("batch_size", batch_size)
-    positive_number("lr", lr)
-
-
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
     order = torch.randperm(n, generator=gen)
     yield from order.split(batch_size)
-
-
-LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 def vae_defaults(image_shape: tuple[int, int, int]) -> dict[str, Any]:
@@ -255,16 +253,23 @@ def train_vae(
     --------
     >>> vae = train_vae(load_dataset("digits"), epochs=1, progress=False)  # doctest: +SKIP
     """
-    _check_training(epochs, batch_size, lr)
-    if not (is_number(beta) and 0 <= beta < math.inf):
-        raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
-    if likelihood is not None and likelihood not in LIKELIHOODS:
-        raise ValueError(f"likelihood: expected None or one of {LIKELIHOODS}, got {likelihood!r}")
+    # refused before any model is built (torch's own errors come mid-loop)
+    validate_params(
+        CONSTRAINTS,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        beta=beta,
+        likelihood=likelihood,
+        width=width,
+    )
+    if latent_dim is not None:
+        validate_params(CONSTRAINTS, latent_dim=latent_dim)
     dev = resolve_device(device)
     defaults = vae_defaults(data.image_shape)
-    latent_dim = latent_dim or defaults["latent_dim"]
-    likelihood = likelihood or defaults["likelihood"]
-    epochs = epochs or _default_epochs(len(data.x_train), batch_size, 3000)
+    latent_dim = defaults["latent_dim"] if latent_dim is None else latent_dim
+    likelihood = defaults["likelihood"] if likelihood is None else likelihood
+    epochs = _default_epochs(len(data.x_train), batch_size, 3000) if epochs is None else epochs
     with seeded(seed) as gen:
         model = ConvVAE(data.image_shape, latent_dim, width).to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -308,13 +313,15 @@ def train_classifier(
     those training rows only (e.g. ``session.validation.fit_rows``, keeping a validation split
     unseen). ``epochs`` defaults to about 2,000 optimizer steps (at most 100 epochs).
     """
-    _check_training(epochs, batch_size, lr)
+    validate_params(
+        CONSTRAINTS, epochs=epochs, batch_size=batch_size, lr=lr, width=width, arch=arch
+    )
     y_train = data.y_train if labels is None else _check_labels(labels, data)
     x_train = data.x_train
     if rows is not None:
         x_train, y_train = x_train[rows], y_train[rows]
     dev = resolve_device(device)
-    epochs = epochs or _default_epochs(len(x_train), batch_size, 2000)
+    epochs = _default_epochs(len(x_train), batch_size, 2000) if epochs is None else epochs
     with seeded(seed) as gen:
         model = SmallCNN(data.image_shape, data.num_classes, width, arch).to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)

@@ -23,7 +23,14 @@ from defuse_widgets.regions.mixture import (
     robust_cholesky,
 )
 from defuse_widgets.search.errors import ErrorSet
-from defuse_widgets.utils.checks import one_of, positive_int, positive_number
+from defuse_widgets.utils.checks import (
+    Constraints,
+    Interval,
+    Options,
+    check,
+    positive_int,
+    validate_params,
+)
 from defuse_widgets.utils.device import resolve_device
 from defuse_widgets.utils.tables import Table, class_label, percent
 
@@ -33,6 +40,20 @@ DEFAULT_SCALE = (
 MAX_REDRAWS = 8
 FIT_METHODS = ("torch", "sklearn")
 SAMPLE_STREAMS = {"eval": 1, "label": 3}  # stream ids; 2 was a fine-tuning stream, now its own
+COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
+CONSTRAINTS: Constraints = {
+    "max_regions": [Interval(int, 1, None)],
+    "min_weight": [Interval(float, 0, 1, closed="left")],
+    "covariance_type": [Options(COVARIANCE_TYPES)],
+    "max_fit": [Interval(int, 2, None)],
+    "max_iter": [Interval(int, 1, None)],
+    "method": [Options(FIT_METHODS)],
+    "tol": [Interval(float, 0, None, closed="neither")],
+    "n": [Interval(int, 1, None)],
+    "purpose": [Options(tuple(SAMPLE_STREAMS))],
+    "scale": [None, Interval(float, 0, None, closed="neither")],
+}
+"""The declared checks of :func:`fit_regions` and of sampling a region."""
 
 
 @dataclass
@@ -151,10 +172,7 @@ class RegionSet:
         of its own, so evaluation samples are never ones it trained on.
         """
         region = self.get(region_id)
-        if purpose not in SAMPLE_STREAMS:
-            raise ValueError(f"purpose: expected 'eval' or 'label', got {purpose!r}")
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n: expected a positive integer, got {n!r}")
+        validate_params(CONSTRAINTS, purpose=purpose, n=n)
         chol = robust_cholesky(region.covariance.double() * check_scale(scale))
         if seed is None:
             seed = derive_seed(self.seed, region_id, SAMPLE_STREAMS[purpose], 0)
@@ -203,9 +221,11 @@ class RegionSet:
         )
         means = torch.stack([self.get(r).mean for r in ids]).to(device)
         chols = torch.stack(
-            [robust_cholesky(self.get(r).covariance.double() * s).float()
-             for r, s in zip(ids, scales.tolist())]
-        ).to(device)  # fmt: skip
+            [
+                robust_cholesky(self.get(r).covariance.double() * s).float()
+                for r, s in zip(ids, scales.tolist())
+            ]
+        ).to(device)
         labels = torch.tensor([targets[r] for r in ids], device=device)
         limit = None if coverage is None else chi_square_quantile(coverage, means.shape[1])
         scales_dev = scales.float().to(device)
@@ -293,10 +313,8 @@ class RegionSet:
 
 def check_scale(scale: float | None) -> float:
     """The sampling scale (``DEFAULT_SCALE`` for None); ValueError unless positive."""
-    value = DEFAULT_SCALE if scale is None else float(scale)
-    if not value > 0:
-        raise ValueError(f"scale: expected a positive number, got {scale}")
-    return value
+    check("scale", scale, CONSTRAINTS["scale"])
+    return DEFAULT_SCALE if scale is None else float(scale)
 
 
 def derive_seed(*parts: int) -> int:
@@ -344,9 +362,17 @@ def fit_regions(
     --------
     >>> regions = fit_regions(errors, max_regions=50)  # doctest: +SKIP
     """
-    _check_fit_args(errors, max_regions, min_weight, covariance_type, max_fit)
-    one_of("method", method, FIT_METHODS)
-    positive_number("tol", tol)
+    _check_errors(errors)
+    validate_params(
+        CONSTRAINTS,
+        max_regions=max_regions,
+        min_weight=min_weight,
+        covariance_type=covariance_type,
+        max_fit=max_fit,
+        max_iter=max_iter,
+        method=method,
+        tol=tol,
+    )
     dev = resolve_device(device)
     codes = errors.codes.double()
     rng = np.random.default_rng(seed)
@@ -371,7 +397,7 @@ def fit_regions(
         members = (component == comp).nonzero().flatten()
         assignments[members] = region_id
         regions.append(
-            _describe(
+            describe_region(
                 region_id,
                 comp,
                 float(mixture.weights[comp]),
@@ -394,9 +420,8 @@ def fit_regions(
     return RegionSet(regions, assignments, mixture, settings, seed, decode, predict)
 
 
-def _check_fit_args(
-    errors: ErrorSet, max_regions: int, min_weight: float, covariance_type: str, max_fit: int
-) -> None:
+def _check_errors(errors: ErrorSet) -> None:
+    """Refuse errors no mixture can be fitted to (too few, damaged or all the same)."""
     if len(errors) < 2:
         raise ValueError(
             f"errors: need at least 2 errors to find regions, got {len(errors)}; search more "
@@ -414,20 +439,9 @@ def _check_fit_args(
             f"errors: all {len(errors)} codes are identical, so their covariance is degenerate and "
             "no mixture can be fitted; search more images or use another strategy"
         )
-    if not isinstance(max_regions, int) or max_regions < 1:
-        raise ValueError(f"max_regions: expected a positive integer, got {max_regions!r}")
-    if not 0 <= min_weight < 1:
-        raise ValueError(f"min_weight: expected a number in [0, 1), got {min_weight}")
-    if covariance_type not in ("full", "diag", "tied", "spherical"):
-        raise ValueError(
-            "covariance_type: expected 'full', 'diag', 'tied' or 'spherical', "
-            f"got {covariance_type!r}"
-        )
-    if not isinstance(max_fit, int) or max_fit < 2:
-        raise ValueError(f"max_fit: expected an integer >= 2, got {max_fit!r}")
 
 
-def _describe(
+def describe_region(
     region_id: int,
     comp: int,
     weight: float,
@@ -437,6 +451,9 @@ def _describe(
     cov: torch.Tensor,
     user_defined: bool = False,
 ) -> Region:
+    """The :class:`Region` of mixture component ``comp`` (mean, covariance, mixture ``weight``)
+    over the errors ``members`` (indices into ``errors``): its size, most common transition and
+    the members' mean confidence and validity."""
     if len(members):
         pairs = errors.true_label[members] * 100_000 + errors.pred_label[members]
         values, counts = pairs.unique(return_counts=True)
@@ -482,7 +499,9 @@ def user_region(regions: RegionSet, errors: ErrorSet, indices: torch.Tensor) -> 
     weight = len(idx) / len(errors)
     mixture = regions.mixture.with_component(weight, mean, cov)
     region_id = max(regions.ids, default=-1) + 1
-    region = _describe(region_id, len(mixture.weights) - 1, weight, idx, errors, mean, cov, True)
+    region = describe_region(
+        region_id, len(mixture.weights) - 1, weight, idx, errors, mean, cov, True
+    )
     regions.mixture = mixture
     regions.regions.append(region)
     regions.assignments[idx] = region_id

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from defuse_widgets.utils.checks import Interval, check
+
 
 class Mixture:
     """Gaussian mixture parameters (weights (K,), means (K, d), covariances (K, d, d)) in torch."""
@@ -118,8 +120,7 @@ def chi_square_quantile(coverage: float, dims: int) -> float:
     """The squared Mahalanobis radius of the ellipsoid holding ``coverage`` of a d-dim Gaussian."""
     from scipy.stats import chi2
 
-    if not 0 < coverage < 1:
-        raise ValueError(f"coverage: expected a number in (0, 1) or None, got {coverage!r}")
+    check("coverage", coverage, [Interval(float, 0, 1, closed="neither")])
     return float(chi2.ppf(coverage, dims))
 
 

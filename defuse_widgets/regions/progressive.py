@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from defuse_widgets.regions.distill import RegionSet, _describe, fit_regions
+from defuse_widgets.regions.distill import RegionSet, describe_region, fit_regions
 from defuse_widgets.search.errors import ErrorSet
-from defuse_widgets.utils.checks import in_range, positive_int
+from defuse_widgets.utils.checks import Interval, check, positive_int
 
 QUICK_MIN_ERRORS = 200
 """Errors a quick fit waits for: with fewer, a 100-component mixture has few codes per region."""
@@ -86,12 +86,27 @@ def extend_regions(regions: RegionSet, errors: ErrorSet) -> RegionSet:
         new = errors.codes[known:].double()
         assignments[known:] = region_of[regions.mixture.responsibilities(new).argmax(1)]
     described = [
-        _describe(r.id, r.component, r.weight, (assignments == r.id).nonzero().flatten(), errors,
-                  r.mean, r.covariance, r.user_defined)
+        describe_region(
+            r.id,
+            r.component,
+            r.weight,
+            (assignments == r.id).nonzero().flatten(),
+            errors,
+            r.mean,
+            r.covariance,
+            r.user_defined,
+        )
         for r in regions
-    ]  # fmt: skip
-    return RegionSet(described, assignments, regions.mixture, dict(regions.settings),
-                     regions.seed, regions.decode, regions.predict)  # fmt: skip
+    ]
+    return RegionSet(
+        described,
+        assignments,
+        regions.mixture,
+        dict(regions.settings),
+        regions.seed,
+        regions.decode,
+        regions.predict,
+    )
 
 
 @dataclass
@@ -156,9 +171,7 @@ def carry_labels(
     CarriedLabels
         Labels that carry, the matches, and what the person has to decide.
     """
-    in_range("min_share", min_share, 0, 1)
-    if not min_share > 0:
-        raise ValueError(f"min_share: expected a number in (0, 1], got {min_share}")
+    check("min_share", min_share, [Interval(float, 0, 1, closed="right")])
     for region_id in labels:
         old.get(int(region_id))
     if codes is not None and codes.shape[0] != len(old.assignments):
@@ -179,8 +192,11 @@ def carry_labels(
         if landed_all is not None:
             landed = landed_all[old.members(region_id)]
         else:
-            landed = region_of[new.mixture.responsibilities(
-                old.sample_codes(region_id, MATCH_DRAWS, scale=1.0)).argmax(1)]  # fmt: skip
+            landed = region_of[
+                new.mixture.responsibilities(
+                    old.sample_codes(region_id, MATCH_DRAWS, scale=1.0)
+                ).argmax(1)
+            ]
         total = len(landed)
         landed = landed[landed >= 0]
         if len(landed) == 0:
@@ -228,8 +244,11 @@ def _claim_inside(
             share = count / n
             if label == -(2**31) or share < min_share:
                 continue
-            sources = [int(k) for k, v in labels.items() if int(v) == label
-                       and bool((old.assignments[mine] == int(k)).any())]  # fmt: skip
+            sources = [
+                int(k)
+                for k, v in labels.items()
+                if int(v) == label and bool((old.assignments[mine] == int(k)).any())
+            ]
             out.inside[r.id] = (label, share)
             given = claims.setdefault(r.id, {}).setdefault(label, [])
             given.extend(s for s in sources if s not in given)

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from defuse_widgets.utils.checks import InstanceOf, Interval, check
+
 RELABELS_FORMAT = "defuse-widgets-relabels"
 CSV_FIELDS = ("index", "old_label", "new_label", "who", "when")
 
@@ -77,8 +79,9 @@ def check_indices(indices: Any, n: int) -> torch.Tensor:
 # ----- export and import -----
 
 
-def relabels_document(relabels: Iterable[Relabel], dataset: str, n_train: int,
-                      classes: Iterable[str]) -> dict[str, Any]:  # fmt: skip
+def relabels_document(
+    relabels: Iterable[Relabel], dataset: str, n_train: int, classes: Iterable[str]
+) -> dict[str, Any]:
     """The JSON document of a set of relabels (sorted by index)."""
     return {
         "format": RELABELS_FORMAT,
@@ -143,8 +146,9 @@ def _records_from_csv(text: str, path: Path) -> list[dict[str, Any]]:
     return [dict(row) for row in reader]
 
 
-def validate_records(records: list[dict[str, Any]], y_train: torch.Tensor,
-                     num_classes: int) -> dict[int, Relabel]:  # fmt: skip
+def validate_records(
+    records: list[dict[str, Any]], y_train: torch.Tensor, num_classes: int
+) -> dict[int, Relabel]:
     """Check raw records against the training labels and return them keyed by index.
 
     Each record needs an integer ``index`` in range whose ``old_label`` is the dataset's training
@@ -229,16 +233,8 @@ class RelabelStore:
         Relabeling an image to its dataset label removes its relabel.
         """
         idx = check_indices(indices, len(self.y_train))
-        if (
-            isinstance(label, bool)
-            or not isinstance(label, int)
-            or not 0 <= label < self.num_classes
-        ):
-            raise ValueError(
-                f"label: expected a class index in [0, {self.num_classes - 1}], got {label!r}"
-            )
-        if not isinstance(who, str):
-            raise ValueError(f"who: expected a string naming the person or labeler, got {who!r}")
+        check("label", label, [Interval(int, 0, self.num_classes - 1)])
+        check("who", who, [InstanceOf(str, "a string naming the person or labeler")])
         when, changed = now_iso(), 0
         for i in idx.tolist():
             old = int(self.y_train[i])
