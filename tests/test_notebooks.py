@@ -4,30 +4,35 @@ Each notebook reads ``DEFUSE_WIDGETS_QUICK`` in its first code cell (tagged ``pa
 tests set it to ``1`` so the notebooks run at a smoke-test size (fewer images, draws, epochs and
 steps, a PCA map instead of UMAP). The trained models the notebooks cache go to
 ``$DEFUSE_WIDGETS_TEST_CACHE/notebooks-<hash>`` (default ``~/.cache/defuse-widgets/test-models``),
-keyed by the torch version and the code and settings that train them, so only the first run
-trains.
+keyed by the torch version and the code and settings that train them; the fixture trains the
+digits demo models there before any kernel starts, so no cell trains them under the cell limit.
 
-The kernel is this interpreter (``sys.executable -m ipykernel_launcher``) through a kernelspec
-written to a temporary folder that ``JUPYTER_PATH`` puts first, so neither an installed
-``python3`` kernelspec nor a user's own one can send the notebooks to another Python. The kernel
-runs torch on ``$DEFUSE_WIDGETS_TEST_THREADS`` threads (default 1, as the unit tests). Executed
-copies are written to ``tests/output/notebooks/`` (git-ignored) for inspection.
+The notebooks run under :class:`notebook_harness.NotebookRunner` (see that module: nbclient
+without the lost wake-up that left a cell waiting 900 s, issue 44): the kernel is this
+interpreter through a kernelspec that ``JUPYTER_PATH`` puts first, so neither an installed
+``python3`` kernelspec nor a user's own one can send the notebooks to another Python; a cell
+that waits more than ``CELL_TIMEOUT_S`` (120 s, ``$DEFUSE_WIDGETS_TEST_CELL_TIMEOUT``) fails with
+a dump of the kernel's threads, and no notebook may wait more than ``MAX_GAP_S`` between one
+cell's reply and the next cell's start. The kernel runs torch on ``$DEFUSE_WIDGETS_TEST_THREADS``
+threads (default 1, as the unit tests). Executed copies are written to ``tests/output/notebooks/``
+(git-ignored) for inspection.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import os
-import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
 import pytest
 import torch
-from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell, new_notebook
+from notebook_harness import KERNEL, NotebookRunner, cell_gaps, write_kernelspec
 
 import defuse_widgets as dw
 from defuse_widgets import cli
@@ -37,8 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 OUTPUT = ROOT / "tests" / "output" / "notebooks"
 PACKAGE = Path(dw.__file__).parent
-KERNEL = "defuse-widgets-tests"
-CELL_TIMEOUT_S = 900
+MAX_GAP_S = 10.0  # from one cell's reply to the next cell's start; a lost wake-up costs a timeout
 # quickstart first: it trains (or loads) the digits demo models the teaching notebook reuses
 ORDER = ["quickstart", "teaching", "bring_your_own_model", "fashion_mnist"]
 QUICK_FLAG = 'os.environ.get("DEFUSE_WIDGETS_QUICK") == "1"'
@@ -67,28 +71,43 @@ def _fashion_files() -> bool:
     )
 
 
+@contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @pytest.fixture(scope="module")
-def kernel_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment for the notebook kernels: our kernelspec first, quick mode, the model cache."""
+def kernel_spec(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment that puts our kernelspec (this interpreter) first."""
     import ipykernel  # noqa: F401  (the kernel runs ipykernel from this interpreter)
 
-    specs = tmp_path_factory.mktemp("jupyter") / "kernels" / KERNEL
-    specs.mkdir(parents=True)
-    spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "defuse-widgets tests",
-        "language": "python",
-    }
-    (specs / "kernel.json").write_text(json.dumps(spec))
+    return write_kernelspec(tmp_path_factory.mktemp("jupyter"))
+
+
+@pytest.fixture(scope="module")
+def kernel_env(
+    kernel_spec: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """Environment for the notebook kernels: our kernelspec first, quick mode, the model cache
+    (the digits demo models trained into it here, outside any cell's time limit)."""
     try:
         cache = _model_cache()
         cache.mkdir(parents=True, exist_ok=True)
     except OSError:
         cache = tmp_path_factory.mktemp("models")
+    with _environ(DEFUSE_WIDGETS_CACHE=str(cache)):
+        cli.demo_models(dw.load_dataset("digits"), seed=0, progress=False)  # the notebooks' SEED
     return {
-        "JUPYTER_PATH": os.pathsep.join(
-            [str(specs.parent.parent), *filter(None, [os.environ.get("JUPYTER_PATH")])]
-        ),
+        **kernel_spec,
         "DEFUSE_WIDGETS_QUICK": "1",
         "DEFUSE_WIDGETS_CACHE": str(cache),
         "PYTHONUNBUFFERED": "1",
@@ -133,10 +152,9 @@ def test_notebook_runs(
     for key, value in kernel_env.items():
         monkeypatch.setenv(key, value)  # the kernel process inherits this environment
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
+    client = NotebookRunner(
         nb,
         kernel_name=KERNEL,
-        timeout=CELL_TIMEOUT_S,
         resources={"metadata": {"path": str(tmp_path)}},  # the kernel's working directory
     )
     start = time.perf_counter()
@@ -155,6 +173,30 @@ def test_notebook_runs(
         if out.get("output_type") == "error"
     ]
     assert not errors, f"{path.name}: error outputs {errors}"
+    gaps = [(i, round(g, 2)) for i, g in cell_gaps(nb) if g > MAX_GAP_S]
+    assert not gaps, f"{path.name}: (cell, seconds) from a reply to the next cell's start: {gaps}"
     assert not list(tmp_path.iterdir()) or all(
         p.name.startswith(".") for p in tmp_path.iterdir()
     ), f"{path.name}: wrote files into its working directory: {list(tmp_path.iterdir())}"
+
+
+def test_output_widget_cells_never_wait(
+    kernel_spec: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 44's stall: output routed into an ``ipywidgets.Output`` (the teaching notebook's
+    ``on_label`` log) made stock nbclient miss a cell's reply until the cell timeout (4-12 cells
+    in 100 with a 2 s timeout). 80 such cells under NotebookRunner: every reply read at once."""
+    for key, value in kernel_spec.items():
+        monkeypatch.setenv(key, value)
+    cells = ["import sys\nimport ipywidgets as w\nout = w.Output()\ndisplay(out)"]
+    cells += ["with out:\n    print('a')\n    sys.stdout.flush()\n    print('b')"] * 80
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells])
+    runner = NotebookRunner(
+        nb, kernel_name=KERNEL, timeout=30, resources={"metadata": {"path": str(tmp_path)}}
+    )
+    runner.execute()  # a reply read late (a missed wake-up) raises StallError
+    slow = [(i, round(g, 2)) for i, g in cell_gaps(nb) if g > 5]
+    assert not slow, f"(cell, seconds) from a reply to the next cell's start: {slow}"
+    outputs = [o for s in runner.widget_state.values() for o in s.get("outputs", [])]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert text.count("a\nb\n") == 80, "the cells' output did not all reach the Output widget"
