@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from defuse_widgets.regions.labels import ReferenceModelLabeler, label_name
 from defuse_widgets.search.strategies import DEFAULT_STRATEGY, STRATEGIES
 from defuse_widgets.session.session import DefuseSession
 from defuse_widgets.suite.check import check_suite
+from defuse_widgets.utils.cache import cache_dir as package_cache_dir
 from defuse_widgets.utils.jsonio import nan_to_none
 
 # The demo classifier is deliberately quick (narrow, few epochs) so it has real, unplanted bugs;
@@ -34,8 +34,9 @@ AUDITS = ("none", "reference")
 
 
 def cache_dir() -> Path:
-    env = os.environ.get("DEFUSE_WIDGETS_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "defuse-widgets" / "models"
+    """The folder of the trained demo models: ``models`` in the package's cache folder
+    (:func:`defuse_widgets.utils.cache.cache_dir`)."""
+    return package_cache_dir("models")
 
 
 def demo_models(
@@ -256,10 +257,23 @@ def write_html_report(s: DefuseSession, report: dict[str, Any], path: Path) -> N
         fig.to_html(full_html=False, include_plotlyjs="cdn" if i else True)
         for i, fig in enumerate([table, scatter, grid])
     ]
-    path.write_text(
-        "<html><head><meta charset='utf-8'><title>defuse-widgets report</title></head>"
-        f"<body><h1>defuse-widgets: {report['dataset']}</h1>{''.join(parts)}</body></html>"
+    path.write_text(render_report(report["dataset"], parts), encoding="utf-8")
+
+
+def render_report(dataset: str, figures: Sequence[str]) -> str:
+    """The report page from ``templates/report.html``: ``dataset`` escaped, ``figures`` (HTML
+    that plotly wrote) as they are."""
+    from jinja2 import Environment, PackageLoader
+    from markupsafe import Markup
+
+    env = Environment(
+        loader=PackageLoader("defuse_widgets", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
+    page = env.get_template("report.html")
+    return page.render(dataset=dataset, figures=[Markup(f) for f in figures])
 
 
 def _fmt(value: Any) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import defuse_widgets as dw
-from defuse_widgets.cli import main, run_pipeline
+from defuse_widgets.cli import main, render_report, run_pipeline
 from defuse_widgets.correction.settings import AUTO_GRID
 
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_the_command_succeeds_and_caches_its_models(pipeline: dict[str, Any]) -> None:
     assert pipeline["code"] == 0
-    folder = pipeline["cache"] / "digits-seed0-val0.1"  # demo_models: trained without validation
+    folder = pipeline["cache"] / "models" / "digits-seed0-val0.1"  # trained without validation
     for name in ("classifier", "vae", "reference"):
         assert (folder / f"{name}.safetensors").is_file(), name
 
@@ -128,11 +128,19 @@ def test_report_html(pipeline: dict[str, Any]) -> None:
     html = (pipeline["out"] / "report.html").read_text()
     assert html.startswith("<html") and "plotly" in html.lower()
     assert "Before and after" in html and "Errors by region" in html
+    assert "<h1>defuse-widgets: digits</h1>" in html and html.rstrip().endswith("</html>")
+
+
+def test_report_page_escapes_the_dataset_name_not_the_figures() -> None:
+    html = render_report("<b>mine & yours</b>", ["<div id='a'>1</div>", "<div id='b'>2</div>"])
+    assert "<h1>defuse-widgets: &lt;b&gt;mine &amp; yours&lt;/b&gt;</h1>" in html
+    assert html.index("<div id='a'>1</div>") < html.index("<div id='b'>2</div>")
+    assert "<title>defuse-widgets report</title>" in html
 
 
 def test_the_saved_session_loads_back(pipeline: dict[str, Any]) -> None:
     r = pipeline["report"]
-    folder = pipeline["cache"] / "digits-seed0-val0.1"  # demo_models: trained without validation
+    folder = pipeline["cache"] / "models" / "digits-seed0-val0.1"  # trained without validation
     s = dw.DefuseSession.load(
         pipeline["out"] / "session",
         classifier=dw.load_model(folder / "classifier.safetensors"),

@@ -127,6 +127,7 @@ def test_wheel_holds_the_front_end_license_and_marker(installed: dict) -> None:
     for bundle in BUNDLES:
         assert f"defuse_widgets/static/{bundle}" in names
     assert "defuse_widgets/py.typed" in names
+    assert "defuse_widgets/templates/report.html" in names  # the CLI's report page
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), sorted(names)[-8:]
 
 

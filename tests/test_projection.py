@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -66,9 +67,17 @@ def test_fit_places_new_codes_on_the_same_map(blobs: np.ndarray) -> None:
         place(np.zeros((3, 5), np.float32))
 
 
-def test_a_map_outlives_the_kernel_on_disk(blobs: np.ndarray, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("DEFUSE_WIDGETS_PROJECTION_CACHE", str(tmp_path))
+@pytest.fixture
+def disk(tmp_path, monkeypatch):
+    """The package's cache moved to a temporary folder: its ``projections`` folder."""
+    monkeypatch.setenv("DEFUSE_WIDGETS_CACHE", str(tmp_path))
+    monkeypatch.delenv("DEFUSE_WIDGETS_PROJECTION_CACHE", raising=False)  # conftest.py sets it
     projection.clear_cache()
+    return tmp_path / "projections"
+
+
+def test_a_map_outlives_the_kernel_on_disk(blobs: np.ndarray, disk, monkeypatch) -> None:
+    tmp_path = disk
     xy, _ = projection.fit(blobs, "umap", seed=0)
     assert len(list(tmp_path.glob("*.npy"))) == 1
     projection.clear_cache(disk=False)  # a restarted kernel: memory gone, files kept
@@ -91,6 +100,35 @@ def test_a_map_outlives_the_kernel_on_disk(blobs: np.ndarray, tmp_path, monkeypa
     assert projection.project(blobs, "pca").shape == (180, 2)
     projection.clear_cache()
     assert not list(tmp_path.glob("*.npy"))
+
+
+def test_the_maps_on_disk_keep_to_a_size_bound(blobs: np.ndarray, disk, monkeypatch) -> None:
+    """Past DISK_CACHE_BYTES the least recently used maps go; reading a map counts as a use."""
+    sets = [blobs + i for i in range(4)]
+    names: list[str] = []
+
+    def write(i: int) -> None:  # map i, dated i seconds past a base, so the order is exact
+        before = {f.name for f in disk.glob("*.npy")}
+        projection.project(sets[i], "pca")
+        (name,) = {f.name for f in disk.glob("*.npy")} - before
+        names.append(name)
+        os.utime(disk / name, (1_000_000 + i, 1_000_000 + i))
+
+    write(0)
+    size = (disk / names[0]).stat().st_size
+    monkeypatch.setattr(projection, "DISK_CACHE_BYTES", 3 * size)
+    write(1)
+    write(2)
+    assert len(list(disk.glob("*.npy"))) == 3  # at the bound, nothing goes
+    projection.clear_cache(disk=False)  # a restarted kernel reads map 0: now the most recent
+    assert projection.cached(sets[0], "pca") is not None
+    write(3)
+    assert {f.name for f in disk.glob("*.npy")} == {names[0], names[2], names[3]}
+    projection.clear_cache(disk=False)
+    assert projection.cached(sets[1], "pca") is None  # map 1 was the least recently used
+    monkeypatch.setattr(projection, "DISK_CACHE_BYTES", 0)
+    projection.project(blobs + 9, "pca")
+    assert len(list(disk.glob("*.npy"))) == 1, "the newest map stays whatever the bound"
 
 
 def test_large_sets_fit_umap_on_a_subsample_and_place_the_rest(

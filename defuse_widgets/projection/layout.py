@@ -3,12 +3,15 @@
 ``import umap`` costs about 10 s the first time (numba compiles), so it happens lazily inside
 :func:`project`, never at package import. Above ``FIT_POINTS`` codes, UMAP is fitted on a seeded
 subsample and the rest are placed with its ``transform``. Results are kept in memory (an LRU) and
-on disk (``$DEFUSE_WIDGETS_PROJECTION_CACHE`` or ``~/.cache/defuse-widgets/projections``, keyed
-by a hash of the codes and settings), so a restarted kernel shows the same map at once.
+on disk (the ``projections`` folder of the package's cache, :func:`cache_dir`, keyed by a hash of
+the codes and settings), so a restarted kernel shows the same map at once. The maps on disk are
+kept to ``DISK_CACHE_BYTES`` in all: past it, the least recently used go (a read refreshes a
+map's modification time).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -19,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from defuse_widgets.utils.cache import cache_dir as package_cache_dir
+
 METHODS = ("umap", "pca")
 Placer = Callable[[np.ndarray], np.ndarray]  # places new codes (n, d) on a fitted map: (n, 2)
 _CACHE: OrderedDict[str, tuple[np.ndarray, Placer]] = OrderedDict()
@@ -27,6 +32,7 @@ _LOCK = threading.Lock()
 FIT_POINTS = 100_000  # above this many codes UMAP is fitted on a subsample of this size
 PLACE_BATCH = 50_000  # codes placed by UMAP's transform per progress message
 NEIGHBOURS = 15  # a map read back from disk places new codes by their nearest mapped codes
+DISK_CACHE_BYTES = 256 * 2**20  # the maps kept on disk (a map of 1,000,000 points is 8 MB)
 
 
 def _as_numpy(codes: Any) -> np.ndarray:
@@ -77,17 +83,21 @@ def clear_cache(disk: bool = True) -> None:
 
 
 def cache_dir() -> Path:
-    """The folder of projections kept across kernel restarts."""
-    env = os.environ.get("DEFUSE_WIDGETS_PROJECTION_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "defuse-widgets" / "projections"
+    """The folder of projections kept across kernel restarts: ``projections`` in the package's
+    cache folder (:func:`defuse_widgets.utils.cache.cache_dir`)."""
+    return package_cache_dir("projections")
 
 
 def _read_disk(key: str, m: int) -> np.ndarray | None:
+    file = cache_dir() / f"{key}.npy"
     try:
-        xy = np.load(cache_dir() / f"{key}.npy", allow_pickle=False)
+        xy = np.load(file, allow_pickle=False)
     except (OSError, ValueError):  # absent, unreadable or damaged: compute it again
         return None
     ok = xy.dtype == np.float32 and xy.shape == (m, 2) and np.isfinite(xy).all()
+    if ok:
+        with contextlib.suppress(OSError):
+            os.utime(file)  # used now: the last to be pruned
     return xy if ok else None
 
 
@@ -101,6 +111,25 @@ def _write_disk(key: str, xy: np.ndarray) -> None:
         os.replace(part, folder / f"{key}.npy")  # readers never see half a file
     except OSError:  # a read-only home must not break the map
         part.unlink(missing_ok=True)
+        return
+    _prune(folder, DISK_CACHE_BYTES)
+
+
+def _prune(folder: Path, limit: int) -> None:
+    """Delete the least recently used maps in ``folder`` (oldest modification time first) until
+    the rest total at most ``limit`` bytes; the newest map always stays."""
+    maps = []
+    for file in folder.glob("*.npy"):
+        with contextlib.suppress(OSError):  # another process pruned it first
+            stat = file.stat()
+            maps.append((stat.st_mtime_ns, stat.st_size, file))
+    maps.sort(reverse=True)
+    total = 0
+    for i, (_, size, file) in enumerate(maps):
+        total += size
+        if total > limit and i > 0:
+            with contextlib.suppress(OSError):
+                file.unlink()
 
 
 def _neighbour_fit(codes: np.ndarray, xy: np.ndarray) -> Placer:
