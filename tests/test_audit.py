@@ -96,24 +96,30 @@ def test_apply_relabels_copies():
 # ----- audit through the session -----
 
 
-def test_audit_selects_conflicting_training_images_inside_the_region(s, digits):
+def test_audit_selects_conflicting_training_images_the_region_reaches(s, digits):
     rid, label = labeled_region(s)
     column = [r.id for r in s.regions].index(rid)
     prob = s.region_probability("train")[:, column]
     assert prob.shape == (len(digits.y_train),)
-    result = s.audit(rid, min_probability=0.5, coverage=None)
-    expected = ((prob >= 0.5) & (digits.y_train != label)).nonzero().flatten()
-    assert sorted(result.indices.tolist()) == expected.tolist()
+    reached = s.reach("train", [rid]).mask(rid)
+    result = s.audit(rid)  # the reach rule alone
+    expected = (reached & (digits.y_train != label)).nonzero().flatten()
+    assert len(expected) and sorted(result.indices.tolist()) == expected.tolist()
+    assert result.inside == int(reached.sum())
+    narrowed = s.audit(rid, min_probability=0.5, coverage=None)  # and the mixture's probability
+    expected = (reached & (prob >= 0.5) & (digits.y_train != label)).nonzero().flatten()
+    assert sorted(narrowed.indices.tolist()) == expected.tolist()
+    assert (narrowed.probabilities >= 0.5).all()
     assert result.region_id == rid and result.region_label == label
     assert (result.labels != label).all() and torch.equal(
         result.labels, digits.y_train[result.indices]
     )
-    assert (result.probabilities >= 0.5).all()
     assert len(result.evidence) == len(result)  # likeliest mistakes first
     assert (result.evidence[:-1] >= result.evidence[1:]).all()
+    doubt = 1 - s.predict(result.images).gather(1, result.labels[:, None]).squeeze(1)
+    assert torch.allclose(result.evidence, doubt)
     assert torch.equal(result.images, digits.x_train[result.indices])
     assert torch.equal(result.predictions, s.predict(result.images).argmax(1))
-    assert result.inside == int((prob >= 0.5).sum())
     rows = result.rows()
     assert len(rows) == len(result) and set(rows[0]) == {
         "index",
@@ -244,11 +250,6 @@ def test_reference_labeler_per_image_abstains_when_unsure():
 def test_confirm_audit_relabels_only_what_the_labeler_confirms(s):
     rid, label = labeled_region(s)
     result = s.audit(rid)
-    if len(result) < 3:
-        result = s.audit(rid, coverage=None)
-        coverage = None
-    else:
-        coverage = 0.99
     assert len(result) >= 3
     other = (label + 1) % 10
     votes = torch.tensor([[label, dw.UNRECOGNIZABLE, other][i % 3] for i in range(len(result))])
@@ -258,7 +259,7 @@ def test_confirm_audit_relabels_only_what_the_labeler_confirms(s):
         seen.append(images)
         return votes
 
-    out = s.confirm_audit(rid, person, who="ann", coverage=coverage)
+    out = s.confirm_audit(rid, person, who="ann")
     assert torch.equal(seen[0], result.images)
     assert out["confirmed"] == result.indices[votes == label].tolist()
     assert out["candidates"] == len(result)

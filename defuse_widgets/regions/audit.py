@@ -19,15 +19,16 @@ from defuse_widgets.utils.checks import in_range, positive_int
 
 @dataclass
 class AuditResult:
-    """Training images inside one region whose (relabeled) training label differs from its label.
+    """Training images one region reaches whose (relabeled) training label differs from its label.
 
     Rows are sorted so the likeliest mistakes come first: by ``evidence`` that the stored label
-    is wrong, the membership probability times the classifier's doubt in the stored label
-    (1 - its probability for it), then by membership and index. Attributes: ``indices`` (n,)
+    is wrong, the classifier's doubt in the stored label (1 - its probability for it; a reached
+    row mostly lies outside the region's Gaussian, so the membership probability would rank
+    nearly all of them 0), then by membership and index. Attributes: ``indices`` (n,)
     int64 training indices; ``images`` (n, C, H, W); ``labels`` (n,) training labels with
     confirmed relabels applied; ``predictions`` (n,) the classifier's current classes;
     ``probabilities`` (n,) float32 membership probability of the region; ``evidence`` (n,);
-    ``inside`` the number of training images in the region (any label).
+    ``inside`` the number of training images the region reaches (any label).
     """
 
     region_id: int
@@ -66,7 +67,11 @@ class AuditResult:
 
 
 def select_conflicts(
-    probability: torch.Tensor, labels: torch.Tensor, region_label: int, min_probability: float = 0.5
+    probability: torch.Tensor,
+    labels: torch.Tensor,
+    region_label: int,
+    min_probability: float = 0.5,
+    reached: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Indices of the rows inside a region whose label differs from the region's label.
 
@@ -76,6 +81,8 @@ def select_conflicts(
     labels : (N,) training labels (relabels applied).
     region_label : the region's class.
     min_probability : a row is inside when its probability is at least this.
+    reached : (N,) bool, optional: and when the region reaches it
+        (:func:`~defuse_widgets.regions.membership.reach`).
 
     Returns
     -------
@@ -89,6 +96,8 @@ def select_conflicts(
             f"got {tuple(probability.shape)}"
         )
     inside = probability >= min_probability
+    if reached is not None:
+        inside &= reached
     idx = (inside & (labels != region_label)).nonzero().flatten()
     p = probability[idx].float()
     order = _sort_desc(p, idx)
@@ -109,19 +118,21 @@ def audit_region(
     labels: torch.Tensor,
     predict: Callable[[torch.Tensor], torch.Tensor],
     min_probability: float = 0.5,
+    reached: torch.Tensor | None = None,
 ) -> AuditResult:
     """Build the :class:`AuditResult` of one region.
 
     ``probability`` (N,) is the region's membership probability of every training image,
     ``images`` (N, C, H, W) and ``labels`` (N,) the training set (relabels applied), and
-    ``predict(images)`` returns (n, K) class probabilities of the classifier being debugged.
+    ``predict(images)`` returns (n, K) class probabilities of the classifier being debugged;
+    ``reached`` (N,) bool: the rows the region reaches (see :func:`select_conflicts`).
     """
-    idx, p, inside = select_conflicts(probability, labels, region_label, min_probability)
+    idx, p, inside = select_conflicts(probability, labels, region_label, min_probability, reached)
     chosen, stored = images[idx], labels[idx].clone()
     if len(idx):
         proba = predict(chosen).cpu().float()
         preds = proba.argmax(1)
-        evidence = p * (1 - proba.gather(1, stored[:, None]).squeeze(1))
+        evidence = 1 - proba.gather(1, stored[:, None]).squeeze(1)
     else:
         preds, evidence = torch.zeros(0, dtype=torch.long), torch.zeros(0)
     order = torch.argsort(-evidence, stable=True)  # ties keep select_conflicts' order
@@ -155,10 +166,14 @@ def count_inside(
     relabeled: torch.Tensor,
     region_label: int,
     min_probability: float,
+    reached: torch.Tensor | None = None,
 ) -> dict[str, int]:
-    """The training images inside a region: all of them, those whose label conflicts with the
-    region's, and those relabeled (``relabeled`` (N,) bool)."""
+    """The training images inside a region (and reached by it, ``reached`` (N,) bool): all of
+    them, those whose label conflicts with the region's, and those relabeled (``relabeled`` (N,)
+    bool)."""
     inside = probability >= min_probability
+    if reached is not None:
+        inside &= reached
     return {
         "label": region_label,
         "inside": int(inside.sum()),

@@ -17,6 +17,7 @@ import torch
 from defuse_widgets.correction.training import restore
 from defuse_widgets.models.inference import batched, predict_labels
 from defuse_widgets.regions import audit as audit_step
+from defuse_widgets.regions import membership
 from defuse_widgets.regions.labels import (
     UNRECOGNIZABLE,
     LabelerLike,
@@ -24,7 +25,7 @@ from defuse_widgets.regions.labels import (
     check_label,
     label_name,
 )
-from defuse_widgets.regions.membership import within_ellipsoid
+from defuse_widgets.regions.membership import Reach, within_ellipsoid
 from defuse_widgets.regions.relabels import Relabel, read_relabel_source
 from defuse_widgets.session.base import SessionBase
 from defuse_widgets.utils.checks import Options, check
@@ -48,6 +49,32 @@ class AuditMixin(SessionBase):
                 desc=f"regions of {split} images",
             )
         return self._membership[split]
+
+    def reach(self, split: str = "train", region_ids: Sequence[int] | None = None) -> Reach:
+        """The real rows of ``split`` ("train", validation rows included where they are carved
+        from it, or "validation") each region points to: the
+        :data:`~defuse_widgets.regions.membership.NEAREST` rows nearest, in the generator's latent
+        space, to each source image of the region's errors (see
+        :func:`~defuse_widgets.regions.membership.reach`). Cached until the regions change; the
+        audit, the rounds' real rows and the explorer use it."""
+        regions = self._require_regions()
+        if split not in ("train", "validation"):
+            raise ValueError(f"split: expected 'train' or 'validation', got {split!r}")
+        ids = regions.ids if region_ids is None else [regions.get(r).id for r in region_ids]
+        key = f"reach:{split}"
+        if key not in self._membership:
+            errors = self.errors
+            assert errors is not None  # regions come from errors
+            found = membership.reach(
+                regions,
+                errors.source_index,
+                self.split_codes(errors.split),
+                self.split_codes(split),
+            )
+            self._membership[key] = found.matrix(regions.ids)
+        matrix = self._membership[key]
+        rows = {rid: matrix[:, regions.column(rid)].nonzero().flatten() for rid in ids}
+        return Reach(rows, len(matrix))
 
     def _audit_label(self, region_id: int, label: int | None) -> int:
         if label is not None:
@@ -84,16 +111,19 @@ class AuditMixin(SessionBase):
     def audit(
         self,
         region_id: int,
-        min_probability: float = 0.5,
+        min_probability: float = 0.0,
         label: int | None = None,
-        coverage: float | None = 0.99,
+        coverage: float | None = None,
     ) -> audit_step.AuditResult:
-        """The training images the mixture puts in the region with probability at least
-        ``min_probability`` whose training label (relabels applied) differs from the region's label.
+        """The training images the region reaches (:meth:`reach`) whose training label (relabels
+        applied) differs from the region's label.
 
         ``label`` audits against another class than the region's label (needed for a region
-        without a class label). ``coverage`` also requires a code to lie inside the ellipsoid
-        holding that share of the region's Gaussian (None: membership probability only).
+        without a class label). ``min_probability`` also requires the mixture to put a row in
+        the region with at least that probability, ``coverage`` its code to lie inside the
+        ellipsoid holding that share of the region's Gaussian (None: no such requirement); the
+        defaults require neither, because the real rows of a bug mostly lie outside the
+        Gaussian fitted to perturbed codes.
         Returns an :class:`~defuse_widgets.regions.audit.AuditResult`, the likeliest mistakes first.
         """
         self._require_regions().get(region_id)
@@ -107,18 +137,26 @@ class AuditMixin(SessionBase):
             self.training_labels(),
             self.predict,
             min_probability,
+            self.reach("train", [region_id]).mask(region_id),
         )
 
     def audit_summary(
-        self, min_probability: float = 0.5, coverage: float | None = 0.99
+        self, min_probability: float = 0.0, coverage: float | None = None
     ) -> dict[int, dict[str, Any]]:
-        """Per class-labeled region: its label, the training images inside it (``inside``), those
-        whose label conflicts with the region's (``conflicts``) and the relabels inside it."""
+        """Per class-labeled region: its label, the training images it reaches (``inside``; with
+        ``min_probability`` and ``coverage`` as in :meth:`audit`), those whose label conflicts
+        with the region's (``conflicts``) and the relabels among them."""
         audit_step.check_probability(min_probability)
         labels, relabeled = self.training_labels(), self._relabels.mask()
+        reach = self.reach("train", sorted(self.correctable()))
         return {
             rid: audit_step.count_inside(
-                self._audit_probability(rid, coverage), labels, relabeled, lab, min_probability
+                self._audit_probability(rid, coverage),
+                labels,
+                relabeled,
+                lab,
+                min_probability,
+                reach.mask(rid),
             )
             for rid, lab in sorted(self.correctable().items())
         }
@@ -150,9 +188,9 @@ class AuditMixin(SessionBase):
         self,
         region_id: int,
         labeler: LabelerLike,
-        min_probability: float = 0.5,
+        min_probability: float = 0.0,
         who: str | None = None,
-        coverage: float | None = 0.99,
+        coverage: float | None = None,
         stop_after: int | None = None,
     ) -> dict[str, Any]:
         """Let ``labeler`` decide image by image on the region's :meth:`audit` and relabel the
