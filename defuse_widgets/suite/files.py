@@ -215,8 +215,9 @@ def _unit(entry: dict[str, Any], key: str, where: str) -> float:
 
 
 def _check_dataset(path: Path, doc: dict[str, Any], data: ImageDataset) -> None:
-    theirs, ours = doc.get("dataset"), dataset_fingerprint(data)
+    theirs = doc.get("dataset")
     if not fingerprint_matches(data, theirs):
+        ours = dataset_fingerprint(data)
         name = theirs.get("name") if isinstance(theirs, dict) else None
         raise ValueError(
             f"data: the suite in {path} was exported from another dataset ({name!r}, fingerprint "
