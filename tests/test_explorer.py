@@ -187,6 +187,8 @@ def test_codec_round_trip() -> None:
 
 def test_region_click_builds_the_panel(widget: Explorer, session: dw.DefuseSession) -> None:
     rid = widget.regions[0]["id"]
+    reach = session.reach().counts()  # the region list says how many real rows each reaches
+    assert {r["id"]: r["reach"] for r in widget.regions} == reach and sum(reach.values()) > 0
     widget.selected_region = rid  # as the browser does
     panel = widget.panel
     assert panel["region"] == rid

@@ -7,7 +7,7 @@ export type RegionInfo = {
   id: number; color: string; size: number; weight: number; transition: [number, number];
   validity: number; confidence: number; user_defined: boolean;
   sample_accuracy?: number | null; real_accuracy?: number | null; real_images?: number | null;
-  recognition?: number | null;
+  recognition?: number | null; reach?: number | null;
 };
 
 export const MODEL_IS_RIGHT = -1;
@@ -157,12 +157,14 @@ export class RegionList {
       const acc = r.sample_accuracy !== undefined && r.sample_accuracy !== null ? ` · acc ${pct(r.sample_accuracy)}` : "";
       const real = r.real_accuracy != null && (by === "real_accuracy") ? ` · real ${pct(r.real_accuracy)}` : "";
       const rec = r.recognition != null && by === "recognition" ? ` · recog ${pct(r.recognition)}` : "";
-      txt.textContent = `#${r.id}${r.user_defined ? "*" : ""} · ${r.size} · ${tr} · valid ${pct(r.validity)}${acc}${real}${rec}`;
+      const reach = r.reach != null ? ` · reaches ${r.reach}` : "";
+      txt.textContent = `#${r.id}${r.user_defined ? "*" : ""} · ${r.size} · ${tr} · valid ${pct(r.validity)}${acc}${real}${rec}${reach}`;
       txt.title = `Region ${r.id}${r.user_defined ? " (* made by you)" : ""}: ${r.size} errors, true ${tr} predicted; ` +
         `valid: how natural the generator finds its samples (mean validity)` +
         (acc ? "; acc: the classifier's accuracy on fresh samples against the region's label" : "") +
         (real ? "; real: its accuracy on the real test images inside" : "") +
-        (rec ? "; recog: the share of its samples recognised as its class" : "");
+        (rec ? "; recog: the share of its samples recognised as its class" : "") +
+        (reach ? "; reaches: the real training images nearest its errors' source images (the audit's and the rounds' rows)" : "");
       const lb = document.createElement("span");
       lb.className = "dfx-lab";
       lb.textContent = lab;
@@ -325,7 +327,8 @@ export class RegionPanel {
     const tr = r ? `${name(r.transition[0])} \u2192 ${name(r.transition[1])}` : "";
     this.head.textContent = `Region ${rid}: ${r ? r.size : "?"} errors, ${tr}, ${labelText(lab, classes)}` +
       (r && r.sample_accuracy != null ? `, sample accuracy ${pct(r.sample_accuracy)}` : "") +
-      (r ? realAccuracyText(r) : "");
+      (r ? realAccuracyText(r) : "") +
+      (r && r.reach != null ? `, reaches ${r.reach} real training image${r.reach === 1 ? "" : "s"}` : "");
     if (lab !== undefined && lab >= 0) this.select.value = String(lab);
     else if (r) this.select.value = String(r.transition[0]);
     this.gallery(this.body, "Fresh samples from the region", rid, decode(panel.samples as Wire), decode(panel.sample_pred as Wire),

@@ -219,6 +219,6 @@ class AuditPane:
         n, total = len(shown), payload["total"]
         more = f" (the likeliest {n} shown)" if total > n else ""
         self._note(
-            f"Region {rid}: {payload['conflicts']} of {payload['inside']} training images "
-            f"inside carry another label{more}."
+            f"Region {rid}: {payload['conflicts']} of the {payload['inside']} training images "
+            f"it reaches carry another label{more}."
         )

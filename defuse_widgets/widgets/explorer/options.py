@@ -24,7 +24,7 @@ class ExplorerOptions:
     members: int = 16
     thumbnail_side: int = 32
     max_thumbnail_bytes: int = 8_000_000
-    min_probability: float = 0.5
+    min_probability: float = 0.0
     audit_limit: int = 100
     who: str = "user"
 

@@ -36,6 +36,7 @@ def region_rows(
     regions: Any,
     evaluation: dict[int, dict[str, Any]],
     recognition: dict[int, float] | None = None,
+    reach: dict[int, int] | None = None,
 ) -> list[dict[str, Any]]:
     """One JSON-ready row per region of a ``RegionSet``, largest first.
 
@@ -48,13 +49,17 @@ def region_rows(
     recognition : dict, optional
         Region id -> share of its samples recognised as its class
         (``session.sample_recognition()``); absent: ``recognition`` is None.
+    reach : dict, optional
+        Region id -> the real training rows it reaches (``session.reach().counts()``); absent:
+        ``reach`` is None.
 
     Returns
     -------
     list of dict
         ``id``, ``color``, ``size``, ``weight``, ``transition``, ``transition_share``,
         ``validity``, ``confidence``, ``user_defined`` and, once evaluated, ``sample_accuracy``,
-        ``real_accuracy``, ``real_images``, and ``recognition`` (NaN and unknown as None).
+        ``real_accuracy``, ``real_images``, ``recognition`` and ``reach`` (NaN and unknown as
+        None).
     """
     rows = []
     for r in regions.regions:
@@ -78,6 +83,7 @@ def region_rows(
                     "real_accuracy": real_acc,
                     "real_images": real_n,
                     "recognition": (recognition or {}).get(int(r.id)),
+                    "reach": (reach or {}).get(int(r.id)),
                 }
             )
         )

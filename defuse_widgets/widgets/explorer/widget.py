@@ -110,7 +110,8 @@ class Explorer(anywidget.AnyWidget):
         for the hovered point's thumbnail only.
     steps, lam, lr : fine-tuning defaults (editable in the UI).
     min_probability : float
-        The audit shows training images the region holds with at least this probability.
+        The audit shows the training images the region reaches (``session.reach``) that the
+        mixture also puts in it with at least this probability (default 0: every one).
     audit_limit : int
         The audit shows at most this many images (the likeliest mistakes).
     who : str
@@ -215,7 +216,7 @@ class Explorer(anywidget.AnyWidget):
         steps: int = 300,
         lam: float = 1.0,
         lr: float = 0.003,
-        min_probability: float = 0.5,
+        min_probability: float = 0.0,
         audit_limit: int = 100,
         who: str = "user",
         interpolator_options: dict[str, Any] | None = None,
@@ -639,7 +640,17 @@ class Explorer(anywidget.AnyWidget):
             self.regions = []
             return
         self.point_region = regions.assignments.numpy().astype(np.int32)
-        self.regions = panels.region_rows(regions, self._region_eval, self._recognition)
+        self.regions = panels.region_rows(
+            regions, self._region_eval, self._recognition, self._reach_counts()
+        )
+
+    def _reach_counts(self) -> dict[int, int] | None:
+        """Region id -> the real training rows it reaches (None while the regions are not the
+        session's errors' own, as during a live search)."""
+        s = self.session
+        if s.errors is None or s.regions is None or len(s.regions.assignments) != len(s.errors):
+            return None
+        return s.reach().counts()
 
     def _absorb(self, ev: Any) -> None:
         """Show evaluation ``ev``'s per-region figures in the region list."""
