@@ -193,12 +193,13 @@ def test_a_round_upweights_the_real_images_its_regions_point_to(
     record = s.correct(steps=20, check_every=10)
     assert set(record.real_images) == {rid}
     assert record.real_images[rid] >= len(flip)  # the confirmed relabels count wherever they lie
-    assert record.generated_images > 0 and record.settings["real_weight"] == 10.0
+    assert record.generated_images > 0 and record.settings["real_weight"] is None  # groups
     back = dw.RoundRecord.from_dict(record.to_dict())
     assert back.real_images == record.real_images
     assert back.generated_images == record.generated_images
     plain = s.correct(steps=20, check_every=10, real_weight=1.0)  # the knob reaches the round
     assert plain.settings["real_weight"] == 1.0
+    assert s.correct(steps=20, check_every=10, real_weight=10.0).settings["real_weight"] == 10.0
     with pytest.raises(ValueError, match="real_weight"):
         s.correct(steps=20, real_weight=0.5)
 

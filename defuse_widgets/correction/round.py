@@ -11,6 +11,7 @@ how they were chosen. It never changes the classifier it is given.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,14 +28,18 @@ from defuse_widgets.correction.selection import (
     changes,
     class_drops,
     harm,
+    paired_harm,
 )
-from defuse_widgets.correction.settings import BLENDS, RoundSettings
+from defuse_widgets.correction.settings import BLENDS, GROUP_SHARE, RoundSettings
+from defuse_widgets.correction.statistics import holm
 from defuse_widgets.correction.training import (
     Cancelled,
     CancelToken,
     StepCallback,
     fine_tune,
+    snapshot,
 )
+from defuse_widgets.correction.validation import halves
 from defuse_widgets.models.generative import GeneratorAdapter
 from defuse_widgets.models.inference import predict_labels
 from defuse_widgets.regions.distill import RegionSet
@@ -143,22 +148,25 @@ def run_round(
         real_images=fixed.real_images(),
         generated_images=fixed.tally.get("kept", 0),
     )
+    refused = _refusal(checker)
     if checker is not None:
         record.stopped = checker.finish(len(losses))
         record.best_step = checker.best.step
         record.checks = [c.to_dict() for c in checker.checks]
         record.validation = {"before": checker.start.to_dict(), "after": checker.best.to_dict()}
-        if checker.start.correct is not None:
+        if checker.start.correct is not None:  # on the half it was chosen on
             found = changes(checker.start, checker.best, grid[best].confidence)
             record.validation["changes"] = [c.to_dict() for c in found[:-1]]
             record.validation["overall_change"] = found[-1].to_dict()
+        if checker.best_state is not None:
+            state, refused = fixed.confirm(state, grid[best], record)
     if len(grid) > 1:
         record.grid = [
             {"lam": g.lam, "lr": g.lr, "region": t[0][0], "overall": t[0][1]}
             for g, t in zip(grid, tried)
         ]
     record.seconds = time.perf_counter() - start
-    return RoundResult(state, record, _refusal(checker))
+    return RoundResult(state, record, refused)
 
 
 def _refusal(checker: EarlyStopping | None) -> Refusal | None:
@@ -168,6 +176,23 @@ def _refusal(checker: EarlyStopping | None) -> Refusal | None:
     assert checker.refused is not None
     harmed = tuple(int(e["class"]) for e in checker.refused[1] if e["class"] is not None)
     return Refusal(checker.refused_state, harmed) if harmed else None
+
+
+def group_weights(members: torch.Tensor, share: float) -> torch.Tensor:
+    """(n,) draw weights summing to 1: each column of ``members`` (n, T) bool one group (a row in
+    several counts in its first), the groups that have rows splitting ``share`` of the draws
+    equally, the rows in none the rest (all of it when no group has rows)."""
+    n = len(members)
+    owner = torch.where(members.any(1), members.float().argmax(1), -1)
+    groups = [owner == g for g in range(members.shape[1]) if bool((owner == g).any())]
+    rest = owner < 0
+    if not groups or not rest.any():
+        return torch.full((n,), 1.0 / n)
+    out = torch.zeros(n)
+    for group in groups:
+        out[group] = share / len(groups) / int(group.sum())
+    out[rest] = (1.0 - share) / int(rest.sum())
+    return out
 
 
 def _share(tally: dict[str, int]) -> float | None:
@@ -194,6 +219,8 @@ class _FixedParts:
     scales: dict[int, float]
     min_validity: float
     val_inside: torch.Tensor | None
+    choose: torch.Tensor | None = None
+    """(n,) bool: the validation images a round's step is chosen on (the rest confirm it)."""
     tally: dict[str, int] = field(default_factory=dict)
     """Region samples ``"drawn"`` and ``"kept"`` (natural and, with ``vet``, vetted)."""
 
@@ -218,7 +245,8 @@ class _FixedParts:
             else measured_scales(inputs.regions, inputs.targets, val_codes, val_inside)
         )
         floor = validity_floor(inputs.generator, inputs.fit_codes, inputs.seed, inputs.device)
-        return cls(inputs, members, outside, scales, floor, val_inside)
+        choose = None if inputs.validation is None else halves(inputs.validation[1], inputs.seed)[0]
+        return cls(inputs, members, outside, scales, floor, val_inside, choose)
 
     def real_images(self) -> dict[int, int]:
         """Region id -> its real training images that carry its label (drawn ``real_weight``
@@ -230,6 +258,8 @@ class _FixedParts:
         """(n,) draw weights of the training rows (None: uniform)."""
         if settings.real_weight == 1.0 or not self.members.any():
             return None
+        if settings.real_weight is None:
+            return group_weights(self.members, GROUP_SHARE)
         return 1.0 + (settings.real_weight - 1.0) * self.members.any(1).float()
 
     def train(
@@ -245,8 +275,9 @@ class _FixedParts:
         batch = region_batches(draw, inputs.generator, self.min_validity, vet, self.tally)
         checker = None
         if inputs.validation is not None and settings.early_stopping:
+            assert self.choose is not None
             checker = EarlyStopping(
-                self._measure(),
+                self._measure(self.choose),
                 inputs.classifier,
                 settings.tolerance,
                 settings.patience,
@@ -269,12 +300,12 @@ class _FixedParts:
         score = (0.0, 0.0) if checker is None else (checker.best.region, checker.best.overall)
         return score, state, losses, checker
 
-    def _measure(self) -> Callable[[nn.Module, int], Score]:
-        """``(model, step) -> Score`` on the validation split."""
+    def _measure(self, rows: torch.Tensor) -> Callable[[nn.Module, int], Score]:
+        """``(model, step) -> Score`` on the validation images of ``rows`` ((n,) bool)."""
         inputs = self.inputs
         assert inputs.validation is not None and self.val_inside is not None
-        x_val, y_val, _ = inputs.validation
-        any_inside = self.val_inside.any(1)
+        x_val, y_val = inputs.validation[0][rows], inputs.validation[1][rows]
+        any_inside = self.val_inside[rows].any(1)
         counts = torch.bincount(y_val, minlength=inputs.num_classes).tolist()
         samples = None
         if int(any_inside.sum()) < MIN_VALIDATION_IMAGES:
@@ -293,6 +324,49 @@ class _FixedParts:
             return Score(step, overall, per_class, region, counts, correct=right, labels=y_val)
 
         return measure
+
+    def confirm(
+        self, state: dict[str, torch.Tensor], settings: RoundSettings, record: RoundRecord
+    ) -> tuple[dict[str, torch.Tensor], Refusal | None]:
+        """Judge the weights chosen on one half of the validation split on the other half (per
+        class, paired, Holm over the classes): ``state`` and no refusal when nothing is harmed
+        there, else the starting weights and a :class:`Refusal` naming the harmed classes.
+        ``record.validation["confirm"]`` keeps each class's change there (interval, Holm-adjusted
+        p-value, negative flips) and ``record.stopped`` the verdict."""
+        inputs = self.inputs
+        assert self.choose is not None and record.validation is not None
+        measure = self._measure(~self.choose)
+        chosen = copy.deepcopy(inputs.classifier)
+        chosen.load_state_dict(state)
+        before, after = measure(inputs.classifier, 0), measure(chosen, record.best_step or 0)
+        found = changes(before, after, settings.confidence)
+        adjusted = holm([c.p for c in found[:-1]])
+        harmed = paired_harm(before, after, settings.tolerance, inputs.classes, settings.confidence)
+        record.validation["confirm"] = {
+            "images": int((~self.choose).sum()),
+            "before": before.to_dict(),
+            "after": after.to_dict(),
+            "changes": [{**c.to_dict(), "p_holm": p} for c, p in zip(found[:-1], adjusted)],
+            "overall_change": found[-1].to_dict(),
+            "negative_flips": found[-1].lost,
+            "harm": harmed,
+            "confirmed": not harmed,
+        }
+        record.validation["changes"] = record.validation["confirm"]["changes"]
+        record.validation["overall_change"] = found[-1].to_dict()
+        images = record.validation["confirm"]["images"]
+        if not harmed:
+            record.stopped += f"; confirmed on {images} validation images it was not chosen on"
+            return state, None
+        worst = harmed[0]
+        record.stopped += (
+            f"; refused on the {images} validation images it was not chosen on: it cost "
+            f"{worst['name']} {worst['drop']:.1f} points there (interval {worst['low']:.1f} to "
+            f"{worst['high']:.1f}), so the round keeps its starting weights"
+        )
+        record.best_step = 0
+        classes = tuple(int(e["class"]) for e in harmed if e["class"] is not None)
+        return snapshot(inputs.classifier), Refusal(state, classes) if classes else None
 
     def _decode(self, region_id: int) -> torch.Tensor:
         """Held-out decoded samples of a region, on the CPU (the score's fallback)."""

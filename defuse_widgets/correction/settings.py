@@ -20,10 +20,16 @@ OVERALL_TOLERANCE = 0.5
 """Points of overall accuracy a round may lose before it is refused or flagged."""
 DEFAULT_PATIENCE = 5
 """Early-stopping checks without a better acceptable step before a round stops."""
-BLENDS = (0.5, 0.25)
-"""Shares of the round's last weights (the rest: its starting weights) also judged."""
-DEFAULT_REAL_WEIGHT = 10.0
-"""Draw weight of a labeled region's real training images that carry its label."""
+BLENDS = tuple(round(1 - i / 20, 2) for i in range(1, 20))
+"""Shares of the round's last weights (the rest: its starting weights) also judged: 95%, 90%,
+..., 5% (weight interpolation searched in 0.05 steps, as WiSE-FT and PAINT interpolate)."""
+DEFAULT_REAL_WEIGHT = None
+"""None: the labeled regions' real members are drawn as groups (:data:`GROUP_SHARE`); a number:
+the draw weight of each member against 1 for the other training rows (JTT's upweighting)."""
+GROUP_SHARE = 0.5
+"""Share of a round's training draws given to the labeled regions' real members, split equally
+among the regions that have any (each region one group, as DFR balances groups); the other
+training rows share the rest."""
 EVAL_SAMPLES = 200
 """Held-out decoded samples per region when a round's result is evaluated."""
 AUTO_GRID: tuple[dict[str, Any], ...] = (
@@ -49,7 +55,7 @@ CONSTRAINTS: Constraints = {
     "check_every": [None, _COUNT],
     "patience": [_COUNT],
     "ema": [Interval(float, 0.0, 1.0, closed="left")],
-    "real_weight": [Interval(float, 1.0, 1e6)],
+    "real_weight": [None, Interval(float, 1.0, 1e6)],
     "confidence": [Interval(float, 0.5, 1.0, closed="left")],
 }
 """The declared checks of a round's knobs (``momentum`` and ``seed`` are free)."""
@@ -62,12 +68,15 @@ class RoundSettings:
     ``scale`` None: per region, measured on the validation images inside it (else
     :data:`~defuse_widgets.regions.distill.DEFAULT_SCALE`). ``keep``: weight of the term that
     keeps the outputs on training images outside the labeled regions close to the round's
-    starting model. ``real_weight``: how much more often the real training images inside a
-    labeled region that carry its label (confirmed relabels included) are drawn into a batch
-    than the other training images (1: no upweighting; JTT's upweighting of a first model's
-    errors). ``tolerance``: points a class may lose on validation, judged with paired intervals
-    at ``confidence``; ``check_every`` (None: a tenth of ``steps``, at least 10) and
-    ``patience``: early stopping (``early_stopping=False``: run every step and keep the last).
+    starting model. ``real_weight``: None (default) draws the real training images inside each
+    labeled region that carry its label (confirmed relabels included) as one group per region,
+    together :data:`GROUP_SHARE` of the draws (DFR's balanced groups); a number draws each of them
+    that many times as often as the other training images (1: no upweighting; JTT's upweighting
+    of a first model's errors). ``tolerance``: points a class may lose on validation, judged
+    with paired tests at ``confidence`` (Holm over the classes); ``check_every`` (None: a tenth
+    of ``steps``, at least 10) and ``patience``: early stopping on one half of the validation
+    split, the kept step confirmed on the other (``early_stopping=False``: run every step and
+    keep the last).
     ``ema``: decay of the exponential moving average of the weights that the round checks and
     keeps (0: the raw weights of the step; see
     :class:`~defuse_widgets.correction.training.WeightAverage`).
@@ -87,7 +96,7 @@ class RoundSettings:
     check_every: int | None = None
     patience: int = DEFAULT_PATIENCE
     ema: float = DEFAULT_EMA
-    real_weight: float = DEFAULT_REAL_WEIGHT
+    real_weight: float | None = DEFAULT_REAL_WEIGHT
     confidence: float = DEFAULT_CONFIDENCE
 
     def __post_init__(self) -> None:

@@ -22,11 +22,12 @@ drop instead (:func:`coarse`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
 import torch
-from scipy.stats import beta
+from scipy.stats import beta, binom
 
 DEFAULT_CONFIDENCE = 0.9
 """Two-sided confidence of the drop's interval (its lower end is a one-sided 95% bound)."""
@@ -38,7 +39,8 @@ class Change:
 
     ``drop`` is positive when accuracy fell; ``low``..``high`` its interval at the confidence
     it was computed with; ``lost``/``gained``: images right before and wrong after, and the
-    reverse."""
+    reverse (``lost``: the negative flips); ``p`` the one-sided exact p-value of the drop (see
+    :func:`drop_pvalue`)."""
 
     drop: float
     low: float
@@ -46,6 +48,7 @@ class Change:
     images: int
     lost: int
     gained: int
+    p: float = 1.0
 
     def exceeds(self, tolerance: float) -> bool:
         """Whether the drop is real (its interval lies above zero) and above ``tolerance``
@@ -60,6 +63,7 @@ class Change:
             "images": self.images,
             "lost": self.lost,
             "gained": self.gained,
+            "p": self.p,
         }
 
 
@@ -86,7 +90,37 @@ def paired_change(
         n,
         lost,
         gained,
+        drop_pvalue(lost, gained),
     )
+
+
+def drop_pvalue(lost: int, gained: int) -> float:
+    """One-sided exact p-value that accuracy fell: with no real change each changed image is as
+    likely lost as gained, so ``P(X >= lost)`` for ``X ~ Binomial(lost + gained, 1/2)`` (1 when
+    nothing changed). It is at most ``(1 - confidence) / 2`` exactly when the lower end of the
+    drop's interval at ``confidence`` lies above zero."""
+    if lost + gained == 0:
+        return 1.0
+    return float(binom.sf(lost - 1, lost + gained, 0.5))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (same order as ``pvalues``): a hypothesis is rejected
+    at family-wise level ``alpha`` when its adjusted p-value is at most ``alpha``, whatever the
+    number of hypotheses (one per class for a round's per-class tests).
+
+    Examples
+    --------
+    >>> [round(p, 3) for p in holm([0.01, 0.04, 0.03])]
+    [0.03, 0.06, 0.06]
+    """
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    out = [1.0] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * float(pvalues[i])))
+        out[i] = running
+    return out
 
 
 def _share_interval(hits: int, trials: int, confidence: float) -> tuple[float, float]:

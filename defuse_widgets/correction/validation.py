@@ -91,6 +91,20 @@ def make_validation(data: ImageDataset, validation: Any, seed: int) -> Validatio
     )
 
 
+def halves(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint, seeded halves of a validation split, stratified by class: ``(choose,
+    confirm)`` as (n,) bool masks over ``labels`` (n,). A round chooses its step on the first
+    and is confirmed on the second, which played no part in the choice: the best of many
+    candidates judged on the images it was chosen on passes by luck."""
+    gen = torch.Generator().manual_seed(seed)
+    choose = torch.zeros(len(labels), dtype=torch.bool)
+    for c in torch.unique(labels).tolist():
+        rows = (labels == c).nonzero().flatten()
+        rows = rows[torch.randperm(len(rows), generator=gen)]
+        choose[rows[: (len(rows) + 1) // 2]] = True
+    return choose, ~choose
+
+
 class ValidationWarning(UserWarning):
     """The validation split cannot judge rounds as well as it should (too small, or seen in
     training)."""

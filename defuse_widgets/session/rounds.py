@@ -59,7 +59,7 @@ class RoundsMixin(SessionBase):
         check_every: int | None = DEFAULTS.check_every,
         patience: int = DEFAULTS.patience,
         ema: float = DEFAULTS.ema,
-        real_weight: float = DEFAULTS.real_weight,
+        real_weight: float | None = DEFAULTS.real_weight,
         confidence: float = DEFAULTS.confidence,
         auto: bool = False,
         labeler: LabelerLike | None = None,
@@ -69,8 +69,10 @@ class RoundsMixin(SessionBase):
         Loss = CE(training batch) + ``lam`` x CE(batch of fresh samples from the labeled regions)
         + ``keep`` x KL(round's starting model || model) on the batch's training images, except
         those inside a labeled region that carry its label (what the round means to change).
-        Those real images (confirmed relabels included) are drawn ``real_weight`` times as often
-        as the other training images.
+        Those real images (confirmed relabels included) are drawn as one group per region,
+        together half of the draws (``real_weight=None``, as DFR balances groups), or each
+        ``real_weight`` times as often as the other training images (a number, JTT's
+        upweighting).
         Samples come from N(mean, scale x covariance), ``scale`` measured per region on the
         validation split (None) or given; draws outside a region's 99% ellipsoid are drawn again
         and decodes the generator calls unnatural are dropped; with a ``labeler`` (a

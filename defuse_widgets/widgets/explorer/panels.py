@@ -248,9 +248,10 @@ def trained_on_note(record: Any) -> str:
     if not real and not generated:
         return ""
     weight = (_field(record, "settings", {}) or {}).get("real_weight", 1)
+    drawn = "drawn as one group per region" if weight is None else f"drawn {weight:g}x as often"
     return (
         f"It trained on {real} real image{'' if real == 1 else 's'} inside the labeled regions "
-        f"(drawn {weight:g}x as often) and {generated} generated region sample"
+        f"({drawn}) and {generated} generated region sample"
         f"{'' if generated == 1 else 's'}."
     )
 

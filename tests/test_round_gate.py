@@ -1,0 +1,138 @@
+"""Rounds that change only what they must: group weights, Holm over the classes, and the gate
+that chooses a round's step on one half of the validation split and confirms it on the other."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from session_fixtures import label_true_class, ready_session
+from torch import nn
+
+import defuse_widgets as dw
+from defuse_widgets.correction.evaluation import RoundRecord
+from defuse_widgets.correction.round import _FixedParts, group_weights
+from defuse_widgets.correction.selection import Score, paired_harm
+from defuse_widgets.correction.settings import BLENDS, DEFAULTS
+from defuse_widgets.correction.statistics import drop_pvalue, holm, paired_change
+from defuse_widgets.correction.training import snapshot
+from defuse_widgets.correction.validation import halves
+
+
+def flips(n: int, lost: int, gained: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Before/after correctness of ``n`` images: ``lost`` right->wrong, ``gained`` the reverse."""
+    before = torch.ones(n, dtype=torch.bool)
+    before[lost : lost + gained] = False
+    after = before.clone()
+    after[:lost] = False
+    after[lost : lost + gained] = True
+    return before, after
+
+
+def test_holm_adjusts_each_p_value_by_its_rank_and_keeps_the_order() -> None:
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.2, 0.001]) == pytest.approx([0.2, 0.002])
+    assert holm([0.5, 0.6, 0.9]) == pytest.approx([1.0, 1.0, 1.0])  # capped at 1
+    assert holm([]) == []
+
+
+@pytest.mark.parametrize("lost, gained", [(5, 0), (4, 0), (9, 2), (8, 2), (14, 5), (3, 1)])
+def test_the_drop_p_value_agrees_with_the_interval(lost: int, gained: int) -> None:
+    change = paired_change(*flips(300, lost, gained), confidence=0.9)
+    assert change.p == pytest.approx(drop_pvalue(lost, gained))
+    assert (change.p <= 0.05) == (change.low > 0)  # Clopper-Pearson and the exact test agree
+    assert drop_pvalue(0, 0) == 1.0 and drop_pvalue(2, 5) > 0.5
+
+
+def score(correct: torch.Tensor, labels: torch.Tensor, k: int) -> Score:
+    per_class = [float(correct[labels == c].float().mean()) for c in range(k)]
+    counts = torch.bincount(labels, minlength=k).tolist()
+    return Score(0, float(correct.float().mean()), per_class, 0.5, counts, correct=correct,
+                 labels=labels)  # fmt: skip
+
+
+def test_a_drop_real_for_one_class_alone_is_not_harm_among_ten() -> None:
+    k, n = 10, 100
+    labels = torch.arange(k).repeat_interleave(n)
+    start = torch.ones(k * n, dtype=torch.bool)
+    borderline = start.clone()
+    borderline[:5] = False  # class 0: 5 of 100 lost, p = 0.031: real alone, not among ten
+    assert paired_change(start[:n], borderline[:n]).low > 0
+    assert paired_harm(score(start, labels, k), score(borderline, labels, k)) == []
+    sure = start.clone()
+    sure[:12] = False  # 12 of 100 lost, p = 0.0002: real after Holm too
+    harmed = paired_harm(score(start, labels, k), score(sure, labels, k))
+    assert [e["class"] for e in harmed] == [0, None]  # and overall: 1.2 points, real
+    assert harmed[0]["p"] == pytest.approx(10 * drop_pvalue(12, 0))
+
+
+def test_halves_are_disjoint_stratified_and_seeded() -> None:
+    labels = torch.tensor([0] * 11 + [1] * 6 + [2] * 1)
+    choose, confirm = halves(labels, seed=3)
+    assert not (choose & confirm).any() and (choose | confirm).all()
+    for c, size in ((0, 11), (1, 6), (2, 1)):
+        assert int(choose[labels == c].sum()) == (size + 1) // 2
+    assert torch.equal(halves(labels, seed=3)[0], choose)
+    assert not torch.equal(halves(labels, seed=4)[0], choose)
+
+
+def test_group_weights_balance_each_region_against_the_rest() -> None:
+    members = torch.zeros(10, 2, dtype=torch.bool)
+    members[0:2, 0] = True  # region 0: two rows
+    members[1:5, 1] = True  # region 1: rows 1-4, row 1 counted in region 0 (its first)
+    w = group_weights(members, 0.5)
+    assert float(w.sum()) == pytest.approx(1.0)
+    assert float(w[0:2].sum()) == pytest.approx(0.25) and float(w[2:5].sum()) == pytest.approx(0.25)
+    assert float(w[5:].sum()) == pytest.approx(0.5) and torch.allclose(w[5:], w[5])
+    assert torch.allclose(group_weights(torch.zeros(4, 1, dtype=torch.bool), 0.5),
+                          torch.full((4,), 0.25))  # fmt: skip
+
+
+def test_the_interpolation_is_searched_in_fine_steps() -> None:
+    assert BLENDS[0] == 0.95 and BLENDS[-1] == 0.05 and len(BLENDS) == 19
+    assert all(a > b for a, b in zip(BLENDS, BLENDS[1:]))
+
+
+def test_the_confirmation_half_refuses_harm_the_choice_never_saw(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    s = ready_session(digits_classifier, digits_vae, digits)
+    rid = s.regions.ids[0]  # type: ignore[union-attr]
+    label_true_class(s, rid)
+    inputs = s._round_inputs(s.correctable(), None)
+    fixed = _FixedParts.of(inputs, DEFAULTS)
+    assert fixed.choose is not None and s.validation is not None
+    assert 0 < int(fixed.choose.sum()) < len(s.validation)
+    same = snapshot(inputs.classifier)
+    record = RoundRecord(None, False, {}, [], 0.0, validation={}, best_step=10, stopped="ran")
+    state, refused = fixed.confirm(same, DEFAULTS, record)
+    assert refused is None and state is same and "confirmed on" in record.stopped
+    half = record.validation["confirm"]  # type: ignore[index]
+    assert half["images"] == int((~fixed.choose).sum()) and half["negative_flips"] == 0
+    assert {"lost", "p", "p_holm", "low", "high"} <= set(half["changes"][0])
+    broken = copy.deepcopy(inputs.classifier)
+    with torch.no_grad():  # never predict class 3: harm on every half
+        last = [m for m in broken.modules() if isinstance(m, nn.Linear)][-1]
+        last.bias[3] -= 1e4
+    record = RoundRecord(None, False, {}, [], 0.0, validation={}, best_step=10, stopped="ran")
+    state, refused = fixed.confirm(snapshot(broken), DEFAULTS, record)
+    assert refused is not None and 3 in refused.harmed
+    assert all(torch.equal(state[k], same[k]) for k in same)  # the starting weights
+    assert record.best_step == 0 and "refused on the" in record.stopped
+    assert record.validation["confirm"]["changes"][3]["lost"] > 0  # type: ignore[index]
+    assert record.validation["confirm"]["negative_flips"] > 0  # type: ignore[index]
+
+
+def test_a_round_records_its_confirmation(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    s = ready_session(digits_classifier, digits_vae, digits)
+    label_true_class(s, s.regions.ids[0])  # type: ignore[union-attr]
+    record = s.correct(steps=20, check_every=10)
+    assert record.validation is not None
+    if record.best_step:  # a kept step is always confirmed on the images it was not chosen on
+        assert record.validation["confirm"]["confirmed"]
+        assert "confirmed on" in record.stopped
+    else:
+        assert "keeps its starting weights" in record.stopped
