@@ -73,6 +73,7 @@ import numpy as np
 import torch
 
 import defuse_widgets as dw
+from defuse_widgets.correction import statistics
 from defuse_widgets.correction.validation import DEFAULT_FRACTION, carve
 from defuse_widgets.models.generative import as_generator
 from defuse_widgets.models.inference import predict_labels
@@ -373,22 +374,14 @@ def scores(pred: torch.Tensor, y: torch.Tensor, bug: dict[str, Any]) -> dict[str
 
 def harmed_classes(before: torch.Tensor, after: torch.Tensor, y: torch.Tensor) -> list[int]:
     """The classes whose drop on the test split is real: per class, the exact one-sided paired
-    (McNemar) test of the images right before and wrong after against the reverse, the classes'
-    p-values corrected by Holm's step-down at ``HARM_ALPHA``."""
-    from scipy.stats import binom
-
-    classes = list(range(int(y.max()) + 1))
-    p = []
-    for c in classes:
-        lost = int((before & ~after & (y == c)).sum())
-        changed = lost + int((~before & after & (y == c)).sum())
-        p.append(float(binom.sf(lost - 1, changed, 0.5)) if lost else 1.0)
-    harmed = []
-    for rank, c in enumerate(sorted(classes, key=lambda c: p[c])):
-        if p[c] > HARM_ALPHA / (len(classes) - rank):
-            break
-        harmed.append(c)
-    return sorted(harmed)
+    test of the images right before and wrong after against the reverse
+    (``statistics.drop_pvalue``), the classes' p-values adjusted by Holm (``statistics.holm``)
+    and compared with ``HARM_ALPHA``."""
+    classes = range(int(y.max()) + 1)
+    lost = [int((before & ~after & (y == c)).sum()) for c in classes]
+    gained = [int((~before & after & (y == c)).sum()) for c in classes]
+    p = [statistics.drop_pvalue(n, m) for n, m in zip(lost, gained)]
+    return [c for c, q in zip(classes, statistics.holm(p)) if q <= HARM_ALPHA]
 
 
 def generator_figures(
