@@ -16,7 +16,7 @@ from defuse_widgets.correction.round import _FixedParts, group_weights
 from defuse_widgets.correction.selection import Score, paired_harm
 from defuse_widgets.correction.settings import BLENDS, DEFAULTS
 from defuse_widgets.correction.statistics import drop_pvalue, holm, paired_change
-from defuse_widgets.correction.training import snapshot
+from defuse_widgets.correction.training import freeze_all_but_last, snapshot
 from defuse_widgets.correction.validation import halves
 
 
@@ -136,3 +136,21 @@ def test_a_round_records_its_confirmation(
         assert "confirmed on" in record.stopped
     else:
         assert "keeps its starting weights" in record.stopped
+
+
+def test_a_last_layer_round_changes_only_the_last_linear_layer(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    s = ready_session(digits_classifier, digits_vae, digits)
+    label_true_class(s, s.regions.ids[0])  # type: ignore[union-attr]
+    start = snapshot(s.classifier)
+    record = s.correct(steps=20, update="last", early_stopping=False)
+    assert record.settings["update"] == "last"
+    last = [n for n, m in s.classifier.named_modules() if isinstance(m, nn.Linear)][-1]
+    after = snapshot(s.classifier)
+    moved = {k for k in start if not torch.equal(start[k], after[k])}
+    assert moved and all(k.startswith(last + ".") for k in moved)
+    with pytest.raises(ValueError, match="update"):
+        s.correct(steps=5, update="first")
+    with pytest.raises(ValueError, match="nn.Linear"):
+        freeze_all_but_last(nn.Sequential(nn.Conv2d(1, 2, 3)))

@@ -10,6 +10,9 @@ from defuse_widgets.correction.statistics import DEFAULT_CONFIDENCE
 from defuse_widgets.utils.checks import Boolean, Constraints, Interval, Options, validate_params
 
 OPTIMIZERS = ("sgd", "adam")
+UPDATES = ("all", "last")
+"""What a round trains: every weight, or only the last linear layer on the frozen features
+below it (as DFR retrains the last layer)."""
 DEFAULT_EMA = 0.99
 """Decay of the moving average of the weights that a round checks and keeps."""
 DEFAULT_KEEP = 4.0
@@ -57,6 +60,7 @@ CONSTRAINTS: Constraints = {
     "ema": [Interval(float, 0.0, 1.0, closed="left")],
     "real_weight": [None, Interval(float, 1.0, 1e6)],
     "confidence": [Interval(float, 0.5, 1.0, closed="left")],
+    "update": [Options(UPDATES)],
 }
 """The declared checks of a round's knobs (``momentum`` and ``seed`` are free)."""
 
@@ -79,7 +83,9 @@ class RoundSettings:
     keep the last).
     ``ema``: decay of the exponential moving average of the weights that the round checks and
     keeps (0: the raw weights of the step; see
-    :class:`~defuse_widgets.correction.training.WeightAverage`).
+    :class:`~defuse_widgets.correction.training.WeightAverage`). ``update``: ``"all"`` trains
+    every weight, ``"last"`` only the classifier's last ``nn.Linear`` layer, the rest frozen
+    (DFR's last-layer retraining: the features stay, so classes the bug never touched keep theirs).
     """
 
     steps: int = 300
@@ -98,6 +104,7 @@ class RoundSettings:
     ema: float = DEFAULT_EMA
     real_weight: float | None = DEFAULT_REAL_WEIGHT
     confidence: float = DEFAULT_CONFIDENCE
+    update: str = "all"
 
     def __post_init__(self) -> None:
         self.check()

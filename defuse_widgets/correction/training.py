@@ -108,6 +108,8 @@ def fine_tune(
     """
     dev = next(model.parameters()).device
     work = copy.deepcopy(model).train()
+    if settings.update == "last":
+        freeze_all_but_last(work)
     average = WeightAverage(work, settings.ema) if settings.ema > 0 else None
     teacher = copy.deepcopy(model).eval() if settings.keep > 0 else None
     params = [p for p in work.parameters() if p.requires_grad]
@@ -158,6 +160,21 @@ def fine_tune(
     if checker.best_state is None:
         return snapshot(model), losses
     return checker.best_state, losses
+
+
+def freeze_all_but_last(model: nn.Module) -> None:
+    """Leave only the parameters of ``model``'s last ``nn.Linear`` layer trainable (ValueError
+    when it has none)."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not layers:
+        raise ValueError(
+            "update: 'last' trains the classifier's last nn.Linear layer, and this classifier has "
+            "none; use update='all'"
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in layers[-1].parameters():
+        p.requires_grad_(True)
 
 
 def blended(start: nn.Module, end: nn.Module, share: float) -> nn.Module:

@@ -61,6 +61,7 @@ class RoundsMixin(SessionBase):
         ema: float = DEFAULTS.ema,
         real_weight: float | None = DEFAULTS.real_weight,
         confidence: float = DEFAULTS.confidence,
+        update: str = DEFAULTS.update,
         auto: bool = False,
         labeler: LabelerLike | None = None,
     ) -> RoundRecord:
@@ -72,7 +73,8 @@ class RoundsMixin(SessionBase):
         Those real images (confirmed relabels included) are drawn as one group per region,
         together half of the draws (``real_weight=None``, as DFR balances groups), or each
         ``real_weight`` times as often as the other training images (a number, JTT's
-        upweighting).
+        upweighting). ``update="last"`` trains only the classifier's last linear layer, the
+        features below it frozen (DFR); ``"all"`` every weight.
         Samples come from N(mean, scale x covariance), ``scale`` measured per region on the
         validation split (None) or given; draws outside a region's 99% ellipsoid are drawn again
         and decodes the generator calls unnatural are dropped; with a ``labeler`` (a
@@ -125,6 +127,7 @@ class RoundsMixin(SessionBase):
                     ema=ema,
                     real_weight=real_weight,
                     confidence=confidence,
+                    update=update,
                 )
                 if auto and self.validation is None:
                     raise ValueError(
