@@ -525,3 +525,21 @@ def test_the_labeler_walks_down_the_ranking_and_stops_after_misses_in_a_row() ->
     assert looked_at(confirmed, 2, 6) == 5 and looked_at(confirmed, 3, 6) == 6
     with pytest.raises(ValueError, match="stop_after: expected a positive integer"):
         walk_down(confirmed, 0)
+
+
+def test_session_reach_is_the_membership_rule_cached(s, digits):
+    from defuse_widgets.regions.membership import reach
+
+    found = s.reach()
+    assert found.total == len(digits.y_train) and set(found.rows) == set(s.regions.ids)
+    expected = reach(s.regions, s.errors.source_index, s.split_codes(s.errors.split),
+                     s.split_codes("train"))  # fmt: skip
+    assert found.counts() == expected.counts() and sum(found.counts().values()) > 0
+    assert s._membership["reach:train"] is s._membership["reach:train"]  # cached
+    rid = s.regions.ids[0]
+    assert torch.equal(s.reach("train", [rid]).rows[rid], found.rows[rid])
+    assert s.reach("validation").total == len(s.validation_data()[1])
+    with pytest.raises(ValueError, match="split"):
+        s.reach("test")
+    with pytest.raises(KeyError, match="region_id"):
+        s.reach("train", [999])
