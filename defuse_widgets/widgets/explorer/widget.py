@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -261,16 +262,24 @@ class Explorer(anywidget.AnyWidget):
         self._panel_cache: dict[tuple[int, int], dict[str, Any]] = {}
         self._region_eval: dict[int, Any] = {}
         self._recognition: dict[int, float] | None = None  # None: not measured (or no API)
-        self._jobs = Jobs(on_busy=self._set_busy, on_error=self._job_failed, name="explorer")
+        self._jobs = Jobs(
+            on_busy=self._set_busy,
+            on_error=self._job_failed,
+            name="explorer",
+            on_stop=self._stop_round,
+        )
+        # what background work writes reaches the widget on the kernel's loop (see .jobs)
+        self._ui = self._jobs.view(self)
         opts = self.options
         self._selection = Selection(
             self, session, errors, dict(interpolator_options or {}), self._note
         )
-        self._audit = AuditPane(self, session, opts, self._start, self._jobs.in_worker, self._note)
+        ui = self._ui
+        self._audit = AuditPane(ui, session, opts, self._start, self._jobs.in_worker, self._note)
         self._tuner = Tuner(
-            self, session, self._jobs, self._start, self._note, self._absorb, self._refresh_views
+            ui, session, self._jobs, self._start, self._note, self._absorb, self._refresh_views
         )
-        self._map = MapLayout(self, session, errors, opts, self._note, self._tuner.absorb)
+        self._map = MapLayout(ui, session, errors, opts, self._note, self._tuner.absorb)
         if on_select is not None:
             self.on_select(on_select)
         if on_label is not None:
@@ -289,12 +298,12 @@ class Explorer(anywidget.AnyWidget):
         self.observe(self._selection.indices_changed, "selected_indices")
         self.observe(self._selection.error_changed, "selected_error")
         self.observe(self._tuner.views_changed, "_has_visible_views")
-        self._unobserve_session = session.observe(self._on_session_event)
+        self._unobserve_session = session.observe(self._session_changed)
         self._selection.make_child_now()
         if live is None:
             self._start("projecting", self._map.prepare)
         else:
-            self._live = LiveSearch(self, session, *live, self._show_live, self._note)
+            self._live = LiveSearch(ui, session, *live, self._show_live, self._note)
             self._start("searching", self._search_live)
         self.observe(self._on_region_sort, "region_sort")
         if block:
@@ -531,7 +540,7 @@ class Explorer(anywidget.AnyWidget):
         def job() -> None:
             self._note("Measuring how well the generator draws each class…")
             result = report(**options)
-            self.generator = nan_to_none(result.to_dict())
+            self._ui.generator = nan_to_none(result.to_dict())
             flagged = len(result.flagged)
             self._note(f"Generator measured: {flagged} class{'es' * (flagged != 1)} flagged.")
 
@@ -576,7 +585,11 @@ class Explorer(anywidget.AnyWidget):
 
     # ----- following the session -----
 
-    def _on_session_event(self, event: str) -> None:
+    def _session_changed(self, event: str) -> None:
+        """The session's observer: follow ``event`` on the kernel's loop (a job may emit it)."""
+        self._jobs.post(partial(self._on_session_event, event, self._jobs.in_worker()))
+
+    def _on_session_event(self, event: str, from_job: bool = False) -> None:
         """Follow a change made on the session (by this widget or directly)."""
         if self.session.errors is not self._errors:
             self._note(
@@ -606,7 +619,7 @@ class Explorer(anywidget.AnyWidget):
                         cb(rid, after.get(rid))
         elif event == "relabels":
             self._audit.sync_relabels()
-        elif event == "model" and not self._jobs.in_worker():
+        elif event == "model" and not from_job:
             self._panel_cache.clear()
             self._tuner.model_changed()
 
@@ -614,21 +627,21 @@ class Explorer(anywidget.AnyWidget):
         """Show ``errors`` (the session's, or a live search's latest report) on the map."""
         self._errors = self._map.errors = self._selection.errors = errors
         labels = np.stack([errors.true_label.numpy(), errors.pred_label.numpy()], 1)
-        self.point_labels = labels.astype(np.int16)
-        self.point_confidence = errors.confidence.numpy().astype(np.float32)
-        self.point_validity = errors.validity.numpy().astype(np.float32)
+        self._ui.point_labels = labels.astype(np.int16)
+        self._ui.point_confidence = errors.confidence.numpy().astype(np.float32)
+        self._ui.point_validity = errors.validity.numpy().astype(np.float32)
 
     def _show_live(self, errors: Any, xy: np.ndarray) -> None:
         """A live search's report: its errors at ``xy`` (inside the report's ``hold_sync``)."""
         self._bind_errors(errors)
-        self.map_layout = "pca"
-        self.points = np.ascontiguousarray(xy, dtype=np.float32)
+        self._ui.map_layout = "pca"
+        self._ui.points = np.ascontiguousarray(xy, dtype=np.float32)
 
     def _search_live(self) -> None:
         """The live search, then the map's usual preparation (thumbnails, baseline, UMAP)."""
         self._live.run()
         self._map.prepare()
-        self._note(f"{self._live.summary} {self.status}")
+        self._note(f"{self._live.summary} {self._ui.status}")
 
     def _label_name(self, label: int) -> str:
         return label_name(label, self.session.data.classes)
@@ -636,11 +649,11 @@ class Explorer(anywidget.AnyWidget):
     def _sync_regions(self) -> None:
         regions = self.session.regions
         if regions is None:
-            self.point_region = np.full(len(self._errors), -1, np.int32)
-            self.regions = []
+            self._ui.point_region = np.full(len(self._errors), -1, np.int32)
+            self._ui.regions = []
             return
-        self.point_region = regions.assignments.numpy().astype(np.int32)
-        self.regions = panels.region_rows(
+        self._ui.point_region = regions.assignments.numpy().astype(np.int32)
+        self._ui.regions = panels.region_rows(
             regions, self._region_eval, self._recognition, self._reach_counts()
         )
 
@@ -662,9 +675,9 @@ class Explorer(anywidget.AnyWidget):
         self._panel_cache.clear()
         s = self.session
         if int(s.active_round) == 0:
-            self.point_fixed = None  # before any round, nothing is fixed
+            self._ui.point_fixed = None  # before any round, nothing is fixed
         else:
-            self.point_fixed = points.fixed_points(
+            self._ui.point_fixed = points.fixed_points(
                 self._errors, s.regions, s.labels, lambda z: s.predict(s.decode(z))
             )
         if self.selected_region >= 0:
@@ -710,11 +723,11 @@ class Explorer(anywidget.AnyWidget):
         return int(value)
 
     def _sync_labels(self) -> None:
-        self.labels = {str(k): int(v) for k, v in sorted(self.session.labels.items())}
+        self._ui.labels = {str(k): int(v) for k, v in sorted(self.session.labels.items())}
 
     def _note(self, message: str, error: str = "") -> None:
-        self.status = message
-        self.error = error
+        self._ui.status = message
+        self._ui.error = error
 
     # ----- selection and panel -----
 
@@ -739,7 +752,7 @@ class Explorer(anywidget.AnyWidget):
                 self.session, self._errors, region_id, opts.samples, opts.members
             )
             self._panel_cache[key] = panel
-        self.panel = panel
+        self._ui.panel = panel
 
     # ----- background work -----
 
@@ -752,10 +765,15 @@ class Explorer(anywidget.AnyWidget):
             try:
                 fn()
             finally:
-                if self.progress.get("running"):
-                    self.progress = {**self.progress, "running": False}
+                if self._ui.progress.get("running"):
+                    self._ui.progress = {**self._ui.progress, "running": False}
 
         return self._jobs.submit(what, job)
+
+    def _stop_round(self) -> None:
+        """Cancel a running round (the worker stops: the explorer closes or Python exits)."""
+        if self._jobs.scheduled("fine-tuning"):
+            self._tuner.cancel()
 
     def _set_busy(self, what: str) -> None:
         self.busy = what
