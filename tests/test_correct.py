@@ -278,8 +278,7 @@ def test_correct_before_distill_raises(
         ({"steps": True}, "steps"),
         ({"batch_size": 0}, "batch_size"),
         ({"batch_size": "16"}, "batch_size"),
-        ({"lam": 0.0}, "lam"),
-        ({"lam": -1.0}, "lam"),
+        ({"lam": -1.0}, "lam"),  # 0 is allowed: no generated samples
         ({"lam": float("nan")}, "lam"),
         ({"lam": float("inf")}, "lam"),
         ({"lr": 0}, "lr"),

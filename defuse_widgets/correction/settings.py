@@ -48,7 +48,7 @@ _POSITIVE = Interval(float, 0, None, closed="neither")
 CONSTRAINTS: Constraints = {
     "steps": [_COUNT],
     "batch_size": [_COUNT],
-    "lam": [_POSITIVE],
+    "lam": [Interval(float, 0, None, closed="left")],
     "lr": [_POSITIVE],
     "scale": [None, _POSITIVE],
     "optimizer": [Options(OPTIMIZERS)],

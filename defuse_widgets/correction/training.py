@@ -129,7 +129,7 @@ def fine_tune(
                 else torch.multinomial(weights, settings.batch_size, True, generator=gen)
             )
             xb, yb = x_train[idx].to(dev), y_train[idx].to(dev)
-            xr, yr = region_batch(settings.batch_size)
+            xr, yr = region_batch(settings.batch_size) if settings.lam > 0 else (xb[:0], yb[:0])
             logits = work(xb)
             loss = F.cross_entropy(logits, yb)
             if len(yr):  # a labeler vetting the samples may have kept none
