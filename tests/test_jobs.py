@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import traitlets
 from ipywidgets import Widget
-from session_fixtures import ready_session
+from session_fixtures import new_session, ready_session
 
 import defuse_widgets as dw
 from defuse_widgets.widgets.explorer import Explorer, jobs
@@ -226,6 +226,44 @@ def test_every_trait_change_of_the_explorers_background_work_is_made_on_the_loop
     assert {"points", "thumbs", "baseline", "progress", "history", "audit", "generator"} <= names
     off_loop = sorted({name for name, ident in changes if ident != threading.get_ident()})
     assert not off_loop, f"traits changed off the loop's thread: {off_loop}"
+
+
+def test_a_live_search_reports_on_the_loop_one_message_per_report(
+    digits, digits_classifier, digits_vae, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The live search adopts each report into the session from the worker: the session's
+    events and the map's arrays reach the explorer on the loop, each report in one batch (the
+    point arrays always of one length)."""
+    monkeypatch.setattr(jobs, "kernel_loop", asyncio.get_running_loop)
+    s = new_session(digits_classifier, digits_vae, digits)
+    off_loop: set[str] = set()
+    sizes: list[tuple[int, int]] = []
+
+    async def cell() -> None:
+        ex = Explorer(
+            s,
+            search={"limit": 160, "step_images": 40},
+            projection="pca",
+            distill={"min_errors": 30, "max_regions": 6},
+        )
+        me = threading.get_ident()
+
+        def seen(change: dict[str, Any]) -> None:
+            if threading.get_ident() != me:
+                off_loop.add(change["name"])
+            if change["name"] == "points":
+                sizes.append((len(ex.points), len(ex.point_labels)))
+
+        ex.observe(seen)
+        while ex.running:
+            await asyncio.sleep(0.05)  # the loop runs: posted changes apply as a kernel's would
+        ex.wait(30)
+        assert ex.error == "" and ex.regions_fit == "full" and s.regions is not None
+        ex.close()
+
+    asyncio.run(cell())
+    assert not off_loop, f"traits changed off the loop's thread: {sorted(off_loop)}"
+    assert sizes and all(a == b for a, b in sizes)
 
 
 def _threads(name: str) -> list[threading.Thread]:
