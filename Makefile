@@ -9,7 +9,7 @@ FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 # the browser the tests launch (tests/e2e/conftest.py reads the same variable)
 export DEFUSE_CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test install js browser data lint typecheck pytest docs bench clean
+.PHONY: demo test install js browser data lint typecheck pytest docs docs-notebooks bench clean
 
 demo: install
 	$(VENV)/bin/jupyter lab notebooks/quickstart.ipynb
@@ -66,6 +66,11 @@ pytest: $(STAMP)
 # the docs site into build/site; --strict: a broken link or an undocumentable name fails
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# run the four notebooks (their defaults; teaching in quick mode) and keep copies with outputs in
+# docs/notebooks/, which the site shows; re-run after changing a notebook's code (tests check it)
+docs-notebooks: install
+	$(PY) docs/scripts/run_notebooks.py
 
 bench: install
 	$(PY) benchmarks/identify.py

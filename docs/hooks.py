@@ -2,8 +2,11 @@
 
 Two pages are not files under ``docs/``, and the navigation lists every page:
 
-- ``notebooks/*.ipynb``: the repository's notebooks, added as they are (no outputs are committed;
-  ``mkdocs-jupyter`` renders them without running them), so the site never holds a second copy.
+- ``notebooks/*.ipynb``: the repository's notebooks (committed without outputs), each with the
+  outputs of its executed copy in ``docs/notebooks/`` (``make docs-notebooks`` writes them) when
+  that copy's code cells are the notebook's; ``mkdocs-jupyter`` renders them without running them.
+  A notebook whose copy is missing or stale is shown without outputs, with a warning (which
+  ``--strict`` turns into a failure).
 - ``api.md``: the API reference, one ``::: defuse_widgets.NAME`` block per name of
   ``defuse_widgets.__all__``, grouped by the stage subpackage that defines it. Read statically
   with griffe (no torch import), so a name added to ``__all__`` is documented without editing a
@@ -15,7 +18,10 @@ Two pages are not files under ``docs/``, and the navigation lists every page:
 from __future__ import annotations
 
 import ast
+import json
+import logging
 from pathlib import Path
+from typing import Any
 
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.plugins import event_priority
@@ -23,6 +29,9 @@ from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "defuse_widgets"
+NOTEBOOKS = ROOT / "notebooks"
+EXECUTED = ROOT / "docs" / "notebooks"  # the executed copies (make docs-notebooks)
+log = logging.getLogger("mkdocs.hooks.notebooks")
 
 # the order of the reference page's sections: the loop's order, then the tools around it
 STAGES: dict[str, str] = {
@@ -153,14 +162,63 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
     return config
 
 
+def code_cells(nb: dict[str, Any]) -> list[str]:
+    """The sources of a notebook's code cells, in order."""
+    return [
+        "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+        for c in nb["cells"]
+        if c["cell_type"] == "code"
+    ]
+
+
+def stale_reason(source: Path, executed: Path) -> str:
+    """Why ``executed`` cannot lend its outputs to ``source`` ("" when it can: it exists, its
+    code cells are the source's, and it has outputs without errors)."""
+    copy_name = executed.relative_to(ROOT) if executed.is_relative_to(ROOT) else executed
+    if not executed.is_file():
+        return f"{copy_name} is missing"
+    nb, copy = (json.loads(p.read_text(encoding="utf-8")) for p in (source, executed))
+    if code_cells(nb) != code_cells(copy):
+        return f"the code cells of {copy_name} differ from {source.name}'s"
+    outputs = [o for c in copy["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+    if not outputs:
+        return f"{copy_name} has no outputs"
+    if any(o["output_type"] == "error" for o in outputs):
+        return f"{copy_name} holds an error output"
+    return ""
+
+
+def with_outputs(source: Path, executed: Path) -> dict[str, Any]:
+    """``source``'s cells (its markdown as it is now) with the outputs of its executed copy."""
+    nb = json.loads(source.read_text(encoding="utf-8"))
+    copy = json.loads(executed.read_text(encoding="utf-8"))
+    runs = iter(c for c in copy["cells"] if c["cell_type"] == "code")
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            ran = next(runs)
+            cell["outputs"], cell["execution_count"] = ran["outputs"], ran["execution_count"]
+    return nb
+
+
 @event_priority(100)  # before mkdocs-jupyter turns .ipynb files into notebook pages
 def on_files(files: Files, config: MkDocsConfig) -> Files:
-    """Add the repository's notebooks and the generated API page to the site's files."""
-    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+    """Add the notebooks (with their executed copies' outputs) and the API page to the files."""
+    for copy in [f for f in files if f.src_uri.startswith("notebooks/")]:
+        files.remove(copy)  # the executed copies lend their outputs below; not pages themselves
+    pages = Path(config.site_dir).parent / "docs-notebooks"  # build/: git-ignored
+    (pages / "notebooks").mkdir(parents=True, exist_ok=True)
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        reason = stale_reason(path, EXECUTED / path.name)
+        if reason:
+            log.warning(f"{path.name} is shown without outputs: {reason} (make docs-notebooks)")
+            nb = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            nb = with_outputs(path, EXECUTED / path.name)
+        (pages / "notebooks" / path.name).write_text(json.dumps(nb, indent=1), encoding="utf-8")
         files.append(
             File(
                 f"notebooks/{path.name}",
-                src_dir=str(ROOT),
+                src_dir=str(pages),
                 dest_dir=config.site_dir,
                 use_directory_urls=config.use_directory_urls,
             )

@@ -9,6 +9,7 @@ and completes the navigation (``docs/hooks.py``).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -125,9 +126,43 @@ def test_mkdocs_nav_lists_existing_pages(hooks: ModuleType) -> None:
     assert not missing, f"mkdocs.yml lists pages that do not exist: {missing}"
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_executed_notebook_is_current(hooks: ModuleType, path: Path) -> None:
+    """The site shows each notebook with the outputs of its copy in docs/notebooks/."""
+    reason = hooks.stale_reason(path, hooks.EXECUTED / path.name)
+    assert not reason, f"{reason}: run `make docs-notebooks` and commit docs/notebooks/"
+
+
+def test_notebook_page_takes_outputs_only_from_a_current_copy(
+    hooks: ModuleType, tmp_path: Path
+) -> None:
+    def notebook(code: str, outputs: list[dict[str, object]]) -> dict[str, object]:
+        ran = 1 if outputs else None
+        cells = [
+            {"cell_type": "markdown", "metadata": {}, "source": "# now"},
+            {"cell_type": "code", "metadata": {}, "source": code, "outputs": outputs},
+        ]
+        cells[1]["execution_count"] = ran
+        return {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+    shown = [{"output_type": "stream", "name": "stdout", "text": "2\n"}]
+    source, copy = tmp_path / "a.ipynb", tmp_path / "copy.ipynb"
+    source.write_text(json.dumps(notebook("print(1 + 1)", [])))
+    copy.write_text(json.dumps(notebook("print(1 + 1)", shown)))
+    assert hooks.stale_reason(source, copy) == ""
+    merged = hooks.with_outputs(source, copy)
+    assert merged["cells"][1]["outputs"] == shown and merged["cells"][0]["source"] == "# now"
+    copy.write_text(json.dumps(notebook("print(2 + 2)", shown)))
+    assert "differ" in hooks.stale_reason(source, copy)
+    copy.write_text(json.dumps(notebook("print(1 + 1)", [{"output_type": "error"}])))
+    assert "error" in hooks.stale_reason(source, copy)
+    assert "missing" in hooks.stale_reason(source, tmp_path / "none.ipynb")
+
+
 @pytest.mark.slow
 def test_readme_tour_runs(tmp_path: Path) -> None:
-    """Every line of the README's tour runs, as written, from a fresh directory."""
+    """Every line of the README's tour runs, as written, from a fresh directory, without a
+    warning."""
     script = tmp_path / "tour.py"
     script.write_text(readme_tour(), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -141,5 +176,7 @@ def test_readme_tour_runs(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, f"the README's tour failed:\n{result.stderr[-4000:]}"
+    warned = [line for line in result.stderr.splitlines() if "Warning: " in line]
+    assert not warned, f"the README's tour prints warnings: {warned}"
     for folder in ("digits", "regions", "suite"):  # what the tour writes
         assert (tmp_path / "runs" / folder).is_dir(), f"the tour wrote no runs/{folder}"
