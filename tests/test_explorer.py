@@ -793,3 +793,18 @@ def test_live_search_arguments_are_checked_first(session: dw.DefuseSession) -> N
         with pytest.raises(exc, match=match):
             Explorer(session, **kwargs)
     assert session.errors is errors
+
+
+def test_outside_a_kernel_the_umap_layout_waits_for_wait(session: dw.DefuseSession) -> None:
+    """A script's explorer (no kernel, not blocking) shows PCA and fits UMAP only on wait(), so a
+    script that never waits does not end inside a numba compile."""
+    from defuse_widgets.projection import layout as projection
+
+    projection.clear_cache()
+    w = Explorer(session)
+    w._jobs.wait()  # the first look only
+    assert w.map_layout == "pca" and w._map.pending and "UMAP on wait()" in w.status
+    assert projection.cached(session.errors.codes, "umap") is None
+    w.wait()
+    assert w.map_layout == "umap" and not w._map.pending and "UMAP layout" in w.status
+    w.close()

@@ -5,6 +5,10 @@ and no cached UMAP map, the points first get PCA positions (milliseconds), the t
 baseline evaluation follow, and only then is UMAP computed (numba's first compile alone takes tens
 of seconds); its positions replace the PCA ones in place. Point indices never change, so the
 selection, the selected region and the open panel stay. ``map_layout`` says which layout is shown.
+
+Outside a kernel (a script) nobody can see the map, so with ``defer_final`` the UMAP fit waits for
+:meth:`MapLayout.finish` (the explorer's ``wait()``): a script that never waits does not spend its
+last seconds, or its exit, inside a numba compile.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class MapLayout:
         options: ExplorerOptions,
         note: Callable[..., None],
         absorb: Callable[[Any], None],
+        defer_final: bool = False,
     ) -> None:
         self.traits = traits
         self.session = session
@@ -68,6 +73,9 @@ class MapLayout:
         self.options = options
         self._note = note
         self._absorb = absorb
+        self.defer_final = defer_final
+        self.pending = False
+        """Whether the final projection waits for :meth:`finish` (see ``defer_final``)."""
 
     def prepare(self) -> None:
         """Lay out the map (first look, then the final projection), thumbnails, baseline and
@@ -83,6 +91,21 @@ class MapLayout:
         else:
             place = self._fit(method)
         self._prepare_panels()
+        if traits.map_layout != method and self.defer_final:
+            self.pending = True
+            self._note(
+                f"{len(codes):,} errors, {len(traits.regions)} regions "
+                "(PCA layout; UMAP on wait())."
+            )
+            return
+        self.finish(place)
+
+    def finish(self, place: proj.Placer | None = None) -> None:
+        """The final layout where the first look was PCA, then the background; runs on the
+        background worker."""
+        self.pending = False
+        codes, opts, traits = self.errors.codes, self.options, self.traits
+        method = opts.projection if isinstance(opts.projection, str) else "given"
         if traits.map_layout != method:  # the first look was PCA: now the real layout
             place = self._fit(method)
         self._note(f"{len(codes):,} errors, {len(traits.regions)} regions ({self._name()}).")
