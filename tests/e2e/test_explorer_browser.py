@@ -143,7 +143,10 @@ def test_explorer_end_to_end(
     assert _metric(page, "rounds") == "Rounds: 1"
     # the panel's real-image accuracy says how many images it rests on (or that there are none)
     head = page.get_by_role("region", name="Region panel").locator("h3").first
-    real = r", (real accuracy \d+% \(n = \d+(: too few to trust)?\)|no real test image inside)$"
+    real = (
+        r", (real accuracy \d+% \(n = \d+(: too few to trust)?\)|no real test image inside)"
+        r"(, reaches \d+ real training images?)?$"
+    )
     page.wait_for_function(
         "(re) => new RegExp(re).test(document.querySelector('.dfx-panel h3').textContent)",
         arg=real, timeout=15_000,
