@@ -108,3 +108,13 @@ def state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of the model's state dict."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def flips(n: int, lost: int, gained: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Before/after correctness of ``n`` images: ``lost`` right->wrong, ``gained`` the reverse."""
+    before = torch.ones(n, dtype=torch.bool)
+    before[lost : lost + gained] = False
+    after = before.clone()
+    after[:lost] = False
+    after[lost : lost + gained] = True
+    return before, after

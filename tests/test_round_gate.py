@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from session_fixtures import label_true_class, ready_session
+from session_fixtures import flips, label_true_class, ready_session
 from torch import nn
 
 import defuse_widgets as dw
@@ -18,16 +18,6 @@ from defuse_widgets.correction.settings import BLENDS, DEFAULTS
 from defuse_widgets.correction.statistics import drop_pvalue, holm, paired_change
 from defuse_widgets.correction.training import freeze_all_but_last, snapshot
 from defuse_widgets.correction.validation import halves
-
-
-def flips(n: int, lost: int, gained: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Before/after correctness of ``n`` images: ``lost`` right->wrong, ``gained`` the reverse."""
-    before = torch.ones(n, dtype=torch.bool)
-    before[lost : lost + gained] = False
-    after = before.clone()
-    after[:lost] = False
-    after[lost : lost + gained] = True
-    return before, after
 
 
 def test_holm_adjusts_each_p_value_by_its_rank_and_keeps_the_order() -> None:

@@ -6,23 +6,13 @@ import warnings
 
 import pytest
 import torch
-from session_fixtures import label_true_class, ready_session
+from session_fixtures import flips, label_true_class, ready_session
 from torch import nn
 
 import defuse_widgets as dw
 from defuse_widgets.correction.selection import EarlyStopping, Score, paired_harm
 from defuse_widgets.correction.statistics import BLIND_POINTS, images_to_resolve, paired_change
 from defuse_widgets.correction.validation import ValidationWarning, leak_note, resolution_note
-
-
-def flips(n: int, lost: int, gained: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Before/after correctness of ``n`` images: ``lost`` right->wrong, ``gained`` the reverse."""
-    before = torch.ones(n, dtype=torch.bool)
-    before[lost : lost + gained] = False
-    after = before.clone()
-    after[:lost] = False
-    after[lost : lost + gained] = True
-    return before, after
 
 
 def test_a_paired_change_counts_the_flips_and_brackets_the_drop() -> None:
