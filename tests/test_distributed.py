@@ -293,9 +293,10 @@ def test_a_ray_session_predicts_encodes_audits_and_evaluates_as_the_local_one(
     p_local, p_ray = local.predict(x), on.predict(x)
     assert ray_calls == [n_train] and p_ray.shape == p_local.shape
     a_local, a_ray = local.audit(rid, coverage=None), on.audit(rid, coverage=None)
-    assert len(a_local) > 0 and ray_calls == [n_train, n_train]  # the training codes
+    # the training codes, and the searched split's codes the region's reach starts from
+    assert len(a_local) > 0 and ray_calls == [n_train, n_train, n_test]
     e_local, e_ray = local.evaluate(), on.evaluate()
-    assert ray_calls[2:] == [n_test, n_test]  # the test split's codes and classes
+    assert ray_calls[3:] == [n_test]  # the test split's classes (its codes are cached)
     on.predict(x[:999])  # below ray_min_images: local
     on.split_codes("train")  # cached
     assert len(ray_calls) == 4
