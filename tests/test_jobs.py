@@ -9,7 +9,8 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,19 @@ def loop_thread() -> Iterator[asyncio.AbstractEventLoop]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+def run_cell(cell: Callable[[], Coroutine[Any, Any, None]]) -> int:
+    """Run ``cell()`` on an event loop of its own in a new thread, as a kernel runs a cell, and
+    return that thread's id. Not on the test's thread: Playwright's sync API (the browser tests'
+    session-wide browser) keeps a loop running there, and asyncio.run refuses to nest."""
+
+    def run() -> int:
+        asyncio.run(cell())
+        return threading.get_ident()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result()
 
 
 def test_replacing_a_waiting_job_of_the_same_name_raises_nothing() -> None:
@@ -127,8 +141,8 @@ def test_wait_on_the_loops_thread_applies_the_changes_itself() -> None:
         q.wait(30)  # blocks the loop, as a cell does
         assert seen_during == [1]
 
-    asyncio.run(cell())
-    assert applied == [threading.get_ident()] * 2
+    loop_id = run_cell(cell)
+    assert applied == [loop_id] * 2
 
 
 def test_hold_sync_inside_a_job_sends_its_changes_together(
@@ -217,14 +231,14 @@ def test_every_trait_change_of_the_explorers_background_work_is_made_on_the_loop
         _until(lambda: not _threads("explorer"))
 
     try:
-        asyncio.run(cell())
+        loop_id = run_cell(cell)
     finally:
         for rid in list(session.labels):
             session.unlabel(rid)
         session.revert()
     names = {name for name, _ in changes}
     assert {"points", "thumbs", "baseline", "progress", "history", "audit", "generator"} <= names
-    off_loop = sorted({name for name, ident in changes if ident != threading.get_ident()})
+    off_loop = sorted({name for name, ident in changes if ident != loop_id})
     assert not off_loop, f"traits changed off the loop's thread: {off_loop}"
 
 
@@ -261,7 +275,7 @@ def test_a_live_search_reports_on_the_loop_one_message_per_report(
         assert ex.error == "" and ex.regions_fit == "full" and s.regions is not None
         ex.close()
 
-    asyncio.run(cell())
+    run_cell(cell)
     assert not off_loop, f"traits changed off the loop's thread: {sorted(off_loop)}"
     assert sizes and all(a == b for a, b in sizes)
 

@@ -103,6 +103,11 @@ class Jobs:
         _LIVE.add(self)
 
     @property
+    def in_kernel(self) -> bool:
+        """Whether changes go to a kernel's loop (else they apply at once: a script, the tests)."""
+        return self._loop is not None
+
+    @property
     def busy(self) -> str:
         """The name of the running job, ``""`` when none runs."""
         return self._current

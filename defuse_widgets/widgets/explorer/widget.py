@@ -45,7 +45,7 @@ from defuse_widgets.widgets.common.options import check_known_options
 from defuse_widgets.widgets.explorer import commands, panels
 from defuse_widgets.widgets.explorer.audit import AuditPane
 from defuse_widgets.widgets.explorer.export import export_in_background
-from defuse_widgets.widgets.explorer.jobs import Jobs, kernel_loop
+from defuse_widgets.widgets.explorer.jobs import Jobs
 from defuse_widgets.widgets.explorer.live import LiveSearch, check_live, no_errors
 from defuse_widgets.widgets.explorer.map import MapLayout
 from defuse_widgets.widgets.explorer.options import ExplorerOptions
@@ -280,7 +280,7 @@ class Explorer(anywidget.AnyWidget):
             ui, session, self._jobs, self._start, self._note, self._absorb, self._refresh_views
         )
         # outside a kernel nobody sees the map: its UMAP fit waits for wait() (see MapLayout)
-        defer = kernel_loop() is None and not block
+        defer = not self._jobs.in_kernel and not block
         self._map = MapLayout(ui, session, errors, opts, self._note, self._tuner.absorb, defer)
         if on_select is not None:
             self.on_select(on_select)
