@@ -40,6 +40,7 @@ from defuse_widgets.search.strategies import (
 )
 from defuse_widgets.session.session import VIEWS, DefuseSession
 from defuse_widgets.suite.check import RegionResult, SuiteResult, check_suite
+from defuse_widgets.utils import shutdown as _shutdown  # noqa: F401 (a prompt exit)
 from defuse_widgets.utils.device import resolve_device
 from defuse_widgets.utils.tables import Table, Tables
 from defuse_widgets.widgets.explorer import Explorer

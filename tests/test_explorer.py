@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,6 +184,32 @@ def test_codec_round_trip() -> None:
     back = array_from_json({**wire, "buffer": bytes(wire["buffer"])})
     assert back.tolist() == a.tolist()
     assert array_to_json(None) is None
+
+
+def test_reach_is_measured_on_the_worker_not_the_constructing_thread(
+    session: dw.DefuseSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reach encodes the training split: the explorer leaves it to its worker, and a change of
+    regions made in the kernel's thread is measured there too."""
+    from defuse_widgets.regions import membership
+
+    threads: list[threading.Thread] = []
+    measure = membership.reach
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread())
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(membership, "reach", spy)
+    session._membership.clear()  # nothing measured yet
+    widget = Explorer(session, projection="pca", block=True)
+    assert threads and threading.main_thread() not in threads
+    assert sum(r["reach"] for r in widget.regions) > 0
+    threads.clear()
+    rid = session.add_region(torch.arange(4))  # a new region: reach anew, on the worker
+    widget.wait()
+    assert threads and threading.main_thread() not in threads
+    assert next(r for r in widget.regions if r["id"] == rid)["reach"] is not None
 
 
 def test_region_click_builds_the_panel(widget: Explorer, session: dw.DefuseSession) -> None:

@@ -196,6 +196,27 @@ def test_a_script_exits_at_once_with_a_job_still_running(tmp_path: Path) -> None
     assert end - start < 60
 
 
+def test_the_last_exit_handler_freezes_what_is_alive() -> None:
+    """The interpreter's teardown skips its full garbage collections (see utils/shutdown.py): a
+    handler registered before the package's import runs after the package's and finds the
+    objects frozen; without the package's handler nothing is."""
+    probe = (
+        "import atexit, gc\n"
+        "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0, flush=True))\n"
+        "import defuse_widgets\n"
+    )
+    unregister = (
+        "from defuse_widgets.utils import shutdown\n"
+        "atexit.unregister(shutdown.skip_exit_collections)\n"
+    )
+    for source, expected in ((probe, "frozen True"), (probe + unregister, "frozen False")):
+        out = subprocess.run(
+            [sys.executable, "-c", source], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == expected
+
+
 @pytest.fixture(scope="module")
 def session(digits, digits_classifier, digits_vae) -> dw.DefuseSession:
     return ready_session(digits_classifier, digits_vae, digits)

@@ -76,6 +76,10 @@ class AuditMixin(SessionBase):
         rows = {rid: matrix[:, regions.column(rid)].nonzero().flatten() for rid in ids}
         return Reach(rows, len(matrix))
 
+    def reach_ready(self, split: str = "train") -> bool:
+        """Whether :meth:`reach` of ``split`` is cached (so it answers without encoding)."""
+        return f"reach:{split}" in self._membership
+
     def _audit_label(self, region_id: int, label: int | None) -> int:
         if label is not None:
             value = check_label(label, self.data.num_classes)

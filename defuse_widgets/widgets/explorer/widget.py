@@ -606,6 +606,8 @@ class Explorer(anywidget.AnyWidget):
         if event == "regions":
             self._panel_cache.clear()
             self._sync_regions()
+            if not self.session.reach_ready():
+                self._start("measuring reach", self._sync_regions)
             self._start_recognition()
             rid = self.selected_region
             if rid >= 0 and rid not in {r["id"] for r in self.regions}:
@@ -664,10 +666,13 @@ class Explorer(anywidget.AnyWidget):
 
     def _reach_counts(self) -> dict[int, int] | None:
         """Region id -> the real training rows it reaches (None while the regions are not the
-        session's errors' own, as during a live search)."""
+        session's errors' own, as during a live search, or until the worker measured it: reach
+        encodes the training split, too slow for the kernel's thread)."""
         s = self.session
         if s.errors is None or s.regions is None or len(s.regions.assignments) != len(s.errors):
             return None
+        if not (s.reach_ready() or self._jobs.in_worker()):
+            return None  # the map's preparation measures it, or _on_session_event's job
         return s.reach().counts()
 
     def _absorb(self, ev: Any) -> None:
