@@ -41,9 +41,10 @@ from torch import nn
 
 import defuse_widgets as dw
 from defuse_widgets.search.rng import beta_noise, image_generator
+from defuse_widgets.utils.cache import cache_root
 from defuse_widgets.utils.device import resolve_device
 
-CACHE = Path.home() / ".cache" / "defuse-widgets" / "bench"
+CACHE = cache_root() / "bench"
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 
 

@@ -79,8 +79,9 @@ from defuse_widgets.models.generative import as_generator
 from defuse_widgets.models.inference import predict_labels
 from defuse_widgets.regions import membership
 from defuse_widgets.search.strategies import DEFAULT_STRATEGY, STRATEGIES
+from defuse_widgets.utils.cache import cache_root
 
-CACHE = Path.home() / ".cache" / "defuse-widgets" / "bench" / "suite"
+CACHE = cache_root() / "bench" / "suite"
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 KINDS = ("mislabeled", "rare", "spurious")
 CLASS_A = {  # the class whose slice carries the bug, per kind

@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 import conftest as e2e  # noqa: E402  (shared JupyterLab/Chromium helpers)
 
+from defuse_widgets.utils.cache import cache_root  # noqa: E402
+
 TARGETS = {"p50_ms": 30.0, "p95_ms": 60.0, "final_ms": 100.0, "p95_finetune_ms": 150.0}
 
 SETUP = """\
@@ -59,7 +61,7 @@ FASHION = """(lambda f: dw.from_tensors(f.x_train[:{n}], f.y_train[:{n}], f.x_te
     dw.load_dataset("fashion-mnist", root="/usr/share/datasets/fashion-mnist"))"""
 # epochs of the small models: latency depends on the architecture, not on how well they are trained
 EPOCHS = {"digits": (10, 30), "fashion-mnist": (2, 2)}
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "defuse-widgets" / "bench"
+CACHE = cache_root() / "bench"
 
 
 def prepare_models(name: str, load_src: str) -> tuple[Path, Path]:

@@ -36,22 +36,29 @@ import torch
 
 import defuse_widgets as dw
 from defuse_widgets.correction.validation import carve
+from defuse_widgets.utils.cache import cache_root
 
 PACKAGE = Path(dw.__file__).parent
 torch.set_num_threads(int(os.environ.get("DEFUSE_WIDGETS_TEST_THREADS", "1")))
-# maps cached on disk by one run must not skip UMAP in the next (nor touch the user's cache);
-# set here, before any JupyterLab the tests start, so their kernels inherit it
-os.environ["DEFUSE_WIDGETS_PROJECTION_CACHE"] = tempfile.mkdtemp(prefix="dw-projections-")
-atexit.register(shutil.rmtree, os.environ["DEFUSE_WIDGETS_PROJECTION_CACHE"], True)
+# One cache root for the run, so maps cached on disk by one run do not skip UMAP in the next;
+# its models and datasets link to the user's (trained and unpacked once). Set here, before any
+# JupyterLab the tests start, so their kernels inherit it.
+USER_CACHE = cache_root()
+_run_cache = Path(tempfile.mkdtemp(prefix="dw-cache-"))
+for _kind in ("models", "datasets"):
+    (USER_CACHE / _kind).mkdir(parents=True, exist_ok=True)
+    (_run_cache / _kind).symlink_to(USER_CACHE / _kind, target_is_directory=True)
+os.environ["DEFUSE_WIDGETS_CACHE"] = str(_run_cache)
+# the models the tests train, kept across runs (a variable moves them)
+os.environ.setdefault("DEFUSE_WIDGETS_TEST_CACHE", str(USER_CACHE / "test-models"))
+atexit.register(shutil.rmtree, _run_cache, True)
 
 
 def _cache_dir(digits: dw.ImageDataset) -> Path:
     digest = hashlib.sha256(torch.__version__.encode())
     digest.update((PACKAGE / "models" / "demo.py").read_bytes())
     digest.update(digits.x_train.numpy().tobytes() + digits.y_train.numpy().tobytes())
-    env = os.environ.get("DEFUSE_WIDGETS_TEST_CACHE")
-    base = Path(env) if env else Path.home() / ".cache" / "defuse-widgets" / "test-models"
-    return base / digest.hexdigest()[:16]
+    return Path(os.environ["DEFUSE_WIDGETS_TEST_CACHE"]) / digest.hexdigest()[:16]
 
 
 def _train_and_save(digits: dw.ImageDataset, paths: dict[str, Path]) -> None:

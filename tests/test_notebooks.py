@@ -60,8 +60,7 @@ def _model_cache() -> Path:
     # of cli.py only what decides the demo models, so other CLI changes do not retrain them
     digest.update(repr((cli.DEMO_CLASSIFIER, cli.REFERENCE_CLASSIFIER)).encode())
     digest.update(inspect.getsource(cli.demo_models).encode())
-    env = os.environ.get("DEFUSE_WIDGETS_TEST_CACHE")
-    base = Path(env) if env else Path.home() / ".cache" / "defuse-widgets" / "test-models"
+    base = Path(os.environ["DEFUSE_WIDGETS_TEST_CACHE"])  # set by conftest.py
     return base / f"notebooks-{digest.hexdigest()[:16]}"
 
 
