@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import inspect
 import os
 import shutil
 import tempfile
@@ -35,6 +36,7 @@ import pytest
 import torch
 
 import defuse_widgets as dw
+from defuse_widgets import cli
 from defuse_widgets.correction.validation import carve
 from defuse_widgets.utils.cache import cache_root
 
@@ -93,6 +95,31 @@ def digits_model_paths(
     if not all(p.is_file() for p in paths.values()):
         _train_and_save(digits, paths)
     return paths
+
+
+@pytest.fixture(scope="session")
+def demo_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A package cache folder (for ``DEFUSE_WIDGETS_CACHE``) holding the digits demo models
+    (``cli.demo_models``, seed 0), trained once per version of the code and settings that train
+    them and kept under ``$DEFUSE_WIDGETS_TEST_CACHE``; the notebooks and the CLI's pipeline
+    load them. Tests copy what they change."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    for name in ("models/demo.py", "data/dataset.py", "data/loaders.py"):
+        digest.update((PACKAGE / name).read_bytes())
+    # of cli.py only what decides the demo models, so other CLI changes do not retrain them
+    digest.update(repr((cli.DEMO_CLASSIFIER, cli.REFERENCE_CLASSIFIER)).encode())
+    digest.update(inspect.getsource(cli.demo_models).encode())
+    try:
+        cache = (
+            Path(os.environ["DEFUSE_WIDGETS_TEST_CACHE"]) / f"notebooks-{digest.hexdigest()[:16]}"
+        )
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        cache = tmp_path_factory.mktemp("demo-models")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DEFUSE_WIDGETS_CACHE", str(cache))
+        cli.demo_models(dw.load_dataset("digits"), seed=0, progress=False)
+    return cache
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,9 @@
 
 Each notebook reads ``DEFUSE_WIDGETS_QUICK`` in its first code cell (tagged ``parameters``); these
 tests set it to ``1`` so the notebooks run at a smoke-test size (fewer images, draws, epochs and
-steps, a PCA map instead of UMAP). The trained models the notebooks cache go to
-``$DEFUSE_WIDGETS_TEST_CACHE/notebooks-<hash>`` (default ``~/.cache/defuse-widgets/test-models``),
-keyed by the torch version and the code and settings that train them; the fixture trains the
-digits demo models there before any kernel starts, so no cell trains them under the cell limit.
+steps, a PCA map instead of UMAP). The notebooks' cache folder is conftest.py's
+``demo_model_cache``, with the digits demo models trained into it before any kernel starts, so no
+cell trains them under the cell limit.
 
 The notebooks run under :class:`notebook_harness.NotebookRunner` (see that module: nbclient
 without the lost wake-up that left a cell waiting 900 s, issue 44): the kernel is this
@@ -20,22 +19,16 @@ threads (default 1, as the unit tests). Executed copies are written to ``tests/o
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
 import pytest
-import torch
 from nbformat.v4 import new_code_cell, new_notebook
 from notebook_harness import KERNEL, NotebookRunner, cell_gaps, write_kernelspec
 
 import defuse_widgets as dw
-from defuse_widgets import cli
 from defuse_widgets.data.loaders import DEBIAN_FASHION_DIR, IDX_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,35 +46,10 @@ def _notebooks() -> list[Path]:
     return sorted(NOTEBOOKS.glob("*.ipynb"), key=lambda p: (rank.get(p.stem, len(ORDER)), p.stem))
 
 
-def _model_cache() -> Path:
-    digest = hashlib.sha256(torch.__version__.encode())
-    for name in ("models/demo.py", "data/dataset.py", "data/loaders.py"):
-        digest.update((PACKAGE / name).read_bytes())
-    # of cli.py only what decides the demo models, so other CLI changes do not retrain them
-    digest.update(repr((cli.DEMO_CLASSIFIER, cli.REFERENCE_CLASSIFIER)).encode())
-    digest.update(inspect.getsource(cli.demo_models).encode())
-    base = Path(os.environ["DEFUSE_WIDGETS_TEST_CACHE"])  # set by conftest.py
-    return base / f"notebooks-{digest.hexdigest()[:16]}"
-
-
 def _fashion_files() -> bool:
     return all((DEBIAN_FASHION_DIR / f"{f}.gz").is_file() for f in IDX_FILES) or all(
         (DEBIAN_FASHION_DIR / f).is_file() for f in IDX_FILES
     )
-
-
-@contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    before = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
@@ -93,22 +61,13 @@ def kernel_spec(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def kernel_env(
-    kernel_spec: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, str]:
+def kernel_env(kernel_spec: dict[str, str], demo_model_cache: Path) -> dict[str, str]:
     """Environment for the notebook kernels: our kernelspec first, quick mode, the model cache
-    (the digits demo models trained into it here, outside any cell's time limit)."""
-    try:
-        cache = _model_cache()
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        cache = tmp_path_factory.mktemp("models")
-    with _environ(DEFUSE_WIDGETS_CACHE=str(cache)):
-        cli.demo_models(dw.load_dataset("digits"), seed=0, progress=False)  # the notebooks' SEED
+    (the digits demo models trained into it before any cell's time limit, see conftest.py)."""
     return {
         **kernel_spec,
         "DEFUSE_WIDGETS_QUICK": "1",
-        "DEFUSE_WIDGETS_CACHE": str(cache),
+        "DEFUSE_WIDGETS_CACHE": str(demo_model_cache),
         "PYTHONUNBUFFERED": "1",
         # like the unit tests (conftest.py): one torch thread unless told otherwise; the models
         # are tiny, and on a shared 2-core machine oversubscribed threads made training ~8x slower
