@@ -60,8 +60,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# two workers: the browser tests (mostly waiting on a kernel or the page) beside the rest, each
+# module on one worker (tests/conftest.py); PYTEST_WORKERS=0 runs everything in one process
+PYTEST_WORKERS ?= 2
 pytest: $(STAMP)
-	$(VENV)/bin/pytest -q -rs
+	$(VENV)/bin/pytest -q -rs -n $(PYTEST_WORKERS) --dist loadgroup
 
 # the docs site into build/site; --strict: a broken link or an undocumentable name fails
 docs: $(STAMP)

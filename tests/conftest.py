@@ -25,11 +25,14 @@ to the trainer or the data retrains. They are shared by every test: a test that 
 from __future__ import annotations
 
 import atexit
+import fcntl
 import hashlib
 import inspect
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -54,6 +57,29 @@ os.environ["DEFUSE_WIDGETS_CACHE"] = str(_run_cache)
 # the models the tests train, kept across runs (a variable moves them)
 os.environ.setdefault("DEFUSE_WIDGETS_TEST_CACHE", str(USER_CACHE / "test-models"))
 atexit.register(shutil.rmtree, _run_cache, True)
+
+
+@contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s lock file: the test workers (``pytest -n 2``) train a missing model once,
+    one after the other, and never read a model another worker is writing."""
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``) a module's tests stay on
+    one worker, which builds its module fixtures once, and every browser test on the same worker,
+    which starts the one JupyterLab and Chromium; the groups run side by side."""
+    e2e = Path(__file__).parent / "e2e"
+    for item in items:
+        path = Path(str(item.fspath))
+        group = "browser" if e2e in path.parents else path.stem
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def _cache_dir(digits: dw.ImageDataset) -> Path:
@@ -92,8 +118,9 @@ def digits_model_paths(
     except OSError:
         folder = tmp_path_factory.mktemp("digits-models")
     paths = {"classifier": folder / "classifier.safetensors", "vae": folder / "vae.safetensors"}
-    if not all(p.is_file() for p in paths.values()):
-        _train_and_save(digits, paths)
+    with _exclusive(folder):
+        if not all(p.is_file() for p in paths.values()):
+            _train_and_save(digits, paths)
     return paths
 
 
@@ -116,7 +143,7 @@ def demo_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError:
         cache = tmp_path_factory.mktemp("demo-models")
-    with pytest.MonkeyPatch.context() as mp:
+    with _exclusive(cache), pytest.MonkeyPatch.context() as mp:
         mp.setenv("DEFUSE_WIDGETS_CACHE", str(cache))
         cli.demo_models(dw.load_dataset("digits"), seed=0, progress=False)
     return cache
