@@ -132,7 +132,13 @@ def test_explorer_end_to_end(
     )
     assert f"{{{rid}: {label}}}" in run_new_cell(page, "print(s.labels)", expect=f"{rid}:")
 
-    # fine-tune one round: the progress bar reaches the end, the numbers change
+    # fine-tune one round: the progress bar reaches the end, the numbers change. Lambda 0.1: the
+    # region's real test images are mostly right already and its samples are the generator's 3s
+    # that look like 9s; at the default 1.0 the round learned from them and cost the test split
+    # 3.3 points (9s and 8s), at 0.1 between 0.2 and 1.3 (9s), depending on torch's threads.
+    # Digits' 18 validation images a class cannot show such a drop, so the round is kept and the
+    # explorer flags the harm on the test split with its revert button (docs/explorer.png)
+    page.get_by_role("spinbutton", name="Lambda").fill("0.1")
     page.get_by_role("button", name="Fine-tune", exact=True).click()
     bar = page.get_by_role("progressbar", name="Fine-tuning progress")
     page.wait_for_function(
