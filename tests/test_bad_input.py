@@ -115,7 +115,9 @@ def test_train_classifier_checks_replacement_labels(digits: dw.ImageDataset) -> 
     with pytest.raises(ValueError, match=r"beta: expected a finite number >= 0"):
         dw.train_vae(digits, beta=-1.0, progress=False)
     for latent_dim in (0, -3, 2.5, True):  # 0 once fell through to the default and trained
-        with pytest.raises(ValueError, match=r"latent_dim: expected a positive integer, got"):
+        with pytest.raises(
+            ValueError, match=r"latent_dim: expected None or a positive integer, got"
+        ):
             dw.train_vae(digits, latent_dim=latent_dim, epochs=1, progress=False)
 
 

@@ -36,8 +36,12 @@ CONSTRAINTS: Constraints = {
     "beta": [Interval(float, 0, None)],
     "likelihood": [None, Options(LIKELIHOODS)],
 }
-"""The declared checks of the demo models and their trainers (``train_vae``'s ``latent_dim`` may
-also be None: the default for the images' size)."""
+"""The declared checks of the demo models and their trainers."""
+TRAIN_VAE_CONSTRAINTS: Constraints = {
+    **CONSTRAINTS,
+    "latent_dim": [None, *CONSTRAINTS["latent_dim"]],
+}
+"""``train_vae``'s: its ``latent_dim`` may also be None (the default for the images' size)."""
 
 
 def _check_image_shape(image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -255,16 +259,15 @@ def train_vae(
     """
     # refused before any model is built (torch's own errors come mid-loop)
     validate_params(
-        CONSTRAINTS,
+        TRAIN_VAE_CONSTRAINTS,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
         beta=beta,
         likelihood=likelihood,
         width=width,
+        latent_dim=latent_dim,
     )
-    if latent_dim is not None:
-        validate_params(CONSTRAINTS, latent_dim=latent_dim)
     dev = resolve_device(device)
     defaults = vae_defaults(data.image_shape)
     latent_dim = defaults["latent_dim"] if latent_dim is None else latent_dim
