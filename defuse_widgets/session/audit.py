@@ -61,7 +61,7 @@ class AuditMixin(SessionBase):
         if split not in ("train", "validation"):
             raise ValueError(f"split: expected 'train' or 'validation', got {split!r}")
         ids = regions.ids if region_ids is None else [regions.get(r).id for r in region_ids]
-        key = f"reach:{split}"
+        key = _reach_key(split)
         if key not in self._membership:
             errors = self.errors
             assert errors is not None  # regions come from errors
@@ -78,7 +78,7 @@ class AuditMixin(SessionBase):
 
     def reach_ready(self, split: str = "train") -> bool:
         """Whether :meth:`reach` of ``split`` is cached (so it answers without encoding)."""
-        return f"reach:{split}" in self._membership
+        return _reach_key(split) in self._membership
 
     def _audit_label(self, region_id: int, label: int | None) -> int:
         if label is not None:
@@ -337,3 +337,8 @@ class AuditMixin(SessionBase):
             count = self._relabels.load(records, replace)
         self._emit("relabels")
         return count
+
+
+def _reach_key(split: str) -> str:
+    """Where :meth:`AuditMixin.reach` of ``split`` is cached in the session's membership cache."""
+    return f"reach:{split}"
