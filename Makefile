@@ -64,7 +64,7 @@ typecheck: $(STAMP)
 # module on one worker (tests/conftest.py); PYTEST_WORKERS=0 runs everything in one process
 PYTEST_WORKERS ?= 2
 pytest: $(STAMP)
-	$(VENV)/bin/pytest -q -rs -n $(PYTEST_WORKERS) --dist loadgroup
+	$(VENV)/bin/pytest -q -rfEs -n $(PYTEST_WORKERS) --dist loadgroup
 
 # the docs site into build/site; --strict: a broken link or an undocumentable name fails
 docs: $(STAMP)

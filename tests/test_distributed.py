@@ -32,7 +32,7 @@ from defuse_widgets.models.inference import Probabilities
 ray = pytest.importorskip("ray")
 N = 60
 # wait at most this long for any Ray search in these tests (a hang fails instead of blocking)
-TIMEOUT_S = 120.0
+TIMEOUT_S = 300.0
 
 
 @pytest.fixture(scope="module", autouse=True)

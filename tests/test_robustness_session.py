@@ -39,6 +39,15 @@ def check_invariants(s: dw.DefuseSession) -> None:
         assert s.errors is not None and len(s.regions.assignments) == len(s.errors)
 
 
+@pytest.fixture(autouse=True)
+def python_sigint_handler() -> Any:
+    """Python's own Ctrl-C handler, whatever the runner was started with (a shell starts a
+    background job with SIGINT ignored, and Python then keeps it ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture()
 def session(
     digits_classifier: nn.Module, digits_vae: nn.Module, digits: dw.ImageDataset

@@ -4,6 +4,7 @@ that chooses a round's step on one half of the validation split and confirms it 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -112,6 +113,31 @@ def test_the_confirmation_half_refuses_harm_the_choice_never_saw(
     assert record.best_step == 0 and "refused on the" in record.stopped
     assert record.validation["confirm"]["changes"][3]["lost"] > 0  # type: ignore[index]
     assert record.validation["confirm"]["negative_flips"] > 0  # type: ignore[index]
+
+
+def test_a_rounds_real_rows_are_the_reached_rows_that_carry_its_label(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    s = ready_session(digits_classifier, digits_vae, digits)
+    assert s.regions is not None and s.validation is not None
+    rid = s.regions.ids[0]
+    rows = s.validation.fit_rows
+    reached = s.reach("train", [rid]).mask(rid)[rows]
+    labels = s.training_labels()[rows]
+    target = int(labels[reached].bincount().argmax())  # the class most of its rows carry
+    s.label(rid, target)
+    fixed = _FixedParts.of(s._round_inputs(s.correctable(), None), DEFAULTS)
+    expected = reached & (labels == target)
+    assert 0 < int(expected.sum()) < int(reached.sum())  # rows of other classes stay out
+    assert torch.equal(fixed.members[:, 0], expected)
+    assert fixed.real_images() == {rid: int(expected.sum())}
+    assert fixed.outside is not None and torch.equal(fixed.outside, ~expected)
+    y_val = s.validation_data()[1]
+    val_expected = s.reach("validation", [rid]).mask(rid) & (y_val == target)
+    assert fixed.val_members is not None and torch.equal(fixed.val_members[:, 0], val_expected)
+    inputs = dataclasses.replace(fixed.inputs, reached=reached[:5, None])
+    with pytest.raises(ValueError, match=r"reached: expected \(\d+, 1\) bool"):
+        _FixedParts.of(inputs, DEFAULTS)
 
 
 def test_a_round_records_its_confirmation(

@@ -47,8 +47,8 @@ from defuse_widgets.regions.labels import Labeler
 from defuse_widgets.regions.membership import COVERAGE, inside_regions
 
 MIN_VALIDATION_IMAGES = 10
-"""Below this many validation images inside the labeled regions, the regions' score is the
-accuracy on held-out decoded samples instead."""
+"""Below this many validation images that the labeled regions reach and that carry their label,
+the regions' score is the accuracy on held-out decoded samples instead."""
 CHECK_SAMPLES = 100
 
 
@@ -63,6 +63,9 @@ class RoundInputs:
     regions, targets : the regions and the class each labeled region is corrected to.
     x_fit, y_fit, fit_codes : the training images (n, C, H, W) a round may train on, their labels
         (relabels applied) and encoder means (n, d).
+    reached, validation_reached : which training and validation rows each region reaches (the
+        session's one rule for a region's real rows, see
+        :func:`~defuse_widgets.regions.membership.reach`).
     validation : (images, labels, codes) of the validation split, or None without one.
     num_classes, device, seed : the task's class count, the device, the session's seed.
     labeler : the :class:`~defuse_widgets.regions.labels.Labeler` whose ``label_images`` vets the
@@ -84,6 +87,11 @@ class RoundInputs:
     labeler: Labeler | None = None
     relabeled: torch.Tensor | None = None
     """(n,) bool: the rows whose label a person or labeler confirmed (see the audit)."""
+    reached: torch.Tensor | None = None
+    """(n, T) bool, a column per region of ``targets`` in its order: the rows of ``x_fit`` the
+    region reaches (:meth:`~defuse_widgets.session.session.DefuseSession.reach`); None: none."""
+    validation_reached: torch.Tensor | None = None
+    """The same for the validation images (None: none)."""
     classes: tuple[str, ...] = ()
     """The class names, for the round's refusal in words."""
 
@@ -200,6 +208,18 @@ def _share(tally: dict[str, int]) -> float | None:
     return tally["kept"] / tally["drawn"] if tally.get("drawn") else None
 
 
+def _reached(reached: torch.Tensor | None, n: int, t: int) -> torch.Tensor:
+    """(n, t) bool: ``reached``, or no row reached when it is None."""
+    if reached is None:
+        return torch.zeros(n, t, dtype=torch.bool)
+    if reached.shape != (n, t) or reached.dtype != torch.bool:
+        raise ValueError(
+            f"reached: expected ({n}, {t}) bool (a row per image, a column per target region), "
+            f"got {tuple(reached.shape)} {reached.dtype}"
+        )
+    return reached
+
+
 def _offset(callback: StepCallback | None, i: int, n: int) -> StepCallback | None:
     """Report the steps of run ``i`` of ``n`` as part of one progress of n runs."""
     if callback is None or n == 1:
@@ -213,12 +233,14 @@ class _FixedParts:
 
     inputs: RoundInputs
     members: torch.Tensor
-    """(n, T) bool: training rows inside each labeled region that carry its label, and the
+    """(n, T) bool: training rows each labeled region reaches that carry its label, and the
     confirmed relabels to its label."""
     outside: torch.Tensor | None
     scales: dict[int, float]
     min_validity: float
-    val_inside: torch.Tensor | None
+    val_members: torch.Tensor | None
+    """(v, T) bool: the validation images each labeled region reaches that carry its label (the
+    rows its score is measured on)."""
     choose: torch.Tensor | None = None
     """(n,) bool: the validation images a round's step is chosen on (the rest confirm it)."""
     tally: dict[str, int] = field(default_factory=dict)
@@ -227,18 +249,20 @@ class _FixedParts:
     @classmethod
     def of(cls, inputs: RoundInputs, settings: RoundSettings) -> _FixedParts:
         ids = list(inputs.targets)
-        inside = inside_regions(inputs.regions, inputs.fit_codes, ids)
         labels = torch.tensor([inputs.targets[r] for r in ids], dtype=torch.long)
         carries = inputs.y_fit[:, None] == labels
-        members = inside & carries
+        members = _reached(inputs.reached, len(inputs.y_fit), len(ids)) & carries
         if inputs.relabeled is not None:  # confirmed for a region: a member wherever it lies
             members |= inputs.relabeled[:, None] & carries
         # the keep term holds every image but those a region's label is meant to change
         outside = ~members.any(1) if settings.keep > 0 else None
-        val_codes = val_inside = None
+        val_codes = val_members = val_inside = None
         if inputs.validation is not None:
-            val_codes = inputs.validation[2]
-            val_inside = inside_regions(inputs.regions, val_codes, ids)
+            _, y_val, val_codes = inputs.validation
+            reached = _reached(inputs.validation_reached, len(y_val), len(ids))
+            val_members = reached & (y_val[:, None] == labels)
+            if settings.scale is None:  # the sampling scale is the Gaussian's own measure
+                val_inside = inside_regions(inputs.regions, val_codes, ids)
         scales = (
             {r: settings.scale for r in inputs.targets}
             if settings.scale is not None
@@ -246,7 +270,7 @@ class _FixedParts:
         )
         floor = validity_floor(inputs.generator, inputs.fit_codes, inputs.seed, inputs.device)
         choose = None if inputs.validation is None else halves(inputs.validation[1], inputs.seed)[0]
-        return cls(inputs, members, outside, scales, floor, val_inside, choose)
+        return cls(inputs, members, outside, scales, floor, val_members, choose)
 
     def real_images(self) -> dict[int, int]:
         """Region id -> its real training images that carry its label (drawn ``real_weight``
@@ -303,9 +327,9 @@ class _FixedParts:
     def _measure(self, rows: torch.Tensor) -> Callable[[nn.Module, int], Score]:
         """``(model, step) -> Score`` on the validation images of ``rows`` ((n,) bool)."""
         inputs = self.inputs
-        assert inputs.validation is not None and self.val_inside is not None
+        assert inputs.validation is not None and self.val_members is not None
         x_val, y_val = inputs.validation[0][rows], inputs.validation[1][rows]
-        any_inside = self.val_inside[rows].any(1)
+        any_inside = self.val_members[rows].any(1)
         counts = torch.bincount(y_val, minlength=inputs.num_classes).tolist()
         samples = None
         if int(any_inside.sum()) < MIN_VALIDATION_IMAGES:

@@ -78,8 +78,9 @@ class RoundSettings:
     ``scale`` None: per region, measured on the validation images inside it (else
     :data:`~defuse_widgets.regions.distill.DEFAULT_SCALE`). ``keep``: weight of the term that
     keeps the outputs on training images outside the labeled regions close to the round's
-    starting model. ``real_weight``: None (default) draws the real training images inside each
-    labeled region that carry its label (confirmed relabels included) as one group per region,
+    starting model. ``real_weight``: None (default) draws the real training images each
+    labeled region reaches (:meth:`DefuseSession.reach`) that carry its label (confirmed
+    relabels included) as one group per region,
     together :data:`GROUP_SHARE` of the draws (DFR's balanced groups); a number draws each of them
     that many times as often as the other training images (1: no upweighting; JTT's upweighting
     of a first model's errors). ``tolerance``: points a class may lose on validation, judged

@@ -19,7 +19,8 @@ from defuse_widgets.correction.settings import AUTO_GRID, DEFAULTS, EVAL_SAMPLES
 from defuse_widgets.correction.training import CancelToken, StepCallback, check_hooks, restore
 from defuse_widgets.models.inference import Classes, evaluating
 from defuse_widgets.regions.labels import Labeler, LabelerLike, as_labeler
-from defuse_widgets.session.base import LastRound, SessionBase
+from defuse_widgets.session.audit import AuditMixin
+from defuse_widgets.session.base import LastRound
 from defuse_widgets.utils.checks import (
     Boolean,
     Constraints,
@@ -39,8 +40,9 @@ CONSTRAINTS: Constraints = {
 rounds made, so it is checked against them when called)."""
 
 
-class RoundsMixin(SessionBase):
-    """Fine-tuning rounds with exact revert (see :class:`DefuseSession`)."""
+class RoundsMixin(AuditMixin):
+    """Fine-tuning rounds with exact revert (see :class:`DefuseSession`); a round trains on the
+    rows the audit's :meth:`reach` gives each region and on its confirmed relabels."""
 
     def correct(
         self,
@@ -69,7 +71,8 @@ class RoundsMixin(SessionBase):
 
         Loss = CE(training batch) + ``lam`` x CE(batch of fresh samples from the labeled regions)
         + ``keep`` x KL(round's starting model || model) on the batch's training images, except
-        those inside a labeled region that carry its label (what the round means to change).
+        the rows a labeled region reaches (:meth:`reach`) that carry its label (what the round
+        means to change).
         Those real images (confirmed relabels included) are drawn as one group per region,
         together half of the draws (``real_weight=None``, as DFR balances groups), or each
         ``real_weight`` times as often as the other training images (a number, JTT's
@@ -180,14 +183,17 @@ class RoundsMixin(SessionBase):
 
     def _round_inputs(self, targets: dict[int, int], labeler: Labeler | None) -> RoundInputs:
         """What a round works with: the training rows outside the validation split, the
-        validation images, their codes (encodes each split once)."""
+        validation images, their codes (encodes each split once) and the rows each region
+        reaches (:meth:`reach`)."""
         regions = self._require_regions()
         v = self.validation
         rows = torch.arange(len(self.data.y_train)) if v is None else v.fit_rows
-        validation = None
+        ids = list(targets)
+        validation = validation_reached = None
         if v is not None:
             x_val, y_val = self.validation_data()
             validation = (x_val, y_val, self.split_codes("validation"))
+            validation_reached = self.reach("validation", ids).matrix(ids)
         return RoundInputs(
             classifier=self.classifier,
             generator=self.generator,
@@ -202,6 +208,8 @@ class RoundsMixin(SessionBase):
             seed=self.seed,
             labeler=labeler,
             relabeled=self._relabels.mask()[rows],
+            reached=self.reach("train", ids).matrix(ids)[rows],
+            validation_reached=validation_reached,
             classes=self.data.classes,
         )
 

@@ -42,7 +42,6 @@ from defuse_widgets.regions.relabels import RelabelStore
 from defuse_widgets.search.errors import ErrorSet
 from defuse_widgets.search.identify import identify
 from defuse_widgets.search.strategies import DEFAULT_STRATEGY
-from defuse_widgets.session.audit import AuditMixin
 from defuse_widgets.session.base import EVENTS  # noqa: F401  (the event names, public here too)
 from defuse_widgets.session.rounds import RoundsMixin
 from defuse_widgets.suite.export import SuiteSource, check_export, export_suite
@@ -66,7 +65,7 @@ def _view(name: str) -> Callable[..., Any]:
     return VIEWS[name]
 
 
-class DefuseSession(AuditMixin, RoundsMixin):
+class DefuseSession(RoundsMixin):
     """One Defuse debugging session: identify -> distill -> label -> correct, with revert and save.
 
     Parameters

@@ -168,10 +168,27 @@ def open_and_run(page: Any, base_url: str, name: str, timeout: float = 120.0) ->
     with contextlib.suppress(Exception):
         page.locator(".jp-Dialog .jp-mod-accept").click(timeout=8000)
     wait_kernel_idle(page, timeout)
-    page.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    run_all(page)
     return page
+
+
+def run_all(page: Any, tries: int = 3) -> None:
+    """Run all cells from the menu and wait until the first cell has started (its prompt reads
+    ``[*]`` or a number); a click that a still-loading page dropped is made again."""
+    for attempt in range(tries):
+        page.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        try:
+            page.wait_for_function(
+                r"""() => [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')]
+                      .some(p => /\[(\*|\d+)\]/.test(p.textContent || ''))""",
+                timeout=30_000,
+            )
+            return
+        except Exception:
+            if attempt == tries - 1:
+                raise
 
 
 def wait_kernel_idle(page: Any, timeout: float = 120.0) -> None:
@@ -274,6 +291,7 @@ def lab_helpers() -> SimpleNamespace:
     return SimpleNamespace(
         write_notebook=write_notebook,
         open_and_run=open_and_run,
+        run_all=run_all,
         wait_kernel_idle=wait_kernel_idle,
         cell_output_text=cell_output_text,
         run_new_cell=run_new_cell,

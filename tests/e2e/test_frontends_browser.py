@@ -70,10 +70,12 @@ def test_notebook7_shows_the_explorer(
         "?.textContent || '') || !!document.querySelector('[data-status=\"idle\"]')",
         timeout=120_000,
     )
-    page.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-    page.locator(f"{MAP}[data-rendered]").wait_for(timeout=150_000)
+    lab_helpers.run_all(page)
+    try:
+        page.locator(f"{MAP}[data-rendered]").wait_for(timeout=150_000)
+    except Exception as exc:  # say what the cell printed (an error, or how far it got)
+        output = lab_helpers.cell_output_text(page, 0)
+        raise AssertionError(f"the explorer did not render; the cell's output:\n{output}") from exc
     _click_a_region(page)
     # a kernel restart: the widget says so and disables its controls, no uncaught error
     errors: list[str] = []
