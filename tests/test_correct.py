@@ -57,8 +57,12 @@ def test_one_round_changes_weights_and_returns_losses_and_evaluation(s: dw.Defus
     assert record.round == 1 and record.base_round == 0 and not record.cancelled
     assert len(record.losses) == STEPS
     assert all(isinstance(x, float) and math.isfinite(x) and x > 0 for x in record.losses)
-    assert [x[:2] for x in steps_seen] == [(i, STEPS) for i in range(1, STEPS + 1)]
-    assert [x[2] for x in steps_seen] == record.losses
+    runs = len(record.grid or [None])  # update="best": the last layer, then every weight
+    assert runs == 2 and [g["update"] for g in record.grid] == ["last", "all"]  # type: ignore[union-attr]
+    total = runs * STEPS  # one progress over both runs
+    assert [x[:2] for x in steps_seen] == [(i, total) for i in range(1, total + 1)]
+    losses = [x[2] for x in steps_seen]
+    assert record.losses in [losses[k * STEPS : (k + 1) * STEPS] for k in range(runs)]
     assert all(untouched)
     assert not state_equal(weights(s.classifier), original), "the round changed the weights"
     assert s.rounds == 1 and s.active_round == 1 and s.history == [record]

@@ -19,6 +19,7 @@ from defuse_widgets.correction.settings import BLENDS, DEFAULTS
 from defuse_widgets.correction.statistics import drop_pvalue, holm, paired_change
 from defuse_widgets.correction.training import freeze_all_but_last, snapshot
 from defuse_widgets.correction.validation import halves
+from defuse_widgets.models.inference import predict_labels
 
 
 def test_holm_adjusts_each_p_value_by_its_rank_and_keeps_the_order() -> None:
@@ -113,6 +114,30 @@ def test_the_confirmation_half_refuses_harm_the_choice_never_saw(
     assert record.best_step == 0 and "refused on the" in record.stopped
     assert record.validation["confirm"]["changes"][3]["lost"] > 0  # type: ignore[index]
     assert record.validation["confirm"]["negative_flips"] > 0  # type: ignore[index]
+
+
+def test_a_round_that_lowers_the_whole_validation_split_is_refused(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    s = ready_session(digits_classifier, digits_vae, digits)
+    label_true_class(s, s.regions.ids[0])  # type: ignore[union-attr]
+    fixed = _FixedParts.of(s._round_inputs(s.correctable(), None), DEFAULTS)
+    start = fixed.inputs.classifier
+    assert fixed._net_gain(start) == [0] * 10
+    broken = copy.deepcopy(start)
+    with torch.no_grad():  # never predict class 3: it loses every 3 it got right
+        [m for m in broken.modules() if isinstance(m, nn.Linear)][-1].bias[3] -= 1e4
+    x_val, y_val = s.validation_data()
+    right = int(((predict_labels(start, x_val) == y_val) & (y_val == 3)).sum())
+    assert fixed._net_gain(broken)[3] == -right < 0
+    # no class harmed on the confirmation half, but one image fewer right on the whole split
+    fixed._net_gain = lambda chosen: [0, 0, 0, -1, 0, 0, 0, 0, 0, 0]  # type: ignore[method-assign]
+    record = RoundRecord(None, False, {}, [], 0.0, validation={}, best_step=10, stopped="ran")
+    state, refused = fixed.confirm(snapshot(start), DEFAULTS, record)
+    assert refused is not None and refused.harmed == (3,) and record.best_step == 0
+    assert "1 fewer of the" in record.stopped and "keeps its starting weights" in record.stopped
+    confirm = record.validation["confirm"]  # type: ignore[index]
+    assert confirm["harm"] == [] and confirm["net"] == -1 and not confirm["confirmed"]
 
 
 def test_a_rounds_real_rows_are_the_reached_rows_that_carry_its_label(

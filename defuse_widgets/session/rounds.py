@@ -77,7 +77,9 @@ class RoundsMixin(AuditMixin):
         together half of the draws (``real_weight=None``, as DFR balances groups), or each
         ``real_weight`` times as often as the other training images (a number, JTT's
         upweighting). ``update="last"`` trains only the classifier's last linear layer, the
-        features below it frozen (DFR); ``"all"`` every weight.
+        features below it frozen (DFR); ``"all"`` every weight; ``"best"`` (the default) both,
+        each judged as below, and keeps the one that lifts the regions more and is confirmed
+        (``record.settings["update"]`` says which; ``record.grid`` both).
         Samples come from N(mean, scale x covariance), ``scale`` measured per region on the
         validation split (None) or given; draws outside a region's 99% ellipsoid are drawn again
         and decodes the generator calls unnatural are dropped; with a ``labeler`` (a
