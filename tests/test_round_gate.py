@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import Any
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 
 import defuse_widgets as dw
 from defuse_widgets.correction.evaluation import RoundRecord
-from defuse_widgets.correction.round import _FixedParts, group_weights
+from defuse_widgets.correction.round import _FixedParts, group_weights, run_round
 from defuse_widgets.correction.selection import Score, paired_harm
 from defuse_widgets.correction.settings import BLENDS, DEFAULTS
 from defuse_widgets.correction.statistics import drop_pvalue, holm, paired_change
@@ -138,6 +139,34 @@ def test_a_round_that_lowers_the_whole_validation_split_is_refused(
     assert "1 fewer of the" in record.stopped and "keeps its starting weights" in record.stopped
     confirm = record.validation["confirm"]  # type: ignore[index]
     assert confirm["harm"] == [] and confirm["net"] == -1 and not confirm["confirmed"]
+
+
+def test_a_refused_best_candidate_gives_way_to_the_next_confirmed_one(
+    monkeypatch: pytest.MonkeyPatch,
+    digits: dw.ImageDataset,
+    digits_classifier: nn.Module,
+    digits_vae: nn.Module,
+) -> None:
+    s = ready_session(digits_classifier, digits_vae, digits)
+    label_true_class(s, s.regions.ids[0])  # type: ignore[union-attr]
+    inputs = s._round_inputs(s.correctable(), None)
+    scores = {"last": (0.9, 0.9), "all": (0.5, 0.5)}  # the last layer scores best
+    kept = {"last": False, "all": True}  # but its confirmation refuses it
+
+    def train(self: Any, settings: Any, cancel: Any, callback: Any) -> Any:
+        return scores[settings.update], {"w": settings.update}, [1.0], None
+
+    def judge(self: Any, settings: Any, state: Any, losses: Any, checker: Any) -> Any:
+        record = RoundRecord(None, False, vars(settings), losses, 0.0)
+        return record, state, None, kept[settings.update]
+
+    monkeypatch.setattr(_FixedParts, "train", train)
+    monkeypatch.setattr(_FixedParts, "judge", judge)
+    result = run_round(inputs, [DEFAULTS])  # update="best": the last layer, then every weight
+    assert result.record.settings["update"] == "all" and result.state == {"w": "all"}
+    assert [g["update"] for g in result.record.grid] == ["last", "all"]
+    kept["all"] = False  # none kept: the best-scoring one's record and its starting weights
+    assert run_round(inputs, [DEFAULTS]).record.settings["update"] == "last"
 
 
 def test_a_rounds_real_rows_are_the_reached_rows_that_carry_its_label(
