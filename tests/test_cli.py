@@ -69,7 +69,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, demo_model_cache: Path) -
     out = tmp_path_factory.mktemp("pipeline")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DEFUSE_WIDGETS_CACHE", str(cache))
-        code = main(["run", "--dataset", "digits", "--out", str(out), "--device", "cpu", "--quiet"])
+        # 150 steps a run: the grid trains eight (its four settings, each with both updates)
+        code = main(["run", "--dataset", "digits", "--out", str(out), "--device", "cpu",
+                     "--steps", "150", "--quiet"])  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     return {"code": code, "out": out, "cache": cache, "report": report, "cached": cached}
 
@@ -167,9 +169,11 @@ def test_the_saved_session_loads_back(pipeline: dict[str, Any]) -> None:
     assert s.regions is not None and len(s.regions) == len(r["regions"])
     assert s.labels == {row["id"]: row["label"] for row in r["regions"] if row["label"] is not None}
     assert s.rounds == 1 and s.active_round == 1
-    # the CLI's round tried correct(auto=True)'s grid and kept the best setting
+    # the CLI's round tried correct(auto=True)'s grid, each setting with the last layer and with
+    # every weight (update="best"), and kept the best confirmed one
     grid = s.history[-1].grid
-    assert [(g["lam"], g["lr"]) for g in grid] == [(g["lam"], g["lr"]) for g in AUTO_GRID]
+    expected = [(g["lam"], g["lr"], u) for g in AUTO_GRID for u in ("last", "all")]
+    assert [(g["lam"], g["lr"], g["update"]) for g in grid] == expected
     ev = s.evaluate()
     assert ev.test_accuracy == pytest.approx(r["test_accuracy_after"], abs=1e-6)
     assert ev.labeled_region_accuracy == pytest.approx(r["labeled_region_accuracy_after"])
