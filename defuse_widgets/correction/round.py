@@ -237,6 +237,9 @@ class _FixedParts:
     rows its score is measured on)."""
     choose: torch.Tensor | None = None
     """(n,) bool: the validation images a round's step is chosen on (the rest confirm it)."""
+    held_out: list[tuple[torch.Tensor, int]] = field(default_factory=list)
+    """Each labeled region's held-out decoded samples and label (decoded once, see
+    :meth:`_measure`)."""
     tally: dict[str, int] = field(default_factory=dict)
     """Region samples ``"drawn"`` and ``"kept"`` (natural and, with ``vet``, vetted)."""
 
@@ -368,7 +371,9 @@ class _FixedParts:
         any_inside = self.val_members[rows].any(1)
         counts = torch.bincount(y_val, minlength=inputs.num_classes).tolist()
         real = int(any_inside.sum()) >= MIN_VALIDATION_IMAGES
-        samples = [(self._decode(r), label) for r, label in inputs.targets.items()]
+        if not self.held_out:  # the same seeded samples for every setting and the confirmation
+            self.held_out = [(self._decode(r), label) for r, label in inputs.targets.items()]
+        samples = self.held_out
 
         def measure(model: nn.Module, step: int) -> Score:
             pred = predict_labels(model, x_val)
