@@ -15,10 +15,11 @@ from torch import nn
 import defuse_widgets as dw
 from defuse_widgets.correction.evaluation import RoundRecord
 from defuse_widgets.correction.round import _FixedParts, group_weights, run_round
+from defuse_widgets.correction.samples import Replay
 from defuse_widgets.correction.selection import Score, paired_harm
-from defuse_widgets.correction.settings import BLENDS, DEFAULTS
+from defuse_widgets.correction.settings import BLENDS, DEFAULTS, RoundSettings
 from defuse_widgets.correction.statistics import drop_pvalue, holm, paired_change
-from defuse_widgets.correction.training import freeze_all_but_last, snapshot
+from defuse_widgets.correction.training import fine_tune, freeze_all_but_last, snapshot
 from defuse_widgets.correction.validation import halves
 from defuse_widgets.models.inference import predict_labels
 
@@ -224,3 +225,51 @@ def test_a_last_layer_round_changes_only_the_last_linear_layer(
         s.correct(steps=5, update="first")
     with pytest.raises(ValueError, match="nn.Linear"):
         freeze_all_but_last(nn.Sequential(nn.Conv2d(1, 2, 3)))
+
+
+@pytest.mark.parametrize("update", ["last", "all"])
+def test_a_last_layer_round_keeps_the_batch_norm_statistics(update: str) -> None:
+    """The frozen features include their normalization statistics (every weight: they move)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 3)).eval()  # fmt: skip
+    x, y = torch.rand(64, 1, 8, 8) * 3, torch.randint(0, 3, (64,))
+    start = snapshot(model)
+    state, _ = fine_tune(model, x, y, lambda n: (x[:0], y[:0]),
+                         RoundSettings(steps=5, lr=0.1, update=update, ema=0))  # fmt: skip
+    moved = {k.split(".")[0] for k in start if not torch.equal(start[k], state[k])}
+    assert moved == ({"4"} if update == "last" else {"0", "1", "4"})
+    assert not model.training and torch.equal(snapshot(model)["1.running_mean"],
+                                              start["1.running_mean"])  # fmt: skip
+
+
+def test_a_replayed_stream_gives_each_reader_the_same_batches_decoded_once() -> None:
+    calls = []
+
+    def source(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(n)
+        return torch.full((n, 1), float(len(calls))), torch.zeros(n, dtype=torch.long)
+
+    replay = Replay(source)
+    first, second = replay.reader(), replay.reader()
+    a = [first(4)[0][0, 0].item() for _ in range(3)]
+    b = [second(4)[0][0, 0].item() for _ in range(5)]
+    assert a == [1, 2, 3] and b == [1, 2, 3, 4, 5] and calls == [4] * 5
+
+
+def test_each_setting_of_a_best_round_trains_as_it_would_alone(
+    digits: dw.ImageDataset, digits_classifier: nn.Module, digits_vae: nn.Module
+) -> None:
+    """update="best" replays one stream of region samples to both settings: each scores as the
+    same setting trained in a round of its own."""
+
+    def first_round(update: str) -> RoundRecord:
+        s = ready_session(digits_classifier, digits_vae, digits)
+        label_true_class(s, s.regions.ids[0])  # type: ignore[union-attr]
+        return s.correct(steps=40, update=update)
+
+    both = first_round("best").grid
+    assert both is not None and [g["update"] for g in both] == ["last", "all"]
+    for entry in both:
+        kept = first_round(entry["update"]).validation["after"]  # type: ignore[index]
+        assert (entry["region"], entry["overall"]) == (kept["region"], kept["overall"])

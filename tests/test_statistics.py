@@ -237,7 +237,7 @@ def test_a_refused_round_names_the_rows_it_changed_and_a_labeler_settles_them(
     true = s.regions.get(rid).transition[0]  # type: ignore[union-attr]
     wrong = (true + 1) % digits.num_classes
     s.label(rid, wrong)  # a wrong label: teaching it harms the region's true class
-    # every weight: the last layer alone moves too little to harm (the default, update="last")
+    # every weight: the last layer alone moves too little to harm
     record = s.correct(steps=60, check_every=20, lam=5.0, lr=0.05, update="all")
     assert record.best_step == 0 and "confirm_disputes" in record.stopped
     found = s.disputes()

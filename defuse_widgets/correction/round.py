@@ -21,7 +21,14 @@ import torch
 from torch import nn
 
 from defuse_widgets.correction.evaluation import RoundRecord, accuracy_by_class
-from defuse_widgets.correction.samples import measured_scales, region_batches, validity_floor
+from defuse_widgets.correction.samples import (
+    REPLAY_BYTES,
+    Batches,
+    Replay,
+    measured_scales,
+    region_batches,
+    validity_floor,
+)
 from defuse_widgets.correction.selection import (
     EarlyStopping,
     Score,
@@ -242,6 +249,8 @@ class _FixedParts:
     :meth:`_measure`)."""
     tally: dict[str, int] = field(default_factory=dict)
     """Region samples ``"drawn"`` and ``"kept"`` (natural and, with ``vet``, vetted)."""
+    streams: dict[tuple[int, int], Replay] = field(default_factory=dict)
+    """The region batches of each (seed, batch size), replayed to every setting that draws them."""
 
     @classmethod
     def of(cls, inputs: RoundInputs, settings: RoundSettings) -> _FixedParts:
@@ -331,11 +340,7 @@ class _FixedParts:
         """Train one setting; returns its (region, overall) validation score ((0, 0) without a
         validation split), the state it keeps, its losses and its early stopping."""
         inputs = self.inputs
-        draw = inputs.regions.training_sampler(
-            inputs.targets, self.scales, settings.seed, inputs.device, coverage=COVERAGE
-        )
-        vet = None if inputs.labeler is None else inputs.labeler.label_images
-        batch = region_batches(draw, inputs.generator, self.min_validity, vet, self.tally)
+        batch = self.region_samples(settings)
         checker = None
         if inputs.validation is not None and settings.early_stopping:
             assert self.choose is not None
@@ -362,6 +367,27 @@ class _FixedParts:
         )
         score = (0.0, 0.0) if checker is None else (checker.best.region, checker.best.overall)
         return score, state, losses, checker
+
+    def region_samples(self, settings: RoundSettings) -> Batches:
+        """``n -> (images, labels)``: the region batches ``settings`` trains on, replayed from
+        the round's stream of its seed and batch size (decoded afresh where they would take more
+        than ``REPLAY_BYTES``)."""
+        inputs = self.inputs
+
+        def stream() -> Batches:
+            draw = inputs.regions.training_sampler(
+                inputs.targets, self.scales, settings.seed, inputs.device, coverage=COVERAGE
+            )
+            vet = None if inputs.labeler is None else inputs.labeler.label_images
+            return region_batches(draw, inputs.generator, self.min_validity, vet, self.tally)
+
+        size = settings.steps * settings.batch_size * inputs.x_fit[0].numel() * 4
+        if size > REPLAY_BYTES:
+            return stream()
+        key = (settings.seed, settings.batch_size)
+        if key not in self.streams:
+            self.streams[key] = Replay(stream())
+        return self.streams[key].reader()
 
     def _measure(self, rows: torch.Tensor) -> Callable[[nn.Module, int], Score]:
         """``(model, step) -> Score`` on the validation images of ``rows`` ((n,) bool)."""

@@ -107,9 +107,10 @@ def fine_tune(
     as it was.
     """
     dev = next(model.parameters()).device
-    work = copy.deepcopy(model).train()
+    work = copy.deepcopy(model)
     if settings.update == "last":
         freeze_all_but_last(work)
+    training_mode(work, settings)
     average = WeightAverage(work, settings.ema) if settings.ema > 0 else None
     teacher = copy.deepcopy(model).eval() if settings.keep > 0 else None
     params = [p for p in work.parameters() if p.requires_grad]
@@ -150,7 +151,7 @@ def fine_tune(
                 judged = work.eval() if average is None else average.model
                 if checker.check(step + 1, judged):
                     break
-                work.train()
+                training_mode(work, settings)
     last = work.eval() if average is None else average.model
     if checker is not None:
         for share in blends:
@@ -175,6 +176,16 @@ def freeze_all_but_last(model: nn.Module) -> None:
         p.requires_grad_(False)
     for p in layers[-1].parameters():
         p.requires_grad_(True)
+
+
+def training_mode(model: nn.Module, settings: RoundSettings) -> None:
+    """Put ``model`` in training mode; for ``update="last"`` its normalization layers stay in
+    eval mode, so their running statistics (part of the frozen features) do not move."""
+    model.train()
+    if settings.update == "last":
+        for module in model.modules():
+            if getattr(module, "track_running_stats", False):
+                module.eval()
 
 
 def blended(start: nn.Module, end: nn.Module, share: float) -> nn.Module:
