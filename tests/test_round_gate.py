@@ -142,6 +142,37 @@ def test_a_round_that_lowers_the_whole_validation_split_is_refused(
     assert confirm["harm"] == [] and confirm["net"] == -1 and not confirm["confirmed"]
 
 
+def test_a_round_that_lowers_the_half_it_was_not_chosen_on_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+    digits: dw.ImageDataset,
+    digits_classifier: nn.Module,
+    digits_vae: nn.Module,
+) -> None:
+    """The whole split includes the half the step was chosen on: an image lost on the other half
+    refuses the round even when the whole split's count is level."""
+    from defuse_widgets.correction import round as round_module
+
+    s = ready_session(digits_classifier, digits_vae, digits)
+    label_true_class(s, s.regions.ids[0])  # type: ignore[union-attr]
+    fixed = _FixedParts.of(s._round_inputs(s.correctable(), None), DEFAULTS)
+    real_changes = round_module.changes
+
+    def one_lost(before: Score, after: Score, confidence: float) -> list[Any]:
+        found = real_changes(before, after, confidence)
+        found[5] = dataclasses.replace(found[5], lost=found[5].lost + 1)  # class 5 loses one
+        return found
+
+    monkeypatch.setattr(round_module, "changes", one_lost)
+    fixed._net_gain = lambda chosen: [0] * 10  # type: ignore[method-assign]
+    record = RoundRecord(None, False, {}, [], 0.0, validation={}, best_step=10, stopped="ran")
+    state, refused = fixed.confirm(snapshot(fixed.inputs.classifier), DEFAULTS, record)
+    confirm = record.validation["confirm"]  # type: ignore[index]
+    assert confirm["harm"] == [] and confirm["net"] == 0 and confirm["half_net"] == -1
+    assert not confirm["confirmed"] and record.best_step == 0
+    assert refused is not None and refused.harmed == (5,)
+    assert "1 fewer of the 65 validation images it was not chosen on" in record.stopped
+
+
 def test_a_refused_best_candidate_gives_way_to_the_next_confirmed_one(
     monkeypatch: pytest.MonkeyPatch,
     digits: dw.ImageDataset,
