@@ -45,7 +45,9 @@ def main() -> None:
     regions = s.distill(max_regions=20)
     largest = max(regions.regions, key=lambda r: r.size)
     s.label(largest.id, largest.transition[0])
-    s.reach("train"), s.reach("validation"), s.evaluate()  # computed once per session anyway
+    for split in ("train", "validation"):  # computed once per session anyway
+        s.reach(split)
+    s.evaluate()
     print(f"{len(pick):,} training images, {len(s.validation or [])} validation; region "
           f"{largest.id} ({largest.size} errors) labeled {largest.transition[0]}")  # fmt: skip
     for update in args.updates:

@@ -35,6 +35,8 @@ MIN_IMAGES = 5
 VALIDITY_QUANTILE = 0.01
 VALIDITY_PROBE = 512
 MAX_TRIES = 4
+Batches = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+"""``n -> (images, labels)``: up to ``n`` region samples and their labels (or codes, for a draw)."""
 REPLAY_BYTES = 256 * 2**20
 """The most a round keeps of decoded region batches to replay (:class:`Replay`); a setting whose
 batches would take more decodes its own."""
@@ -84,12 +86,12 @@ def sample_vetter(labeler: LabelerLike) -> Callable[[torch.Tensor], torch.Tensor
 
 
 def region_batches(
-    draw: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    draw: Batches,
     generator: Any,
     min_validity: float,
     vet: Callable[[torch.Tensor], torch.Tensor] | None = None,
     tally: dict[str, int] | None = None,
-) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+) -> Batches:
     """``n -> (images, labels)``: decoded draws whose validity is at least ``min_validity``
     (and, with ``vet``, a labeler's ``label_images``, that it labels with their region's label).
 
@@ -125,9 +127,6 @@ def region_batches(
         return (x, y) if len(y) or best is None else best
 
     return batch
-
-
-Batches = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass

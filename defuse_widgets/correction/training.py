@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defuse_widgets.correction.samples import Batches
 from defuse_widgets.correction.settings import RoundSettings
 from defuse_widgets.utils.seeding import seeded
 
@@ -81,7 +82,7 @@ def fine_tune(
     model: nn.Module,
     x_train: torch.Tensor,
     y_train: torch.Tensor,
-    region_batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    region_batch: Batches,
     settings: RoundSettings,
     cancel: CancelToken | None = None,
     callback: StepCallback | None = None,
